@@ -1,0 +1,42 @@
+# Two entry points, each self-contained on a fresh machine:
+#   make demo   the main job (end-to-end run on built-in synthetic data)
+#   make test   the test suite (fast tier + end-to-end tier with real nnU-Net commands)
+# Both create .venv and install the package from setup.py. TORCH_SPEC is installed first: the default
+# is the small CPU build of torch that this project's CI uses; on a GPU machine run e.g.
+#   make demo TORCH_SPEC=torch
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0 torchvision==0.28.0
+BIN := $(VENV)/bin
+# The fastest reliable CPU settings for nnU-Net (see docs/getting_started.md).
+export nnUNet_compile ?= f
+export nnUNet_n_proc_DA ?= 0
+export nnUNet_def_n_proc ?= 1
+
+.PHONY: demo test test-fast lint clean-venv
+
+$(BIN)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/nnUNetv2_rndpo_demo -o demo_output
+
+# pytest exits 5 when it collects nothing; make treats any non-zero exit as failure, so an empty
+# suite cannot pass silently.
+test: $(BIN)/.installed
+	$(BIN)/ruff check nnunetv2_rndpo trainers tests
+	$(BIN)/python -m pytest -m "not e2e"
+	$(BIN)/python -m pytest -m e2e
+
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -m "not e2e"
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check nnunetv2_rndpo trainers tests
+
+clean-venv:
+	rm -rf $(VENV)

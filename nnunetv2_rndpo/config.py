@@ -1,0 +1,247 @@
+"""One validated configuration for the preference fine-tuning phase.
+
+nnU-Net trainers take no command-line arguments and must keep ``nnUNetTrainer.__init__``'s signature,
+so every knob lives in :class:`RNDPOConfig`. A trainer preset fixes a few fields; a JSON file named by
+the environment variable ``nnUNet_rndpo_config`` overrides any of them::
+
+    export nnUNet_rndpo_config=/path/to/rndpo.json     # {"beta": 0.5, "judge": "oracle"}
+    nnUNetv2_train 4 3d_fullres 0 -tr nnUNetTrainerRNDPO
+
+The effective configuration is saved as ``rndpo_config.json`` in the fold folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nnunetv2_rndpo.objective import LOSS_TYPES, NORMALIZATIONS
+
+CONFIG_ENV_VAR = "nnUNet_rndpo_config"
+JUDGES = ("agreement", "oracle", "external")
+MININGS = ("top_bottom", "top_random")
+PROPOSAL_SOURCES = ("mirror", "threshold", "temperature")
+OPTIMIZERS = ("adamw", "sgd")
+
+# Assumption: β's scale depends on the normaliser (Δ sums |D| voxels under "none" but is a per-voxel
+# mean under "region"); these defaults make h = β·u of order 1 for a typical disagreement of a few
+# hundred voxels in a patch of ~10^4-10^5 voxels with per-voxel log-ratio gaps of order 0.1-1.
+DEFAULT_BETA = {"none": 0.01, "region": 1.0, "sqrt_region": 0.1, "volume": 100.0}
+
+
+def _help(text: str, **kwargs: Any) -> Any:
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class RNDPOConfig:
+    """Every knob of the preference fine-tuning phase, with defaults for a GPU fine-tuning run."""
+
+    # schedule
+    num_epochs: int = _help("epochs of the preference phase (not nnU-Net's 1000)", default=50)
+    num_iterations_per_epoch: int = _help("training iterations per epoch", default=100)
+    learning_rate: float = _help("initial learning rate; larger moves further from the base model", default=1e-5)
+    optimizer: str = _help(f"optimizer: one of {OPTIMIZERS}; adamw suits fine-tuning", default="adamw")
+    grad_clip: float = _help("max gradient norm (nnU-Net clips at 12); smaller steps are safer", default=1.0)
+    batch_size: int | None = _help("pairs per step; None = the batch size nnU-Net planned", default=None)
+    # objective
+    beta: float | None = _help(
+        "inverse temperature; larger sharpens preferences. None = per-normalisation default "
+        f"{DEFAULT_BETA}",
+        default=None,
+    )
+    loss_type: str = _help(f"preference loss: one of {LOSS_TYPES}", default="sigmoid")
+    normalization: str = _help(
+        f"margin normaliser: one of {NORMALIZATIONS}; 'region' is RN-DPO, 'none' is DPO", default="region"
+    )
+    min_region_voxels: int = _help(
+        "pairs whose patch has fewer disagreeing voxels are skipped; larger ignores tiny disagreements",
+        default=10,
+    )
+    label_smoothing: float = _help(
+        "ε in [0, 0.5): cDPO smoothing for 'sigmoid', flip rate for 'robust'; larger trusts the judge less",
+        default=0.0,
+    )
+    sft_weight: float = _help(
+        "weight of nnU-Net's supervised loss on labeled patches in the same step (anchor); 0 = off",
+        default=0.0,
+    )
+    disagreement_oversample: float = _help(
+        "probability that a patch is centred on a voxel where the pair disagrees; the rest are random",
+        default=0.9,
+    )
+    # proposals
+    num_proposals: int = _help("masks proposed per unlabeled case (≥ 2)", default=8)
+    proposal_sources: list[str] = _help(
+        f"where proposals come from, any of {PROPOSAL_SOURCES}",
+        default_factory=lambda: ["mirror", "threshold"],
+    )
+    # judge and mining
+    judge: str = _help(f"who ranks the proposals: one of {JUDGES}", default="agreement")
+    judge_scores: str | None = _help(
+        "CSV 'case_id,proposal,score' from a QC system; required for judge='external'", default=None
+    )
+    judge_sigma: float = _help("Gaussian noise on the oracle judge's Dice; larger = less reliable", default=0.0)
+    mining: str = _help(f"how pairs are mined from scores: one of {MININGS}", default="top_bottom")
+    # inputs
+    base_trainer: str = _help("trainer whose results folder holds the base model", default="nnUNetTrainer")
+    base_checkpoint: str | None = _help(
+        "path of the base checkpoint; None = <base_trainer>__<plans>__<config>/fold_X/checkpoint_final.pth",
+        default=None,
+    )
+    unlabeled_dir: str | None = _help(
+        "folder of unlabeled images CASE_0000.ext; None = $nnUNet_raw/DatasetXXX/imagesUnlabeled", default=None
+    )
+    # evaluation and reproducibility
+    eval_every: int = _help("evaluate test Dice on imagesTs/labelsTs every N epochs; 0 = off", default=0)
+    seed: int = _help("seed of proposals, judge noise, mining and patch sampling", default=12345)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name), f.type)
+        _check_choice("loss_type", self.loss_type, LOSS_TYPES)
+        _check_choice("normalization", self.normalization, NORMALIZATIONS)
+        _check_choice("judge", self.judge, JUDGES)
+        _check_choice("mining", self.mining, MININGS)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        if not self.proposal_sources:
+            raise ValueError(f"proposal_sources must name at least one of {PROPOSAL_SOURCES}")
+        for source in self.proposal_sources:
+            _check_choice("proposal_sources", source, PROPOSAL_SOURCES)
+        _check_range("num_epochs", self.num_epochs, low=1)
+        _check_range("num_iterations_per_epoch", self.num_iterations_per_epoch, low=1)
+        _check_range("learning_rate", self.learning_rate, low=0, low_open=True)
+        _check_range("grad_clip", self.grad_clip, low=0, low_open=True)
+        if self.batch_size is not None:
+            _check_range("batch_size", self.batch_size, low=1)
+        if self.beta is not None:
+            _check_range("beta", self.beta, low=0, low_open=True)
+        _check_range("min_region_voxels", self.min_region_voxels, low=1)
+        _check_range("label_smoothing", self.label_smoothing, low=0, high=0.5, high_open=True)
+        _check_range("sft_weight", self.sft_weight, low=0)
+        _check_range("disagreement_oversample", self.disagreement_oversample, low=0, high=1)
+        _check_range("num_proposals", self.num_proposals, low=2)
+        _check_range("judge_sigma", self.judge_sigma, low=0)
+        _check_range("eval_every", self.eval_every, low=0)
+        if self.judge == "external" and not self.judge_scores:
+            raise ValueError(
+                "judge='external' needs judge_scores: set \"judge_scores\": \"/path/to/scores.csv\" "
+                f"(columns case_id,proposal,score) in the file named by ${CONFIG_ENV_VAR}"
+            )
+
+    @property
+    def effective_beta(self) -> float:
+        """β, or the default for the chosen normalisation when ``beta`` is None."""
+        return DEFAULT_BETA[self.normalization] if self.beta is None else self.beta
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_help(cls) -> dict[str, str]:
+        """``{key: one-line help}`` for every field, in declaration order."""
+        return {f.name: f.metadata["help"] for f in dataclasses.fields(cls)}
+
+
+def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"config key {key!r}: {value!r} is not allowed; valid: {', '.join(allowed)}")
+
+
+def _check_range(
+    key: str,
+    value: float,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
+        raise ValueError(f"config key {key!r}: {value!r} is out of range; must be {' and '.join(filter(None, (lo, hi)))}")
+
+
+def _check_type(key: str, value: Any, annotation: str) -> None:
+    """Checks a field against its annotation string (``int``, ``float | None``, ``list[str]`` ...)."""
+    expected = typing.get_type_hints(RNDPOConfig)[key]
+    options = typing.get_args(expected) if isinstance(expected, types.UnionType) else (expected,)
+    for option in options:
+        if option is type(None) and value is None:
+            return
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+        if option is str and isinstance(value, str):
+            return
+        if typing.get_origin(option) is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return
+    raise ValueError(f"config key {key!r}: {value!r} has the wrong type; expected {annotation}")
+
+
+def load_config(preset: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> RNDPOConfig:
+    """Builds the effective configuration: defaults, then a trainer's ``preset``, then the JSON file.
+
+    The file named by ``$nnUNet_rndpo_config`` (if set) is a JSON object whose keys are fields of
+    :class:`RNDPOConfig`; its values win over the preset's.
+
+    Args:
+        preset: field values fixed by a trainer class.
+        environ: environment to read ``nnUNet_rndpo_config`` from (default ``os.environ``).
+
+    Returns:
+        The validated :class:`RNDPOConfig`.
+
+    Raises:
+        FileNotFoundError: the variable names a file that does not exist.
+        ValueError: invalid JSON, not an object, unknown keys or bad values (naming key and allowed values).
+    """
+    environ = os.environ if environ is None else environ
+    values = dict(preset or {})
+    path = environ.get(CONFIG_ENV_VAR)
+    if path:
+        values.update(read_config_file(path))
+    valid = [f.name for f in dataclasses.fields(RNDPOConfig)]
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        source = f" in {path} (${CONFIG_ENV_VAR})" if path else ""
+        raise ValueError(f"unknown config key(s) {', '.join(hints)}{source}; valid keys: {', '.join(valid)}")
+    try:
+        return RNDPOConfig(**values)
+    except ValueError as error:
+        if path:
+            raise ValueError(f"{error} (from {path}, named by ${CONFIG_ENV_VAR})") from None
+        raise
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads a JSON config file into a dict, with errors that name the file and the variable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"${CONFIG_ENV_VAR} points at {path}, which does not exist. Create it (a JSON object of "
+            f"config keys) or unset the variable to use the defaults."
+        )
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} (named by ${CONFIG_ENV_VAR}) is not valid JSON: {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} (named by ${CONFIG_ENV_VAR}) must hold a JSON object, got {type(values).__name__}")
+    return values

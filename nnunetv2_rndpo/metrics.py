@@ -1,0 +1,108 @@
+"""Evaluation metrics: Dice per class as nnU-Net reports it, and reducers over an evaluation curve.
+
+The curve vocabulary (docs/objective.md, "Evaluation"): a fine-tuning run is evaluated on held-out
+labeled cases at evenly spaced points d_0 … d_T, where d_0 is the base model before fine-tuning.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def dice_per_class(
+    prediction: np.ndarray,
+    reference: np.ndarray,
+    labels_or_regions: Sequence[int | Sequence[int]],
+    *,
+    ignore_label: int | None = None,
+    empty_value: float = math.nan,
+) -> dict[str, float]:
+    """Dice of each foreground class (or region) of one case, as in nnU-Net's ``summary.json``.
+
+    For each class (a label, or a region = tuple of labels as in nnU-Net's region-based training),
+    Dice = 2·TP / (2·TP + FP + FN), counted over the voxels whose reference is not ``ignore_label``.
+
+    Empty-mask rule: when prediction and reference are both empty for a class (TP + FP + FN = 0) the
+    Dice is ``empty_value``. The default NaN is nnU-Net's own rule (``compute_metrics`` writes NaN and
+    ``summary.json`` averages with ``nanmean``), so numbers computed here match
+    ``nnUNetv2_evaluate_folder``. Pass ``empty_value=1.0`` to count a correctly empty prediction as
+    perfect instead.
+
+    Args:
+        prediction: integer label map, any shape.
+        reference: integer label map, same shape.
+        labels_or_regions: the classes to score, e.g. ``[1, 2]`` or ``[(1, 2), (2,)]``.
+        ignore_label: reference voxels with this label are not counted.
+        empty_value: Dice when the class is absent from both masks.
+
+    Returns:
+        ``{str(class): dice}``, keyed like nnU-Net's ``summary.json`` (``"1"``, ``"(1, 2)"``).
+    """
+    if prediction.shape != reference.shape:
+        raise ValueError(f"prediction {prediction.shape} and reference {reference.shape} differ in shape")
+    counted = np.ones(reference.shape, bool) if ignore_label is None else reference != ignore_label
+    result = {}
+    for label in labels_or_regions:
+        members = list(label) if isinstance(label, (tuple, list)) else [label]
+        in_prediction = np.isin(prediction, members) & counted
+        in_reference = np.isin(reference, members) & counted
+        tp = int(np.count_nonzero(in_prediction & in_reference))
+        fp = int(np.count_nonzero(in_prediction & ~in_reference))
+        fn = int(np.count_nonzero(~in_prediction & in_reference))
+        key = str(tuple(label)) if isinstance(label, (tuple, list)) else str(label)
+        result[key] = empty_value if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+    return result
+
+
+def foreground_mean(per_class: dict[str, float]) -> float:
+    """Mean Dice over the foreground classes of one case, skipping NaN (nnU-Net's ``nanmean``).
+
+    Returns NaN when every class is NaN.
+    """
+    values = [v for v in per_class.values() if not math.isnan(v)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def curve_summary(curve: Sequence[float]) -> dict[str, float]:
+    """Reduces an evaluation curve d_0 … d_T (d_0 = base model) to the study's summary numbers.
+
+        peak       = max_{t≥1} d_t
+        sustained  = mean of d_t over the last half of the evaluations after the base,
+                     i.e. t = T − ⌈T/2⌉ + 1 … T
+        final      = d_T
+        worst_drop = d_0 − min_{t≥1} d_t   (positive when fine-tuning ever fell below the base)
+
+    Each of peak, sustained and final is also returned as a delta to d_0 (``delta_peak`` …).
+
+    Assumption: "the last half" of an odd number of evaluations includes the middle one (⌈T/2⌉ points).
+
+    Args:
+        curve: ``[d_0, d_1, …, d_T]`` with T ≥ 1; NaN entries are not allowed.
+
+    Returns:
+        ``{"base", "peak", "sustained", "final", "worst_drop", "delta_peak", "delta_sustained",
+        "delta_final"}``.
+
+    Raises:
+        ValueError: fewer than two points or non-finite values.
+    """
+    values = np.asarray(curve, dtype=float)
+    if values.ndim != 1 or values.size < 2:
+        raise ValueError(f"an evaluation curve needs the base d_0 and at least one more point, got {list(curve)}")
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"evaluation curve has non-finite values: {list(curve)}")
+    base, after = float(values[0]), values[1:]
+    half = math.ceil(after.size / 2)
+    summary = {
+        "base": base,
+        "peak": float(after.max()),
+        "sustained": float(after[-half:].mean()),
+        "final": float(after[-1]),
+        "worst_drop": float(base - after.min()),
+    }
+    for key in ("peak", "sustained", "final"):
+        summary[f"delta_{key}"] = summary[key] - base
+    return summary

@@ -1,0 +1,327 @@
+"""The preference objective: mask log-likelihoods, disagreement regions and the (RN-)DPO loss.
+
+Everything here is a pure function of tensors: no network, no trainer state. Shapes follow nnU-Net's
+axis order: logits ``(B, C, X, Y[, Z])``, label maps ``(B, X, Y[, Z])`` (a singleton channel axis
+``(B, 1, X, Y[, Z])`` as in nnU-Net's targets is accepted too). One pair (chosen, rejected) per batch
+element, so the number of pairs ``P`` equals ``B``.
+
+The formalisation (docs/objective.md). For a patch with policy logits z_θ and frozen reference logits
+z_ref, the per-voxel log-likelihood of a label map y is ℓ_θ(y)_v = log p_θ(y_v | x) and the per-voxel
+log-ratio is ρ_v(y) = ℓ_θ(y)_v − ℓ_ref(y)_v. The likelihood factorises over voxels, so every voxel
+where chosen y⁺ and rejected y⁻ agree cancels from the DPO margin and only the disagreement region
+D = {v : y⁺_v ≠ y⁻_v, v not ignored} remains:
+
+    Δ = Σ_{v∈D} ρ_v(y⁺) − Σ_{v∈D} ρ_v(y⁻)
+    h = β · Δ / N,   N = 1 (DPO) | |D| (RN-DPO) | sqrt(|D|) | V (valid voxels of the patch)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
+NORMALIZATIONS = ("none", "region", "sqrt_region", "volume")
+
+
+def _as_label_map(label_map: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Drops nnU-Net's singleton channel axis so that a label map has shape ``(B, *spatial)``."""
+    if label_map.ndim == logits.ndim and label_map.shape[1] == 1:
+        label_map = label_map[:, 0]
+    if label_map.shape[0] != logits.shape[0] or label_map.shape[1:] != logits.shape[2:]:
+        raise ValueError(
+            f"label map of shape {tuple(label_map.shape)} does not match logits of shape "
+            f"{tuple(logits.shape)}: expected (B, *spatial) or (B, 1, *spatial) with the logits' "
+            "batch and spatial sizes"
+        )
+    return label_map.long()
+
+
+def mask_log_likelihood(
+    logits: torch.Tensor,
+    label_map: torch.Tensor,
+    *,
+    regions: Sequence[Sequence[int]] | None = None,
+    ignore_label: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-voxel log-likelihood of a label map under a segmentation network's output.
+
+    Multi-class (``regions is None``), the softmax over C classes:
+        ℓ_v = log softmax(z)_v[y_v]
+    Region-based (nnU-Net's ``LabelManager.regions``: region r is the union of the labels in
+    ``regions[r]``, one sigmoid channel per region), independent Bernoullis:
+        ℓ_v = Σ_r [ m_rv · log σ(z_rv) + (1 − m_rv) · log σ(−z_rv) ],   m_rv = [y_v ∈ regions[r]]
+
+    Computed in float32 with log-softmax / log-sigmoid, so extreme logits (±1e4) give finite values.
+
+    Args:
+        logits: ``(B, C, *spatial)`` raw network output (full-resolution head).
+        label_map: ``(B, *spatial)`` or ``(B, 1, *spatial)`` integer labels.
+        regions: nnU-Net regions for region-based datasets, or None for softmax.
+        ignore_label: voxels with this label contribute 0 and are marked invalid.
+
+    Returns:
+        ``(log_likelihood, valid)``, both ``(B, *spatial)``: the per-voxel log-likelihood (0 at ignored
+        voxels) and a bool mask of the voxels that are not ignored.
+    """
+    label_map = _as_label_map(label_map, logits)
+    valid = torch.ones_like(label_map, dtype=torch.bool) if ignore_label is None else label_map != ignore_label
+    logits = logits.float()
+    if regions is None:
+        if logits.shape[1] < 2:
+            raise ValueError(f"softmax needs at least 2 channels, got logits of shape {tuple(logits.shape)}")
+        safe_labels = torch.where(valid, label_map, torch.zeros_like(label_map))
+        log_likelihood = torch.log_softmax(logits, dim=1).gather(1, safe_labels.unsqueeze(1)).squeeze(1)
+    else:
+        if len(regions) != logits.shape[1]:
+            raise ValueError(f"{len(regions)} regions but logits have {logits.shape[1]} channels")
+        membership = torch.stack(
+            [torch.isin(label_map, torch.as_tensor(list(r), device=label_map.device)) for r in regions], dim=1
+        )
+        log_likelihood = -F.binary_cross_entropy_with_logits(
+            logits, membership.to(logits.dtype), reduction="none"
+        ).sum(1)
+    return log_likelihood.masked_fill(~valid, 0.0), valid
+
+
+def disagreement_region(
+    chosen: torch.Tensor, rejected: torch.Tensor, ignore_label: int | None = None
+) -> torch.Tensor:
+    """The voxels where the two masks of a pair disagree: D = {v : y⁺_v ≠ y⁻_v, v not ignored}.
+
+    Args:
+        chosen: ``(B, *spatial)`` label map y⁺.
+        rejected: ``(B, *spatial)`` label map y⁻, same shape.
+        ignore_label: a voxel labelled ``ignore_label`` in either mask is not in D.
+
+    Returns:
+        ``(B, *spatial)`` bool. ``|D|`` per pair is ``region.flatten(1).sum(1)``.
+    """
+    if chosen.shape != rejected.shape:
+        raise ValueError(f"chosen {tuple(chosen.shape)} and rejected {tuple(rejected.shape)} differ in shape")
+    region = chosen != rejected
+    if ignore_label is not None:
+        region &= (chosen != ignore_label) & (rejected != ignore_label)
+    return region
+
+
+class PairLogRatios(NamedTuple):
+    """Per-pair sums over the disagreement region, all ``(P,)`` float32.
+
+    Attributes:
+        chosen_logratios: Σ_{v∈D} ρ_v(y⁺), policy minus reference log-likelihood of the chosen mask.
+        rejected_logratios: Σ_{v∈D} ρ_v(y⁻).
+        chosen_logps: Σ_{v∈D} ℓ_θ(y⁺)_v, the policy's log-likelihood of the chosen mask on D.
+        rejected_logps: Σ_{v∈D} ℓ_θ(y⁻)_v.
+        region_sizes: |D|.
+        volumes: V, the number of non-ignored voxels of the patch.
+    """
+
+    chosen_logratios: torch.Tensor
+    rejected_logratios: torch.Tensor
+    chosen_logps: torch.Tensor
+    rejected_logps: torch.Tensor
+    region_sizes: torch.Tensor
+    volumes: torch.Tensor
+
+
+def pair_log_ratios(
+    policy_logits: torch.Tensor,
+    reference_logits: torch.Tensor,
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    *,
+    regions: Sequence[Sequence[int]] | None = None,
+    ignore_label: int | None = None,
+) -> PairLogRatios:
+    """Sums of per-voxel log-ratios over the disagreement region of each pair.
+
+    One policy forward serves both masks: the log-softmax of ``policy_logits`` is evaluated at y⁺ and
+    y⁻. Voxels outside D are excluded explicitly (they cancel in the margin anyway), so changing the
+    logits outside D never changes the result.
+
+    Args:
+        policy_logits: ``(P, C, *spatial)`` logits of the trained network.
+        reference_logits: ``(P, C, *spatial)`` logits of the frozen reference (no grad needed).
+        chosen: ``(P, *spatial)`` or ``(P, 1, *spatial)`` label map y⁺.
+        rejected: same shape, label map y⁻.
+        regions: nnU-Net regions (sigmoid) or None (softmax), see :func:`mask_log_likelihood`.
+        ignore_label: label excluded from D and from the volume V.
+
+    Returns:
+        :class:`PairLogRatios`.
+    """
+    chosen = _as_label_map(chosen, policy_logits)
+    rejected = _as_label_map(rejected, policy_logits)
+    region = disagreement_region(chosen, rejected, ignore_label).flatten(1)
+    kwargs = {"regions": regions, "ignore_label": ignore_label}
+    policy_chosen, valid = mask_log_likelihood(policy_logits, chosen, **kwargs)
+    policy_rejected, _ = mask_log_likelihood(policy_logits, rejected, **kwargs)
+    with torch.no_grad():
+        reference_chosen, _ = mask_log_likelihood(reference_logits, chosen, **kwargs)
+        reference_rejected, _ = mask_log_likelihood(reference_logits, rejected, **kwargs)
+
+    def region_sum(per_voxel: torch.Tensor) -> torch.Tensor:
+        return (per_voxel.flatten(1) * region).sum(1)
+
+    chosen_logps, rejected_logps = region_sum(policy_chosen), region_sum(policy_rejected)
+    return PairLogRatios(
+        chosen_logratios=chosen_logps - region_sum(reference_chosen),
+        rejected_logratios=rejected_logps - region_sum(reference_rejected),
+        chosen_logps=chosen_logps,
+        rejected_logps=rejected_logps,
+        region_sizes=region.sum(1).float(),
+        volumes=valid.flatten(1).sum(1).float(),
+    )
+
+
+class PreferenceLossOutput(NamedTuple):
+    """What :func:`preference_loss` returns; per-pair tensors are ``(P,)``.
+
+    Attributes:
+        loss: scalar, mean of ``losses`` over the pairs that were not skipped (0 if all were).
+        losses: per-pair loss, 0 for skipped pairs.
+        chosen_rewards: β · Σ_D ρ(y⁺) / N (detached), 0 for skipped pairs.
+        rejected_rewards: β · Σ_D ρ(y⁻) / N (detached), 0 for skipped pairs.
+        margins: chosen_rewards − rejected_rewards (detached).
+        region_sizes: |D| per pair.
+        used: bool, the pairs that entered the loss.
+        num_skipped: number of pairs with |D| < ``min_region_voxels``.
+    """
+
+    loss: torch.Tensor
+    losses: torch.Tensor
+    chosen_rewards: torch.Tensor
+    rejected_rewards: torch.Tensor
+    margins: torch.Tensor
+    region_sizes: torch.Tensor
+    used: torch.Tensor
+    num_skipped: int
+
+
+def preference_loss(
+    chosen_logratios: torch.Tensor,
+    rejected_logratios: torch.Tensor,
+    region_sizes: torch.Tensor,
+    volumes: torch.Tensor | None = None,
+    *,
+    beta: float,
+    loss_type: str = "sigmoid",
+    normalization: str = "region",
+    label_smoothing: float = 0.0,
+    min_region_voxels: int = 1,
+) -> PreferenceLossOutput:
+    """DPO and Region-Normalized DPO for pairs of segmentation masks.
+
+    With Δ = chosen_logratios − rejected_logratios (sums over the disagreement region D) and the
+    normaliser N chosen by ``normalization``:
+
+        none        N = 1          standard DPO (Rafailov et al. 2023)
+        region      N = |D|        RN-DPO: the margin is the mean per-voxel log-ratio gap over D
+        sqrt_region N = sqrt(|D|)
+        volume      N = V          the number of non-ignored voxels of the patch
+
+    u = Δ / N and h = β·u. Per-pair losses by ``loss_type`` (ε = ``label_smoothing``):
+
+        sigmoid  −(1−ε)·log σ(h) − ε·log σ(−h)          DPO; ε > 0 is conservative DPO (cDPO)
+        ipo      (u − 1/(2β))²                         IPO (Azar et al. 2023), β acting as τ
+        hinge    max(0, 1 − h)                          SLiC (Zhao et al. 2023)
+        robust   ((1−ε)·(−log σ(h)) − ε·(−log σ(−h))) / (1 − 2ε)   rDPO, flip rate ε (Chowdhury et al. 2024)
+
+    Pairs with |D| < ``min_region_voxels`` (at least 1, so N is never 0) are skipped: their loss and
+    rewards are 0, they carry no gradient and they are counted in ``num_skipped``. All arithmetic is
+    float32, so half-precision inputs and extreme log-ratios give finite losses.
+
+    Assumption: the abstract states only that RN-DPO "normalizes preference updates by the size of the
+    disagreement region between masks". We read this as dividing the summed log-ratio gap by |D|
+    (``region``), i.e. the gradient reaching each voxel of D is β·σ(−h)/|D| and its total over D does
+    not grow with |D|. ``sqrt_region`` and ``volume`` are our alternatives, kept for study, in analogy to
+    length normalisation in language-model DPO. The ε semantics follow TRL's ``label_smoothing``.
+
+    Args:
+        chosen_logratios: ``(P,)`` Σ_{v∈D} ρ_v(y⁺).
+        rejected_logratios: ``(P,)`` Σ_{v∈D} ρ_v(y⁻).
+        region_sizes: ``(P,)`` |D|.
+        volumes: ``(P,)`` V; required only for ``normalization="volume"``.
+        beta: β > 0, the inverse temperature (scale differs per normalisation).
+        loss_type: one of :data:`LOSS_TYPES`.
+        normalization: one of :data:`NORMALIZATIONS`.
+        label_smoothing: ε in [0, 0.5).
+        min_region_voxels: pairs with fewer disagreeing voxels are skipped.
+
+    Returns:
+        :class:`PreferenceLossOutput`.
+
+    Raises:
+        ValueError: unknown ``loss_type``/``normalization`` or out-of-range hyper-parameters.
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"unknown loss_type {loss_type!r}; valid: {', '.join(LOSS_TYPES)}")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    if normalization == "volume" and volumes is None:
+        raise ValueError("normalization='volume' needs the patch volumes")
+
+    chosen_logratios = chosen_logratios.float()
+    rejected_logratios = rejected_logratios.float()
+    region_sizes = region_sizes.float()
+    used = region_sizes >= max(1, min_region_voxels)
+    ones = torch.ones_like(region_sizes)
+    if normalization == "none":
+        normaliser = ones
+    elif normalization == "region":
+        normaliser = torch.where(used, region_sizes, ones)
+    elif normalization == "sqrt_region":
+        normaliser = torch.where(used, region_sizes, ones).sqrt()
+    else:  # volume
+        normaliser = torch.where(used, volumes.float().clamp_min(1.0), ones)
+
+    # Skipped pairs enter as exact zeros so that neither the loss nor its gradient can be NaN.
+    chosen_normalised = torch.where(used, chosen_logratios / normaliser, torch.zeros_like(normaliser))
+    rejected_normalised = torch.where(used, rejected_logratios / normaliser, torch.zeros_like(normaliser))
+    gap = chosen_normalised - rejected_normalised
+    h = beta * gap
+    eps = label_smoothing
+    if loss_type == "sigmoid":
+        losses = -(1 - eps) * F.logsigmoid(h) - eps * F.logsigmoid(-h)
+    elif loss_type == "ipo":
+        losses = (gap - 1 / (2 * beta)) ** 2
+    elif loss_type == "hinge":
+        losses = torch.relu(1 - h)
+    else:  # robust
+        losses = ((1 - eps) * -F.logsigmoid(h) + eps * F.logsigmoid(-h)) / (1 - 2 * eps)
+    losses = torch.where(used, losses, torch.zeros_like(losses))
+
+    num_used = int(used.sum())
+    loss = losses.sum() / max(num_used, 1)
+    chosen_rewards = (beta * chosen_normalised).detach()
+    rejected_rewards = (beta * rejected_normalised).detach()
+    return PreferenceLossOutput(
+        loss=loss,
+        losses=losses,
+        chosen_rewards=chosen_rewards,
+        rejected_rewards=rejected_rewards,
+        margins=chosen_rewards - rejected_rewards,
+        region_sizes=region_sizes,
+        used=used,
+        num_skipped=int(used.numel() - num_used),
+    )
+
+
+__all__ = [
+    "LOSS_TYPES",
+    "NORMALIZATIONS",
+    "PairLogRatios",
+    "PreferenceLossOutput",
+    "disagreement_region",
+    "mask_log_likelihood",
+    "pair_log_ratios",
+    "preference_loss",
+]
