@@ -2,11 +2,12 @@
 #   make demo   the main job (end-to-end run on built-in synthetic data)
 #   make test   the test suite (fast tier + end-to-end tier with real nnU-Net commands)
 # Both create .venv and install the package from setup.py. TORCH_SPEC is installed first: the default
-# is the small CPU build of torch that this project's CI uses; on a GPU machine run e.g.
+# pins torch and torchvision together (nnU-Net's trainer lookup imports timm, hence torchvision);
+# on another machine pick a matching pair, e.g.
 #   make demo TORCH_SPEC=torch
 PYTHON ?= python3
 VENV ?= .venv
-TORCH_SPEC ?= torch==2.13.0 torchvision==0.28.0
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 # The fastest reliable CPU settings for nnU-Net (see docs/getting_started.md).
 export nnUNet_compile ?= f
@@ -23,7 +24,7 @@ $(BIN)/.installed: setup.py
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/nnUNetv2_rndpo_demo -o demo_output
+	$(BIN)/nnUNetv2_rndpo_smoke -o demo_output
 
 # pytest exits 5 when it collects nothing; make treats any non-zero exit as failure, so an empty
 # suite cannot pass silently.

@@ -23,5 +23,5 @@ setup(
         "tqdm",
     ],
     extras_require={"test": ["pytest", "hypothesis", "ruff"]},
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["nnUNetv2_rndpo_smoke = nnunetv2_rndpo.smoke:main"]},
 )

@@ -48,6 +48,9 @@ class RNDPOConfig:
     # schedule
     num_epochs: int = _help("epochs of the preference phase (not nnU-Net's 1000)", default=50)
     num_iterations_per_epoch: int = _help("training iterations per epoch", default=100)
+    num_val_iterations_per_epoch: int = _help(
+        "nnU-Net's pseudo-Dice validation iterations on the labeled validation split per epoch", default=50
+    )
     learning_rate: float = _help("initial learning rate; larger moves further from the base model", default=1e-5)
     optimizer: str = _help(f"optimizer: one of {OPTIMIZERS}; adamw suits fine-tuning", default="adamw")
     grad_clip: float = _help("max gradient norm (nnU-Net clips at 12); smaller steps are safer", default=1.0)
@@ -118,6 +121,7 @@ class RNDPOConfig:
             _check_choice("proposal_sources", source, PROPOSAL_SOURCES)
         _check_range("num_epochs", self.num_epochs, low=1)
         _check_range("num_iterations_per_epoch", self.num_iterations_per_epoch, low=1)
+        _check_range("num_val_iterations_per_epoch", self.num_val_iterations_per_epoch, low=1)
         _check_range("learning_rate", self.learning_rate, low=0, low_open=True)
         _check_range("grad_clip", self.grad_clip, low=0, low_open=True)
         if self.batch_size is not None:

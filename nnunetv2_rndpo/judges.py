@@ -1,0 +1,118 @@
+"""Judges: a quality score per proposal (higher = better), from which pairs are mined.
+
+- ``agreement``: mean Dice of a proposal to the case's other proposals (model agreement).
+- ``oracle``: Dice to the hidden ground truth in ``labelsUnlabeled/`` plus Gaussian noise of standard
+  deviation ``judge_sigma``: a simulated judge of known reliability, for studies only.
+- ``external``: scores from any deployed QC system, read from a CSV ``case_id,proposal,score``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from nnunetv2_rndpo.metrics import dice_per_class
+
+CSV_HEADER = ("case_id", "proposal", "score")
+
+
+def mean_dice(a: np.ndarray, b: np.ndarray, labels_or_regions: Sequence) -> float:
+    """Mean foreground Dice of two masks, counting a class absent from both as 1 (they agree on it)."""
+    return float(np.mean(list(dice_per_class(a, b, labels_or_regions, empty_value=1.0).values())))
+
+
+def agreement_scores(masks: np.ndarray, labels_or_regions: Sequence) -> np.ndarray:
+    """score_k = mean_{j≠k} Dice(mask_k, mask_j); ``masks`` is ``(K, *spatial)``, returns ``(K,)``."""
+    k = len(masks)
+    pairwise = np.ones((k, k))
+    for i in range(k):
+        for j in range(i + 1, k):
+            pairwise[i, j] = pairwise[j, i] = mean_dice(masks[i], masks[j], labels_or_regions)
+    return (pairwise.sum(1) - 1) / (k - 1)
+
+
+def oracle_scores(
+    masks: np.ndarray, label: np.ndarray, labels_or_regions: Sequence, sigma: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns ``(scores, true_dice)``: scores = true Dice + N(0, sigma²), both ``(K,)``."""
+    true_dice = np.array([mean_dice(m, label, labels_or_regions) for m in masks])
+    return true_dice + rng.normal(0.0, sigma, size=true_dice.shape), true_dice
+
+
+def read_external_scores(path: str | Path, proposals_per_case: dict[str, int]) -> dict[str, np.ndarray]:
+    """Reads and validates a QC system's CSV ``case_id,proposal,score`` (one row per proposal).
+
+    Args:
+        path: the CSV file.
+        proposals_per_case: ``{case_id: K}`` for every pool case; proposal indices run 0 … K−1.
+
+    Returns:
+        ``{case_id: scores (K,)}``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: wrong header, empty file, non-numeric/NaN/inf scores, unknown cases or proposal
+            indices, duplicate rows, or cases/proposals without a score. The message names the row.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"judge_scores file {path} does not exist; point judge_scores at the QC system's CSV")
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise ValueError(f"judge_scores file {path} is empty; expected a header {','.join(CSV_HEADER)} and one row per proposal")
+    header = tuple(c.strip() for c in rows[0])
+    if header != CSV_HEADER:
+        raise ValueError(f"judge_scores file {path} has header {','.join(header)!r}; expected exactly {','.join(CSV_HEADER)!r}")
+    scores: dict[str, dict[int, float]] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        where = f"{path}, line {line}"
+        if len(row) != 3:
+            raise ValueError(f"{where}: expected 3 columns case_id,proposal,score, got {row}")
+        case_id, proposal, score = (c.strip() for c in row)
+        if case_id not in proposals_per_case:
+            raise ValueError(f"{where}: unknown case {case_id!r}; the unlabeled pool has {sorted(proposals_per_case)[:5]} ...")
+        try:
+            index = int(proposal)
+        except ValueError:
+            raise ValueError(f"{where}: proposal {proposal!r} is not an integer index") from None
+        if not 0 <= index < proposals_per_case[case_id]:
+            raise ValueError(
+                f"{where}: unknown proposal index {index} for case {case_id!r}; valid: 0 ... {proposals_per_case[case_id] - 1}"
+            )
+        try:
+            value = float(score)
+        except ValueError:
+            raise ValueError(f"{where}: score {score!r} is not a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: score {score!r} is not finite; every score must be a finite number")
+        if index in scores.setdefault(case_id, {}):
+            raise ValueError(f"{where}: duplicate row for case {case_id!r} proposal {index}")
+        scores[case_id][index] = value
+    missing_cases = sorted(set(proposals_per_case) - set(scores))
+    if missing_cases:
+        raise ValueError(
+            f"judge_scores file {path} has no scores for {len(missing_cases)} pool case(s): {missing_cases[:5]}; "
+            "score every proposal of every case"
+        )
+    for case_id, by_index in scores.items():
+        missing = sorted(set(range(proposals_per_case[case_id])) - set(by_index))
+        if missing:
+            raise ValueError(f"judge_scores file {path}: case {case_id!r} has no score for proposal(s) {missing}")
+    return {c: np.array([by_index[i] for i in range(len(by_index))]) for c, by_index in scores.items()}
+
+
+def write_scores_csv(path: str | Path, scores: dict[str, np.ndarray]) -> None:
+    """Writes scores in the CSV format :func:`read_external_scores` reads."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_HEADER)
+        for case_id in sorted(scores):
+            for index, value in enumerate(scores[case_id]):
+                writer.writerow([case_id, index, repr(float(value))])

@@ -1,0 +1,413 @@
+"""Everything the preference trainers add to an nnU-Net training run, held in one object.
+
+:class:`PreferencePhase` is created in ``on_train_start`` after nnU-Net has initialised the network and
+its data loaders (so nothing here ends up in ``debug.json``). It loads the base model into the policy
+and a frozen reference, prepares the unlabeled pool, proposals, judge scores and pairs, replaces the
+training data loader by one that yields preference batches, and writes the per-epoch metrics.
+
+Files in the fold folder:
+- ``rndpo_config.json``     the effective configuration
+- ``rndpo_reference.pth``   the frozen reference (= base) weights, restored on ``--c``
+- ``rndpo_pairs.json``      the mined pairs with both judge scores (and true Dice when hidden labels exist)
+- ``rndpo_metrics.jsonl``   one row per epoch: ``rewards/*``, ``logps/*``, ``region/*``, ``pairs/skipped``,
+                            ``judge/*`` and ``eval/dice`` when evaluated
+- ``rndpo_progress.png``    a plot of them
+- ``checkpoint_*.rndpo.json`` the patch sampler's generator state next to each nnU-Net checkpoint
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nnunetv2_rndpo.judges import agreement_scores, oracle_scores, read_external_scores
+from nnunetv2_rndpo.metrics import dice_per_class, foreground_mean
+from nnunetv2_rndpo.mining import Pair, mine_pair
+from nnunetv2_rndpo.pool import PreprocessedPool, atomic_write_text, find_cases
+from nnunetv2_rndpo.proposals import ProposalCache, generate_proposals, plan_proposals, proposal_spec
+from nnunetv2_rndpo.sampling import PairPatchSampler
+
+METRIC_KEYS = (
+    "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+    "logps/chosen", "logps/rejected", "region/size_mean", "region/frac",
+)
+
+
+def epoch_metrics(train_outputs: list[dict]) -> dict[str, float]:
+    """Aggregates per-step sums into per-epoch means.
+
+    ``rewards/*`` and ``logps/*`` are means over the pairs that entered the loss (0 if none did);
+    ``logps/*`` are per-voxel means over D (Σ_D ℓ_θ / |D|); ``region/size_mean`` is the mean |D| of a
+    patch, ``region/frac`` the mean |D| / V; ``pairs/skipped`` counts patches below ``min_region_voxels``.
+    """
+    total = lambda key: float(sum(o.get(key, 0.0) for o in train_outputs))  # noqa: E731
+    used, patches = total("n/used"), total("n/patches")
+    metrics = {"loss": float(np.mean([o["loss"] for o in train_outputs]))}
+    if any("n/used" in o for o in train_outputs):
+        for key in METRIC_KEYS:
+            denominator = patches if key.startswith("region/") else used
+            metrics[key] = total(f"sum/{key}") / denominator if denominator else 0.0
+        metrics["pairs/skipped"] = patches - used
+    if any("loss/sft" in o for o in train_outputs):
+        metrics["loss/sft"] = float(np.mean([o["loss/sft"] for o in train_outputs]))
+    return metrics
+
+
+class PreferenceBatches:
+    """The training iterator nnU-Net's loop pulls from: preference batches, plus labeled batches if needed."""
+
+    def __init__(self, sampler: PairPatchSampler, batch_size: int, labeled_loader=None):
+        self.sampler, self.batch_size, self.labeled_loader = sampler, batch_size, labeled_loader
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        batch = {"preference": self.sampler.batch(self.batch_size)}
+        if self.labeled_loader is not None:
+            batch["labeled"] = next(self.labeled_loader)
+        return batch
+
+
+class PreferencePhase:
+    """The preference-specific state of one trainer (see the module docstring)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.config = trainer.rndpo_config
+        self.fold_folder = Path(trainer.output_folder)
+        self.reference: torch.nn.Module | None = None
+        self.pairs: list[Pair] = []
+        self.judge_metrics: dict[str, float] = {}
+        self.test_pool: PreprocessedPool | None = None
+        self._labeled_loader = None
+
+    # ------------------------------------------------------------------ paths
+
+    @property
+    def dataset_name(self) -> str:
+        return self.trainer.plans_manager.dataset_name
+
+    @property
+    def raw_folder(self) -> Path:
+        from nnunetv2.paths import nnUNet_raw
+
+        if nnUNet_raw is None:
+            raise RuntimeError("nnUNet_raw is not set; export nnUNet_raw=/path/to/nnUNet_raw (the unlabeled pool lives there)")
+        return Path(nnUNet_raw) / self.dataset_name
+
+    @property
+    def cache_folder(self) -> Path:
+        """``$nnUNet_preprocessed/DatasetXXX/rndpo/<plans>_<configuration>``: outside nnU-Net's own folders."""
+        t = self.trainer
+        return Path(t.preprocessed_dataset_folder_base) / "rndpo" / f"{t.plans_manager.plans_name}_{t.configuration_name}"
+
+    def base_checkpoint(self) -> Path:
+        """The base model's checkpoint; a missing one is an error that prints the command creating it."""
+        t, cfg = self.trainer, self.config
+        if cfg.base_checkpoint:
+            path = Path(cfg.base_checkpoint)
+        else:
+            folder = f"{cfg.base_trainer}__{t.plans_manager.plans_name}__{t.configuration_name}"
+            path = Path(t.output_folder_base).parent / folder / f"fold_{t.fold}" / "checkpoint_final.pth"
+        if not path.is_file():
+            dataset_id = self.dataset_name.split("_")[0].replace("Dataset", "")
+            raise FileNotFoundError(
+                f"Base checkpoint {path} not found. The preference phase fine-tunes a trained nnU-Net model; "
+                f"train it first with\n  nnUNetv2_train {int(dataset_id)} {t.configuration_name} {t.fold} "
+                f"-tr {cfg.base_trainer} -p {t.plans_manager.plans_name}\nor set base_checkpoint in the file "
+                "named by $nnUNet_rndpo_config."
+            )
+        return path
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, sampler_state: dict | None = None) -> None:
+        t = self.trainer
+        atomic_write_text(self.fold_folder / "rndpo_config.json", json.dumps(self.config.to_dict(), indent=2))
+        self._load_policy_and_reference()
+        pool = self._prepare_pool()
+        cache = self._prepare_proposals(pool)
+        pairs_file = self.fold_folder / "rndpo_pairs.json"
+        if t.current_epoch > 0 and pairs_file.is_file():
+            saved = json.loads(pairs_file.read_text())
+            self.pairs = [Pair(**p) for p in saved["pairs"]]
+            self.judge_metrics = saved["judge_metrics"]
+        else:
+            self._judge_and_mine(pool, cache)
+            atomic_write_text(pairs_file, json.dumps(
+                {"judge_metrics": self.judge_metrics, "pairs": [vars(p) for p in self.pairs]}, indent=1))
+        t.print_to_log_file(
+            f"RN-DPO: {len(self.pairs)} pairs from {len(pool.case_ids)} pool cases "
+            f"(judge {self.config.judge}, mining {self.config.mining}); {self.judge_metrics}")
+        self._install_dataloader(pool, cache, sampler_state)
+        self._register_logger_keys()
+        self._prepare_evaluation()
+        if t.current_epoch == 0:
+            self._write_metrics_row(0, {"eval/dice": self.evaluate()} if self.test_pool is not None else {})
+        else:
+            self._truncate_metrics(t.current_epoch)
+
+    def _load_policy_and_reference(self) -> None:
+        t = self.trainer
+        reference_file = self.fold_folder / "rndpo_reference.pth"
+        if t.current_epoch == 0:
+            checkpoint = torch.load(self.base_checkpoint(), map_location=t.device, weights_only=False)
+            weights = {k.removeprefix("module."): v for k, v in checkpoint["network_weights"].items()}
+            network = t.network.module if t.is_ddp else t.network
+            network = getattr(network, "_orig_mod", network)
+            own = network.state_dict()
+            mismatched = [k for k in own if k not in weights or weights[k].shape != own[k].shape]
+            if mismatched:
+                raise ValueError(
+                    f"The base checkpoint {self.base_checkpoint()} does not fit this dataset's "
+                    f"{t.configuration_name} network (e.g. {mismatched[:3]}): was it trained with another "
+                    "configuration, plans or number of classes? Point base_checkpoint at a matching model."
+                )
+            network.load_state_dict(weights)
+            temporary = reference_file.with_name(reference_file.name + ".tmp")
+            torch.save(weights, temporary)
+            os.replace(temporary, reference_file)
+        reference_weights = torch.load(reference_file, map_location=t.device, weights_only=True)
+        self.reference = t.build_network_architecture(
+            t.plans_manager, t.configuration_manager, t.num_input_channels,
+            t.label_manager.num_segmentation_heads, enable_deep_supervision=False,
+        ).to(t.device)
+        self.reference.load_state_dict(reference_weights)
+        self.reference.eval().requires_grad_(False)
+
+    def _prepare_pool(self) -> PreprocessedPool:
+        t, cfg = self.trainer, self.config
+        folder = Path(cfg.unlabeled_dir) if cfg.unlabeled_dir else self.raw_folder / "imagesUnlabeled"
+        labels = folder.parent / "labelsUnlabeled"
+        cases = find_cases(folder, t.dataset_json["file_ending"], len(t.dataset_json["channel_names"]),
+                           labels if labels.is_dir() else None)
+        pool = PreprocessedPool(self.cache_folder / "pool", cases)
+        pool.preprocess(t.plans_manager, t.configuration_manager, t.dataset_json)
+        return pool
+
+    def _predictor(self):
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        t = self.trainer
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                    perform_everything_on_device=t.device.type == "cuda", device=t.device,
+                                    verbose=False, allow_tqdm=False)
+        predictor.manual_initialization(self.reference, t.plans_manager, t.configuration_manager, None,
+                                        t.dataset_json, t.__class__.__name__, t.inference_allowed_mirroring_axes)
+        return predictor
+
+    def _prepare_proposals(self, pool: PreprocessedPool) -> ProposalCache:
+        t, cfg = self.trainer, self.config
+        mirror_axes = tuple(t.inference_allowed_mirroring_axes or ())
+        specs = plan_proposals(cfg.num_proposals, cfg.proposal_sources, mirror_axes, cfg.seed)
+        reference_file = self.fold_folder / "rndpo_reference.pth"
+        spec = proposal_spec(str(reference_file), t.plans_manager.plans_name, t.configuration_name, specs, cfg.seed)
+        cache = ProposalCache(self.cache_folder / "proposals", spec)
+        if cache.is_complete and all(cache.has_case(c) for c in pool.case_ids):
+            t.print_to_log_file(f"RN-DPO: reusing proposals from {cache.folder}")
+            return cache
+        for stale in cache.remove_stale():
+            t.print_to_log_file(f"RN-DPO: removed stale proposals {stale}")
+        generated = generate_proposals(cache, pool, self._predictor(), specs, t.label_manager, mirror_axes, t.device)
+        t.print_to_log_file(f"RN-DPO: generated proposals for {generated} cases in {cache.folder}")
+        return cache
+
+    def _judge_and_mine(self, pool: PreprocessedPool, cache: ProposalCache) -> None:
+        t, cfg = self.trainer, self.config
+        classes = t.label_manager.foreground_regions if t.label_manager.has_regions else t.label_manager.foreground_labels
+        rng = np.random.default_rng(cfg.seed)
+        external = None
+        if cfg.judge == "external":
+            external = read_external_scores(cfg.judge_scores, {c: cfg.num_proposals for c in pool.case_ids})
+        if cfg.judge == "oracle" and not pool.has_labels:
+            raise FileNotFoundError(
+                "judge='oracle' needs hidden ground truth for every pool case in labelsUnlabeled/ next to the "
+                "unlabeled images; use judge='agreement' or 'external' for real unlabeled data")
+        self.pairs, identical = [], 0
+        for case_id in pool.case_ids:
+            masks = cache.masks(case_id)
+            label = pool.label(case_id)
+            true_dice = None if label is None else np.array([
+                float(np.mean(list(dice_per_class(m, label, classes, empty_value=1.0).values()))) for m in masks])
+            if cfg.judge == "agreement":
+                scores = agreement_scores(masks, classes)
+            elif cfg.judge == "oracle":
+                scores, _ = oracle_scores(masks, label, classes, cfg.judge_sigma, rng)
+            else:
+                scores = external[case_id]
+            pair = mine_pair(case_id, masks, scores, cfg.mining, rng, true_dice)
+            if pair is None:
+                identical += 1
+            else:
+                self.pairs.append(pair)
+        if not self.pairs:
+            raise ValueError(
+                f"No preference pairs: the mined proposals of all {len(pool.case_ids)} pool cases are identical, "
+                "so there is nothing to learn. Add proposal sources (e.g. 'threshold', 'temperature'), raise "
+                "num_proposals, or use mining='top_random'.")
+        self.judge_metrics = {
+            "judge/margin_mean": float(np.mean([p.chosen_score - p.rejected_score for p in self.pairs])),
+            "pairs/identical_cases": identical,
+        }
+        if all(p.chosen_dice is not None for p in self.pairs):
+            self.judge_metrics["judge/oracle_pair_acc"] = float(
+                np.mean([p.chosen_dice > p.rejected_dice for p in self.pairs]))
+
+    def _install_dataloader(self, pool, cache, sampler_state) -> None:
+        t, cfg = self.trainer, self.config
+        rotation, dummy_2d, initial_patch_size, mirror_axes = t.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        patch_size = t.configuration_manager.patch_size
+        transforms = t.get_training_transforms(
+            patch_size, rotation, t._get_deep_supervision_scales(), mirror_axes, dummy_2d,
+            use_mask_for_norm=t.configuration_manager.use_mask_for_norm, is_cascaded=False,
+            foreground_labels=t.label_manager.foreground_labels, regions=None, ignore_label=None)
+        rng = np.random.default_rng(cfg.seed)
+        if sampler_state is not None:
+            rng.bit_generator.state = sampler_state
+        self.sampler = PairPatchSampler(self.pairs, pool, cache, patch_size, initial_patch_size, transforms,
+                                        cfg.disagreement_oversample, rng)
+        self._labeled_loader = t.dataloader_train
+        if cfg.sft_weight == 0 and hasattr(self._labeled_loader, "_finish"):
+            self._labeled_loader._finish()  # no labeled batches needed: stop nnU-Net's augmentation workers
+        t.dataloader_train = PreferenceBatches(
+            self.sampler, cfg.batch_size or t.batch_size, self._labeled_loader if cfg.sft_weight > 0 else None)
+
+    def restore_dataloader(self) -> None:
+        """Gives nnU-Net back its own loader so that ``on_train_end`` shuts it down as usual."""
+        if self._labeled_loader is not None:
+            self.trainer.dataloader_train = self._labeled_loader
+
+    # ------------------------------------------------------------------ step helpers
+
+    def autocast(self):
+        t = self.trainer
+        return torch.autocast(t.device.type, enabled=True) if t.device.type == "cuda" else contextlib.nullcontext()
+
+    def backward_and_step(self, loss: torch.Tensor) -> None:
+        """Backward, clip at ``grad_clip`` and step, with nnU-Net's grad scaler on CUDA."""
+        t = self.trainer
+        if t.grad_scaler is not None:
+            t.grad_scaler.scale(loss).backward()
+            t.grad_scaler.unscale_(t.optimizer)
+            torch.nn.utils.clip_grad_norm_(t.network.parameters(), self.config.grad_clip)
+            t.grad_scaler.step(t.optimizer)
+            t.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(t.network.parameters(), self.config.grad_clip)
+            t.optimizer.step()
+
+    # ------------------------------------------------------------------ logging
+
+    def _register_logger_keys(self) -> None:
+        logging = self.trainer.logger.local_logger.my_fantastic_logging
+        for key in (*METRIC_KEYS, "pairs/skipped", *self.judge_metrics, "eval/dice"):
+            logging.setdefault(key, [])
+
+    def log_epoch(self, metrics: dict[str, float]) -> None:
+        t = self.trainer
+        self._pending = {**metrics, **self.judge_metrics}
+        for key in (*METRIC_KEYS, "pairs/skipped", *self.judge_metrics):
+            if key in self._pending:
+                t.logger.log(key, self._pending[key], t.current_epoch)
+
+    def maybe_evaluate(self, epochs_done: int) -> None:
+        """Writes this epoch's metrics row, with test Dice every ``eval_every`` epochs."""
+        row = dict(getattr(self, "_pending", {}))
+        every = self.config.eval_every
+        if self.test_pool is not None and every and (epochs_done % every == 0 or epochs_done == self.trainer.num_epochs):
+            row["eval/dice"] = self.evaluate()
+            self.trainer.print_to_log_file(f"RN-DPO: test Dice after {epochs_done} epochs: {row['eval/dice']:.4f}")
+        self._write_metrics_row(epochs_done, row)
+        self._plot()
+
+    def _write_metrics_row(self, epochs_done: int, row: dict) -> None:
+        with open(self.fold_folder / "rndpo_metrics.jsonl", "a") as f:
+            f.write(json.dumps({"epoch": epochs_done, **row}) + "\n")
+
+    def _truncate_metrics(self, epochs_done: int) -> None:
+        """On ``--c``: drops rows written after the checkpoint we resume from."""
+        path = self.fold_folder / "rndpo_metrics.jsonl"
+        if path.is_file():
+            rows = [r for r in path.read_text().splitlines() if r and json.loads(r)["epoch"] <= epochs_done]
+            atomic_write_text(path, "".join(r + "\n" for r in rows))
+
+    def read_metrics(self) -> list[dict]:
+        path = self.fold_folder / "rndpo_metrics.jsonl"
+        return [json.loads(r) for r in path.read_text().splitlines() if r] if path.is_file() else []
+
+    def _plot(self) -> None:
+        import matplotlib
+
+        matplotlib.use("agg")
+        import matplotlib.pyplot as plt
+
+        rows = self.read_metrics()
+        panels = [("rewards/margins", "rewards/accuracies"), ("logps/chosen", "logps/rejected"),
+                  ("region/size_mean",), ("eval/dice",)]
+        fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3 * len(panels)))
+        for ax, keys in zip(axes, panels, strict=True):
+            for key in keys:
+                points = [(r["epoch"], r[key]) for r in rows if key in r]
+                if points:
+                    ax.plot(*zip(*points, strict=True), marker="o", label=key)
+            ax.legend(loc="best")
+            ax.set_xlabel("epochs done")
+        fig.tight_layout()
+        fig.savefig(self.fold_folder / "rndpo_progress.png")
+        plt.close(fig)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _prepare_evaluation(self) -> None:
+        if not self.config.eval_every:
+            return
+        images, labels = self.raw_folder / "imagesTs", self.raw_folder / "labelsTs"
+        if not (images.is_dir() and labels.is_dir()):
+            self.trainer.print_to_log_file(f"RN-DPO: eval_every > 0 but {images} or {labels} is missing; no test curve")
+            return
+        t = self.trainer
+        cases = find_cases(images, t.dataset_json["file_ending"], len(t.dataset_json["channel_names"]), labels,
+                           what="test set", fix="add imagesTs/labelsTs to the raw dataset")
+        self.test_pool = PreprocessedPool(self.cache_folder / "test", [c for c in cases if c.label_file])
+        self.test_pool.preprocess(t.plans_manager, t.configuration_manager, t.dataset_json)
+
+    def evaluate(self) -> float:
+        """Mean foreground Dice of the current policy on imagesTs/labelsTs, in preprocessed space, no TTA."""
+        t = self.trainer
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        t.set_deep_supervision_enabled(False)
+        network = copy.deepcopy(t.network.module if t.is_ddp else t.network)
+        t.set_deep_supervision_enabled(True)
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                    perform_everything_on_device=t.device.type == "cuda", device=t.device,
+                                    verbose=False, allow_tqdm=False)
+        predictor.manual_initialization(network, t.plans_manager, t.configuration_manager, None, t.dataset_json,
+                                        t.__class__.__name__, t.inference_allowed_mirroring_axes)
+        classes = t.label_manager.foreground_regions if t.label_manager.has_regions else t.label_manager.foreground_labels
+        scores = []
+        for case_id in self.test_pool.case_ids:
+            logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.array(self.test_pool.image(case_id))))
+            prediction = np.asarray(t.label_manager.convert_logits_to_segmentation(logits.float().cpu()))
+            scores.append(foreground_mean(dice_per_class(prediction, self.test_pool.label(case_id), classes)))
+        t.network.train()
+        return float(np.nanmean(scores))
+
+    # ------------------------------------------------------------------ resume
+
+    def save_state(self, checkpoint_filename: str) -> None:
+        path = Path(checkpoint_filename).with_suffix(".rndpo.json")
+        atomic_write_text(path, json.dumps({"sampler_rng": self.sampler.rng.bit_generator.state}))
+
+    @staticmethod
+    def load_state(checkpoint_filename: str) -> dict | None:
+        path = Path(checkpoint_filename).with_suffix(".rndpo.json")
+        return json.loads(path.read_text())["sampler_rng"] if path.is_file() else None

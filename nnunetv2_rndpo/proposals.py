@@ -1,0 +1,231 @@
+"""Proposals: several candidate masks per unlabeled case from the base network, cached on disk.
+
+All sources come from the same forward passes that nnU-Net's test-time augmentation (TTA) makes: the
+network is run once per mirror flip of the allowed mirroring axes (8 in 3D, 4 in 2D), and
+
+- ``mirror``      each individual flip's argmax is a proposal;
+- ``threshold``   the mean softmax over the flips with the background probability scaled by a factor f
+                  (f > 1: more background, smaller masks) before the argmax; for region-based datasets the
+                  region probabilities are divided by f before nnU-Net's 0.5 threshold;
+- ``temperature`` the mean over the flips of softmax(z / T), then the argmax.
+
+So generating proposals costs one TTA prediction per case, whatever the sources. Masks are stored in
+nnU-Net's preprocessed space, so that patches of image, proposals and hidden labels line up.
+
+Cache: ``<cache>/proposals/<key>/<case>.npz`` with ``masks`` (uint8, ``(K, *spatial)``) and
+``probabilities`` (float16, ``(C, *spatial)``, the mean over flips). ``<key>`` hashes everything that
+produced them (base checkpoint hash, plans, configuration, sources, K, seed), so a changed base model or
+config reads from a new folder and never from a stale one. Each case file is written atomically; a
+``manifest.json`` written last marks the folder complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from nnunetv2_rndpo.pool import atomic_write_text
+
+THRESHOLD_LADDER = (2.0, 0.5, 1.5, 0.67, 3.0, 0.33, 4.0, 0.25, 6.0, 0.17)
+TEMPERATURE_LADDER = (0.5, 2.0, 0.25, 4.0, 0.75, 1.5)
+
+
+@dataclass(frozen=True)
+class ProposalSpec:
+    """One proposal recipe: ``source`` plus its parameter (flip axes, threshold factor or temperature)."""
+
+    source: str
+    parameter: tuple[int, ...] | float
+
+    def describe(self) -> str:
+        return f"{self.source}:{self.parameter}"
+
+
+def plan_proposals(
+    num_proposals: int, sources: list[str], mirror_axes: tuple[int, ...], seed: int
+) -> list[ProposalSpec]:
+    """Chooses ``num_proposals`` recipes from the sources, spread over them round-robin.
+
+    Assumption: the K proposals are divided evenly between the sources (the mirror flips are capped at
+    the number of flips, and what they cannot fill goes to the other sources); which flips are used when
+    fewer than all are needed is drawn with ``seed``. The factors and temperatures are fixed ladders
+    (``THRESHOLD_LADDER``, ``TEMPERATURE_LADDER``), nearest to 1 first.
+
+    Raises:
+        ValueError: the sources cannot produce ``num_proposals`` distinct recipes.
+    """
+    flips = [c for r in range(len(mirror_axes) + 1) for c in itertools.combinations(mirror_axes, r)]
+    available = {
+        "mirror": [ProposalSpec("mirror", f) for f in flips],
+        "threshold": [ProposalSpec("threshold", f) for f in THRESHOLD_LADDER],
+        "temperature": [ProposalSpec("temperature", t) for t in TEMPERATURE_LADDER],
+    }
+    capacity = sum(len(available[s]) for s in sources)
+    if num_proposals > capacity:
+        raise ValueError(
+            f"num_proposals={num_proposals} but proposal_sources {sources} give at most {capacity} distinct "
+            f"proposals here ({len(flips)} mirror flips); lower num_proposals or add sources."
+        )
+    counts = dict.fromkeys(sources, 0)
+    remaining = num_proposals
+    while remaining:
+        for source in sources:
+            if remaining and counts[source] < len(available[source]):
+                counts[source] += 1
+                remaining -= 1
+    rng = np.random.default_rng(seed)
+    specs = []
+    for source in sources:
+        options = available[source]
+        if source == "mirror" and counts[source] < len(options):
+            chosen = sorted(rng.choice(len(options), counts[source], replace=False))
+            specs += [options[i] for i in chosen]
+        else:
+            specs += options[: counts[source]]
+    return specs
+
+
+def _flip_dims(image_ndim: int, patch_ndim: int, axes: tuple[int, ...]) -> list[int]:
+    """Dims of a ``(C, *spatial)`` array that the patch axes ``axes`` refer to (2D configs skip axis 1)."""
+    offset = image_ndim - patch_ndim
+    return [a + offset for a in axes]
+
+
+@torch.inference_mode()
+def propose_case(
+    predictor, image: torch.Tensor, specs: list[ProposalSpec], label_manager, mirror_axes: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Generates the proposals of one case.
+
+    Args:
+        predictor: an ``nnUNetPredictor`` initialised with the base network (``use_mirroring`` is
+            switched off here: flips are made explicitly).
+        image: ``(C_in, *spatial)`` preprocessed image.
+        specs: recipes from :func:`plan_proposals`.
+        label_manager: nnU-Net's ``LabelManager`` (softmax or regions).
+        mirror_axes: the network's allowed mirroring axes (patch axes).
+
+    Returns:
+        ``(masks, probabilities)``: uint8 ``(K, *spatial)`` label maps and float16 ``(C, *spatial)`` mean
+        probabilities over all flips.
+    """
+    predictor.use_mirroring = False
+    patch_ndim = len(predictor.configuration_manager.patch_size)
+    temperatures = sorted({1.0} | {s.parameter for s in specs if s.source == "temperature"})
+    mean_probabilities = dict.fromkeys(temperatures, 0.0)
+    flip_masks = {}
+    flips = [c for r in range(len(mirror_axes) + 1) for c in itertools.combinations(mirror_axes, r)]
+    for flip in flips:
+        dims = _flip_dims(image.ndim, patch_ndim, flip)
+        flipped = torch.flip(image, dims) if dims else image
+        logits = predictor.predict_sliding_window_return_logits(flipped).float().cpu()
+        logits = torch.flip(logits, dims) if dims else logits
+        if ProposalSpec("mirror", flip) in specs:
+            flip_masks[flip] = label_manager.convert_logits_to_segmentation(logits)
+        for t in temperatures:
+            mean_probabilities[t] = mean_probabilities[t] + label_manager.apply_inference_nonlin(logits / t) / len(flips)
+    probabilities = mean_probabilities[1.0]
+    masks = []
+    for spec in specs:
+        if spec.source == "mirror":
+            masks.append(flip_masks[spec.parameter])
+        elif spec.source == "temperature":
+            masks.append(label_manager.convert_probabilities_to_segmentation(mean_probabilities[spec.parameter]))
+        else:  # threshold
+            scaled = probabilities.clone()
+            if label_manager.has_regions:
+                scaled = (scaled / spec.parameter).clamp(0, 1)
+            else:
+                scaled[0] *= spec.parameter
+            masks.append(label_manager.convert_probabilities_to_segmentation(scaled))
+    stacked = torch.stack([torch.as_tensor(m) for m in masks]).numpy().astype(np.uint8)
+    return stacked, probabilities.numpy().astype(np.float16)
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ProposalCache:
+    """Proposals of one (base model, plans, configuration, sources, K, seed), one file per case."""
+
+    def __init__(self, root: str | os.PathLike, spec: dict):
+        self.spec = spec
+        key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+        self.root = Path(root)
+        self.folder = self.root / key
+
+    @property
+    def is_complete(self) -> bool:
+        manifest = self.folder / "manifest.json"
+        return manifest.is_file() and json.loads(manifest.read_text())["spec"] == self.spec
+
+    def has_case(self, case_id: str) -> bool:
+        return (self.folder / f"{case_id}.npz").is_file()
+
+    def save_case(self, case_id: str, masks: np.ndarray, probabilities: np.ndarray) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        temporary = self.folder / f"{case_id}.tmp.npz"
+        np.savez_compressed(temporary, masks=masks, probabilities=probabilities)
+        os.replace(temporary, self.folder / f"{case_id}.npz")
+
+    def masks(self, case_id: str) -> np.ndarray:
+        """uint8 ``(K, *spatial)``."""
+        with np.load(self.folder / f"{case_id}.npz") as f:
+            return f["masks"]
+
+    def probabilities(self, case_id: str) -> np.ndarray:
+        """float16 ``(C, *spatial)``."""
+        with np.load(self.folder / f"{case_id}.npz") as f:
+            return f["probabilities"]
+
+    def mark_complete(self, case_ids: list[str]) -> None:
+        atomic_write_text(self.folder / "manifest.json", json.dumps({"spec": self.spec, "cases": case_ids}, indent=1))
+
+    def remove_stale(self) -> list[Path]:
+        """Deletes sibling folders that belong to other specs; returns what was removed."""
+        stale = [p for p in self.root.iterdir() if p.is_dir() and p != self.folder] if self.root.is_dir() else []
+        for p in stale:
+            shutil.rmtree(p)
+        return stale
+
+
+def proposal_spec(
+    checkpoint: str, plans_identifier: str, configuration: str, specs: list[ProposalSpec], seed: int
+) -> dict:
+    """Everything that determines the proposals, recorded in the cache manifest."""
+    return {
+        "base_checkpoint_sha256": file_sha256(checkpoint),
+        "plans": plans_identifier,
+        "configuration": configuration,
+        "proposals": [asdict(s) for s in specs],
+        "seed": seed,
+        "format": 1,
+    }
+
+
+def generate_proposals(
+    cache: ProposalCache, pool, predictor, specs, label_manager, mirror_axes, device, progress: bool = True
+) -> int:
+    """Fills ``cache`` for every pool case not in it yet and marks it complete; returns cases generated."""
+    todo = [c for c in pool.case_ids if not cache.has_case(c)]
+    for case_id in tqdm(todo, desc="generating proposals", disable=not progress or not todo):
+        image = torch.from_numpy(np.array(pool.image(case_id)))
+        masks, probabilities = propose_case(predictor, image.to(device), specs, label_manager, mirror_axes)
+        cache.save_case(case_id, masks, probabilities)
+    cache.mark_complete(pool.case_ids)
+    return len(todo)

@@ -1,0 +1,192 @@
+"""nnU-Net trainers for the preference fine-tuning phase.
+
+``nnUNetv2_train D C F -tr nnUNetTrainerRNDPO`` starts from the full base checkpoint
+(``nnUNetTrainer__<plans>__<C>/fold_F/checkpoint_final.pth`` unless ``base_checkpoint`` says otherwise),
+keeps a frozen reference copy, proposes masks for the unlabeled pool, lets the judge rank them, mines
+pairs and optimises the preference loss on patches centred on each pair's disagreement region. The
+result is an ordinary nnU-Net model folder for ``nnUNetv2_predict``.
+
+The classes override a few hooks of ``nnUNetTrainer`` and call ``super()``; the work is done by the
+modules of this package. Configuration: :mod:`nnunetv2_rndpo.config`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunetv2_rndpo.config import load_config
+from nnunetv2_rndpo.objective import pair_log_ratios, preference_loss
+from nnunetv2_rndpo.phase import PreferencePhase, epoch_metrics
+
+
+class nnUNetTrainerRNDPO(nnUNetTrainer):
+    """Region-Normalized DPO fine-tuning of a trained nnU-Net model (``normalization='region'``)."""
+
+    preset: ClassVar[dict] = {"normalization": "region"}
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):  # noqa: B008 (nnUNetTrainer's exact signature)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.rndpo_config = load_config(self.preset)
+        cfg = self.rndpo_config
+        self.num_epochs = cfg.num_epochs
+        self.num_iterations_per_epoch = cfg.num_iterations_per_epoch
+        self.num_val_iterations_per_epoch = cfg.num_val_iterations_per_epoch
+        self.initial_lr = cfg.learning_rate
+        # nnU-Net's augmentation draws from the global generators; seeding them makes CPU runs repeatable
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.phase: PreferencePhase | None = None
+        self._resumed_sampler_state: dict | None = None
+
+    # ------------------------------------------------------------------ optimisation
+
+    def configure_optimizers(self):
+        """AdamW (default) or SGD with momentum 0.9 at ``learning_rate``, nnU-Net's poly schedule.
+
+        Assumption: nnU-Net's SGD with momentum 0.99 at 1e-2 trains from scratch; a fine-tuning phase
+        needs smaller steps (a probe with it destroyed a real model, ../shared/STUDY_NOTES.md).
+        """
+        from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+
+        params = self.network.parameters()
+        if self.rndpo_config.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(params, lr=self.initial_lr, weight_decay=self.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(params, lr=self.initial_lr, momentum=0.9, nesterov=True,
+                                        weight_decay=self.weight_decay)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def on_train_start(self):
+        super().on_train_start()
+        self.phase = PreferencePhase(self)
+        self.phase.setup(sampler_state=self._resumed_sampler_state)
+
+    def on_train_end(self):
+        self.phase.restore_dataloader()
+        super().on_train_end()
+
+    def train_step(self, batch: dict) -> dict:
+        pref = batch["preference"]
+        data = pref["data"].to(self.device, non_blocking=True)
+        target = [t.to(self.device, non_blocking=True) for t in pref["target"]]
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.phase.autocast():
+            output = self.network(data)
+            step_loss, outputs = self.preference_step(data, output, target)
+            if "labeled" in batch:
+                labeled = batch["labeled"]
+                sft_target = [t.to(self.device, non_blocking=True) for t in labeled["target"]]
+                sft_loss = self.loss(self.network(labeled["data"].to(self.device, non_blocking=True)), sft_target)
+                step_loss = step_loss + self.rndpo_config.sft_weight * sft_loss
+                outputs["loss/sft"] = float(sft_loss.detach())
+        self.phase.backward_and_step(step_loss)
+        outputs["loss"] = step_loss.detach().cpu().numpy()
+        return outputs
+
+    def preference_step(self, data: torch.Tensor, output, target: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        """The preference loss of one batch and the sums the epoch metrics need.
+
+        Deep supervision: the preference loss uses only the full-resolution head (``output[0]``), the
+        one nnU-Net predicts with; the lower-resolution heads get gradients only from the supervised
+        anchor (``sft_weight``), through nnU-Net's own deep-supervision loss.
+        """
+        logits = output[0] if isinstance(output, (list, tuple)) else output
+        with torch.no_grad():
+            reference_logits = self.phase.reference(data)
+        lm = self.label_manager
+        ratios = pair_log_ratios(
+            logits, reference_logits, target[0][:, 0], target[0][:, 1],
+            regions=lm.foreground_regions if lm.has_regions else None, ignore_label=lm.ignore_label,
+        )
+        cfg = self.rndpo_config
+        out = preference_loss(
+            ratios.chosen_logratios, ratios.rejected_logratios, ratios.region_sizes, ratios.volumes,
+            beta=cfg.effective_beta, loss_type=cfg.loss_type, normalization=cfg.normalization,
+            label_smoothing=cfg.label_smoothing, min_region_voxels=cfg.min_region_voxels,
+        )
+        used = out.used
+        per_voxel = ratios.region_sizes.clamp_min(1)
+
+        def used_sum(values: torch.Tensor) -> float:
+            return float(values.detach()[used].sum())
+
+        return out.loss, {
+            "n/used": int(used.sum()),
+            "n/patches": int(used.numel()),
+            "sum/rewards/chosen": used_sum(out.chosen_rewards),
+            "sum/rewards/rejected": used_sum(out.rejected_rewards),
+            "sum/rewards/margins": used_sum(out.margins),
+            "sum/rewards/accuracies": used_sum((out.margins > 0).float()),
+            "sum/logps/chosen": used_sum(ratios.chosen_logps / per_voxel),
+            "sum/logps/rejected": used_sum(ratios.rejected_logps / per_voxel),
+            "sum/region/size_mean": float(ratios.region_sizes.sum()),
+            "sum/region/frac": float((ratios.region_sizes / ratios.volumes.clamp_min(1)).sum()),
+        }
+
+    def on_train_epoch_end(self, train_outputs: list[dict]):
+        super().on_train_epoch_end(train_outputs)
+        self.phase.log_epoch(epoch_metrics(train_outputs))
+
+    def on_epoch_end(self):
+        self.phase.maybe_evaluate(self.current_epoch + 1)
+        super().on_epoch_end()
+
+    def save_checkpoint(self, filename: str) -> None:
+        super().save_checkpoint(filename)
+        if self.phase is not None and self.local_rank == 0 and not self.disable_checkpointing:
+            self.phase.save_state(filename)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        if isinstance(filename_or_checkpoint, str):
+            self._resumed_sampler_state = PreferencePhase.load_state(filename_or_checkpoint)
+
+
+class nnUNetTrainerDPO(nnUNetTrainerRNDPO):
+    """Standard DPO: identical to :class:`nnUNetTrainerRNDPO` without region normalisation."""
+
+    preset: ClassVar[dict] = {"normalization": "none"}
+
+
+class nnUNetTrainerPseudoLabel(nnUNetTrainerRNDPO):
+    """Best-of-N self-training baseline: nnU-Net's supervised loss on the judge's top-ranked proposal.
+
+    Same pairs, patches, augmentation, schedule and optimiser as the preference trainers; the rejected
+    mask is unused and there is no reference term.
+    """
+
+    def preference_step(self, data, output, target):
+        chosen = [t[:, :1] for t in target]
+        if self.label_manager.has_regions:
+            regions = self.label_manager.foreground_regions
+            chosen = [
+                torch.cat([torch.isin(t, torch.as_tensor(list(r), device=t.device)) for r in regions], 1).to(t.dtype)
+                for t in chosen
+            ]
+        loss = self.loss(output, chosen)
+        return loss, {"n/patches": int(data.shape[0])}
+
+
+def read_pairs_file(fold_folder: str | Path) -> list[dict]:
+    """The pairs a run trained on (``rndpo_pairs.json`` in its fold folder)."""
+    return json.loads((Path(fold_folder) / "rndpo_pairs.json").read_text())["pairs"]
+
+
+class nnUNetTrainer_rndpoSmoke(nnUNetTrainer):
+    """Plain supervised nnU-Net on a smoke-test schedule (3 epochs × 10 iterations): a quick base model."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):  # noqa: B008 (nnUNetTrainer's exact signature)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 3, 10, 5

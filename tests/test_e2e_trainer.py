@@ -1,0 +1,176 @@
+"""End to end with the real nnU-Net commands on tiny synthetic datasets (slower tier, ``-m e2e``).
+
+plan/preprocess → short base training → ``nnUNetv2_train -tr nnUNetTrainer{RNDPO,DPO,PseudoLabel}`` →
+``nnUNetv2_predict`` → ``nnUNetv2_evaluate_folder``, resume with ``--c``, external QC scores, the
+proposal cache, the base-checkpoint error, and a 3D run.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nnunetv2_rndpo.judges import write_scores_csv
+from nnunetv2_rndpo.synthetic import make_tiny_dataset
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def run(command: list[str], env: dict, expect_ok: bool = True, **env_extra) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(BIN / command[0]), *command[1:]], env={**env, **env_extra},
+                            capture_output=True, text=True)
+    if expect_ok and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def make_env(root: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet")}
+    env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
+               nnUNet_results=str(root / "results"), nnUNet_extTrainer=str(REPO / "trainers"),
+               nnUNet_compile="f", nnUNet_n_proc_DA="0", nnUNet_def_n_proc="1")
+    return env
+
+
+def write_config(root: Path, name: str, **values) -> str:
+    config = {"num_epochs": 2, "num_iterations_per_epoch": 3, "num_val_iterations_per_epoch": 2,
+              "num_proposals": 4, "eval_every": 1, "base_trainer": "nnUNetTrainer_rndpoSmoke", **values}
+    path = root / f"{name}.json"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def prepare(root: Path, dataset_id: int, dim: int, configuration: str) -> dict:
+    env = make_env(root)
+    make_tiny_dataset(root / "raw", dataset_id, dim=dim)
+    run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", configuration, "-npfp", "1", "-np", "1"],
+        env, nnUNet_n_proc_DA="1")
+    run(["nnUNetv2_train", str(dataset_id), configuration, "0", "-tr", "nnUNetTrainer_rndpoSmoke", "-device", "cpu"], env)
+    return env
+
+
+@pytest.fixture(scope="module")
+def tiny2d(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny2d")
+    return root, prepare(root, 991, 2, "2d")
+
+
+def fold_folder(root: Path, trainer: str, dataset: str = "Dataset991_Tiny2D", configuration: str = "2d") -> Path:
+    return root / "results" / dataset / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0"
+
+
+def read_rows(folder: Path) -> list[dict]:
+    return [json.loads(r) for r in (folder / "rndpo_metrics.jsonl").read_text().splitlines()]
+
+
+def predict_and_evaluate(root: Path, env: dict, trainer: str, dataset_id: int = 991, configuration: str = "2d",
+                         dataset: str = "Dataset991_Tiny2D", ending: str = ".png") -> float:
+    out = root / f"pred_{trainer}"
+    run(["nnUNetv2_predict", "-i", str(root / "raw" / dataset / "imagesTs"), "-o", str(out), "-d", str(dataset_id),
+         "-c", configuration, "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "0", "-nps", "0",
+         "--disable_progress_bar"], env)
+    run(["nnUNetv2_evaluate_folder", str(root / "raw" / dataset / "labelsTs"), str(out),
+         "-djfile", str(out / "dataset.json"), "-pfile", str(out / "plans.json"), "-np", "1"], env)
+    return json.loads((out / "summary.json").read_text())["foreground_mean"]["Dice"]
+
+
+@pytest.mark.parametrize("trainer", ["nnUNetTrainerRNDPO", "nnUNetTrainerDPO", "nnUNetTrainerPseudoLabel"])
+def test_train_predict_evaluate(tiny2d, trainer):
+    root, env = tiny2d
+    run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu"], env,
+        nnUNet_rndpo_config=write_config(root, trainer))
+    folder = fold_folder(root, trainer)
+    assert (folder / "checkpoint_final.pth").is_file() and (folder / "rndpo_progress.png").is_file()
+    effective = json.loads((folder / "rndpo_config.json").read_text())
+    assert effective["normalization"] == ("none" if trainer == "nnUNetTrainerDPO" else "region")
+    rows = read_rows(folder)
+    assert [r["epoch"] for r in rows] == [0, 1, 2]  # epoch 0 = the base model, evaluated
+    for row in rows:
+        assert all(math.isfinite(v) for k, v in row.items() if k != "epoch"), row
+        assert 0 <= row["eval/dice"] <= 1
+    if trainer != "nnUNetTrainerPseudoLabel":
+        for key in ("rewards/chosen", "rewards/margins", "rewards/accuracies", "logps/chosen", "region/size_mean",
+                    "pairs/skipped", "judge/margin_mean", "judge/oracle_pair_acc"):
+            assert key in rows[1], key
+    dice = predict_and_evaluate(root, env, trainer)
+    assert 0 < dice <= 1
+
+
+def test_resume_keeps_the_reference_and_predicts(tiny2d):
+    root, env = tiny2d
+    trainer = "nnUNetTrainerRNDPO"
+    config = write_config(root, "resume", num_epochs=1, eval_every=0)
+    shutil_folder = fold_folder(root, trainer)
+    base = torch.load(fold_folder(root, "nnUNetTrainer_rndpoSmoke") / "checkpoint_final.pth", map_location="cpu",
+                      weights_only=False)["network_weights"]
+    run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu"], env, nnUNet_rndpo_config=config)
+    pairs_before = json.loads((shutil_folder / "rndpo_pairs.json").read_text())
+    config = write_config(root, "resume", num_epochs=2, eval_every=0)
+    result = run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu", "--c"], env,
+                 nnUNet_rndpo_config=config)
+    assert "Epoch 1" in result.stdout and "Epoch 0\n" not in result.stdout
+    reference = torch.load(shutil_folder / "rndpo_reference.pth", map_location="cpu", weights_only=True)
+    assert all(torch.equal(reference[k], base[k]) for k in base)
+    assert json.loads((shutil_folder / "rndpo_pairs.json").read_text()) == pairs_before
+    final = torch.load(shutil_folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == 2
+    assert any(not torch.equal(final["network_weights"][k], base[k]) for k in base)
+    assert 0 < predict_and_evaluate(root, env, trainer) <= 1
+
+
+def test_external_scores_and_proposal_cache(tiny2d):
+    root, env = tiny2d
+    trainer = "nnUNetTrainerDPO"
+    pool = sorted(p.name[: -len("_0000.png")] for p in (root / "raw" / "Dataset991_Tiny2D" / "imagesUnlabeled").iterdir())
+    # a "QC system" that prefers the proposal with the highest index
+    scores = {case: np.arange(4, dtype=float) for case in pool}
+    csv_path = root / "qc_scores.csv"
+    write_scores_csv(csv_path, scores)
+    config = write_config(root, "external", judge="external", judge_scores=str(csv_path), eval_every=0, num_epochs=1)
+    result = run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu"], env, nnUNet_rndpo_config=config)
+    assert "reusing proposals" in result.stdout  # generated by an earlier run with the same base model
+    pairs = json.loads((fold_folder(root, trainer) / "rndpo_pairs.json").read_text())["pairs"]
+    assert all(p["chosen"] == 3 and p["rejected"] == 0 for p in pairs)
+
+    csv_path.write_text("case_id,proposal,score\n" + f"{pool[0]},0,nan\n")
+    result = run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu"], env, expect_ok=False,
+                 nnUNet_rndpo_config=config)
+    assert result.returncode != 0 and "is not finite" in result.stderr
+
+    # a changed base model invalidates the cache: proposals are generated again
+    base_file = fold_folder(root, "nnUNetTrainer_rndpoSmoke") / "checkpoint_final.pth"
+    changed = root / "changed_base.pth"
+    checkpoint = torch.load(base_file, map_location="cpu", weights_only=False)
+    for value in checkpoint["network_weights"].values():
+        if value.is_floating_point():
+            value.mul_(1.01)
+    torch.save(checkpoint, changed)
+    config = write_config(root, "changed", base_checkpoint=str(changed), eval_every=0, num_epochs=1)
+    result = run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu"], env, nnUNet_rndpo_config=config)
+    assert "generated proposals for 6 cases" in result.stdout
+
+
+def test_missing_base_checkpoint_prints_the_command(tiny2d, tmp_path):
+    root, env = tiny2d
+    config = write_config(root, "missing", base_trainer="nnUNetTrainer")
+    result = run(["nnUNetv2_train", "991", "2d", "0", "-tr", "nnUNetTrainerRNDPO", "-device", "cpu"], env,
+                 expect_ok=False, nnUNet_rndpo_config=config)
+    assert "nnUNetv2_train 991 2d 0 -tr nnUNetTrainer -p nnUNetPlans" in result.stderr
+
+
+def test_3d(tmp_path):
+    env = prepare(tmp_path, 992, 3, "3d_fullres")
+    run(["nnUNetv2_train", "992", "3d_fullres", "0", "-tr", "nnUNetTrainerRNDPO", "-device", "cpu"], env,
+        nnUNet_rndpo_config=write_config(tmp_path, "3d", num_epochs=1, num_proposals=8))
+    folder = fold_folder(tmp_path, "nnUNetTrainerRNDPO", "Dataset992_Tiny3D", "3d_fullres")
+    assert [r["epoch"] for r in read_rows(folder)] == [0, 1]
+    assert 0 < predict_and_evaluate(tmp_path, env, "nnUNetTrainerRNDPO", 992, "3d_fullres", "Dataset992_Tiny3D",
+                                    ".nii.gz") <= 1

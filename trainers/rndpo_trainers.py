@@ -1,0 +1,14 @@
+"""Thin re-exports for nnU-Net's trainer lookup: ``export nnUNet_extTrainer=<repo>/trainers``.
+
+nnU-Net imports every module of this folder and then drops it from ``sys.modules``, so the classes
+live in the installed package ``nnunetv2_rndpo`` (picklable, importable by spawn workers).
+"""
+
+from nnunetv2_rndpo.trainer import (
+    nnUNetTrainer_rndpoSmoke,
+    nnUNetTrainerDPO,
+    nnUNetTrainerPseudoLabel,
+    nnUNetTrainerRNDPO,
+)
+
+__all__ = ["nnUNetTrainer_rndpoSmoke", "nnUNetTrainerDPO", "nnUNetTrainerPseudoLabel", "nnUNetTrainerRNDPO"]
