@@ -207,8 +207,8 @@ class PreferencePhase:
         t, cfg = self.trainer, self.config
         mirror_axes = tuple(t.inference_allowed_mirroring_axes or ())
         specs = plan_proposals(cfg.num_proposals, cfg.proposal_sources, mirror_axes, cfg.seed)
-        reference_file = self.fold_folder / "rndpo_reference.pth"
-        spec = proposal_spec(str(reference_file), t.plans_manager.plans_name, t.configuration_name, specs, cfg.seed)
+        spec = proposal_spec(self.reference.state_dict(), t.plans_manager.plans_name, t.configuration_name, specs,
+                             cfg.seed)
         cache = ProposalCache(self.cache_folder / "proposals", spec)
         if cache.is_complete and all(cache.has_case(c) for c in pool.case_ids):
             t.print_to_log_file(f"RN-DPO: reusing proposals from {cache.folder}")

@@ -14,7 +14,7 @@ nnU-Net's preprocessed space, so that patches of image, proposals and hidden lab
 
 Cache: ``<cache>/proposals/<key>/<case>.npz`` with ``masks`` (uint8, ``(K, *spatial)``) and
 ``probabilities`` (float16, ``(C, *spatial)``, the mean over flips). ``<key>`` hashes everything that
-produced them (base checkpoint hash, plans, configuration, sources, K, seed), so a changed base model or
+produced them (hash of the base network's weights, plans, configuration, sources, K, seed), so a changed base model or
 config reads from a new folder and never from a stale one. Each case file is written atomically; a
 ``manifest.json`` written last marks the folder complete.
 """
@@ -151,12 +151,13 @@ def propose_case(
     return stacked, probabilities.numpy().astype(np.float16)
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file."""
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """Hex SHA-256 of a network's weights (names, shapes, dtypes and values), independent of file format."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 
@@ -164,7 +165,7 @@ class ProposalCache:
     """Proposals of one (base model, plans, configuration, sources, K, seed), one file per case."""
 
     def __init__(self, root: str | os.PathLike, spec: dict):
-        self.spec = spec
+        self.spec = json.loads(json.dumps(spec))  # as read back from the manifest (tuples become lists)
         key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
         self.root = Path(root)
         self.folder = self.root / key
@@ -205,11 +206,12 @@ class ProposalCache:
 
 
 def proposal_spec(
-    checkpoint: str, plans_identifier: str, configuration: str, specs: list[ProposalSpec], seed: int
+    base_weights: dict[str, torch.Tensor], plans_identifier: str, configuration: str, specs: list[ProposalSpec],
+    seed: int,
 ) -> dict:
     """Everything that determines the proposals, recorded in the cache manifest."""
     return {
-        "base_checkpoint_sha256": file_sha256(checkpoint),
+        "base_weights_sha256": weights_sha256(base_weights),
         "plans": plans_identifier,
         "configuration": configuration,
         "proposals": [asdict(s) for s in specs],

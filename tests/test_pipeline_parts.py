@@ -154,3 +154,17 @@ def test_patch_bbox_centres_on_the_voxel_and_stays_in_nnunet_bounds():
     for _ in range(200):
         box = patch_bbox((10, 40), (20, 20), (16, 16), None, rng)
         assert -5 <= box[0][0] <= -5 and -2 <= box[1][0] <= 22
+
+
+def test_proposal_cache_is_keyed_by_spec_and_complete_only_after_manifest(tmp_path):
+    from nnunetv2_rndpo.proposals import ProposalCache
+
+    spec = {"proposals": [{"source": "mirror", "parameter": (0, 1)}], "seed": 1}
+    cache = ProposalCache(tmp_path, spec)
+    cache.save_case("a", np.zeros((2, 3, 3), np.uint8), np.zeros((2, 3, 3), np.float16))
+    assert cache.has_case("a") and not cache.is_complete  # interrupted before the manifest: not valid
+    cache.mark_complete(["a"])
+    assert ProposalCache(tmp_path, spec).is_complete  # a new run with the same spec reuses it
+    other = ProposalCache(tmp_path, {**spec, "seed": 2})
+    assert other.folder != cache.folder and not other.is_complete
+    assert other.remove_stale() == [cache.folder] and not cache.folder.exists()
