@@ -77,10 +77,26 @@ class RNDPOConfig:
         "weight of nnU-Net's supervised loss on labeled patches in the same step (anchor); 0 = off",
         default=0.0,
     )
+    consistency_weight: float = _help(
+        "weight of KL(reference ‖ policy) averaged over voxels outside D (label-free anchor); 0 = off",
+        default=0.0,
+    )
+    agreement_weight: float = _help(
+        "weight of cross-entropy to the label chosen and rejected agree on, outside D (anchor); 0 = off",
+        default=0.0,
+    )
     disagreement_oversample: float = _help(
         "probability that a patch is centred on a voxel where the pair disagrees; the rest are random",
         default=0.9,
     )
+    guard_num_cases: int = _help(
+        "pool cases held out of mining to measure drift KL(reference ‖ policy) each epoch; 0 = no guard",
+        default=2,
+    )
+    guard_max_kl: float | None = _help(
+        "drift bound: above it the epoch is rolled back and the lr decayed; None = only measure", default=None
+    )
+    guard_lr_decay: float = _help("learning-rate factor applied at each rollback", default=0.5)
     # proposals
     num_proposals: int = _help("masks proposed per unlabeled case (≥ 2)", default=8)
     proposal_sources: list[str] = _help(
@@ -131,6 +147,12 @@ class RNDPOConfig:
         _check_range("min_region_voxels", self.min_region_voxels, low=1)
         _check_range("label_smoothing", self.label_smoothing, low=0, high=0.5, high_open=True)
         _check_range("sft_weight", self.sft_weight, low=0)
+        _check_range("consistency_weight", self.consistency_weight, low=0)
+        _check_range("agreement_weight", self.agreement_weight, low=0)
+        _check_range("guard_num_cases", self.guard_num_cases, low=0)
+        if self.guard_max_kl is not None:
+            _check_range("guard_max_kl", self.guard_max_kl, low=0, low_open=True)
+        _check_range("guard_lr_decay", self.guard_lr_decay, low=0, high=1, low_open=True)
         _check_range("disagreement_oversample", self.disagreement_oversample, low=0, high=1)
         _check_range("num_proposals", self.num_proposals, low=2)
         _check_range("judge_sigma", self.judge_sigma, low=0)

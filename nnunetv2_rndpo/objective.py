@@ -315,11 +315,85 @@ def preference_loss(
     )
 
 
+def _mean_over(per_voxel: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """Per-patch mean of ``per_voxel`` over ``region`` (both ``(P, *spatial)``); 0 where the region is empty."""
+    region = region.flatten(1).float()
+    return (per_voxel.flatten(1) * region).sum(1) / region.sum(1).clamp_min(1.0)
+
+
+def consistency_loss(
+    policy_logits: torch.Tensor,
+    reference_logits: torch.Tensor,
+    outside: torch.Tensor,
+    *,
+    regions: Sequence[Sequence[int]] | None = None,
+) -> torch.Tensor:
+    """Label-free trust region: KL(π_ref ‖ π_θ) per voxel, averaged over the voxels outside D.
+
+    Softmax:  KL_v = Σ_c p_ref,c · (log p_ref,c − log p_θ,c)
+    Regions:  KL_v = Σ_r Bernoulli KL(σ(z_ref,r) ‖ σ(z_θ,r))
+    Per patch: L_c = (1 / |Ω∖D|) Σ_{v∉D} KL_v, with Ω the non-ignored voxels of the patch.
+
+    Normalisation: a mean over the voxels outside D, so the term's total gradient over the patch is
+    O(1) whatever |D| is, as is RN-DPO's (a mean over D, total gradient β·σ(−h)). With DPO
+    (``normalization='none'``) the preference gradient grows with |D| and ``consistency_weight`` has
+    to grow with it.
+
+    Assumption: the abstract says nothing about anchors; the KL direction is the one of the RLHF trust
+    region (KL of the policy from the reference, expectations under the reference).
+
+    Args:
+        policy_logits: ``(P, C, *spatial)``.
+        reference_logits: ``(P, C, *spatial)`` (no grad).
+        outside: ``(P, *spatial)`` bool, voxels outside D and not ignored.
+        regions: nnU-Net regions (sigmoid) or None (softmax).
+
+    Returns:
+        ``(P,)`` float32 per-patch losses (0 for a patch with no voxel outside D).
+    """
+    policy_logits, reference_logits = policy_logits.float(), reference_logits.float().detach()
+    if regions is None:
+        log_p = torch.log_softmax(policy_logits, 1)
+        log_q = torch.log_softmax(reference_logits, 1)
+        kl = (log_q.exp() * (log_q - log_p)).sum(1)
+    else:
+        q = torch.sigmoid(reference_logits)
+        kl = (q * (F.logsigmoid(reference_logits) - F.logsigmoid(policy_logits))
+              + (1 - q) * (F.logsigmoid(-reference_logits) - F.logsigmoid(-policy_logits))).sum(1)
+    return _mean_over(kl, outside)
+
+
+def agreement_loss(
+    policy_logits: torch.Tensor,
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    *,
+    regions: Sequence[Sequence[int]] | None = None,
+    ignore_label: int | None = None,
+) -> torch.Tensor:
+    """Cross-entropy to the label that chosen and rejected agree on, averaged over the voxels outside D.
+
+    L_a = −(1 / |Ω∖D|) Σ_{v∉D} ℓ_θ(y⁺)_v   (y⁺_v = y⁻_v there). Same normalisation as
+    :func:`consistency_loss`. Assumption: where two proposals of the base model agree, their label is
+    a good enough pseudo-label to hold the prediction in place.
+
+    Returns:
+        ``(P,)`` float32 per-patch losses.
+    """
+    chosen = _as_label_map(chosen, policy_logits)
+    rejected = _as_label_map(rejected, policy_logits)
+    log_likelihood, valid = mask_log_likelihood(policy_logits, chosen, regions=regions, ignore_label=ignore_label)
+    outside = valid & ~disagreement_region(chosen, rejected, ignore_label)
+    return _mean_over(-log_likelihood, outside)
+
+
 __all__ = [
     "LOSS_TYPES",
     "NORMALIZATIONS",
     "PairLogRatios",
     "PreferenceLossOutput",
+    "agreement_loss",
+    "consistency_loss",
     "disagreement_region",
     "mask_log_likelihood",
     "pair_log_ratios",

@@ -29,6 +29,7 @@ import torch
 from nnunetv2_rndpo.judges import agreement_scores, oracle_scores, read_external_scores
 from nnunetv2_rndpo.metrics import dice_per_class, foreground_mean
 from nnunetv2_rndpo.mining import Pair, mine_pair
+from nnunetv2_rndpo.objective import consistency_loss
 from nnunetv2_rndpo.pool import PreprocessedPool, atomic_write_text, find_cases
 from nnunetv2_rndpo.proposals import ProposalCache, generate_proposals, plan_proposals, proposal_spec
 from nnunetv2_rndpo.sampling import PairPatchSampler
@@ -37,6 +38,8 @@ METRIC_KEYS = (
     "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
     "logps/chosen", "logps/rejected", "region/size_mean", "region/frac",
 )
+GUARD_KEYS = ("guard/kl", "guard/triggered", "guard/rollbacks")
+LOSS_TERMS = ("loss/preference", "loss/consistency", "loss/agreement", "loss/sft")
 
 
 def epoch_metrics(train_outputs: list[dict]) -> dict[str, float]:
@@ -44,7 +47,8 @@ def epoch_metrics(train_outputs: list[dict]) -> dict[str, float]:
 
     ``rewards/*`` and ``logps/*`` are means over the pairs that entered the loss (0 if none did);
     ``logps/*`` are per-voxel means over D (Σ_D ℓ_θ / |D|); ``region/size_mean`` is the mean |D| of a
-    patch, ``region/frac`` the mean |D| / V; ``pairs/skipped`` counts patches below ``min_region_voxels``.
+    patch, ``region/frac`` the mean |D| / V; ``pairs/skipped`` counts patches below ``min_region_voxels``;
+    ``loss/<term>`` is the epoch mean of each term of the loss (preference, consistency, agreement, sft).
     """
     total = lambda key: float(sum(o.get(key, 0.0) for o in train_outputs))  # noqa: E731
     used, patches = total("n/used"), total("n/patches")
@@ -54,8 +58,8 @@ def epoch_metrics(train_outputs: list[dict]) -> dict[str, float]:
             denominator = patches if key.startswith("region/") else used
             metrics[key] = total(f"sum/{key}") / denominator if denominator else 0.0
         metrics["pairs/skipped"] = patches - used
-    if any("loss/sft" in o for o in train_outputs):
-        metrics["loss/sft"] = float(np.mean([o["loss/sft"] for o in train_outputs]))
+    for key in sorted({k for o in train_outputs for k in o if k.startswith("loss/")}):
+        metrics[key] = float(np.mean([o[key] for o in train_outputs if key in o]))
     return metrics
 
 
@@ -87,6 +91,9 @@ class PreferencePhase:
         self.judge_metrics: dict[str, float] = {}
         self.test_pool: PreprocessedPool | None = None
         self._labeled_loader = None
+        self.guard_cases: list[str] = []
+        self.guard_logits: dict = {}
+        self.rollbacks = 0
 
     # ------------------------------------------------------------------ paths
 
@@ -134,6 +141,7 @@ class PreferencePhase:
         self._load_policy_and_reference()
         pool = self._prepare_pool()
         cache = self._prepare_proposals(pool)
+        self.guard_cases = self._choose_guard_cases(pool)
         pairs_file = self.fold_folder / "rndpo_pairs.json"
         if t.current_epoch > 0 and pairs_file.is_file():
             saved = json.loads(pairs_file.read_text())
@@ -149,7 +157,9 @@ class PreferencePhase:
         self._install_dataloader(pool, cache, sampler_state)
         self._register_logger_keys()
         self._prepare_evaluation()
+        self._prepare_guard(pool)
         if t.current_epoch == 0:
+            (self.fold_folder / "rndpo_metrics.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh file
             self._write_metrics_row(0, {"eval/dice": self.evaluate()} if self.test_pool is not None else {})
         else:
             self._truncate_metrics(t.current_epoch)
@@ -219,6 +229,17 @@ class PreferencePhase:
         t.print_to_log_file(f"RN-DPO: generated proposals for {generated} cases in {cache.folder}")
         return cache
 
+    def _choose_guard_cases(self, pool: PreprocessedPool) -> list[str]:
+        """``guard_num_cases`` pool cases drawn with the seed and held out of mining (none if the pool is small)."""
+        n = self.config.guard_num_cases
+        if n == 0 or len(pool.case_ids) < 2 * n:
+            if n:
+                self.trainer.print_to_log_file(f"RN-DPO guard: pool of {len(pool.case_ids)} cases is too small to "
+                                               f"hold out {n}; drift guard off")
+            return []
+        rng = np.random.default_rng(self.config.seed + 1)
+        return sorted(rng.choice(pool.case_ids, n, replace=False).tolist())
+
     def _judge_and_mine(self, pool: PreprocessedPool, cache: ProposalCache) -> None:
         t, cfg = self.trainer, self.config
         classes = t.label_manager.foreground_regions if t.label_manager.has_regions else t.label_manager.foreground_labels
@@ -232,6 +253,8 @@ class PreferencePhase:
                 "unlabeled images; use judge='agreement' or 'external' for real unlabeled data")
         self.pairs, identical = [], 0
         for case_id in pool.case_ids:
+            if case_id in self.guard_cases:
+                continue
             masks = cache.masks(case_id)
             label = pool.label(case_id)
             true_dice = None if label is None else np.array([
@@ -308,19 +331,22 @@ class PreferencePhase:
 
     def _register_logger_keys(self) -> None:
         logging = self.trainer.logger.local_logger.my_fantastic_logging
-        for key in (*METRIC_KEYS, "pairs/skipped", *self.judge_metrics, "eval/dice"):
+        for key in (*METRIC_KEYS, *LOSS_TERMS, *GUARD_KEYS, "pairs/skipped", *self.judge_metrics, "eval/dice"):
             logging.setdefault(key, [])
 
     def log_epoch(self, metrics: dict[str, float]) -> None:
         t = self.trainer
         self._pending = {**metrics, **self.judge_metrics}
-        for key in (*METRIC_KEYS, "pairs/skipped", *self.judge_metrics):
+        for key in (*METRIC_KEYS, *LOSS_TERMS, "pairs/skipped", *self.judge_metrics):
             if key in self._pending:
                 t.logger.log(key, self._pending[key], t.current_epoch)
 
-    def maybe_evaluate(self, epochs_done: int) -> None:
-        """Writes this epoch's metrics row, with test Dice every ``eval_every`` epochs."""
-        row = dict(getattr(self, "_pending", {}))
+    def end_epoch(self, epochs_done: int) -> None:
+        """Runs the drift guard, then test Dice every ``eval_every`` epochs, and writes the epoch's row."""
+        row = {**getattr(self, "_pending", {}), **self.guard()}
+        for key in GUARD_KEYS:
+            if key in row:
+                self.trainer.logger.log(key, row[key], self.trainer.current_epoch)
         every = self.config.eval_every
         if self.test_pool is not None and every and (epochs_done % every == 0 or epochs_done == self.trainer.num_epochs):
             row["eval/dice"] = self.evaluate()
@@ -351,7 +377,7 @@ class PreferencePhase:
 
         rows = self.read_metrics()
         panels = [("rewards/margins", "rewards/accuracies"), ("logps/chosen", "logps/rejected"),
-                  ("region/size_mean",), ("eval/dice",)]
+                  LOSS_TERMS, ("guard/kl",), ("eval/dice",)]
         fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3 * len(panels)))
         for ax, keys in zip(axes, panels, strict=True):
             for key in keys:
@@ -379,19 +405,26 @@ class PreferencePhase:
         self.test_pool = PreprocessedPool(self.cache_folder / "test", [c for c in cases if c.label_file])
         self.test_pool.preprocess(t.plans_manager, t.configuration_manager, t.dataset_json)
 
-    def evaluate(self) -> float:
-        """Mean foreground Dice of the current policy on imagesTs/labelsTs, in preprocessed space, no TTA."""
-        t = self.trainer
+    def _policy_predictor(self, network: torch.nn.Module | None = None):
+        """An nnU-Net predictor (no TTA) over a copy of the current policy, or over ``network``."""
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-        t.set_deep_supervision_enabled(False)
-        network = copy.deepcopy(t.network.module if t.is_ddp else t.network)
-        t.set_deep_supervision_enabled(True)
+        t = self.trainer
+        if network is None:
+            t.set_deep_supervision_enabled(False)
+            network = copy.deepcopy(t.network.module if t.is_ddp else t.network)
+            t.set_deep_supervision_enabled(True)
         predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
                                     perform_everything_on_device=t.device.type == "cuda", device=t.device,
                                     verbose=False, allow_tqdm=False)
         predictor.manual_initialization(network, t.plans_manager, t.configuration_manager, None, t.dataset_json,
                                         t.__class__.__name__, t.inference_allowed_mirroring_axes)
+        return predictor
+
+    def evaluate(self) -> float:
+        """Mean foreground Dice of the current policy on imagesTs/labelsTs, in preprocessed space, no TTA."""
+        t = self.trainer
+        predictor = self._policy_predictor()
         classes = t.label_manager.foreground_regions if t.label_manager.has_regions else t.label_manager.foreground_labels
         scores = []
         for case_id in self.test_pool.case_ids:
@@ -400,6 +433,53 @@ class PreferencePhase:
             scores.append(foreground_mean(dice_per_class(prediction, self.test_pool.label(case_id), classes)))
         t.network.train()
         return float(np.nanmean(scores))
+
+    # ------------------------------------------------------------------ drift guard
+
+    def _prepare_guard(self, pool: PreprocessedPool) -> None:
+        """Reference logits of the held-out guard cases, and the policy's last accepted weights."""
+        self.guard_logits = {}
+        if not self.guard_cases:
+            return
+        predictor = self._policy_predictor(self.reference)
+        for case_id in self.guard_cases:
+            image = torch.from_numpy(np.array(pool.image(case_id)))
+            self.guard_logits[case_id] = (image, predictor.predict_sliding_window_return_logits(image).cpu().clone())
+        self._accepted_weights = self._policy_weights()
+
+    def _policy_weights(self) -> dict[str, torch.Tensor]:
+        network = self.trainer.network.module if self.trainer.is_ddp else self.trainer.network
+        return {k: v.detach().cpu().clone() for k, v in getattr(network, "_orig_mod", network).state_dict().items()}
+
+    def drift(self) -> float:
+        """guard/kl: mean over the guard cases of the per-voxel KL(π_ref ‖ π_θ) of whole-case predictions."""
+        regions = self.trainer.label_manager.foreground_regions if self.trainer.label_manager.has_regions else None
+        predictor = self._policy_predictor()
+        values = []
+        for image, reference_logits in self.guard_logits.values():
+            logits = predictor.predict_sliding_window_return_logits(image).cpu()
+            outside = torch.ones((1, *logits.shape[1:]), dtype=torch.bool)
+            values.append(float(consistency_loss(logits[None], reference_logits[None], outside, regions=regions)))
+        self.trainer.network.train()
+        return float(np.mean(values))
+
+    def guard(self) -> dict[str, float]:
+        """Measures drift; above ``guard_max_kl`` rolls back to the last accepted weights and decays the lr."""
+        if not self.guard_logits:
+            return {}
+        t, cfg = self.trainer, self.config
+        kl = self.drift()
+        triggered = cfg.guard_max_kl is not None and kl > cfg.guard_max_kl
+        if triggered:
+            network = t.network.module if t.is_ddp else t.network
+            getattr(network, "_orig_mod", network).load_state_dict(self._accepted_weights)
+            t.lr_scheduler.initial_lr *= cfg.guard_lr_decay
+            self.rollbacks += 1
+            t.print_to_log_file(f"RN-DPO guard: KL {kl:.4f} > {cfg.guard_max_kl}; rolled back to the last accepted "
+                                f"weights, learning rate × {cfg.guard_lr_decay}")
+        else:
+            self._accepted_weights = self._policy_weights()
+        return {"guard/kl": kl, "guard/triggered": float(triggered), "guard/rollbacks": float(self.rollbacks)}
 
     # ------------------------------------------------------------------ resume
 

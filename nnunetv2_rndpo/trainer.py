@@ -22,7 +22,13 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunetv2_rndpo.config import load_config
-from nnunetv2_rndpo.objective import pair_log_ratios, preference_loss
+from nnunetv2_rndpo.objective import (
+    agreement_loss,
+    consistency_loss,
+    disagreement_region,
+    pair_log_ratios,
+    preference_loss,
+)
 from nnunetv2_rndpo.phase import PreferencePhase, epoch_metrics
 
 
@@ -95,33 +101,51 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
         return outputs
 
     def preference_step(self, data: torch.Tensor, output, target: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        """The preference loss of one batch and the sums the epoch metrics need.
+        """The preference loss of one batch plus its anchors, and the sums the epoch metrics need.
 
-        Deep supervision: the preference loss uses only the full-resolution head (``output[0]``), the
-        one nnU-Net predicts with; the lower-resolution heads get gradients only from the supervised
-        anchor (``sft_weight``), through nnU-Net's own deep-supervision loss.
+        total = preference + consistency_weight · consistency + agreement_weight · agreement
+        (the supervised anchor ``sft_weight`` is added in :meth:`train_step`). The anchors act on the
+        voxels outside the disagreement region D, where the preference term has no gradient
+        (docs/objective.md, "Anchors").
+
+        Deep supervision: the preference loss and the anchors use only the full-resolution head
+        (``output[0]``), the one nnU-Net predicts with; the lower-resolution heads get gradients only
+        from the supervised anchor, through nnU-Net's own deep-supervision loss.
         """
         logits = output[0] if isinstance(output, (list, tuple)) else output
         with torch.no_grad():
             reference_logits = self.phase.reference(data)
-        lm = self.label_manager
-        ratios = pair_log_ratios(
-            logits, reference_logits, target[0][:, 0], target[0][:, 1],
-            regions=lm.foreground_regions if lm.has_regions else None, ignore_label=lm.ignore_label,
-        )
-        cfg = self.rndpo_config
+        lm, cfg = self.label_manager, self.rndpo_config
+        regions = lm.foreground_regions if lm.has_regions else None
+        chosen, rejected = target[0][:, 0], target[0][:, 1]
+        ratios = pair_log_ratios(logits, reference_logits, chosen, rejected, regions=regions,
+                                 ignore_label=lm.ignore_label)
         out = preference_loss(
             ratios.chosen_logratios, ratios.rejected_logratios, ratios.region_sizes, ratios.volumes,
             beta=cfg.effective_beta, loss_type=cfg.loss_type, normalization=cfg.normalization,
             label_smoothing=cfg.label_smoothing, min_region_voxels=cfg.min_region_voxels,
         )
+        total = out.loss
+        terms = {"loss/preference": float(out.loss.detach())}
+        if cfg.consistency_weight > 0:
+            outside = ~disagreement_region(chosen, rejected, lm.ignore_label)
+            if lm.ignore_label is not None:
+                outside &= chosen != lm.ignore_label
+            consistency = consistency_loss(logits, reference_logits, outside, regions=regions).mean()
+            total = total + cfg.consistency_weight * consistency
+            terms["loss/consistency"] = float(consistency.detach())
+        if cfg.agreement_weight > 0:
+            agreement = agreement_loss(logits, chosen, rejected, regions=regions, ignore_label=lm.ignore_label).mean()
+            total = total + cfg.agreement_weight * agreement
+            terms["loss/agreement"] = float(agreement.detach())
         used = out.used
         per_voxel = ratios.region_sizes.clamp_min(1)
 
         def used_sum(values: torch.Tensor) -> float:
             return float(values.detach()[used].sum())
 
-        return out.loss, {
+        return total, {
+            **terms,
             "n/used": int(used.sum()),
             "n/patches": int(used.numel()),
             "sum/rewards/chosen": used_sum(out.chosen_rewards),
@@ -139,7 +163,7 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
         self.phase.log_epoch(epoch_metrics(train_outputs))
 
     def on_epoch_end(self):
-        self.phase.maybe_evaluate(self.current_epoch + 1)
+        self.phase.end_epoch(self.current_epoch + 1)
         super().on_epoch_end()
 
     def save_checkpoint(self, filename: str) -> None:
@@ -181,6 +205,22 @@ class nnUNetTrainerPseudoLabel(nnUNetTrainerRNDPO):
 def read_pairs_file(fold_folder: str | Path) -> list[dict]:
     """The pairs a run trained on (``rndpo_pairs.json`` in its fold folder)."""
     return json.loads((Path(fold_folder) / "rndpo_pairs.json").read_text())["pairs"]
+
+
+class nnUNetTrainerContinuedSFT(nnUNetTrainerRNDPO):
+    """Control for "more training": nnU-Net's supervised loss on the labeled cases only, with the same start
+    point, schedule and optimiser as the preference trainers (the preference batches are drawn but unused)."""
+
+    preset: ClassVar[dict] = {"sft_weight": 1.0}
+
+    def train_step(self, batch: dict) -> dict:
+        labeled = batch["labeled"]
+        target = [t.to(self.device, non_blocking=True) for t in labeled["target"]]
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.phase.autocast():
+            loss = self.loss(self.network(labeled["data"].to(self.device, non_blocking=True)), target)
+        self.phase.backward_and_step(loss)
+        return {"loss": loss.detach().cpu().numpy(), "loss/sft": float(loss.detach())}
 
 
 class nnUNetTrainer_rndpoSmoke(nnUNetTrainer):

@@ -82,11 +82,14 @@ def predict_and_evaluate(root: Path, env: dict, trainer: str, dataset_id: int = 
     return json.loads((out / "summary.json").read_text())["foreground_mean"]["Dice"]
 
 
-@pytest.mark.parametrize("trainer", ["nnUNetTrainerRNDPO", "nnUNetTrainerDPO", "nnUNetTrainerPseudoLabel"])
+@pytest.mark.parametrize(
+    "trainer", ["nnUNetTrainerRNDPO", "nnUNetTrainerDPO", "nnUNetTrainerPseudoLabel", "nnUNetTrainerContinuedSFT"]
+)
 def test_train_predict_evaluate(tiny2d, trainer):
     root, env = tiny2d
+    anchors = {"consistency_weight": 1.0, "agreement_weight": 0.5, "sft_weight": 0.5, "guard_max_kl": 0.5}
     run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu"], env,
-        nnUNet_rndpo_config=write_config(root, trainer))
+        nnUNet_rndpo_config=write_config(root, trainer, **(anchors if trainer == "nnUNetTrainerRNDPO" else {})))
     folder = fold_folder(root, trainer)
     assert (folder / "checkpoint_final.pth").is_file() and (folder / "rndpo_progress.png").is_file()
     effective = json.loads((folder / "rndpo_config.json").read_text())
@@ -96,10 +99,13 @@ def test_train_predict_evaluate(tiny2d, trainer):
     for row in rows:
         assert all(math.isfinite(v) for k, v in row.items() if k != "epoch"), row
         assert 0 <= row["eval/dice"] <= 1
-    if trainer != "nnUNetTrainerPseudoLabel":
+    assert "judge/margin_mean" in rows[1] and "judge/oracle_pair_acc" in rows[1] and "guard/kl" in rows[1]
+    if trainer in ("nnUNetTrainerRNDPO", "nnUNetTrainerDPO"):
         for key in ("rewards/chosen", "rewards/margins", "rewards/accuracies", "logps/chosen", "region/size_mean",
-                    "pairs/skipped", "judge/margin_mean", "judge/oracle_pair_acc"):
+                    "pairs/skipped", "loss/preference"):
             assert key in rows[1], key
+    if trainer == "nnUNetTrainerRNDPO":
+        assert {"loss/consistency", "loss/agreement", "loss/sft", "guard/rollbacks"} <= set(rows[1])
     dice = predict_and_evaluate(root, env, trainer)
     assert 0 < dice <= 1
 
@@ -108,21 +114,24 @@ def test_resume_keeps_the_reference_and_predicts(tiny2d):
     root, env = tiny2d
     trainer = "nnUNetTrainerRNDPO"
     config = write_config(root, "resume", num_epochs=1, eval_every=0)
-    shutil_folder = fold_folder(root, trainer)
+    folder = fold_folder(root, trainer)
     base = torch.load(fold_folder(root, "nnUNetTrainer_rndpoSmoke") / "checkpoint_final.pth", map_location="cpu",
                       weights_only=False)["network_weights"]
     run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu"], env, nnUNet_rndpo_config=config)
-    pairs_before = json.loads((shutil_folder / "rndpo_pairs.json").read_text())
+    pairs_before = json.loads((folder / "rndpo_pairs.json").read_text())
     config = write_config(root, "resume", num_epochs=2, eval_every=0)
     result = run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu", "--c"], env,
                  nnUNet_rndpo_config=config)
     assert "Epoch 1" in result.stdout and "Epoch 0\n" not in result.stdout
-    reference = torch.load(shutil_folder / "rndpo_reference.pth", map_location="cpu", weights_only=True)
+    reference = torch.load(folder / "rndpo_reference.pth", map_location="cpu", weights_only=True)
     assert all(torch.equal(reference[k], base[k]) for k in base)
-    assert json.loads((shutil_folder / "rndpo_pairs.json").read_text()) == pairs_before
-    final = torch.load(shutil_folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert json.loads((folder / "rndpo_pairs.json").read_text()) == pairs_before
+    final = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert final["current_epoch"] == 2
     assert any(not torch.equal(final["network_weights"][k], base[k]) for k in base)
+    (folder / "validation" / "summary.json").unlink()
+    run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu", "--val"], env, nnUNet_rndpo_config=config)
+    assert (folder / "validation" / "summary.json").is_file()
     assert 0 < predict_and_evaluate(root, env, trainer) <= 1
 
 

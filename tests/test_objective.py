@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from nnunetv2_rndpo.objective import (
     LOSS_TYPES,
     NORMALIZATIONS,
+    agreement_loss,
+    consistency_loss,
     disagreement_region,
     mask_log_likelihood,
     pair_log_ratios,
@@ -309,3 +311,52 @@ def test_one_step_on_a_tiny_conv_net_changes_its_parameters(loss_type, normaliza
     out.loss.backward()
     optimizer.step()
     assert any(not torch.equal(b, p) for b, p in zip(before, net.parameters(), strict=True))
+
+
+# ---------------------------------------------------------------- anchors outside D
+
+
+def anchored_gradient(consistency_weight: float, agreement_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of preference + anchors w.r.t. the policy logits, and the region D, for a random pair."""
+    g = torch.Generator().manual_seed(0)
+    policy = torch.randn(2, 3, 6, 6, generator=g, requires_grad=True)
+    reference = torch.randn(2, 3, 6, 6, generator=g)
+    chosen, rejected = torch.randint(0, 3, (2, 6, 6), generator=g), torch.randint(0, 3, (2, 6, 6), generator=g)
+    region = disagreement_region(chosen, rejected)
+    r = pair_log_ratios(policy, reference, chosen, rejected)
+    loss = preference_loss(r.chosen_logratios, r.rejected_logratios, r.region_sizes, beta=1.0).loss
+    loss = loss + consistency_weight * consistency_loss(policy, reference, ~region).mean()
+    loss = loss + agreement_weight * agreement_loss(policy, chosen, rejected).mean()
+    (grad,) = torch.autograd.grad(loss, policy)
+    return grad, region
+
+
+def test_without_anchors_no_gradient_reaches_voxels_outside_the_region():
+    grad, region = anchored_gradient(0.0, 0.0)
+    assert grad.abs().sum(1)[~region].max() == 0 and grad.abs().sum(1)[region].min() > 0
+
+
+@pytest.mark.parametrize("consistency_weight, agreement_weight", [(1.0, 0.0), (0.0, 1.0)])
+def test_anchors_reach_voxels_outside_the_region(consistency_weight, agreement_weight):
+    grad, region = anchored_gradient(consistency_weight, agreement_weight)
+    assert grad.abs().sum(1)[~region].min() > 0
+
+
+def test_consistency_is_zero_at_the_reference_and_a_mean_over_outside_voxels():
+    logits = torch.randn(1, 2, 4, 4)
+    outside = torch.ones(1, 4, 4, dtype=torch.bool)
+    assert consistency_loss(logits, logits, outside).item() == pytest.approx(0.0, abs=1e-6)
+    # one outside voxel with KL k: the mean over 1 voxel is k, over 16 voxels (others KL 0) k/16
+    policy = logits.clone()
+    policy[0, :, 0, 0] = torch.tensor([3.0, -3.0])
+    kl_one = consistency_loss(policy, logits, torch.zeros(1, 4, 4, dtype=torch.bool).index_put_(
+        (torch.tensor([0]), torch.tensor([0]), torch.tensor([0])), torch.tensor(True)))
+    assert consistency_loss(policy, logits, outside).item() == pytest.approx(kl_one.item() / 16, rel=1e-5)
+    regions = [(1,)]
+    assert consistency_loss(logits[:, :1], logits[:, :1], outside, regions=regions).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_agreement_is_cross_entropy_to_the_agreed_label():
+    logits = torch.zeros(1, 2, 1, 2)
+    chosen, rejected = torch.tensor([[[1, 0]]]), torch.tensor([[[1, 1]]])  # agree only at voxel 0 (label 1)
+    assert agreement_loss(logits, chosen, rejected).item() == pytest.approx(math.log(2))

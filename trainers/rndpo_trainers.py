@@ -6,9 +6,16 @@ live in the installed package ``nnunetv2_rndpo`` (picklable, importable by spawn
 
 from nnunetv2_rndpo.trainer import (
     nnUNetTrainer_rndpoSmoke,
+    nnUNetTrainerContinuedSFT,
     nnUNetTrainerDPO,
     nnUNetTrainerPseudoLabel,
     nnUNetTrainerRNDPO,
 )
 
-__all__ = ["nnUNetTrainer_rndpoSmoke", "nnUNetTrainerDPO", "nnUNetTrainerPseudoLabel", "nnUNetTrainerRNDPO"]
+__all__ = [
+    "nnUNetTrainer_rndpoSmoke",
+    "nnUNetTrainerContinuedSFT",
+    "nnUNetTrainerDPO",
+    "nnUNetTrainerPseudoLabel",
+    "nnUNetTrainerRNDPO",
+]
