@@ -230,3 +230,12 @@ class nnUNetTrainer_rndpoSmoke(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnUNetTrainer's exact signature)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 3, 10, 5
+
+
+class nnUNetTrainer_cpuBase(nnUNetTrainer):
+    """Plain supervised nnU-Net on the CPU-scale study schedule (20 epochs × 25 iterations, ../shared/STUDY_NOTES.md)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):  # noqa: B008 (nnUNetTrainer's exact signature)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 20, 25, 10

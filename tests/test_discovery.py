@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 TRAINERS = ["nnUNetTrainerRNDPO", "nnUNetTrainerDPO", "nnUNetTrainerPseudoLabel", "nnUNetTrainerContinuedSFT",
-            "nnUNetTrainer_rndpoSmoke"]
+            "nnUNetTrainer_rndpoSmoke", "nnUNetTrainer_cpuBase"]
 TRAINERS_FOLDER = Path(__file__).resolve().parents[1] / "trainers"
 
 

@@ -5,6 +5,7 @@ live in the installed package ``nnunetv2_rndpo`` (picklable, importable by spawn
 """
 
 from nnunetv2_rndpo.trainer import (
+    nnUNetTrainer_cpuBase,
     nnUNetTrainer_rndpoSmoke,
     nnUNetTrainerContinuedSFT,
     nnUNetTrainerDPO,
@@ -13,6 +14,7 @@ from nnunetv2_rndpo.trainer import (
 )
 
 __all__ = [
+    "nnUNetTrainer_cpuBase",
     "nnUNetTrainer_rndpoSmoke",
     "nnUNetTrainerContinuedSFT",
     "nnUNetTrainerDPO",
