@@ -67,7 +67,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--arms", nargs="*", default=list(ARMS), help="subset of arm names")
+    parser.add_argument("--arms", nargs="*", default=list(ARMS), help="subset of arm names, run in this order")
+    parser.add_argument("--weight-scale", type=float, default=1.0, help="multiplies every anchor weight")
+    parser.add_argument("--tag", default="", help="suffix of the arm names in the results (e.g. 'lr 1e-5')")
     args = parser.parse_args()
     root = Path(args.output).resolve()
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet")}
@@ -97,10 +99,12 @@ def main() -> None:
         run("base", ["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "all", "-tr", "nnUNetTrainer_cpuBase", "-device", "cpu"])
     results_file = root / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
-    for arm in args.arms:
+    for arm_name in args.arms:
+        arm = f"{arm_name}, {args.tag}" if args.tag else arm_name
         if arm in results:
             continue
-        trainer, weights = ARMS[arm]
+        trainer, weights = ARMS[arm_name]
+        weights = {k: weights.get(k, 0.0) * args.weight_scale for k in ("sft_weight", "consistency_weight", "agreement_weight")}
         config = {"num_epochs": args.epochs, "num_iterations_per_epoch": args.iterations, "num_val_iterations_per_epoch": 5,
                   "learning_rate": args.lr, "num_proposals": 8, "proposal_sources": ["mirror", "threshold", "temperature"],
                   "judge": "oracle", "judge_sigma": 0.0, "mining": "top_bottom", "eval_every": 1, "guard_num_cases": 0,
@@ -118,17 +122,23 @@ def main() -> None:
                         "seconds": round(seconds), "oracle_pair_acc": rows[-1].get("judge/oracle_pair_acc")}
         results_file.write_text(json.dumps(results, indent=1))
         write_table(root, results, args)
+    write_table(root, results, args)
 
 
 def write_table(root: Path, results: dict, args) -> None:
     iterations = [e * args.iterations for e in range(args.epochs + 1)]
+    describe = {arm: f"lr {r['config']['learning_rate']:g}, " + ", ".join(
+        f"{k.replace('_weight', '')} {r['config'][k]:g}" for k in ("sft_weight", "consistency_weight", "agreement_weight")
+        if r["config"].get(k)) for arm, r in results.items()}  # arms recorded before anchors defaulted to on set only
+    # their own weights; the others were 0 then
     lines = [f"Test Dice (mean of the 2 classes) on {args.test} Hippocampus test cases, CPU (2 cores); base "
-             f"nnUNetTrainer_cpuBase on 10 labels; oracle judge σ=0, top_bottom, AdamW lr {args.lr}.", "",
-             "| arm | " + " | ".join(f"it {i}" for i in iterations) + " | peak | sustained | final | worst drop | s |",
-             "|---|" + "---|" * (len(iterations) + 5)]
+             "nnUNetTrainer_cpuBase on 10 labels; oracle judge σ=0, top_bottom; AdamW at the arm's learning_rate "
+             "(default lr 1e-4, anchor weights 1.0).", "",
+             "| arm | settings | " + " | ".join(f"it {i}" for i in iterations) + " | peak | sustained | final | worst drop | s |",
+             "|---|---|" + "---|" * (len(iterations) + 5)]
     for arm, r in results.items():
         s = r["summary"]
-        lines.append(f"| {arm} | " + " | ".join(f"{d:.4f}" for d in r["curve"]) +
+        lines.append(f"| {arm} | {describe[arm]} | " + " | ".join(f"{d:.4f}" for d in r["curve"]) +
                      f" | {s['peak']:.4f} | {s['sustained']:.4f} | {s['final']:.4f} | {s['worst_drop']:.4f} | {r['seconds']} |")
     (root / "results.md").write_text("\n".join(lines) + "\n")
 

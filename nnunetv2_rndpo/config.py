@@ -73,17 +73,18 @@ class RNDPOConfig:
         "ε in [0, 0.5): cDPO smoothing for 'sigmoid', flip rate for 'robust'; larger trusts the judge less",
         default=0.0,
     )
+    # Anchors default to on: without them preference fine-tuning destroyed a real model (docs/results/).
     sft_weight: float = _help(
         "weight of nnU-Net's supervised loss on labeled patches in the same step (anchor); 0 = off",
-        default=0.0,
+        default=1.0,
     )
     consistency_weight: float = _help(
         "weight of KL(reference ‖ policy) averaged over voxels outside D (label-free anchor); 0 = off",
-        default=0.0,
+        default=1.0,
     )
     agreement_weight: float = _help(
         "weight of cross-entropy to the label chosen and rejected agree on, outside D (anchor); 0 = off",
-        default=0.0,
+        default=1.0,
     )
     disagreement_oversample: float = _help(
         "probability that a patch is centred on a voxel where the pair disagrees; the rest are random",

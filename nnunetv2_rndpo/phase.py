@@ -331,7 +331,9 @@ class PreferencePhase:
 
     def _register_logger_keys(self) -> None:
         logging = self.trainer.logger.local_logger.my_fantastic_logging
-        for key in (*METRIC_KEYS, *LOSS_TERMS, *GUARD_KEYS, "pairs/skipped", *self.judge_metrics, "eval/dice"):
+        # eval/dice is written to rndpo_metrics.jsonl only: it exists every eval_every epochs, while nnU-Net's
+        # logger wants one value per epoch
+        for key in (*METRIC_KEYS, *LOSS_TERMS, *GUARD_KEYS, "pairs/skipped", *self.judge_metrics):
             logging.setdefault(key, [])
 
     def log_epoch(self, metrics: dict[str, float]) -> None:

@@ -213,6 +213,13 @@ class nnUNetTrainerContinuedSFT(nnUNetTrainerRNDPO):
 
     preset: ClassVar[dict] = {"sft_weight": 1.0}
 
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):  # noqa: B008 (nnUNetTrainer's exact signature)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.rndpo_config.sft_weight == 0:
+            raise ValueError("nnUNetTrainerContinuedSFT trains on labeled batches only; sft_weight must be > 0 "
+                             "(remove it from the file named by $nnUNet_rndpo_config)")
+
     def train_step(self, batch: dict) -> dict:
         labeled = batch["labeled"]
         target = [t.to(self.device, non_blocking=True) for t in labeled["target"]]
