@@ -2,8 +2,9 @@
 
     python benchmarks/trainer_cost.py [--dim 3] [--iterations 20] [-o /tmp/rndpo_bench]
 
-1. Seconds per training iteration: ``nnUNetTrainerRNDPO.train_step`` versus ``nnUNetTrainer.train_step``
-   at the planned patch and batch size (both with their data loading), on the tiny synthetic dataset.
+1. Seconds per training iteration: ``nnUNetTrainerRNDPO.train_step`` (preference term only, anchors off)
+   versus ``nnUNetTrainer.train_step`` at the planned patch and batch size (both with their data loading),
+   on the tiny synthetic dataset.
 2. Proposal generation (K = 8 in 3D, 4 in 2D; mirror flips) for the pool versus nnU-Net's sequential
    prediction with TTA (``predict_from_files_sequential``) of the same raw cases, both in-process.
 Prints a table of ratios. Uses nnU-Net's fastest CPU settings.
@@ -50,7 +51,9 @@ def main() -> None:
     os.environ["nnUNet_n_proc_DA"] = "0"
     k = 8 if args.dim == 3 else 4
     config = root / "bench_config.json"
-    config.write_text(json.dumps({"num_proposals": k, "proposal_sources": ["mirror"],
+    # the preference step alone: anchors (which add nnU-Net's supervised step) are measured separately
+    config.write_text(json.dumps({"num_proposals": k, "proposal_sources": ["mirror"], "guard_num_cases": 0,
+                                  "sft_weight": 0.0, "consistency_weight": 0.0, "agreement_weight": 0.0,
                                   "base_trainer": "nnUNetTrainer_rndpoSmoke", "eval_every": 0}))
     os.environ["nnUNet_rndpo_config"] = str(config)
 
