@@ -127,10 +127,11 @@ def main() -> None:
 
 def write_table(root: Path, results: dict, args) -> None:
     iterations = [e * args.iterations for e in range(args.epochs + 1)]
-    describe = {arm: f"lr {r['config']['learning_rate']:g}, " + ", ".join(
-        f"{k.replace('_weight', '')} {r['config'][k]:g}" for k in ("sft_weight", "consistency_weight", "agreement_weight")
-        if r["config"].get(k)) for arm, r in results.items()}  # arms recorded before anchors defaulted to on set only
-    # their own weights; the others were 0 then
+    def describe(config: dict) -> str:
+        anchors = [f"{k.removesuffix('_weight')} {config[k]:g}" for k in ("sft_weight", "consistency_weight",
+                                                                        "agreement_weight") if config.get(k)]
+        return ", ".join([f"lr {config['learning_rate']:g}", *anchors])
+
     lines = [f"Test Dice (mean of the 2 classes) on {args.test} Hippocampus test cases, CPU (2 cores); base "
              "nnUNetTrainer_cpuBase on 10 labels; oracle judge σ=0, top_bottom; AdamW at the arm's learning_rate "
              "(default lr 1e-4, anchor weights 1.0).", "",
@@ -138,7 +139,7 @@ def write_table(root: Path, results: dict, args) -> None:
              "|---|---|" + "---|" * (len(iterations) + 5)]
     for arm, r in results.items():
         s = r["summary"]
-        lines.append(f"| {arm} | {describe[arm]} | " + " | ".join(f"{d:.4f}" for d in r["curve"]) +
+        lines.append(f"| {arm} | {describe(r['config'])} | " + " | ".join(f"{d:.4f}" for d in r["curve"]) +
                      f" | {s['peak']:.4f} | {s['sustained']:.4f} | {s['final']:.4f} | {s['worst_drop']:.4f} | {r['seconds']} |")
     (root / "results.md").write_text("\n".join(lines) + "\n")
 
