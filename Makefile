@@ -9,7 +9,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
-# The fastest reliable CPU settings for nnU-Net (see docs/getting_started.md).
+# The fastest reliable CPU settings for nnU-Net (measured in ../shared/NNUNET_NOTES.md).
 export nnUNet_compile ?= f
 export nnUNet_n_proc_DA ?= 0
 export nnUNet_def_n_proc ?= 1
