@@ -26,13 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nnunetv2_rndpo.distributed import barrier, broadcast_from_rank0, rank_and_world, shard
 from nnunetv2_rndpo.judges import agreement_scores, oracle_scores, read_external_scores
 from nnunetv2_rndpo.metrics import dice_per_class, foreground_mean
 from nnunetv2_rndpo.mining import Pair, mine_pair
 from nnunetv2_rndpo.objective import consistency_loss
 from nnunetv2_rndpo.pool import PreprocessedPool, atomic_write_text, find_cases
 from nnunetv2_rndpo.proposals import ProposalCache, generate_proposals, plan_proposals, proposal_spec
-from nnunetv2_rndpo.sampling import PairPatchSampler
+from nnunetv2_rndpo.sampling import PairPatchSampler, PreferenceBatchLoader
 
 METRIC_KEYS = (
     "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
@@ -66,14 +67,14 @@ def epoch_metrics(train_outputs: list[dict]) -> dict[str, float]:
 class PreferenceBatches:
     """The training iterator nnU-Net's loop pulls from: preference batches, plus labeled batches if needed."""
 
-    def __init__(self, sampler: PairPatchSampler, batch_size: int, labeled_loader=None):
-        self.sampler, self.batch_size, self.labeled_loader = sampler, batch_size, labeled_loader
+    def __init__(self, preference_loader, labeled_loader=None):
+        self.preference_loader, self.labeled_loader = preference_loader, labeled_loader
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict:
-        batch = {"preference": self.sampler.batch(self.batch_size)}
+        batch = {"preference": next(self.preference_loader)}
         if self.labeled_loader is not None:
             batch["labeled"] = next(self.labeled_loader)
         return batch
@@ -84,6 +85,7 @@ class PreferencePhase:
 
     def __init__(self, trainer):
         self.trainer = trainer
+        self.rank, self.world = rank_and_world()
         self.config = trainer.rndpo_config
         self.fold_folder = Path(trainer.output_folder)
         self.reference: torch.nn.Module | None = None
@@ -137,7 +139,8 @@ class PreferencePhase:
 
     def setup(self, sampler_state: dict | None = None) -> None:
         t = self.trainer
-        atomic_write_text(self.fold_folder / "rndpo_config.json", json.dumps(self.config.to_dict(), indent=2))
+        if self.rank == 0:
+            atomic_write_text(self.fold_folder / "rndpo_config.json", json.dumps(self.config.to_dict(), indent=2))
         self._load_policy_and_reference()
         pool = self._prepare_pool()
         cache = self._prepare_proposals(pool)
@@ -148,9 +151,11 @@ class PreferencePhase:
             self.pairs = [Pair(**p) for p in saved["pairs"]]
             self.judge_metrics = saved["judge_metrics"]
         else:
-            self._judge_and_mine(pool, cache)
-            atomic_write_text(pairs_file, json.dumps(
-                {"judge_metrics": self.judge_metrics, "pairs": [vars(p) for p in self.pairs]}, indent=1))
+            if self.rank == 0:  # one judgement for all ranks, sent to the others
+                self._judge_and_mine(pool, cache)
+                atomic_write_text(pairs_file, json.dumps(
+                    {"judge_metrics": self.judge_metrics, "pairs": [vars(p) for p in self.pairs]}, indent=1))
+            self.pairs, self.judge_metrics = broadcast_from_rank0((self.pairs, self.judge_metrics))
         t.print_to_log_file(
             f"RN-DPO: {len(self.pairs)} pairs from {len(pool.case_ids)} pool cases "
             f"(judge {self.config.judge}, mining {self.config.mining}); {self.judge_metrics}")
@@ -158,6 +163,8 @@ class PreferencePhase:
         self._register_logger_keys()
         self._prepare_evaluation()
         self._prepare_guard(pool)
+        if self.rank != 0:
+            return
         if t.current_epoch == 0:
             (self.fold_folder / "rndpo_metrics.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh file
             self._write_metrics_row(0, {"eval/dice": self.evaluate()} if self.test_pool is not None else {})
@@ -181,9 +188,11 @@ class PreferencePhase:
                     "configuration, plans or number of classes? Point base_checkpoint at a matching model."
                 )
             network.load_state_dict(weights)
-            temporary = reference_file.with_name(reference_file.name + ".tmp")
-            torch.save(weights, temporary)
-            os.replace(temporary, reference_file)
+            if self.rank == 0:
+                temporary = reference_file.with_name(reference_file.name + ".tmp")
+                torch.save(weights, temporary)
+                os.replace(temporary, reference_file)
+            barrier()
         reference_weights = torch.load(reference_file, map_location=t.device, weights_only=True)
         self.reference = t.build_network_architecture(
             t.plans_manager, t.configuration_manager, t.num_input_channels,
@@ -198,8 +207,11 @@ class PreferencePhase:
         labels = folder.parent / "labelsUnlabeled"
         cases = find_cases(folder, t.dataset_json["file_ending"], len(t.dataset_json["channel_names"]),
                            labels if labels.is_dir() else None)
+        PreprocessedPool(self.cache_folder / "pool", shard(cases, self.rank, self.world)).preprocess(
+            t.plans_manager, t.configuration_manager, t.dataset_json)
+        barrier()
         pool = PreprocessedPool(self.cache_folder / "pool", cases)
-        pool.preprocess(t.plans_manager, t.configuration_manager, t.dataset_json)
+        pool.preprocess(t.plans_manager, t.configuration_manager, t.dataset_json)  # nothing left to do
         return pool
 
     def _predictor(self):
@@ -223,9 +235,16 @@ class PreferencePhase:
         if cache.is_complete and all(cache.has_case(c) for c in pool.case_ids):
             t.print_to_log_file(f"RN-DPO: reusing proposals from {cache.folder}")
             return cache
-        for stale in cache.remove_stale():
-            t.print_to_log_file(f"RN-DPO: removed stale proposals {stale}")
-        generated = generate_proposals(cache, pool, self._predictor(), specs, t.label_manager, mirror_axes, t.device)
+        if self.rank == 0:
+            for stale in cache.remove_stale():
+                t.print_to_log_file(f"RN-DPO: removed stale proposals {stale}")
+        barrier()
+        part = PreprocessedPool(pool.folder, shard(pool.cases, self.rank, self.world))
+        generated = generate_proposals(cache, part, self._predictor(), specs, t.label_manager, mirror_axes, t.device)
+        barrier()
+        if self.rank == 0:
+            cache.mark_complete(pool.case_ids)  # the whole pool, after every rank finished its part
+        barrier()
         t.print_to_log_file(f"RN-DPO: generated proposals for {generated} cases in {cache.folder}")
         return cache
 
@@ -291,7 +310,7 @@ class PreferencePhase:
             patch_size, rotation, t._get_deep_supervision_scales(), mirror_axes, dummy_2d,
             use_mask_for_norm=t.configuration_manager.use_mask_for_norm, is_cascaded=False,
             foreground_labels=t.label_manager.foreground_labels, regions=None, ignore_label=None)
-        rng = np.random.default_rng(cfg.seed)
+        rng = np.random.default_rng(cfg.seed + self.rank)  # each rank draws its own patches
         if sampler_state is not None:
             rng.bit_generator.state = sampler_state
         self.sampler = PairPatchSampler(self.pairs, pool, cache, patch_size, initial_patch_size, transforms,
@@ -299,11 +318,27 @@ class PreferencePhase:
         self._labeled_loader = t.dataloader_train
         if cfg.sft_weight == 0 and hasattr(self._labeled_loader, "_finish"):
             self._labeled_loader._finish()  # no labeled batches needed: stop nnU-Net's augmentation workers
-        t.dataloader_train = PreferenceBatches(
-            self.sampler, cfg.batch_size or t.batch_size, self._labeled_loader if cfg.sft_weight > 0 else None)
+        self._preference_loader = self._augmenter(PreferenceBatchLoader(self.sampler, cfg.batch_size or t.batch_size,
+                                                                        cfg.seed + self.rank))
+        t.dataloader_train = PreferenceBatches(self._preference_loader,
+                                               self._labeled_loader if cfg.sft_weight > 0 else None)
+
+    def _augmenter(self, loader: PreferenceBatchLoader):
+        """nnU-Net's choice for its own training loader: the loader itself without ``nnUNet_n_proc_DA``
+        workers, else ``NonDetMultiThreadedAugmenter`` with as many workers and the same queue settings."""
+        from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+        from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+
+        workers = get_allowed_n_proc_DA()
+        if workers == 0:
+            return loader
+        return NonDetMultiThreadedAugmenter(loader, None, workers, max(6, workers // 2), None,
+                                            pin_memory=self.trainer.device.type == "cuda", wait_time=0.002)
 
     def restore_dataloader(self) -> None:
-        """Gives nnU-Net back its own loader so that ``on_train_end`` shuts it down as usual."""
+        """Stops the preference workers and gives nnU-Net back its own loader, which ``on_train_end`` shuts down."""
+        if hasattr(getattr(self, "_preference_loader", None), "_finish"):
+            self._preference_loader._finish()
         if self._labeled_loader is not None:
             self.trainer.dataloader_train = self._labeled_loader
 
@@ -346,6 +381,8 @@ class PreferencePhase:
     def end_epoch(self, epochs_done: int) -> None:
         """Runs the drift guard, then test Dice every ``eval_every`` epochs, and writes the epoch's row."""
         row = {**getattr(self, "_pending", {}), **self.guard()}
+        if self.rank != 0:
+            return
         for key in GUARD_KEYS:
             if key in row:
                 self.trainer.logger.log(key, row[key], self.trainer.current_epoch)
@@ -395,7 +432,7 @@ class PreferencePhase:
     # ------------------------------------------------------------------ evaluation
 
     def _prepare_evaluation(self) -> None:
-        if not self.config.eval_every:
+        if not self.config.eval_every or self.rank != 0:  # rank 0 evaluates
             return
         images, labels = self.raw_folder / "imagesTs", self.raw_folder / "labelsTs"
         if not (images.is_dir() and labels.is_dir()):
@@ -443,10 +480,11 @@ class PreferencePhase:
         self.guard_logits = {}
         if not self.guard_cases:
             return
-        predictor = self._policy_predictor(self.reference)
-        for case_id in self.guard_cases:
-            image = torch.from_numpy(np.array(pool.image(case_id)))
-            self.guard_logits[case_id] = (image, predictor.predict_sliding_window_return_logits(image).cpu().clone())
+        if self.rank == 0:  # rank 0 measures the drift, every rank can roll back
+            predictor = self._policy_predictor(self.reference)
+            for case_id in self.guard_cases:
+                image = torch.from_numpy(np.array(pool.image(case_id)))
+                self.guard_logits[case_id] = (image, predictor.predict_sliding_window_return_logits(image).cpu().clone())
         self._accepted_weights = self._policy_weights()
 
     def _policy_weights(self) -> dict[str, torch.Tensor]:
@@ -467,10 +505,11 @@ class PreferencePhase:
 
     def guard(self) -> dict[str, float]:
         """Measures drift; above ``guard_max_kl`` rolls back to the last accepted weights and decays the lr."""
-        if not self.guard_logits:
+        if not self.guard_cases:
             return {}
         t, cfg = self.trainer, self.config
-        kl = self.drift()
+        kl = self.drift() if self.rank == 0 else None
+        kl = broadcast_from_rank0(kl)  # one decision for all ranks
         triggered = cfg.guard_max_kl is not None and kl > cfg.guard_max_kl
         if triggered:
             network = t.network.module if t.is_ddp else t.network

@@ -91,3 +91,27 @@ class PairPatchSampler:
         else:
             target = [torch.stack(masks)]
         return {"data": torch.stack(images), "target": target, "pair_index": torch.from_numpy(indices)}
+
+
+class PreferenceBatchLoader:
+    """Endless preference batches: the object nnU-Net's augmenters pull from, in the main process or in workers.
+
+    With ``nnUNet_n_proc_DA`` > 0 the loader runs in nnU-Net's ``NonDetMultiThreadedAugmenter`` workers,
+    like nnU-Net's own training loader, so patch cropping and augmentation overlap the GPU step. Each worker
+    draws from its own generator, ``default_rng([seed, worker + 1])`` (:meth:`set_thread_id`).
+
+    Assumption: with workers the order of batches is not reproducible (as in nnU-Net); with
+    ``nnUNet_n_proc_DA=0`` it is, and the sampler's state is saved with each checkpoint.
+    """
+
+    def __init__(self, sampler: PairPatchSampler, batch_size: int, seed: int):
+        self.sampler, self.batch_size, self.seed = sampler, batch_size, seed
+
+    def set_thread_id(self, thread_id: int) -> None:
+        self.sampler.rng = np.random.default_rng([self.seed, thread_id + 1])
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        return self.sampler.batch(self.batch_size)

@@ -86,16 +86,26 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
         pref = batch["preference"]
         data = pref["data"].to(self.device, non_blocking=True)
         target = [t.to(self.device, non_blocking=True) for t in pref["target"]]
+        labeled = batch.get("labeled")
+        n = data.shape[0]
+        if labeled is not None:  # one forward for both batches: one DDP forward per backward, one pass of the weights
+            data = torch.cat([data, labeled["data"].to(self.device, non_blocking=True)])
         self.optimizer.zero_grad(set_to_none=True)
         with self.phase.autocast():
             output = self.network(data)
-            step_loss, outputs = self.preference_step(data, output, target)
-            if "labeled" in batch:
-                labeled = batch["labeled"]
+            if isinstance(output, (list, tuple)):
+                output, sft_output = [o[:n] for o in output], [o[n:] for o in output]
+            else:
+                output, sft_output = output[:n], output[n:]
+            step_loss, outputs = self.preference_step(data[:n], output, target)
+            if labeled is not None:
                 sft_target = [t.to(self.device, non_blocking=True) for t in labeled["target"]]
-                sft_loss = self.loss(self.network(labeled["data"].to(self.device, non_blocking=True)), sft_target)
+                sft_loss = self.loss(sft_output, sft_target)
                 step_loss = step_loss + self.rndpo_config.sft_weight * sft_loss
                 outputs["loss/sft"] = float(sft_loss.detach())
+            elif self.is_ddp and isinstance(output, list):
+                # DDP needs a gradient for every parameter; the low-resolution heads get exact zeros
+                step_loss = step_loss + 0.0 * sum(o.float().mean() for o in output[1:])
         self.phase.backward_and_step(step_loss)
         outputs["loss"] = step_loss.detach().cpu().numpy()
         return outputs

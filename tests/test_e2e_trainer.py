@@ -88,8 +88,10 @@ def predict_and_evaluate(root: Path, env: dict, trainer: str, dataset_id: int = 
 def test_train_predict_evaluate(tiny2d, trainer):
     root, env = tiny2d
     anchors = {"consistency_weight": 1.0, "agreement_weight": 0.5, "sft_weight": 0.5, "guard_max_kl": 0.5}
+    # DPO runs its preference batches in an augmentation worker (nnUNet_n_proc_DA=1), the others in-process
     run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu"], env,
-        nnUNet_rndpo_config=write_config(root, trainer, **(anchors if trainer == "nnUNetTrainerRNDPO" else {})))
+        nnUNet_rndpo_config=write_config(root, trainer, **(anchors if trainer == "nnUNetTrainerRNDPO" else {})),
+        nnUNet_n_proc_DA="1" if trainer == "nnUNetTrainerDPO" else "0")
     folder = fold_folder(root, trainer)
     assert (folder / "checkpoint_final.pth").is_file() and (folder / "rndpo_progress.png").is_file()
     effective = json.loads((folder / "rndpo_config.json").read_text())
