@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -181,10 +182,41 @@ def read_external_scores(path: str | Path, proposals_per_case: dict[str, int]) -
 
 
 def write_scores_csv(path: str | Path, scores: dict[str, np.ndarray]) -> None:
-    """Writes scores in the CSV format :func:`read_external_scores` reads."""
-    with open(path, "w", newline="") as f:
+    """Writes scores in the CSV format :func:`read_external_scores` reads (atomically: temp file + rename)."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_HEADER)
         for case_id in sorted(scores):
             for index, value in enumerate(scores[case_id]):
                 writer.writerow([case_id, index, repr(float(value))])
+    os.replace(temporary, path)
+
+
+NORMALIZATIONS = ("none", "case_minmax", "case_rank")
+
+
+def normalize_scores(scores: dict[str, np.ndarray], how: str) -> dict[str, np.ndarray]:
+    """Rescales each case's scores; the order within a case (all that mining uses) never changes.
+
+    - ``none``: unchanged.
+    - ``case_minmax``: (s − min) / (max − min) per case, 0.5 for a constant case: margins become
+      comparable between QC systems, so ``mining_tau``/``mining_min_margin`` mean the same.
+    - ``case_rank``: rank / (K − 1) per case (ties averaged): only the order is kept.
+    """
+    if how not in NORMALIZATIONS:
+        raise ValueError(f"unknown score normalisation {how!r}; valid: {', '.join(NORMALIZATIONS)}")
+    if how == "none":
+        return dict(scores)
+    from nnunetv2_rndpo.reliability import rank
+
+    result = {}
+    for case_id, values in scores.items():
+        values = np.asarray(values, float)
+        if how == "case_rank":
+            result[case_id] = rank(values) / max(len(values) - 1, 1)
+        else:
+            spread = values.max() - values.min()
+            result[case_id] = (values - values.min()) / spread if spread > 0 else np.full(len(values), 0.5)
+    return result

@@ -168,20 +168,21 @@ def load_base_model(
 # ---------------------------------------------------------------------------------------------- pool
 
 
-def prepare_pool(base: BaseModel, unlabeled_dir: str | None = None, case_ids: list[str] | None = None,
+def prepare_pool(base: BaseModel, unlabeled_dir: str | None = None, num_parts: int = 1, part_id: int = 0,
                  progress: bool = True) -> PreprocessedPool:
     """Finds the unlabeled pool (and hidden labels) and preprocesses the cases not cached yet.
 
     Args:
         unlabeled_dir: folder of unlabeled images; default ``$nnUNet_raw/DatasetXXX/imagesUnlabeled``.
-        case_ids: preprocess only these (one part of a split run); the pool still lists every case.
+        num_parts, part_id: preprocess only this part (:func:`split_cases`); the pool lists every case.
     """
     folder = Path(unlabeled_dir) if unlabeled_dir else base.raw_folder / "imagesUnlabeled"
     labels = folder.parent / "labelsUnlabeled"
     cases = find_cases(folder, base.dataset_json["file_ending"], len(base.dataset_json["channel_names"]),
                        labels if labels.is_dir() else None)
     pool = PreprocessedPool(base.cache_folder / "pool", cases)
-    todo = pool if case_ids is None else PreprocessedPool(pool.folder, [c for c in cases if c.case_id in set(case_ids)])
+    part = set(split_cases(pool.case_ids, num_parts, part_id))
+    todo = PreprocessedPool(pool.folder, [c for c in cases if c.case_id in part])
     todo.preprocess(base.plans_manager, base.configuration_manager, base.dataset_json, progress=progress)
     return pool
 
@@ -233,7 +234,7 @@ def ensure_proposals(
     """
     cache, specs, extra = proposal_cache(base, settings)
     wanted = pool.case_ids if case_ids is None else case_ids
-    if all(cache.has_case(c) for c in wanted) and (case_ids is not None or cache.is_complete):
+    if cache.is_complete and all(cache.has_case(c) for c in wanted):
         log(f"RN-DPO: reusing proposals from {cache.folder}")
         return cache
     for stale in cache.remove_stale():
