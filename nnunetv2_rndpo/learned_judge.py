@@ -225,7 +225,7 @@ def train_learned_judge(
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                losses.append(float(loss))
+                losses.append(loss.item())
             loss_value = float(np.mean(losses))
     judge = LearnedJudge(network.eval(), classes, in_channels, dim, {"train/mse": loss_value,
                                                                     "train/cases": len(train_ids)})
