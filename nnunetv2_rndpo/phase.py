@@ -163,7 +163,8 @@ class PreferencePhase:
             atomic_write_text(pairs_file, json.dumps(pairs_document(self.pairs, self.judge_metrics, cache), indent=1))
         t.print_to_log_file(
             f"RN-DPO: {len(self.pairs)} pairs from {len(pool.case_ids)} pool cases "
-            f"(judge {self.config.judge}, mining {self.config.mining}); {self.judge_metrics}")
+            + (f"(from {self.config.pairs_file}); " if self.config.pairs_file else
+               f"(judge {self.config.judge}, mining {self.config.mining}); ") + f"{self.judge_metrics}")
         self._install_dataloader(pool, cache, sampler_state)
         self._register_logger_keys()
         self._prepare_evaluation()
