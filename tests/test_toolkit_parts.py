@@ -253,3 +253,80 @@ def test_commands_reject_unknown_choices(argv, capsys):
     with pytest.raises(SystemExit):
         commands.main_judge(["-d", "1", "-c", "2d", *argv])
     assert "invalid choice" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- proposal sources
+
+
+class FakePredictor:
+    """The part of ``nnUNetPredictor`` that :func:`propose_case` uses, over a 2D network."""
+
+    def __init__(self, network: torch.nn.Module):
+        from types import SimpleNamespace
+
+        self.network, self.use_mirroring = network, False
+        self.configuration_manager = SimpleNamespace(patch_size=(8, 8))
+
+    def predict_sliding_window_return_logits(self, image: torch.Tensor) -> torch.Tensor:
+        self.network.eval()  # as nnU-Net's predictor does before every prediction
+        return self.network(image[None])[0].half()
+
+
+def tiny_network(dropout: float = 0.0) -> torch.nn.Module:
+    torch.manual_seed(0)
+    layers = [torch.nn.Conv2d(1, 2, 3, padding=1)] + ([torch.nn.Dropout2d(dropout)] if dropout else [])
+    return torch.nn.Sequential(*layers)
+
+
+def label_manager():
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    return LabelManager({"background": 0, "target": 1}, regions_class_order=None)
+
+
+def test_plan_proposals_new_sources():
+    from nnunetv2_rndpo.proposals import plan_proposals
+
+    specs = plan_proposals(6, ["intensity", "dropout", "model"], (0, 1), 0, models=["1/checkpoint_final.pth"])
+    assert [s.source for s in specs] == ["intensity", "intensity", "intensity", "dropout", "dropout", "model"]
+    with pytest.raises(ValueError, match="unknown proposal source\\(s\\) \\['ensemble'\\]"):
+        plan_proposals(2, ["ensemble"], (0, 1), 0)
+
+
+def test_intensity_dropout_and_model_sources():
+    from nnunetv2_rndpo.proposals import ProposalSpec, propose_case
+
+    image = torch.randn(1, 12, 12, generator=torch.Generator().manual_seed(0))
+    lm = label_manager()
+    network = tiny_network(dropout=0.5)
+    base = {k: v.clone() for k, v in network.state_dict().items()}
+    other = {k: -v for k, v in base.items()}
+    specs = [ProposalSpec("intensity", (1.0, 2.0)), ProposalSpec("dropout", 0), ProposalSpec("dropout", 1),
+             ProposalSpec("model", "1/x.pth"), ProposalSpec("mirror", ())]
+    masks, probabilities = propose_case(FakePredictor(network), image, specs, lm, (0, 1), seed=3,
+                                        extra_weights={"1/x.pth": other})
+    assert masks.shape == (5, 12, 12) and probabilities.shape == (2, 12, 12)
+    again, _ = propose_case(FakePredictor(network), image, specs, lm, (0, 1), seed=3, extra_weights={"1/x.pth": other})
+    assert np.array_equal(masks, again)  # dropout samples are seeded
+    assert not np.array_equal(masks[1], masks[2])  # two different dropout samples
+    assert all(torch.equal(v, base[k]) for k, v in network.state_dict().items())  # base weights restored
+    assert not network.training
+
+
+def test_dropout_source_needs_a_dropout_network():
+    from nnunetv2_rndpo.proposals import ProposalSpec, propose_case
+
+    with pytest.raises(ValueError, match="no dropout layers \\(nnU-Net's default plans set dropout_op to None\\)"):
+        propose_case(FakePredictor(tiny_network()), torch.randn(1, 8, 8), [ProposalSpec("dropout", 0)],
+                     label_manager(), (0, 1))
+
+
+def test_new_config_keys_are_validated():
+    from nnunetv2_rndpo.config import RNDPOConfig
+
+    with pytest.raises(ValueError, match="proposal_sources has 'model' but proposal_models is empty"):
+        RNDPOConfig(proposal_sources=["model"])
+    with pytest.raises(ValueError, match="config key 'mining_max_region': 2 is out of range; must be >= 5"):
+        RNDPOConfig(mining_min_region=5, mining_max_region=2)
+    config = RNDPOConfig(mining="quantile", mining_max_pairs_per_case=3, judge="uncertainty")
+    assert MiningParams.from_config(config) == MiningParams("quantile", max_pairs_per_case=3)
