@@ -129,13 +129,20 @@ def judge_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", default=None, help="output CSV. Default: <proposal cache>/scores_<judge>.csv")
     parser.add_argument("--report", action="store_true",
                         help="reliability vs hidden labels in labelsUnlabeled/ (printed, saved as <output>.report.json)")
-    parser.add_argument("--tau", type=float, default=DEFAULTS.mining_tau, help="'margin' mining's tau in the report")
+    parser.add_argument("--report-labeled", action="store_true",
+                        help="reliability on the fold's labeled validation cases (proposals by this fold's base model; "
+                             "no hidden labels needed), saved as <output>.labeled_report.json, with the ε that "
+                             "label_smoothing 'auto' would use")
+    parser.add_argument("--mining", default=DEFAULTS.mining, choices=MININGS,
+                        help="strategy whose pair accuracy sets the flip rate in --report-labeled")
+    parser.add_argument("--tau", type=float, default=DEFAULTS.mining_tau, help="'margin' mining's tau in the reports")
     return parser
 
 
 def run_judge(args: argparse.Namespace) -> Path:
     """Writes the scores CSV (and the report); returns the CSV's path."""
     from nnunetv2_rndpo.judges import normalize_scores, write_scores_csv
+    from nnunetv2_rndpo.mining import MiningParams
     from nnunetv2_rndpo.pipeline import JudgeSettings, hidden_true_dice, prepare_pool, proposal_cache, score_pool
 
     if args.judge == "external" and not args.scores:
@@ -157,7 +164,24 @@ def run_judge(args: argparse.Namespace) -> Path:
     print(f"scores of {len(scores)} cases written to {output}")
     if args.report:
         write_report(output, scores, dice, cache, args.seed, args.tau, f"judge {args.judge} reliability")
+    if args.report_labeled:
+        write_labeled_report(output, base, settings, judge, MiningParams(args.mining, tau=args.tau), not args.quiet)
     return output
+
+
+def write_labeled_report(scores_file: Path, base, settings, judge, mining, progress: bool) -> Path:
+    """Prints the judge's reliability on the fold's labeled validation cases and saves it beside the scores."""
+    from nnunetv2_rndpo.pipeline import labeled_reliability
+    from nnunetv2_rndpo.pool import atomic_write_text
+    from nnunetv2_rndpo.reliability import format_table, report_json
+
+    report = labeled_reliability(base, settings, judge, mining, progress)
+    print(format_table(report, f"judge {judge.judge} on the labeled validation cases of fold {base.fold}"))
+    print(f'label_smoothing "auto" would use eps = {report["labeled/flip_rate"]:.4f} (mining {mining.strategy})')
+    path = scores_file.with_name(scores_file.name.removesuffix(".csv") + ".labeled_report.json")
+    atomic_write_text(path, report_json(report))
+    print(f"labeled report saved to {path}")
+    return path
 
 
 def write_report(scores_file: Path, scores, dice, cache, seed: int, tau: float, title: str) -> Path:

@@ -69,8 +69,9 @@ class RNDPOConfig:
         "pairs whose patch has fewer disagreeing voxels are skipped; larger ignores tiny disagreements",
         default=10,
     )
-    label_smoothing: float = _help(
-        "ε in [0, 0.5): cDPO smoothing for 'sigmoid', flip rate for 'robust'; larger trusts the judge less",
+    label_smoothing: float | str = _help(
+        "ε in [0, 0.5): cDPO smoothing for 'sigmoid', flip rate for 'robust'; larger trusts the judge less. "
+        "'auto' = the flip rate of the judge's mined pairs on the fold's labeled validation cases",
         default=0.0,
     )
     # Anchors default to on: without them preference fine-tuning destroyed a real model (docs/results/).
@@ -170,7 +171,10 @@ class RNDPOConfig:
         if self.beta is not None:
             _check_range("beta", self.beta, low=0, low_open=True)
         _check_range("min_region_voxels", self.min_region_voxels, low=1)
-        _check_range("label_smoothing", self.label_smoothing, low=0, high=0.5, high_open=True)
+        if isinstance(self.label_smoothing, str):
+            _check_choice("label_smoothing", self.label_smoothing, ("auto",))
+        else:
+            _check_range("label_smoothing", self.label_smoothing, low=0, high=0.5, high_open=True)
         _check_range("sft_weight", self.sft_weight, low=0)
         _check_range("consistency_weight", self.consistency_weight, low=0)
         _check_range("agreement_weight", self.agreement_weight, low=0)
@@ -186,6 +190,11 @@ class RNDPOConfig:
         if self.mining_max_region is not None:
             _check_range("mining_max_region", self.mining_max_region, low=self.mining_min_region)
         _check_range("mining_max_pairs_per_case", self.mining_max_pairs_per_case, low=1)
+        if self.label_smoothing == "auto" and self.judge == "external":
+            raise ValueError(
+                "label_smoothing='auto' measures the judge on the labeled validation cases, which the external "
+                "judge cannot score; set label_smoothing to a number (e.g. 1 − its pairwise accuracy)"
+            )
         if "model" in self.proposal_sources and not self.proposal_models:
             raise ValueError(
                 "proposal_sources has 'model' but proposal_models is empty: list the extra models, e.g. "

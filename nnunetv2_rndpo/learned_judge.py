@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,8 +151,27 @@ class LearnedJudge:
         return cls(network.eval(), saved["classes"], saved["in_channels"], saved["dim"], saved.get("metrics", {}))
 
 
-def labeled_cases(base, fold: int | str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str], list[str]]:
-    """The preprocessed labeled cases ``{id: (image (C, *sp), label (*sp))}`` and the fold's train/val ids.
+class LabeledCases(Mapping):
+    """Preprocessed labeled cases ``{id: (image (C, *sp) float32, label (*sp) int16)}``, loaded on first use."""
+
+    def __init__(self, dataset, identifiers: list[str]):
+        self._dataset, self._ids, self._loaded = dataset, list(identifiers), {}
+
+    def __getitem__(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        if key not in self._loaded:
+            data, seg, _, _ = self._dataset.load_case(key)
+            self._loaded[key] = (np.asarray(data[:], np.float32), np.maximum(np.asarray(seg[:])[0], 0).astype(np.int16))
+        return self._loaded[key]
+
+    def __iter__(self):
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+def labeled_cases(base, fold: int | str) -> tuple[LabeledCases, list[str], list[str]]:
+    """The preprocessed labeled cases (lazily loaded) and the fold's train/val ids.
 
     The split is nnU-Net's ``splits_final.json`` (fold ``all``: train = val = every case); without that file
     every case trains and none validates.
@@ -164,10 +184,7 @@ def labeled_cases(base, fold: int | str) -> tuple[dict[str, tuple[np.ndarray, np
         raise FileNotFoundError(f"{folder} does not exist: run nnUNetv2_plan_and_preprocess -d ... -c "
                                 f"{base.configuration_name} first")
     dataset = infer_dataset_class(str(folder))(str(folder))
-    cases = {}
-    for key in dataset.identifiers:
-        data, seg, _, _ = dataset.load_case(key)
-        cases[key] = (np.asarray(data[:], np.float32), np.maximum(np.asarray(seg[:])[0], 0).astype(np.int16))
+    cases = LabeledCases(dataset, sorted(dataset.identifiers))
     splits_file = folder.parent / "splits_final.json"
     if str(fold) == "all" or not splits_file.is_file():
         return cases, sorted(cases), [] if str(fold) != "all" else sorted(cases)

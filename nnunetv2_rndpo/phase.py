@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -35,6 +36,7 @@ from nnunetv2_rndpo.pipeline import (
     ProposalSettings,
     ensure_proposals,
     hidden_true_dice,
+    labeled_reliability,
     mine_pool,
     pairs_document,
     prepare_pool,
@@ -160,7 +162,11 @@ class PreferencePhase:
             self.judge_metrics = saved["judge_metrics"]
         else:
             self._judge_and_mine(pool, cache)
+            if self.config.label_smoothing == "auto":
+                self.judge_metrics.update(self._measure_flip_rate())
             atomic_write_text(pairs_file, json.dumps(pairs_document(self.pairs, self.judge_metrics, cache), indent=1))
+        if self.config.label_smoothing == "auto":
+            self._resolve_label_smoothing()
         t.print_to_log_file(
             f"RN-DPO: {len(self.pairs)} pairs from {len(pool.case_ids)} pool cases "
             + (f"(from {self.config.pairs_file}); " if self.config.pairs_file else
@@ -243,6 +249,26 @@ class PreferencePhase:
                 f"No preference pairs from the {len(pool.case_ids)} pool cases: the mined proposals are identical "
                 "or filtered out, so there is nothing to learn. Add proposal sources (e.g. 'threshold', "
                 "'temperature'), raise num_proposals, relax the mining_* filters or use mining='top_random'.")
+
+    def _measure_flip_rate(self) -> dict[str, float]:
+        """``label_smoothing: "auto"``: the judge's flip rate on the fold's labeled validation cases."""
+        cfg = self.config
+        report = labeled_reliability(self._base_model(), ProposalSettings.from_config(cfg),
+                                     JudgeSettings.from_config(cfg), MiningParams.from_config(cfg), progress=False,
+                                     log=self.trainer.print_to_log_file)
+        self.trainer.print_to_log_file(f"RN-DPO: judge reliability on labeled validation cases: {report}")
+        return {"judge/labeled_pair_acc": report["labeled/mined_pair_acc"],
+                "judge/auto_label_smoothing": report["labeled/flip_rate"]}
+
+    def _resolve_label_smoothing(self) -> None:
+        """Replaces "auto" by the measured ε (kept in rndpo_pairs.json, so ``--c`` reuses it)."""
+        if "judge/auto_label_smoothing" not in self.judge_metrics:  # pairs written by a run without "auto"
+            self.judge_metrics.update(self._measure_flip_rate())
+        epsilon = float(self.judge_metrics["judge/auto_label_smoothing"])
+        self.config = dataclasses.replace(self.config, label_smoothing=epsilon)
+        self.trainer.rndpo_config = self.config
+        atomic_write_text(self.fold_folder / "rndpo_config.json", json.dumps(self.config.to_dict(), indent=2))
+        self.trainer.print_to_log_file(f"RN-DPO: label_smoothing 'auto' = {epsilon:.4f}")
 
     def _install_dataloader(self, pool, cache, sampler_state) -> None:
         t, cfg = self.trainer, self.config

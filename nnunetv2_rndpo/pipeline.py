@@ -214,14 +214,15 @@ class ProposalSettings:
         return cls(config.num_proposals, tuple(config.proposal_sources), tuple(config.proposal_models), config.seed)
 
 
-def proposal_cache(base: BaseModel, settings: ProposalSettings) -> tuple[ProposalCache, list, dict]:
-    """The cache for these settings, the proposal recipes and the ``model`` source's weights."""
+def proposal_cache(base: BaseModel, settings: ProposalSettings, subfolder: str = "proposals",
+                   ) -> tuple[ProposalCache, list, dict]:
+    """The cache for these settings (in ``<cache_folder>/<subfolder>``), the recipes and the ``model`` weights."""
     specs = plan_proposals(settings.num_proposals, list(settings.sources), base.mirror_axes, settings.seed,
                            list(settings.models))
     extra = base.load_extra_weights(list(settings.models)) if "model" in settings.sources else {}
     spec = proposal_spec(base.weights, base.plans_manager.plans_name, base.configuration_name, specs, settings.seed,
                          extra)
-    return ProposalCache(base.cache_folder / "proposals", spec), specs, extra
+    return ProposalCache(base.cache_folder / subfolder, spec), specs, extra
 
 
 def ensure_proposals(
@@ -397,3 +398,82 @@ def read_pairs_file(path: str | os.PathLike, pool: PreprocessedPool | None = Non
                     raise ValueError(f"pairs file {path}: case {p.case_id!r} has proposals 0 ... {k - 1}, "
                                      f"but a pair uses {p.chosen} and {p.rejected}")
     return pairs, document.get("judge_metrics", {})
+
+
+# ---------------------------------------------------------------------------------------------- labeled reliability
+
+# rDPO's loss needs ε < 0.5 and is flat at 0.5; an estimate from a handful of validation cases is noisy
+MAX_AUTO_LABEL_SMOOTHING = 0.4
+
+
+class LabeledPool:
+    """Labeled cases behind the interface of :class:`~nnunetv2_rndpo.pool.PreprocessedPool`."""
+
+    has_labels = True
+
+    def __init__(self, cases, case_ids: list[str]):
+        self._cases, self.case_ids = cases, list(case_ids)
+
+    def image(self, case_id: str) -> np.ndarray:
+        return self._cases[case_id][0]
+
+    def label(self, case_id: str) -> np.ndarray:
+        return self._cases[case_id][1]
+
+
+def labeled_reliability(
+    base: BaseModel, settings: ProposalSettings, judge: JudgeSettings, mining: MiningParams,
+    progress: bool = True, log=print,
+) -> dict[str, float]:
+    """A judge's reliability measured on labeled cases, without hidden labels for the pool.
+
+    The base model of fold f never saw its fold's validation cases, so its proposals for them are made
+    like those for unlabeled cases, and their true Dice is known. They are cached in
+    ``<cache_folder>/labeled_proposals/<key>``, scored by the judge and compared with the true Dice
+    (:func:`~nnunetv2_rndpo.reliability.judge_reliability`); ``labeled/mined_pair_acc`` is the share of
+    pairs that ``mining`` mines there whose chosen mask really is better, and ``labeled/flip_rate`` is
+    1 − that (the ε the robust loss assumes; see :func:`auto_label_smoothing`).
+
+    Raises:
+        ValueError: no validation cases in the fold, or the ``external`` judge (it cannot score them).
+    """
+    from nnunetv2_rndpo.learned_judge import labeled_cases
+    from nnunetv2_rndpo.reliability import judge_reliability
+
+    if judge.judge == "external":
+        raise ValueError("the external judge cannot score the labeled validation cases; measure its reliability with "
+                         "--report on a pool with hidden labels, or set label_smoothing to a number")
+    cases, _, val_ids = labeled_cases(base, base.fold)
+    if not val_ids:
+        raise ValueError(f"fold {base.fold} of {base.dataset_name} has no validation cases (splits_final.json); "
+                         "labeled reliability needs the base model of a cross-validation fold, not fold 'all'")
+    pool = LabeledPool(cases, val_ids)
+    cache, specs, extra = proposal_cache(base, settings, "labeled_proposals")
+    generated = generate_proposals(cache, pool, base.predictor(), specs, base.label_manager, base.mirror_axes,
+                                   base.device, progress, seed=settings.seed, extra_weights=extra)
+    log(f"RN-DPO: proposals for {len(val_ids)} labeled validation cases in {cache.folder} ({generated} new)")
+    scores = score_pool(base, pool, cache, judge, progress)
+    dice = hidden_true_dice(base, pool, cache)
+    report = {f"labeled/{k}": v for k, v in judge_reliability(scores, dice).items()}
+    _, stats = mine_pool(cache, val_ids, scores, mining, judge.seed, dice)
+    report["labeled/mined_pairs"] = stats["pairs/count"]
+    report["labeled/mined_pair_acc"] = stats.get("pairs/oracle_acc", float("nan"))
+    report["labeled/flip_rate"] = auto_label_smoothing(report)
+    return report
+
+
+def auto_label_smoothing(report: dict[str, float]) -> float:
+    """ε for ``label_smoothing: "auto"``: 1 − accuracy of the mined pairs on labeled cases.
+
+    Falls back to 1 − pairwise accuracy when no pair was mined, and to 0 when neither is known; clipped to
+    [0, ``MAX_AUTO_LABEL_SMOOTHING``]. Assumption: the flip rate of the pairs mined on the fold's
+    validation cases is the flip rate of the pairs mined on the pool (same base model, same judge).
+    """
+    import math
+
+    accuracy = report.get("labeled/mined_pair_acc", math.nan)
+    if math.isnan(accuracy):
+        accuracy = report.get("labeled/pairwise/accuracy", math.nan)
+    if math.isnan(accuracy):
+        return 0.0
+    return float(min(max(1.0 - accuracy, 0.0), MAX_AUTO_LABEL_SMOOTHING))

@@ -330,3 +330,26 @@ def test_new_config_keys_are_validated():
         RNDPOConfig(mining_min_region=5, mining_max_region=2)
     config = RNDPOConfig(mining="quantile", mining_max_pairs_per_case=3, judge="uncertainty")
     assert MiningParams.from_config(config) == MiningParams("quantile", max_pairs_per_case=3)
+
+
+# ---------------------------------------------------------------- label_smoothing "auto"
+
+
+def test_auto_label_smoothing_is_the_mined_pairs_flip_rate():
+    from nnunetv2_rndpo.pipeline import MAX_AUTO_LABEL_SMOOTHING, auto_label_smoothing
+
+    assert auto_label_smoothing({"labeled/mined_pair_acc": 0.9}) == pytest.approx(0.1)
+    assert auto_label_smoothing({"labeled/mined_pair_acc": 1.0}) == 0.0
+    assert auto_label_smoothing({"labeled/mined_pair_acc": 0.2}) == MAX_AUTO_LABEL_SMOOTHING
+    assert auto_label_smoothing({"labeled/mined_pair_acc": math.nan, "labeled/pairwise/accuracy": 0.75}) == 0.25
+    assert auto_label_smoothing({"labeled/mined_pair_acc": math.nan, "labeled/pairwise/accuracy": math.nan}) == 0.0
+
+
+def test_label_smoothing_auto_is_validated():
+    from nnunetv2_rndpo.config import RNDPOConfig
+
+    assert RNDPOConfig(label_smoothing="auto", loss_type="robust").label_smoothing == "auto"
+    with pytest.raises(ValueError, match="config key 'label_smoothing': 'half' is not allowed; valid: auto"):
+        RNDPOConfig(label_smoothing="half")
+    with pytest.raises(ValueError, match="label_smoothing='auto' measures the judge on the labeled validation cases"):
+        RNDPOConfig(label_smoothing="auto", judge="external", judge_scores="s.csv")
