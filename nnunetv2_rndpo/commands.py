@@ -266,6 +266,9 @@ def train_judge_parser() -> argparse.ArgumentParser:
     _add_base_arguments(parser)
     parser.add_argument("--epochs", type=int, default=40, help="epochs of fresh corruptions. Default: 40")
     parser.add_argument("--samples-per-case", type=int, default=16, help="masks per case per epoch. Default: 16")
+    parser.add_argument("--with-proposals", action="store_true",
+                        help="also train on the base model's proposals of the fold's validation cases (their val/* "
+                             "metrics are then no longer held out)")
     parser.add_argument("-o", default=None, help="output file. Default: <base fold folder>/rndpo_judge.pth")
     return parser
 
@@ -278,8 +281,17 @@ def run_train_judge(args: argparse.Namespace) -> Path:
 
     if args.epochs < 1 or args.samples_per_case < 2:
         raise ValueError("--epochs must be >= 1 and --samples-per-case >= 2")
-    base, _ = _load(args)
-    judge = train_learned_judge(base, args.epochs, args.samples_per_case, seed=args.seed, progress=not args.quiet)
+    base, settings = _load(args)
+    samples = None
+    if args.with_proposals:
+        from nnunetv2_rndpo.judges import true_dice
+        from nnunetv2_rndpo.pipeline import labeled_proposals
+
+        pool, cache = labeled_proposals(base, settings, not args.quiet)
+        samples = [(pool.image(c), cache.masks(c), true_dice(cache.masks(c), pool.label(c), base.classes))
+                   for c in pool.case_ids]
+    judge = train_learned_judge(base, args.epochs, args.samples_per_case, seed=args.seed, progress=not args.quiet,
+                                proposal_samples=samples)
     output = Path(args.o) if args.o else base.fold_folder / LEARNED_JUDGE_FILE
     judge.save(output)
     print(format_table(judge.metrics, "learned judge (val = the fold's validation cases, corrupted)"))

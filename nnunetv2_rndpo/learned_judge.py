@@ -15,7 +15,8 @@ Input: the image channels and one channel per foreground class, resampled to a f
 sigmoid in [0, 1]. Assumption: a whole-case, low-resolution view is enough to rank proposals that differ
 by more than a few voxels; it keeps the judge CPU-fast (milliseconds per proposal). The fold's
 validation cases, corrupted the same way, measure the judge's reliability (saved with it).
-Not done: training on base-model proposals of held-out cases (the issue's second source of samples).
+Opt-in (``--with-proposals``): the base model's proposals of the fold's validation cases, with their
+true Dice, join the training samples.
 """
 
 from __future__ import annotations
@@ -207,12 +208,19 @@ def _samples(cases, ids, classes, per_case, rng) -> tuple[torch.Tensor, torch.Te
 def train_learned_judge(
     base, epochs: int = 40, samples_per_case: int = 16, batch_size: int = 32, learning_rate: float = 1e-3,
     seed: int = 12345, progress: bool = True,
+    proposal_samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
 ) -> LearnedJudge:
     """Trains a :class:`LearnedJudge` on the base model's fold training cases; reliability on its val cases.
 
     Fresh corruptions are drawn every epoch. ``metrics`` holds ``val/spearman/*``,
     ``val/pairwise/accuracy`` and ``val/top1/regret`` on the validation cases (8 corrupted masks each),
     and ``train/mse`` of the last epoch.
+
+    Args:
+        proposal_samples: optional ``(image (C, *sp), masks (K, *sp), true Dice (K,))`` of base-model
+            proposals of held-out labeled cases, added to every epoch: real segmentation errors next to the
+            simulated ones. Assumption: they come from the fold's validation cases, so the ``val/*`` metrics
+            then no longer measure cases the judge never saw (``train/proposal_samples`` says so).
 
     Raises:
         ValueError: no labeled training cases in the split.
@@ -227,6 +235,10 @@ def train_learned_judge(
     some_image, some_label = cases[train_ids[0]]
     dim = 2 if some_label.ndim == 2 or some_label.shape[0] == 1 else 3
     in_channels = some_image.shape[0] + len(classes)
+    extra_x = extra_y = None
+    if proposal_samples:
+        extra_x = torch.cat([judge_input(image, masks, classes) for image, masks, _ in proposal_samples])
+        extra_y = torch.tensor(np.concatenate([dice for _, _, dice in proposal_samples]), dtype=torch.float32)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         network = QualityNet(in_channels, dim)
@@ -235,6 +247,8 @@ def train_learned_judge(
         loss_value = float("nan")
         for _ in tqdm(range(epochs), desc="training learned judge", disable=not progress):
             x, y = _samples(cases, train_ids, classes, samples_per_case, rng)
+            if extra_x is not None:
+                x, y = torch.cat([x, extra_x]), torch.cat([y, extra_y])
             network.train()
             losses = []
             for batch in torch.randperm(len(y), generator=order).split(batch_size):
@@ -244,8 +258,9 @@ def train_learned_judge(
                 optimizer.step()
                 losses.append(loss.item())
             loss_value = float(np.mean(losses))
-    judge = LearnedJudge(network.eval(), classes, in_channels, dim, {"train/mse": loss_value,
-                                                                    "train/cases": len(train_ids)})
+    judge = LearnedJudge(network.eval(), classes, in_channels, dim, {
+        "train/mse": loss_value, "train/cases": len(train_ids),
+        "train/proposal_samples": 0 if extra_y is None else len(extra_y)})
     if val_ids:
         val_rng = np.random.default_rng(seed + 1)
         scores, dice = {}, {}

@@ -421,6 +421,29 @@ class LabeledPool:
         return self._cases[case_id][1]
 
 
+def labeled_proposals(base: BaseModel, settings: ProposalSettings, progress: bool = True, log=print,
+                      ) -> tuple[LabeledPool, ProposalCache]:
+    """The fold's labeled validation cases and the base model's proposals for them (generated if missing).
+
+    Cached in ``<cache_folder>/labeled_proposals/<key>``.
+
+    Raises:
+        ValueError: the fold has no validation cases.
+    """
+    from nnunetv2_rndpo.learned_judge import labeled_cases
+
+    cases, _, val_ids = labeled_cases(base, base.fold)
+    if not val_ids:
+        raise ValueError(f"fold {base.fold} of {base.dataset_name} has no validation cases (splits_final.json); "
+                         "this needs the base model of a cross-validation fold, not fold 'all'")
+    pool = LabeledPool(cases, val_ids)
+    cache, specs, extra = proposal_cache(base, settings, "labeled_proposals")
+    generated = generate_proposals(cache, pool, base.predictor(), specs, base.label_manager, base.mirror_axes,
+                                   base.device, progress, seed=settings.seed, extra_weights=extra)
+    log(f"RN-DPO: proposals for {len(val_ids)} labeled validation cases in {cache.folder} ({generated} new)")
+    return pool, cache
+
+
 def labeled_reliability(
     base: BaseModel, settings: ProposalSettings, judge: JudgeSettings, mining: MiningParams,
     progress: bool = True, log=print,
@@ -437,21 +460,13 @@ def labeled_reliability(
     Raises:
         ValueError: no validation cases in the fold, or the ``external`` judge (it cannot score them).
     """
-    from nnunetv2_rndpo.learned_judge import labeled_cases
     from nnunetv2_rndpo.reliability import judge_reliability
 
     if judge.judge == "external":
         raise ValueError("the external judge cannot score the labeled validation cases; measure its reliability with "
                          "--report on a pool with hidden labels, or set label_smoothing to a number")
-    cases, _, val_ids = labeled_cases(base, base.fold)
-    if not val_ids:
-        raise ValueError(f"fold {base.fold} of {base.dataset_name} has no validation cases (splits_final.json); "
-                         "labeled reliability needs the base model of a cross-validation fold, not fold 'all'")
-    pool = LabeledPool(cases, val_ids)
-    cache, specs, extra = proposal_cache(base, settings, "labeled_proposals")
-    generated = generate_proposals(cache, pool, base.predictor(), specs, base.label_manager, base.mirror_axes,
-                                   base.device, progress, seed=settings.seed, extra_weights=extra)
-    log(f"RN-DPO: proposals for {len(val_ids)} labeled validation cases in {cache.folder} ({generated} new)")
+    pool, cache = labeled_proposals(base, settings, progress, log)
+    val_ids = pool.case_ids
     scores = score_pool(base, pool, cache, judge, progress)
     dice = hidden_true_dice(base, pool, cache)
     report = {f"labeled/{k}": v for k, v in judge_reliability(scores, dice).items()}
