@@ -306,7 +306,7 @@ def _main(parser: argparse.ArgumentParser, run, argv: list[str] | None) -> None:
     args = parser.parse_args(argv)
     try:
         run(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, RuntimeError) as error:  # nnU-Net raises RuntimeError for unknown datasets
         parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 

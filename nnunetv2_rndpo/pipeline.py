@@ -383,7 +383,9 @@ def read_pairs_file(path: str | os.PathLike, pool: PreprocessedPool | None = Non
         pairs = [Pair(**p) for p in document["pairs"]]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ValueError(f"{path} is not a pairs file written by nnUNetv2_rndpo_mine ({error})") from None
-    if cache is not None and document.get("proposals") not in (None, str(cache.folder)):
+    # the key (folder name) identifies the proposals; the root may be spelled differently (symlinks, mounts)
+    if cache is not None and document.get("proposals") not in (None, str(cache.folder)) and (
+            Path(document["proposals"]).name != cache.folder.name):
         raise ValueError(
             f"pairs file {path} was mined from proposals {document['proposals']} but this run's proposals are "
             f"{cache.folder} (another base model, sources, K or seed). Mine again from the current proposals.")

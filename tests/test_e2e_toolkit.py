@@ -122,6 +122,15 @@ def test_external_scores_are_validated_and_normalised(toolkit):
     assert bad.returncode == 2 and "unknown case 'nobody'" in bad.stderr
 
 
+def test_reliability_on_labeled_validation_cases(toolkit):
+    root, env, cache, _ = toolkit
+    stdout = command(env, "judge", "--judge", "uncertainty", "--report-labeled", "-o", str(root / "unc.csv")).stdout
+    assert 'label_smoothing "auto" would use eps' in stdout
+    report = json.loads((root / "unc.labeled_report.json").read_text())
+    assert report["labeled/cases"] == 2 and 0 <= report["labeled/flip_rate"] <= 0.4
+    assert (cache.parent.parent / "labeled_proposals" / cache.name / "manifest.json").is_file()
+
+
 def test_invalid_inputs_error_clearly(toolkit):
     root, env, _, _ = toolkit
     other_seed = command(env, "judge", "--judge", "agreement", "--seed", "7", expect_ok=False)
@@ -146,11 +155,14 @@ def test_mined_pairs_and_cached_proposals_feed_the_trainer(toolkit):
     config = root / "from_toolkit.json"
     config.write_text(json.dumps({"num_proposals": 4, "pairs_file": str(pairs_file), "base_trainer": "nnUNetTrainer_rndpoSmoke",
                                   "num_epochs": 1, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 2,
-                                  "guard_num_cases": 0}))
+                                  "guard_num_cases": 0, "label_smoothing": "auto", "loss_type": "robust"}))
     run(["nnUNetv2_train", "994", "2d", "0", "-tr", "nnUNetTrainerRNDPO", "-device", "cpu"], env,
         nnUNet_rndpo_config=str(config))
     fold = root / "results" / DATASET / "nnUNetTrainerRNDPO__nnUNetPlans__2d" / "fold_0"
     log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert f"reusing proposals from {cache}" in log and "generated proposals" not in log
-    assert json.loads((fold / "rndpo_pairs.json").read_text())["pairs"] == mined["pairs"]
+    written = json.loads((fold / "rndpo_pairs.json").read_text())
+    assert written["pairs"] == mined["pairs"]
+    epsilon = json.loads((fold / "rndpo_config.json").read_text())["label_smoothing"]
+    assert epsilon == written["judge_metrics"]["judge/auto_label_smoothing"] and 0 <= epsilon <= 0.4
     assert os.path.isfile(fold / "checkpoint_final.pth")
