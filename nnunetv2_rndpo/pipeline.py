@@ -9,7 +9,7 @@ one cache: ``$nnUNet_preprocessed/DatasetXXX/rndpo/<plans>_<configuration>/{pool
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +51,6 @@ class BaseModel:
     checkpoint_name: str
     device: torch.device
     trainer_name: str = "nnUNetTrainer"
-    extra: dict = field(default_factory=dict)
 
     @property
     def label_manager(self):

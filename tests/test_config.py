@@ -8,7 +8,9 @@ from nnunetv2_rndpo.config import CONFIG_ENV_VAR, DEFAULT_BETA, RNDPOConfig, loa
 
 REQUIRED_KEYS = (
     "num_epochs num_iterations_per_epoch learning_rate beta loss_type normalization min_region_voxels "
-    "label_smoothing sft_weight num_proposals proposal_sources judge judge_scores judge_sigma mining "
+    "label_smoothing sft_weight num_proposals proposal_sources proposal_models judge judge_scores judge_sigma "
+    "judge_size_bias learned_judge mining mining_tau mining_min_margin mining_min_region mining_max_region "
+    "mining_max_pairs_per_case pairs_file "
     "base_checkpoint unlabeled_dir eval_every seed"
 ).split()
 
