@@ -23,5 +23,13 @@ setup(
         "tqdm",
     ],
     extras_require={"test": ["pytest", "hypothesis", "ruff"]},
-    entry_points={"console_scripts": ["nnUNetv2_rndpo_smoke = nnunetv2_rndpo.smoke:main"]},
+    entry_points={
+        "console_scripts": [
+            "nnUNetv2_rndpo_smoke = nnunetv2_rndpo.smoke:main",
+            "nnUNetv2_rndpo_proposals = nnunetv2_rndpo.commands:main_proposals",
+            "nnUNetv2_rndpo_judge = nnunetv2_rndpo.commands:main_judge",
+            "nnUNetv2_rndpo_mine = nnunetv2_rndpo.commands:main_mine",
+            "nnUNetv2_rndpo_train_judge = nnunetv2_rndpo.commands:main_train_judge",
+        ]
+    },
 )

@@ -26,9 +26,9 @@ from typing import Any
 from nnunetv2_rndpo.objective import LOSS_TYPES, NORMALIZATIONS
 
 CONFIG_ENV_VAR = "nnUNet_rndpo_config"
-JUDGES = ("agreement", "oracle", "external")
-MININGS = ("top_bottom", "top_random")
-PROPOSAL_SOURCES = ("mirror", "threshold", "temperature")
+JUDGES = ("agreement", "uncertainty", "learned", "oracle", "external")
+MININGS = ("top_bottom", "top_random", "margin", "adjacent", "quantile")
+PROPOSAL_SOURCES = ("mirror", "threshold", "temperature", "intensity", "dropout", "model")
 OPTIMIZERS = ("adamw", "sgd")
 
 # Assumption: β's scale depends on the normaliser (Δ sums |D| voxels under "none" but is a per-voxel
@@ -69,8 +69,9 @@ class RNDPOConfig:
         "pairs whose patch has fewer disagreeing voxels are skipped; larger ignores tiny disagreements",
         default=10,
     )
-    label_smoothing: float = _help(
-        "ε in [0, 0.5): cDPO smoothing for 'sigmoid', flip rate for 'robust'; larger trusts the judge less",
+    label_smoothing: float | str = _help(
+        "ε in [0, 0.5): cDPO smoothing for 'sigmoid', flip rate for 'robust'; larger trusts the judge less. "
+        "'auto' = the flip rate of the judge's mined pairs on the fold's labeled validation cases",
         default=0.0,
     )
     # Anchors default to on: without them preference fine-tuning destroyed a real model (docs/results/).
@@ -101,8 +102,13 @@ class RNDPOConfig:
     # proposals
     num_proposals: int = _help("masks proposed per unlabeled case (≥ 2)", default=8)
     proposal_sources: list[str] = _help(
-        f"where proposals come from, any of {PROPOSAL_SOURCES}",
+        f"where proposals come from, any of {PROPOSAL_SOURCES} (docs/toolkit.md: definitions and costs)",
         default_factory=lambda: ["mirror", "threshold"],
+    )
+    proposal_models: list[str] = _help(
+        "extra models for the 'model' source, 'FOLD/CHECKPOINT' in the base model's results folder "
+        "(e.g. '1/checkpoint_final.pth', '0/checkpoint_best.pth'); one proposal each",
+        default_factory=list,
     )
     # judge and mining
     judge: str = _help(f"who ranks the proposals: one of {JUDGES}", default="agreement")
@@ -110,7 +116,26 @@ class RNDPOConfig:
         "CSV 'case_id,proposal,score' from a QC system; required for judge='external'", default=None
     )
     judge_sigma: float = _help("Gaussian noise on the oracle judge's Dice; larger = less reliable", default=0.0)
+    judge_size_bias: float = _help(
+        "oracle judge's size bias B: adds B·(v_k − v̄)/v̄ (v = foreground voxels, v̄ = case mean); "
+        "> 0 prefers larger masks, < 0 smaller",
+        default=0.0,
+    )
+    learned_judge: str | None = _help(
+        "file of the learned judge (nnUNetv2_rndpo_train_judge); None = rndpo_judge.pth beside the base checkpoint",
+        default=None,
+    )
     mining: str = _help(f"how pairs are mined from scores: one of {MININGS}", default="top_bottom")
+    mining_tau: float = _help("'margin' mining: minimum score gap of a pair; larger = fewer, clearer pairs", default=0.05)
+    mining_min_margin: float = _help("drop pairs whose judge margin is below this (every strategy)", default=0.0)
+    mining_min_region: int = _help("drop pairs whose masks differ in fewer voxels (whole case)", default=1)
+    mining_max_region: int | None = _help(
+        "drop pairs whose masks differ in more voxels (whole case); None = no limit", default=None
+    )
+    mining_max_pairs_per_case: int = _help("at most this many pairs per case; larger = more, correlated pairs", default=1)
+    pairs_file: str | None = _help(
+        "pairs written by nnUNetv2_rndpo_mine; None = judge and mine inside the trainer", default=None
+    )
     # inputs
     base_trainer: str = _help("trainer whose results folder holds the base model", default="nnUNetTrainer")
     base_checkpoint: str | None = _help(
@@ -146,7 +171,10 @@ class RNDPOConfig:
         if self.beta is not None:
             _check_range("beta", self.beta, low=0, low_open=True)
         _check_range("min_region_voxels", self.min_region_voxels, low=1)
-        _check_range("label_smoothing", self.label_smoothing, low=0, high=0.5, high_open=True)
+        if isinstance(self.label_smoothing, str):
+            _check_choice("label_smoothing", self.label_smoothing, ("auto",))
+        else:
+            _check_range("label_smoothing", self.label_smoothing, low=0, high=0.5, high_open=True)
         _check_range("sft_weight", self.sft_weight, low=0)
         _check_range("consistency_weight", self.consistency_weight, low=0)
         _check_range("agreement_weight", self.agreement_weight, low=0)
@@ -157,6 +185,21 @@ class RNDPOConfig:
         _check_range("disagreement_oversample", self.disagreement_oversample, low=0, high=1)
         _check_range("num_proposals", self.num_proposals, low=2)
         _check_range("judge_sigma", self.judge_sigma, low=0)
+        _check_range("mining_tau", self.mining_tau, low=0)
+        _check_range("mining_min_region", self.mining_min_region, low=1)
+        if self.mining_max_region is not None:
+            _check_range("mining_max_region", self.mining_max_region, low=self.mining_min_region)
+        _check_range("mining_max_pairs_per_case", self.mining_max_pairs_per_case, low=1)
+        if self.label_smoothing == "auto" and self.judge == "external":
+            raise ValueError(
+                "label_smoothing='auto' measures the judge on the labeled validation cases, which the external "
+                "judge cannot score; set label_smoothing to a number (e.g. 1 − its pairwise accuracy)"
+            )
+        if "model" in self.proposal_sources and not self.proposal_models:
+            raise ValueError(
+                "proposal_sources has 'model' but proposal_models is empty: list the extra models, e.g. "
+                '"proposal_models": ["1/checkpoint_final.pth", "0/checkpoint_best.pth"]'
+            )
         _check_range("eval_every", self.eval_every, low=0)
         if self.judge == "external" and not self.judge_scores:
             raise ValueError(

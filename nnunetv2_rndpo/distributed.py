@@ -1,8 +1,9 @@
 """What the preference phase does differently under nnU-Net's multi-GPU training (``-num_gpus N``, torch DDP).
 
 - Work on the pool (preprocessing, proposals) is split between the ranks exactly as ``nnUNetv2_predict``
-  splits its input with ``-num_parts/-part_id``: rank r takes ``cases[r::world]``. Every rank writes its
-  own cases into the one shared cache; the ranks then wait for each other (:func:`barrier`).
+  splits its input with ``-num_parts/-part_id``: rank r takes ``cases[r::world]``
+  (:func:`nnunetv2_rndpo.pipeline.split_cases`). Every rank writes its own cases into the one shared
+  cache; the ranks then wait for each other (:func:`barrier`).
 - Judging and mining run on rank 0 only and the pairs are sent to every rank (:func:`broadcast_from_rank0`),
   so all ranks train on identical pairs even with a judge that is not deterministic.
 - Files of the fold folder (reference weights, pairs, metrics) are written by rank 0.
@@ -15,7 +16,6 @@ Without an initialised process group every function here is the single-process i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TypeVar
 
 import torch.distributed as dist
@@ -28,13 +28,6 @@ def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def shard(items: Sequence[T], rank: int, world: int) -> list[T]:
-    """The items of part ``rank`` of ``world``: ``items[rank::world]``, nnUNetv2_predict's ``-part_id/-num_parts``."""
-    if not 0 <= rank < world:
-        raise ValueError(f"part {rank} of {world} does not exist: need 0 <= part_id < num_parts")
-    return list(items[rank::world])
 
 
 def barrier() -> None:

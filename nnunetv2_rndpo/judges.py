@@ -1,8 +1,13 @@
 """Judges: a quality score per proposal (higher = better), from which pairs are mined.
 
 - ``agreement``: mean Dice of a proposal to the case's other proposals (model agreement).
+- ``uncertainty``: soft Dice of a proposal to the mean probability map over the TTA flips (how much of
+  the model's own probability mass the mask captures, and how little it claims where the model is unsure).
+- ``learned``: a small CNN that predicts Dice from (image, mask), trained on corrupted labeled masks
+  (:mod:`nnunetv2_rndpo.learned_judge`, command ``nnUNetv2_rndpo_train_judge``).
 - ``oracle``: Dice to the hidden ground truth in ``labelsUnlabeled/`` plus Gaussian noise of standard
-  deviation ``judge_sigma``: a simulated judge of known reliability, for studies only.
+  deviation ``judge_sigma`` and a size bias ``judge_size_bias``: a simulated judge of known reliability,
+  for studies only.
 - ``external``: scores from any deployed QC system, read from a CSV ``case_id,proposal,score``.
 """
 
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,12 +41,79 @@ def agreement_scores(masks: np.ndarray, labels_or_regions: Sequence) -> np.ndarr
     return (pairwise.sum(1) - 1) / (k - 1)
 
 
+def true_dice(masks: np.ndarray, label: np.ndarray, labels_or_regions: Sequence) -> np.ndarray:
+    """``(K,)`` mean foreground Dice of each proposal to the hidden label (absent-from-both = 1)."""
+    return np.array([mean_dice(m, label, labels_or_regions) for m in masks])
+
+
+def foreground_voxels(masks: np.ndarray, labels_or_regions: Sequence) -> np.ndarray:
+    """``(K,)`` number of voxels of each proposal that belong to any foreground class."""
+    members = sorted({int(v) for c in labels_or_regions for v in (c if isinstance(c, (tuple, list)) else [c])})
+    return np.array([np.count_nonzero(np.isin(m, members)) for m in masks], dtype=float)
+
+
 def oracle_scores(
-    masks: np.ndarray, label: np.ndarray, labels_or_regions: Sequence, sigma: float, rng: np.random.Generator
+    masks: np.ndarray,
+    label: np.ndarray,
+    labels_or_regions: Sequence,
+    sigma: float,
+    rng: np.random.Generator,
+    size_bias: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Returns ``(scores, true_dice)``: scores = true Dice + N(0, sigma²), both ``(K,)``."""
-    true_dice = np.array([mean_dice(m, label, labels_or_regions) for m in masks])
-    return true_dice + rng.normal(0.0, sigma, size=true_dice.shape), true_dice
+    """A simulated noisy and biased judge.
+
+    score_k = Dice_k + N(0, sigma²) + B·(v_k − v̄)/v̄, with v_k the foreground voxels of proposal k and
+    v̄ their mean over the case (the bias term is 0 when v̄ = 0). Assumption: the size bias is relative to
+    the case's own proposals, so B means the same on small and large structures.
+
+    Args:
+        masks: ``(K, *spatial)`` proposals.
+        label: ``(*spatial)`` hidden ground truth.
+        sigma: noise standard deviation; 0 ranks exactly by Dice.
+        rng: draws the noise.
+        size_bias: B; > 0 prefers larger masks, < 0 smaller.
+
+    Returns:
+        ``(scores, true_dice)``, both ``(K,)``.
+    """
+    dice = true_dice(masks, label, labels_or_regions)
+    scores = dice + rng.normal(0.0, sigma, size=dice.shape)
+    if size_bias:
+        sizes = foreground_voxels(masks, labels_or_regions)
+        if sizes.mean() > 0:
+            scores = scores + size_bias * (sizes - sizes.mean()) / sizes.mean()
+    return scores, dice
+
+
+def uncertainty_scores(
+    masks: np.ndarray, probabilities: np.ndarray, labels_or_regions: Sequence, has_regions: bool = False
+) -> np.ndarray:
+    """score_k = mean over foreground classes c of softDice(1[mask_k ∈ c], p_c).
+
+    softDice(m, p) = 2·Σ m·p / (Σ m + Σ p), 1 when both sums are 0. Assumption: p_c is the mean
+    probability over the TTA flips that the proposals were made from (stored with them); for softmax
+    datasets channel c holds label c, for region-based ones channel i holds region i.
+
+    Args:
+        masks: ``(K, *spatial)`` proposals.
+        probabilities: ``(C, *spatial)`` mean probabilities.
+        labels_or_regions: the foreground labels or regions.
+        has_regions: channels are regions (sigmoid) rather than labels (softmax).
+
+    Returns:
+        ``(K,)`` scores in [0, 1].
+    """
+    probabilities = probabilities.astype(np.float32)
+    scores = np.zeros(len(masks))
+    for index, c in enumerate(labels_or_regions):
+        members = list(c) if isinstance(c, (tuple, list)) else [c]
+        p = probabilities[index if has_regions else members[0]]
+        p_sum = float(p.sum())
+        for k, mask in enumerate(masks):
+            m = np.isin(mask, members)
+            denominator = float(m.sum()) + p_sum
+            scores[k] += 1.0 if denominator == 0 else 2 * float(p[m].sum()) / denominator
+    return scores / len(labels_or_regions)
 
 
 def read_external_scores(path: str | Path, proposals_per_case: dict[str, int]) -> dict[str, np.ndarray]:
@@ -109,10 +182,41 @@ def read_external_scores(path: str | Path, proposals_per_case: dict[str, int]) -
 
 
 def write_scores_csv(path: str | Path, scores: dict[str, np.ndarray]) -> None:
-    """Writes scores in the CSV format :func:`read_external_scores` reads."""
-    with open(path, "w", newline="") as f:
+    """Writes scores in the CSV format :func:`read_external_scores` reads (atomically: temp file + rename)."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_HEADER)
         for case_id in sorted(scores):
             for index, value in enumerate(scores[case_id]):
                 writer.writerow([case_id, index, repr(float(value))])
+    os.replace(temporary, path)
+
+
+NORMALIZATIONS = ("none", "case_minmax", "case_rank")
+
+
+def normalize_scores(scores: dict[str, np.ndarray], how: str) -> dict[str, np.ndarray]:
+    """Rescales each case's scores; the order within a case (all that mining uses) never changes.
+
+    - ``none``: unchanged.
+    - ``case_minmax``: (s − min) / (max − min) per case, 0.5 for a constant case: margins become
+      comparable between QC systems, so ``mining_tau``/``mining_min_margin`` mean the same.
+    - ``case_rank``: rank / (K − 1) per case (ties averaged): only the order is kept.
+    """
+    if how not in NORMALIZATIONS:
+        raise ValueError(f"unknown score normalisation {how!r}; valid: {', '.join(NORMALIZATIONS)}")
+    if how == "none":
+        return dict(scores)
+    from nnunetv2_rndpo.reliability import rank
+
+    result = {}
+    for case_id, values in scores.items():
+        values = np.asarray(values, float)
+        if how == "case_rank":
+            result[case_id] = rank(values) / max(len(values) - 1, 1)
+        else:
+            spread = values.max() - values.min()
+            result[case_id] = (values - values.min()) / spread if spread > 0 else np.full(len(values), 0.5)
+    return result

@@ -1,4 +1,18 @@
-"""Pair mining: (chosen, rejected) proposals per case from the judge's scores."""
+"""Pair mining: (chosen, rejected) proposals per case from the judge's scores.
+
+Strategies (one validated string, :data:`nnunetv2_rndpo.config.MININGS`):
+
+- ``top_bottom``  the judge's best versus its worst proposal (one pair per case).
+- ``top_random``  the judge's best versus a uniformly drawn other proposal (one pair per case).
+- ``margin``      every pair whose score gap is ≥ ``tau``, largest gap first.
+- ``adjacent``    consecutive ranks (1st vs 2nd, 2nd vs 3rd, ...), best ranks first.
+- ``quantile``    the best versus the proposal whose score is nearest to mean − 2·std of the case's
+                  scores (a "clearly bad but typical" rejection rather than the single worst outlier).
+
+Filters, applied to every strategy's candidates in order: judge margin ≥ ``min_margin``,
+``min_region`` ≤ |D| ≤ ``max_region`` (|D| = voxels where the two whole-case masks differ; |D| = 0 is
+always dropped), then at most ``max_pairs_per_case`` pairs. Ties in scores go to the lower index.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +37,99 @@ class Pair:
     rejected_dice: float | None = None
 
 
+@dataclass(frozen=True)
+class MiningParams:
+    """How pairs are mined and filtered (see the module docstring); mirrors the ``mining*`` config keys."""
+
+    strategy: str = "top_bottom"
+    tau: float = 0.05
+    min_margin: float = 0.0
+    min_region: int = 1
+    max_region: int | None = None
+    max_pairs_per_case: int = 1
+
+    def __post_init__(self) -> None:
+        if self.strategy not in MININGS:
+            raise ValueError(f"unknown mining {self.strategy!r}; valid: {', '.join(MININGS)}")
+        if self.max_pairs_per_case < 1:
+            raise ValueError(f"max_pairs_per_case must be >= 1, got {self.max_pairs_per_case}")
+        if self.max_region is not None and self.max_region < self.min_region:
+            raise ValueError(f"max_region {self.max_region} is below min_region {self.min_region}")
+
+    @classmethod
+    def from_config(cls, config) -> MiningParams:
+        """From an :class:`~nnunetv2_rndpo.config.RNDPOConfig`."""
+        return cls(config.mining, config.mining_tau, config.mining_min_margin, config.mining_min_region,
+                   config.mining_max_region, config.mining_max_pairs_per_case)
+
+
+def candidate_pairs(scores: np.ndarray, strategy: str, rng: np.random.Generator, tau: float = 0.05) -> list[tuple[int, int]]:
+    """Candidate ``(chosen, rejected)`` index pairs of one case, in the strategy's order of preference.
+
+    Args:
+        scores: ``(K,)`` judge scores, higher = better.
+        strategy: one of :data:`nnunetv2_rndpo.config.MININGS`.
+        rng: draws the partner for ``top_random``.
+        tau: minimum score gap for ``margin``.
+    """
+    if strategy not in MININGS:
+        raise ValueError(f"unknown mining {strategy!r}; valid: {', '.join(MININGS)}")
+    order = [int(i) for i in np.argsort(-scores, kind="stable")]  # best first, ties to the lower index
+    best = order[0]
+    if strategy == "top_bottom":
+        return [(best, int(np.argmin(scores)))]
+    if strategy == "top_random":
+        return [(best, int(rng.choice([k for k in range(len(scores)) if k != best])))]
+    if strategy == "adjacent":
+        return list(zip(order[:-1], order[1:], strict=True))
+    if strategy == "quantile":
+        # Assumption: "near mean − 2σ" = the proposal (other than the best) whose score is closest to it.
+        target = scores.mean() - 2 * scores.std()
+        others = [k for k in range(len(scores)) if k != best]
+        return [(best, min(others, key=lambda k: (abs(scores[k] - target), k)))]
+    # margin
+    pairs = [(i, j) for i in order for j in order if scores[i] - scores[j] >= tau and i != j]
+    return sorted(pairs, key=lambda p: (-(scores[p[0]] - scores[p[1]]), p))
+
+
+def mine_pairs(
+    case_id: str,
+    masks: np.ndarray,
+    scores: np.ndarray,
+    params: MiningParams,
+    rng: np.random.Generator,
+    true_dice: np.ndarray | None = None,
+) -> list[Pair]:
+    """Mines the pairs of one case (possibly none).
+
+    Args:
+        masks: ``(K, *spatial)`` proposals.
+        scores: ``(K,)`` judge scores, higher = better.
+        params: strategy and filters.
+        rng: the strategy's randomness (``top_random``).
+        true_dice: ``(K,)`` Dice to hidden ground truth, recorded for reports when known.
+    """
+    pairs = []
+    for chosen, rejected in candidate_pairs(scores, params.strategy, rng, params.tau):
+        margin = float(scores[chosen] - scores[rejected])
+        if margin < params.min_margin:
+            continue
+        region_size = int(np.count_nonzero(masks[chosen] != masks[rejected]))
+        if region_size == 0 or region_size < params.min_region:
+            continue
+        if params.max_region is not None and region_size > params.max_region:
+            continue
+        pairs.append(Pair(
+            case_id=case_id, chosen=chosen, rejected=rejected, chosen_score=float(scores[chosen]),
+            rejected_score=float(scores[rejected]), region_size=region_size,
+            chosen_dice=None if true_dice is None else float(true_dice[chosen]),
+            rejected_dice=None if true_dice is None else float(true_dice[rejected]),
+        ))
+        if len(pairs) == params.max_pairs_per_case:
+            break
+    return pairs
+
+
 def mine_pair(
     case_id: str,
     masks: np.ndarray,
@@ -31,37 +138,31 @@ def mine_pair(
     rng: np.random.Generator,
     true_dice: np.ndarray | None = None,
 ) -> Pair | None:
-    """Mines one pair for a case, or returns None when the two masks are identical (|D| = 0).
-
-    - ``top_bottom``: the judge's best versus its worst proposal.
-    - ``top_random``: the judge's best versus a uniformly drawn other proposal.
-    Ties go to the lower index.
-
-    Args:
-        masks: ``(K, *spatial)`` proposals.
-        scores: ``(K,)`` judge scores, higher = better.
-        mining: one of :data:`nnunetv2_rndpo.config.MININGS`.
-        rng: draws the partner for ``top_random``.
-        true_dice: ``(K,)`` Dice to hidden ground truth, recorded for reports when known.
-    """
+    """The first pair :func:`mine_pairs` finds with ``mining`` and no filters, or None (|D| = 0)."""
     if mining not in MININGS:
         raise ValueError(f"unknown mining {mining!r}; valid: {', '.join(MININGS)}")
-    chosen = int(np.argmax(scores))
-    if mining == "top_bottom":
-        rejected = int(np.argmin(scores))
-    else:
-        others = [k for k in range(len(scores)) if k != chosen]
-        rejected = int(rng.choice(others))
-    region_size = int(np.count_nonzero(masks[chosen] != masks[rejected]))
-    if region_size == 0:
-        return None
-    return Pair(
-        case_id=case_id,
-        chosen=chosen,
-        rejected=rejected,
-        chosen_score=float(scores[chosen]),
-        rejected_score=float(scores[rejected]),
-        region_size=region_size,
-        chosen_dice=None if true_dice is None else float(true_dice[chosen]),
-        rejected_dice=None if true_dice is None else float(true_dice[rejected]),
-    )
+    pairs = mine_pairs(case_id, masks, scores, MiningParams(mining), rng, true_dice)
+    return pairs[0] if pairs else None
+
+
+def pair_statistics(pairs: list[Pair], num_cases: int) -> dict[str, float]:
+    """Summary of mined pairs: count, cases covered, judge margins, |D| quantiles and oracle accuracy.
+
+    ``pairs/oracle_acc`` (share of pairs whose chosen mask has the higher true Dice; ties count 0.5) is
+    present only when every pair records true Dice.
+    """
+    stats: dict[str, float] = {"pairs/count": len(pairs), "pairs/cases": len({p.case_id for p in pairs}),
+                               "pairs/pool_cases": num_cases}
+    if not pairs:
+        return stats
+    margins = np.array([p.chosen_score - p.rejected_score for p in pairs])
+    regions = np.array([p.region_size for p in pairs])
+    stats.update({"judge/margin_mean": float(margins.mean()), "judge/margin_min": float(margins.min()),
+                  "judge/margin_max": float(margins.max())})
+    for q in (0, 25, 50, 75, 100):
+        stats[f"region/size_p{q}"] = float(np.percentile(regions, q))
+    if all(p.chosen_dice is not None for p in pairs):
+        stats["pairs/oracle_acc"] = float(np.mean([
+            1.0 if p.chosen_dice > p.rejected_dice else 0.5 if p.chosen_dice == p.rejected_dice else 0.0
+            for p in pairs]))
+    return stats

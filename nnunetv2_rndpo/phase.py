@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -26,13 +27,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnunetv2_rndpo.distributed import barrier, broadcast_from_rank0, rank_and_world, shard
-from nnunetv2_rndpo.judges import agreement_scores, oracle_scores, read_external_scores
+from nnunetv2_rndpo.distributed import barrier, broadcast_from_rank0, rank_and_world
 from nnunetv2_rndpo.metrics import dice_per_class, foreground_mean
-from nnunetv2_rndpo.mining import Pair, mine_pair
+from nnunetv2_rndpo.mining import MiningParams, Pair
 from nnunetv2_rndpo.objective import consistency_loss
+from nnunetv2_rndpo.pipeline import (
+    BaseModel,
+    JudgeSettings,
+    ProposalSettings,
+    ensure_proposals,
+    hidden_true_dice,
+    labeled_reliability,
+    mine_pool,
+    pairs_document,
+    prepare_pool,
+    read_pairs_file,
+    score_pool,
+    split_cases,
+)
 from nnunetv2_rndpo.pool import PreprocessedPool, atomic_write_text, find_cases
-from nnunetv2_rndpo.proposals import ProposalCache, generate_proposals, plan_proposals, proposal_spec
+from nnunetv2_rndpo.proposals import ProposalCache
 from nnunetv2_rndpo.sampling import PairPatchSampler, PreferenceBatchLoader
 
 METRIC_KEYS = (
@@ -153,12 +167,17 @@ class PreferencePhase:
         else:
             if self.rank == 0:  # one judgement for all ranks, sent to the others
                 self._judge_and_mine(pool, cache)
-                atomic_write_text(pairs_file, json.dumps(
-                    {"judge_metrics": self.judge_metrics, "pairs": [vars(p) for p in self.pairs]}, indent=1))
+                if self.config.label_smoothing == "auto":
+                    self.judge_metrics.update(self._measure_flip_rate())
+                atomic_write_text(pairs_file, json.dumps(pairs_document(self.pairs, self.judge_metrics, cache),
+                                                         indent=1))
             self.pairs, self.judge_metrics = broadcast_from_rank0((self.pairs, self.judge_metrics))
+        if self.config.label_smoothing == "auto":
+            self._resolve_label_smoothing()
         t.print_to_log_file(
             f"RN-DPO: {len(self.pairs)} pairs from {len(pool.case_ids)} pool cases "
-            f"(judge {self.config.judge}, mining {self.config.mining}); {self.judge_metrics}")
+            + (f"(from {self.config.pairs_file}); " if self.config.pairs_file else
+               f"(judge {self.config.judge}, mining {self.config.mining}); ") + f"{self.judge_metrics}")
         self._install_dataloader(pool, cache, sampler_state)
         self._register_logger_keys()
         self._prepare_evaluation()
@@ -201,52 +220,20 @@ class PreferencePhase:
         self.reference.load_state_dict(reference_weights)
         self.reference.eval().requires_grad_(False)
 
+    def _base_model(self) -> BaseModel:
+        return BaseModel.from_trainer(self.trainer, self.reference, self.base_checkpoint())
+
     def _prepare_pool(self) -> PreprocessedPool:
-        t, cfg = self.trainer, self.config
-        folder = Path(cfg.unlabeled_dir) if cfg.unlabeled_dir else self.raw_folder / "imagesUnlabeled"
-        labels = folder.parent / "labelsUnlabeled"
-        cases = find_cases(folder, t.dataset_json["file_ending"], len(t.dataset_json["channel_names"]),
-                           labels if labels.is_dir() else None)
-        PreprocessedPool(self.cache_folder / "pool", shard(cases, self.rank, self.world)).preprocess(
-            t.plans_manager, t.configuration_manager, t.dataset_json)
-        barrier()
-        pool = PreprocessedPool(self.cache_folder / "pool", cases)
-        pool.preprocess(t.plans_manager, t.configuration_manager, t.dataset_json)  # nothing left to do
+        pool = prepare_pool(self._base_model(), self.config.unlabeled_dir, num_parts=self.world, part_id=self.rank)
+        barrier()  # under DDP each rank preprocessed its part of the pool
         return pool
 
-    def _predictor(self):
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-        t = self.trainer
-        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
-                                    perform_everything_on_device=t.device.type == "cuda", device=t.device,
-                                    verbose=False, allow_tqdm=False)
-        predictor.manual_initialization(self.reference, t.plans_manager, t.configuration_manager, None,
-                                        t.dataset_json, t.__class__.__name__, t.inference_allowed_mirroring_axes)
-        return predictor
-
     def _prepare_proposals(self, pool: PreprocessedPool) -> ProposalCache:
-        t, cfg = self.trainer, self.config
-        mirror_axes = tuple(t.inference_allowed_mirroring_axes or ())
-        specs = plan_proposals(cfg.num_proposals, cfg.proposal_sources, mirror_axes, cfg.seed)
-        spec = proposal_spec(self.reference.state_dict(), t.plans_manager.plans_name, t.configuration_name, specs,
-                             cfg.seed)
-        cache = ProposalCache(self.cache_folder / "proposals", spec)
-        if cache.is_complete and all(cache.has_case(c) for c in pool.case_ids):
-            t.print_to_log_file(f"RN-DPO: reusing proposals from {cache.folder}")
-            return cache
-        if self.rank == 0:
-            for stale in cache.remove_stale():
-                t.print_to_log_file(f"RN-DPO: removed stale proposals {stale}")
-        barrier()
-        part = PreprocessedPool(pool.folder, shard(pool.cases, self.rank, self.world))
-        generated = generate_proposals(cache, part, self._predictor(), specs, t.label_manager, mirror_axes, t.device)
-        barrier()
-        if self.rank == 0:
-            cache.mark_complete(pool.case_ids)  # the whole pool, after every rank finished its part
-        barrier()
-        t.print_to_log_file(f"RN-DPO: generated proposals for {generated} cases in {cache.folder}")
-        return cache
+        base, settings, log = self._base_model(), ProposalSettings.from_config(self.config), self.trainer.print_to_log_file
+        if self.world > 1:  # each rank fills its part of the one cache (nnUNetv2_predict's split), then all read it
+            ensure_proposals(base, pool, settings, case_ids=split_cases(pool.case_ids, self.world, self.rank), log=log)
+            barrier()
+        return ensure_proposals(base, pool, settings, log=log)
 
     def _choose_guard_cases(self, pool: PreprocessedPool) -> list[str]:
         """``guard_num_cases`` pool cases drawn with the seed and held out of mining (none if the pool is small)."""
@@ -260,47 +247,44 @@ class PreferencePhase:
         return sorted(rng.choice(pool.case_ids, n, replace=False).tolist())
 
     def _judge_and_mine(self, pool: PreprocessedPool, cache: ProposalCache) -> None:
-        t, cfg = self.trainer, self.config
-        classes = t.label_manager.foreground_regions if t.label_manager.has_regions else t.label_manager.foreground_labels
-        rng = np.random.default_rng(cfg.seed)
-        external = None
-        if cfg.judge == "external":
-            external = read_external_scores(cfg.judge_scores, {c: cfg.num_proposals for c in pool.case_ids})
-        if cfg.judge == "oracle" and not pool.has_labels:
-            raise FileNotFoundError(
-                "judge='oracle' needs hidden ground truth for every pool case in labelsUnlabeled/ next to the "
-                "unlabeled images; use judge='agreement' or 'external' for real unlabeled data")
-        self.pairs, identical = [], 0
-        for case_id in pool.case_ids:
-            if case_id in self.guard_cases:
-                continue
-            masks = cache.masks(case_id)
-            label = pool.label(case_id)
-            true_dice = None if label is None else np.array([
-                float(np.mean(list(dice_per_class(m, label, classes, empty_value=1.0).values()))) for m in masks])
-            if cfg.judge == "agreement":
-                scores = agreement_scores(masks, classes)
-            elif cfg.judge == "oracle":
-                scores, _ = oracle_scores(masks, label, classes, cfg.judge_sigma, rng)
-            else:
-                scores = external[case_id]
-            pair = mine_pair(case_id, masks, scores, cfg.mining, rng, true_dice)
-            if pair is None:
-                identical += 1
-            else:
-                self.pairs.append(pair)
+        """Pairs from ``pairs_file`` (nnUNetv2_rndpo_mine) if set, else judged and mined here, guard cases out."""
+        cfg = self.config
+        if cfg.pairs_file:
+            pairs, self.judge_metrics = read_pairs_file(cfg.pairs_file, pool, cache)
+            self.pairs = [p for p in pairs if p.case_id not in self.guard_cases]
+        else:
+            base = self._base_model()
+            scores = score_pool(base, pool, cache, JudgeSettings.from_config(cfg), progress=False)
+            cases = [c for c in pool.case_ids if c not in self.guard_cases]
+            self.pairs, stats = mine_pool(cache, cases, scores, MiningParams.from_config(cfg), cfg.seed,
+                                          hidden_true_dice(base, pool, cache))
+            self.judge_metrics = {k: stats[k] for k in ("judge/margin_mean", "pairs/identical_cases",
+                                                         "judge/oracle_pair_acc") if k in stats}
         if not self.pairs:
             raise ValueError(
-                f"No preference pairs: the mined proposals of all {len(pool.case_ids)} pool cases are identical, "
-                "so there is nothing to learn. Add proposal sources (e.g. 'threshold', 'temperature'), raise "
-                "num_proposals, or use mining='top_random'.")
-        self.judge_metrics = {
-            "judge/margin_mean": float(np.mean([p.chosen_score - p.rejected_score for p in self.pairs])),
-            "pairs/identical_cases": identical,
-        }
-        if all(p.chosen_dice is not None for p in self.pairs):
-            self.judge_metrics["judge/oracle_pair_acc"] = float(
-                np.mean([p.chosen_dice > p.rejected_dice for p in self.pairs]))
+                f"No preference pairs from the {len(pool.case_ids)} pool cases: the mined proposals are identical "
+                "or filtered out, so there is nothing to learn. Add proposal sources (e.g. 'threshold', "
+                "'temperature'), raise num_proposals, relax the mining_* filters or use mining='top_random'.")
+
+    def _measure_flip_rate(self) -> dict[str, float]:
+        """``label_smoothing: "auto"``: the judge's flip rate on the fold's labeled validation cases."""
+        cfg = self.config
+        report = labeled_reliability(self._base_model(), ProposalSettings.from_config(cfg),
+                                     JudgeSettings.from_config(cfg), MiningParams.from_config(cfg), progress=False,
+                                     log=self.trainer.print_to_log_file)
+        self.trainer.print_to_log_file(f"RN-DPO: judge reliability on labeled validation cases: {report}")
+        return {"judge/labeled_pair_acc": report["labeled/mined_pair_acc"],
+                "judge/auto_label_smoothing": report["labeled/flip_rate"]}
+
+    def _resolve_label_smoothing(self) -> None:
+        """Replaces "auto" by the measured ε (kept in rndpo_pairs.json, so ``--c`` reuses it)."""
+        if "judge/auto_label_smoothing" not in self.judge_metrics:  # pairs written by a run without "auto"
+            self.judge_metrics.update(self._measure_flip_rate())
+        epsilon = float(self.judge_metrics["judge/auto_label_smoothing"])
+        self.config = dataclasses.replace(self.config, label_smoothing=epsilon)
+        self.trainer.rndpo_config = self.config
+        atomic_write_text(self.fold_folder / "rndpo_config.json", json.dumps(self.config.to_dict(), indent=2))
+        self.trainer.print_to_log_file(f"RN-DPO: label_smoothing 'auto' = {epsilon:.4f}")
 
     def _install_dataloader(self, pool, cache, sampler_state) -> None:
         t, cfg = self.trainer, self.config

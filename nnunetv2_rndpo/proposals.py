@@ -9,8 +9,19 @@ network is run once per mirror flip of the allowed mirroring axes (8 in 3D, 4 in
                   region probabilities are divided by f before nnU-Net's 0.5 threshold;
 - ``temperature`` the mean over the flips of softmax(z / T), then the argmax.
 
-So generating proposals costs one TTA prediction per case, whatever the sources. Masks are stored in
-nnU-Net's preprocessed space, so that patches of image, proposals and hidden labels line up.
+These three cost one TTA prediction per case together (8 forward passes in 3D, 4 in 2D). Each of the
+following costs one more (un-mirrored) forward pass per proposal:
+
+- ``intensity``   the argmax on the image under a test-time intensity change x·a + b (in nnU-Net's
+                  normalised intensity units), from the fixed ladder ``INTENSITY_LADDER``;
+- ``dropout``     Monte-Carlo dropout: dropout layers active at inference, one seeded sample per proposal
+                  (opt-in, only for networks trained with dropout: nnU-Net's default plans have none, and
+                  such a network is an error here);
+- ``model``       another model of the same plans: a fold model or checkpoint (``proposal_models``,
+                  e.g. ``1/checkpoint_final.pth``, ``0/checkpoint_best.pth``), one proposal per model.
+
+Masks are stored in nnU-Net's preprocessed space, so that patches of image, proposals and hidden labels
+line up.
 
 Cache: ``<cache>/proposals/<key>/<case>.npz`` with ``masks`` (uint8, ``(K, *spatial)``) and
 ``probabilities`` (float16, ``(C, *spatial)``, the mean over flips). ``<key>`` hashes everything that
@@ -37,6 +48,10 @@ from nnunetv2_rndpo.pool import atomic_write_text
 
 THRESHOLD_LADDER = (2.0, 0.5, 1.5, 0.67, 3.0, 0.33, 4.0, 0.25, 6.0, 0.17)
 TEMPERATURE_LADDER = (0.5, 2.0, 0.25, 4.0, 0.75, 1.5)
+# (scale a, shift b) of x·a + b in normalised intensity units (≈ standard deviations after z-scoring)
+INTENSITY_LADDER = ((1.1, 0.0), (0.9, 0.0), (1.0, 0.1), (1.0, -0.1), (1.25, 0.0), (0.8, 0.0), (1.0, 0.25),
+                    (1.0, -0.25))
+MAX_DROPOUT_SAMPLES = 16
 
 
 @dataclass(frozen=True)
@@ -44,14 +59,18 @@ class ProposalSpec:
     """One proposal recipe: ``source`` plus its parameter (flip axes, threshold factor or temperature)."""
 
     source: str
-    parameter: tuple[int, ...] | float
+    parameter: tuple[int, ...] | float | int | str
 
     def describe(self) -> str:
         return f"{self.source}:{self.parameter}"
 
 
 def plan_proposals(
-    num_proposals: int, sources: list[str], mirror_axes: tuple[int, ...], seed: int
+    num_proposals: int,
+    sources: list[str],
+    mirror_axes: tuple[int, ...],
+    seed: int,
+    models: list[str] | tuple[str, ...] = (),
 ) -> list[ProposalSpec]:
     """Chooses ``num_proposals`` recipes from the sources, spread over them round-robin.
 
@@ -68,12 +87,18 @@ def plan_proposals(
         "mirror": [ProposalSpec("mirror", f) for f in flips],
         "threshold": [ProposalSpec("threshold", f) for f in THRESHOLD_LADDER],
         "temperature": [ProposalSpec("temperature", t) for t in TEMPERATURE_LADDER],
+        "intensity": [ProposalSpec("intensity", a) for a in INTENSITY_LADDER],
+        "dropout": [ProposalSpec("dropout", i) for i in range(MAX_DROPOUT_SAMPLES)],
+        "model": [ProposalSpec("model", m) for m in models],
     }
+    unknown = [s for s in sources if s not in available]
+    if unknown:
+        raise ValueError(f"unknown proposal source(s) {unknown}; valid: {', '.join(available)}")
     capacity = sum(len(available[s]) for s in sources)
     if num_proposals > capacity:
         raise ValueError(
             f"num_proposals={num_proposals} but proposal_sources {sources} give at most {capacity} distinct "
-            f"proposals here ({len(flips)} mirror flips); lower num_proposals or add sources."
+            f"proposals here ({len(flips)} mirror flips, {len(models)} extra models); lower num_proposals or add sources."
         )
     counts = dict.fromkeys(sources, 0)
     remaining = num_proposals
@@ -100,9 +125,59 @@ def _flip_dims(image_ndim: int, patch_ndim: int, axes: tuple[int, ...]) -> list[
     return [a + offset for a in axes]
 
 
+def _dropout_modules(network: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in network.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0]
+
+
+def _single_pass(predictor, image: torch.Tensor, label_manager) -> torch.Tensor:
+    logits = predictor.predict_sliding_window_return_logits(image).float().cpu()
+    return torch.as_tensor(label_manager.convert_logits_to_segmentation(logits))
+
+
+def _extra_pass(predictor, image: torch.Tensor, spec: ProposalSpec, label_manager, seed: int,
+                extra_weights: dict) -> torch.Tensor:
+    """One proposal of the sources that need their own forward pass (intensity, dropout, model)."""
+    network = predictor.network
+    if spec.source == "intensity":
+        scale, shift = spec.parameter
+        return _single_pass(predictor, image * scale + shift, label_manager)
+    if spec.source == "dropout":
+        dropouts = _dropout_modules(network)
+        if not dropouts:
+            raise ValueError(
+                "proposal source 'dropout' needs a network trained with dropout, but this one has no dropout "
+                "layers (nnU-Net's default plans set dropout_op to None). Remove 'dropout' from the sources or "
+                "train the base model with dropout in its plans.")
+        # the predictor calls network.eval() before every prediction, so dropout is switched on in a hook
+        hooks = [m.register_forward_pre_hook(lambda module, _: setattr(module, "training", True)) for m in dropouts]
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed * 1000 + spec.parameter)
+                return _single_pass(predictor, image, label_manager)
+        finally:
+            for hook in hooks:
+                hook.remove()
+            network.eval()
+    # model
+    if spec.parameter not in extra_weights:
+        raise ValueError(f"proposal source 'model' {spec.parameter!r}: its weights were not loaded")
+    base = {k: v.detach().clone() for k, v in network.state_dict().items()}
+    try:
+        network.load_state_dict(extra_weights[spec.parameter])
+        return _single_pass(predictor, image, label_manager)
+    finally:
+        network.load_state_dict(base)
+
+
 @torch.inference_mode()
 def propose_case(
-    predictor, image: torch.Tensor, specs: list[ProposalSpec], label_manager, mirror_axes: tuple[int, ...]
+    predictor,
+    image: torch.Tensor,
+    specs: list[ProposalSpec],
+    label_manager,
+    mirror_axes: tuple[int, ...],
+    seed: int = 0,
+    extra_weights: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Generates the proposals of one case.
 
@@ -113,6 +188,8 @@ def propose_case(
         specs: recipes from :func:`plan_proposals`.
         label_manager: nnU-Net's ``LabelManager`` (softmax or regions).
         mirror_axes: the network's allowed mirroring axes (patch axes).
+        seed: seeds the ``dropout`` samples.
+        extra_weights: ``{name: state_dict}`` of the ``model`` source's models.
 
     Returns:
         ``(masks, probabilities)``: uint8 ``(K, *spatial)`` label maps and float16 ``(C, *spatial)`` mean
@@ -140,6 +217,8 @@ def propose_case(
             masks.append(flip_masks[spec.parameter])
         elif spec.source == "temperature":
             masks.append(label_manager.convert_probabilities_to_segmentation(mean_probabilities[spec.parameter]))
+        elif spec.source in ("intensity", "dropout", "model"):
+            masks.append(_extra_pass(predictor, image, spec, label_manager, seed, extra_weights or {}))
         else:  # threshold
             scaled = probabilities.clone()
             if label_manager.has_regions:
@@ -201,16 +280,16 @@ class ProposalCache:
         """Deletes sibling folders that belong to other specs; returns what was removed."""
         stale = [p for p in self.root.iterdir() if p.is_dir() and p != self.folder] if self.root.is_dir() else []
         for p in stale:
-            shutil.rmtree(p)
+            shutil.rmtree(p, ignore_errors=True)  # another DDP rank may be removing it too
         return stale
 
 
 def proposal_spec(
     base_weights: dict[str, torch.Tensor], plans_identifier: str, configuration: str, specs: list[ProposalSpec],
-    seed: int,
+    seed: int, extra_weights: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> dict:
     """Everything that determines the proposals, recorded in the cache manifest."""
-    return {
+    spec = {
         "base_weights_sha256": weights_sha256(base_weights),
         "plans": plans_identifier,
         "configuration": configuration,
@@ -218,16 +297,33 @@ def proposal_spec(
         "seed": seed,
         "format": 1,
     }
+    if extra_weights:
+        spec["model_weights_sha256"] = {name: weights_sha256(w) for name, w in sorted(extra_weights.items())}
+    return spec
 
 
 def generate_proposals(
-    cache: ProposalCache, pool, predictor, specs, label_manager, mirror_axes, device, progress: bool = True
+    cache: ProposalCache, pool, predictor, specs, label_manager, mirror_axes, device, progress: bool = True,
+    case_ids: list[str] | None = None, all_case_ids: list[str] | None = None, seed: int = 0,
+    extra_weights: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> int:
-    """Fills ``cache`` for every pool case not in it yet and marks it complete; returns cases generated."""
-    todo = [c for c in pool.case_ids if not cache.has_case(c)]
+    """Fills ``cache`` for the cases not in it yet; returns the number of cases generated.
+
+    Args:
+        case_ids: the cases to fill (one part of a split run); default every pool case.
+        all_case_ids: the whole pool; the cache is marked complete once every one of them is there, so
+            parts that run one after the other or in parallel fill one cache.
+        seed: seeds the ``dropout`` samples.
+        extra_weights: the ``model`` source's weights.
+    """
+    case_ids = pool.case_ids if case_ids is None else case_ids
+    all_case_ids = pool.case_ids if all_case_ids is None else all_case_ids
+    todo = [c for c in case_ids if not cache.has_case(c)]
     for case_id in tqdm(todo, desc="generating proposals", disable=not progress or not todo):
         image = torch.from_numpy(np.array(pool.image(case_id)))
-        masks, probabilities = propose_case(predictor, image.to(device), specs, label_manager, mirror_axes)
+        masks, probabilities = propose_case(predictor, image.to(device), specs, label_manager, mirror_axes, seed,
+                                            extra_weights)
         cache.save_case(case_id, masks, probabilities)
-    cache.mark_complete(pool.case_ids)
+    if all(cache.has_case(c) for c in all_case_ids):
+        cache.mark_complete(list(all_case_ids))
     return len(todo)

@@ -8,7 +8,9 @@ from nnunetv2_rndpo.config import CONFIG_ENV_VAR, DEFAULT_BETA, RNDPOConfig, loa
 
 REQUIRED_KEYS = (
     "num_epochs num_iterations_per_epoch learning_rate beta loss_type normalization min_region_voxels "
-    "label_smoothing sft_weight num_proposals proposal_sources judge judge_scores judge_sigma mining "
+    "label_smoothing sft_weight num_proposals proposal_sources proposal_models judge judge_scores judge_sigma "
+    "judge_size_bias learned_judge mining mining_tau mining_min_margin mining_min_region mining_max_region "
+    "mining_max_pairs_per_case pairs_file "
     "base_checkpoint unlabeled_dir eval_every seed"
 ).split()
 
@@ -64,10 +66,10 @@ def test_unknown_key_suggests_the_right_one(tmp_path):
     [
         ("loss_type", "kto", "config key 'loss_type': 'kto' is not allowed; valid: sigmoid, ipo, hinge, robust"),
         ("normalization", "mean", "config key 'normalization': 'mean' is not allowed; valid: none, region, sqrt_region, volume"),
-        ("judge", "gpt", "config key 'judge': 'gpt' is not allowed; valid: agreement, oracle, external"),
+        ("judge", "gpt", "config key 'judge': 'gpt' is not allowed; valid: agreement, uncertainty, learned, oracle, external"),
         ("mining", "all", "config key 'mining': 'all' is not allowed; valid: top_bottom, top_random"),
         ("optimizer", "lion", "config key 'optimizer': 'lion' is not allowed; valid: adamw, sgd"),
-        ("proposal_sources", ["mirror", "dropout"], "config key 'proposal_sources': 'dropout' is not allowed"),
+        ("proposal_sources", ["mirror", "ensemble"], "config key 'proposal_sources': 'ensemble' is not allowed"),
         ("proposal_sources", [], "proposal_sources must name at least one of"),
         ("num_epochs", 0, "config key 'num_epochs': 0 is out of range; must be >= 1"),
         ("num_iterations_per_epoch", -1, "config key 'num_iterations_per_epoch': -1 is out of range; must be >= 1"),

@@ -6,25 +6,17 @@ import os
 import socket
 from types import SimpleNamespace
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from nnunetv2_rndpo.config import RNDPOConfig
-from nnunetv2_rndpo.distributed import barrier, broadcast_from_rank0, rank_and_world, shard
+from nnunetv2_rndpo.distributed import barrier, broadcast_from_rank0, rank_and_world
+from nnunetv2_rndpo.pipeline import split_cases
 from nnunetv2_rndpo.trainer import nnUNetTrainerRNDPO
 
 BATCH, CLASSES = 4, 3
-
-
-def test_shard_matches_nnunet_predict_parts():
-    cases = [f"case_{i}" for i in range(7)]
-    parts = [shard(cases, r, 3) for r in range(3)]
-    assert parts[0] == cases[0::3] and sorted(sum(parts, [])) == cases
-    with pytest.raises(ValueError, match="part_id < num_parts"):
-        shard(cases, 3, 3)
 
 
 def test_single_process_is_the_identity():
@@ -70,7 +62,7 @@ def ddp_worker(rank: int, world: int, port: int, inputs, result_file: str) -> No
     part = slice(rank * BATCH // world, (rank + 1) * BATCH // world)  # nnU-Net splits the batch evenly
     step_loss(network, reference.requires_grad_(False), data[part], target[part]).backward()
     pairs = broadcast_from_rank0([f"pairs mined on rank {rank}"])
-    cases = shard([f"case_{i}" for i in range(5)], *rank_and_world())
+    cases = split_cases([f"case_{i}" for i in range(5)], world, rank)
     everyone = [None] * world
     dist.all_gather_object(everyone, cases)
     barrier()

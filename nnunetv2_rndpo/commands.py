@@ -1,0 +1,334 @@
+"""The ``nnUNetv2_rndpo_*`` commands: thin argparse wrappers over :mod:`nnunetv2_rndpo.pipeline`.
+
+They read and write the same cache as ``nnUNetv2_train ... -tr nnUNetTrainerRNDPO`` (docs/toolkit.md)::
+
+    nnUNetv2_rndpo_proposals -d 4 -c 3d_fullres -f 0 [-num_parts 2 -part_id 0]
+    nnUNetv2_rndpo_judge     -d 4 -c 3d_fullres -f 0 --judge agreement [--report]
+    nnUNetv2_rndpo_mine      -d 4 -c 3d_fullres -f 0 --scores scores.csv --mining margin --tau 0.02
+    nnUNetv2_rndpo_train_judge -d 4 -c 3d_fullres -f 0
+
+Also runnable as ``python -m nnunetv2_rndpo.commands {proposals,judge,mine,train_judge} ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from nnunetv2_rndpo.config import JUDGES, MININGS, PROPOSAL_SOURCES, RNDPOConfig
+
+DEFAULTS = RNDPOConfig()
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _add_base_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags that select the base model and its proposals (identical in every command)."""
+    group = parser.add_argument_group("base model and proposals (must match nnUNetv2_rndpo_proposals)")
+    group.add_argument("-d", required=True, help="dataset name or id, e.g. 4 or Dataset004_Hippocampus")
+    group.add_argument("-c", required=True, help="configuration, e.g. 3d_fullres or 2d")
+    group.add_argument("-f", nargs="+", default=["0"],
+                       help="fold of the base model; further folds add their models as 'model' proposals. Default: 0")
+    group.add_argument("-tr", default=DEFAULTS.base_trainer, help=f"base model's trainer. Default: {DEFAULTS.base_trainer}")
+    group.add_argument("-p", default="nnUNetPlans", help="plans identifier. Default: nnUNetPlans")
+    group.add_argument("-chk", default="checkpoint_final.pth", help="base checkpoint. Default: checkpoint_final.pth")
+    group.add_argument("-n", type=int, default=DEFAULTS.num_proposals,
+                       help=f"proposals per case (num_proposals). Default: {DEFAULTS.num_proposals}")
+    group.add_argument("--sources", nargs="+", default=list(DEFAULTS.proposal_sources), choices=PROPOSAL_SOURCES,
+                       help=f"proposal sources (proposal_sources). Default: {' '.join(DEFAULTS.proposal_sources)}")
+    group.add_argument("--models", nargs="*", default=[],
+                       help="extra models 'FOLD/CHECKPOINT' for the 'model' source, e.g. 0/checkpoint_best.pth")
+    group.add_argument("--seed", type=int, default=DEFAULTS.seed, help=f"seed. Default: {DEFAULTS.seed}")
+    group.add_argument("--unlabeled-dir", default=None,
+                       help="folder of unlabeled images. Default: $nnUNet_raw/DatasetXXX/imagesUnlabeled")
+    group.add_argument("-device", default=None, choices=("cpu", "cuda", "mps"),
+                       help="device. Default: cuda if available, else cpu")
+    group.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _fold(value: str) -> int | str:
+    return value if value == "all" else int(value)
+
+
+def _load(args):
+    """``(base model, proposal settings)`` from the shared flags."""
+    from nnunetv2_rndpo.pipeline import ProposalSettings, load_base_model
+
+    if args.n < 2:
+        raise ValueError(f"-n must be >= 2 (a pair needs two proposals), got {args.n}")
+    folds = [_fold(f) for f in args.f]
+    models = list(args.models) + [f"{f}/{args.chk}" for f in folds[1:]]
+    sources = list(dict.fromkeys(args.sources + (["model"] if models else [])))
+    if "model" in sources and not models:
+        raise ValueError("--sources model needs models: add folds (-f 0 1 2) or --models 0/checkpoint_best.pth")
+    base = load_base_model(args.d, args.c, folds[0], args.tr, args.p, args.chk, args.device or _default_device())
+    return base, ProposalSettings(args.n, tuple(sources), tuple(models), args.seed)
+
+
+def _trainer_config(settings, **extra) -> str:
+    keys = {"num_proposals": settings.num_proposals, "proposal_sources": list(settings.sources), "seed": settings.seed}
+    if settings.models:
+        keys["proposal_models"] = list(settings.models)
+    return json.dumps({**keys, **extra})
+
+
+# ------------------------------------------------------------------------------------------- proposals
+
+
+def proposals_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnUNetv2_rndpo_proposals",
+        description="Generate and cache K proposals per unlabeled case with the base model (the cache the "
+                    "RN-DPO trainer reads). A rerun skips finished cases.")
+    _add_base_arguments(parser)
+    parser.add_argument("-num_parts", type=int, default=1, help="split the pool into this many parts (as nnUNetv2_predict)")
+    parser.add_argument("-part_id", type=int, default=0, help="which part this run does: cases[part_id::num_parts]")
+    return parser
+
+
+def run_proposals(args: argparse.Namespace) -> Path:
+    """Fills this part of the proposal cache; returns the cache folder."""
+    from nnunetv2_rndpo.pipeline import ensure_proposals, prepare_pool, split_cases
+
+    split_cases([], args.num_parts, args.part_id)  # validates the flags before any work
+    base, settings = _load(args)
+    progress = not args.quiet
+    pool = prepare_pool(base, args.unlabeled_dir, args.num_parts, args.part_id, progress)
+    part = split_cases(pool.case_ids, args.num_parts, args.part_id)
+    cache = ensure_proposals(base, pool, settings, part, progress)
+    done = sum(cache.has_case(c) for c in pool.case_ids)
+    print(f"proposals: {done}/{len(pool.case_ids)} pool cases in {cache.folder}"
+          + ("" if cache.is_complete else " (other parts still missing)"))
+    print(f"the trainer reuses them with this in $nnUNet_rndpo_config: {_trainer_config(settings)}"
+          + ("" if args.chk == "checkpoint_final.pth" else f' and "base_checkpoint": "{base.fold_folder / args.chk}"'))
+    return cache.folder
+
+
+# ------------------------------------------------------------------------------------------- judge
+
+
+def judge_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnUNetv2_rndpo_judge",
+        description="Score every cached proposal (CSV case_id,proposal,score: the format the trainer's "
+                    "judge='external' reads) and optionally report the judge's reliability against hidden labels.")
+    _add_base_arguments(parser)
+    parser.add_argument("--judge", required=True, choices=JUDGES, help="which judge (docs/toolkit.md)")
+    parser.add_argument("--judge-sigma", type=float, default=0.0, help="oracle: Gaussian noise on Dice")
+    parser.add_argument("--size-bias", type=float, default=0.0, help="oracle: size bias B (> 0 prefers larger masks)")
+    parser.add_argument("--scores", default=None, help="external: the QC system's CSV to validate and normalise")
+    parser.add_argument("--learned-judge", default=None, help="learned: judge file. Default: rndpo_judge.pth beside the base checkpoint")
+    parser.add_argument("--normalize", default="none", choices=("none", "case_minmax", "case_rank"),
+                        help="per-case rescaling of the scores (order unchanged). Default: none")
+    parser.add_argument("-o", default=None, help="output CSV. Default: <proposal cache>/scores_<judge>.csv")
+    parser.add_argument("--report", action="store_true",
+                        help="reliability vs hidden labels in labelsUnlabeled/ (printed, saved as <output>.report.json)")
+    parser.add_argument("--report-labeled", action="store_true",
+                        help="reliability on the fold's labeled validation cases (proposals by this fold's base model; "
+                             "no hidden labels needed), saved as <output>.labeled_report.json, with the ε that "
+                             "label_smoothing 'auto' would use")
+    parser.add_argument("--mining", default=DEFAULTS.mining, choices=MININGS,
+                        help="strategy whose pair accuracy sets the flip rate in --report-labeled")
+    parser.add_argument("--tau", type=float, default=DEFAULTS.mining_tau, help="'margin' mining's tau in the reports")
+    return parser
+
+
+def run_judge(args: argparse.Namespace) -> Path:
+    """Writes the scores CSV (and the report); returns the CSV's path."""
+    from nnunetv2_rndpo.judges import normalize_scores, write_scores_csv
+    from nnunetv2_rndpo.mining import MiningParams
+    from nnunetv2_rndpo.pipeline import JudgeSettings, hidden_true_dice, prepare_pool, proposal_cache, score_pool
+
+    if args.judge == "external" and not args.scores:
+        raise ValueError("--judge external needs --scores FILE (CSV case_id,proposal,score from your QC system)")
+    if args.judge_sigma < 0:
+        raise ValueError(f"--judge-sigma must be >= 0, got {args.judge_sigma}")
+    base, settings = _load(args)
+    pool = prepare_pool(base, args.unlabeled_dir, progress=not args.quiet)
+    cache = proposal_cache(base, settings)[0]
+    dice = hidden_true_dice(base, pool, cache) if args.report else None
+    if args.report and dice is None:
+        raise FileNotFoundError("--report needs hidden ground truth for every pool case in labelsUnlabeled/ "
+                                "(CASE<file_ending>); without it, drop --report")
+    judge = JudgeSettings(args.judge, args.judge_sigma, args.size_bias, args.scores, args.learned_judge, args.seed)
+    scores = normalize_scores(score_pool(base, pool, cache, judge, progress=not args.quiet), args.normalize)
+    output = Path(args.o) if args.o else cache.folder / f"scores_{args.judge}.csv"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_scores_csv(output, scores)
+    print(f"scores of {len(scores)} cases written to {output}")
+    if args.report:
+        write_report(output, scores, dice, cache, args.seed, args.tau, f"judge {args.judge} reliability")
+    if args.report_labeled:
+        write_labeled_report(output, base, settings, judge, MiningParams(args.mining, tau=args.tau), not args.quiet)
+    return output
+
+
+def write_labeled_report(scores_file: Path, base, settings, judge, mining, progress: bool) -> Path:
+    """Prints the judge's reliability on the fold's labeled validation cases and saves it beside the scores."""
+    from nnunetv2_rndpo.pipeline import labeled_reliability
+    from nnunetv2_rndpo.pool import atomic_write_text
+    from nnunetv2_rndpo.reliability import format_table, report_json
+
+    report = labeled_reliability(base, settings, judge, mining, progress)
+    print(format_table(report, f"judge {judge.judge} on the labeled validation cases of fold {base.fold}"))
+    print(f'label_smoothing "auto" would use eps = {report["labeled/flip_rate"]:.4f} (mining {mining.strategy})')
+    path = scores_file.with_name(scores_file.name.removesuffix(".csv") + ".labeled_report.json")
+    atomic_write_text(path, report_json(report))
+    print(f"labeled report saved to {path}")
+    return path
+
+
+def write_report(scores_file: Path, scores, dice, cache, seed: int, tau: float, title: str) -> Path:
+    """Prints the reliability table and saves it as ``<scores>.report.json``."""
+    from nnunetv2_rndpo.pool import atomic_write_text
+    from nnunetv2_rndpo.reliability import format_table, judge_reliability, mining_reliability, report_json
+
+    report = {**judge_reliability(scores, dice), **mining_reliability(cache, scores, dice, seed, tau)}
+    print(format_table(report, title))
+    path = scores_file.with_name(scores_file.name.removesuffix(".csv") + ".report.json")
+    atomic_write_text(path, report_json(report))
+    print(f"report saved to {path}")
+    return path
+
+
+# ------------------------------------------------------------------------------------------- mine
+
+
+def mine_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnUNetv2_rndpo_mine",
+        description="Mine preference pairs from a scores CSV into the pairs file the trainer reads "
+                    "(config key pairs_file) and print their statistics.")
+    _add_base_arguments(parser)
+    parser.add_argument("--scores", required=True, help="CSV case_id,proposal,score (nnUNetv2_rndpo_judge or your QC)")
+    parser.add_argument("--mining", default=DEFAULTS.mining, choices=MININGS, help=f"strategy. Default: {DEFAULTS.mining}")
+    parser.add_argument("--tau", type=float, default=DEFAULTS.mining_tau, help="'margin': minimum score gap")
+    parser.add_argument("--min-margin", type=float, default=DEFAULTS.mining_min_margin, help="drop pairs with a smaller judge margin")
+    parser.add_argument("--min-region", type=int, default=DEFAULTS.mining_min_region, help="drop pairs with smaller |D| (voxels)")
+    parser.add_argument("--max-region", type=int, default=None, help="drop pairs with larger |D| (voxels)")
+    parser.add_argument("--max-pairs-per-case", type=int, default=DEFAULTS.mining_max_pairs_per_case,
+                        help=f"cap per case. Default: {DEFAULTS.mining_max_pairs_per_case}")
+    parser.add_argument("-o", default=None, help="output JSON. Default: <proposal cache>/rndpo_pairs_<mining>.json")
+    return parser
+
+
+def run_mine(args: argparse.Namespace) -> Path:
+    """Writes the pairs file; returns its path."""
+    from nnunetv2_rndpo.judges import read_external_scores
+    from nnunetv2_rndpo.mining import MiningParams
+    from nnunetv2_rndpo.pipeline import (
+        hidden_true_dice,
+        mine_pool,
+        pairs_document,
+        prepare_pool,
+        proposal_cache,
+        require_complete,
+    )
+    from nnunetv2_rndpo.pool import atomic_write_text
+    from nnunetv2_rndpo.reliability import format_table
+
+    params = MiningParams(args.mining, args.tau, args.min_margin, args.min_region, args.max_region,
+                          args.max_pairs_per_case)
+    base, settings = _load(args)
+    pool = prepare_pool(base, args.unlabeled_dir, progress=not args.quiet)
+    cache = proposal_cache(base, settings)[0]
+    require_complete(cache, pool)
+    scores = read_external_scores(args.scores, {c: len(cache.masks(c)) for c in pool.case_ids})
+    pairs, stats = mine_pool(cache, pool.case_ids, scores, params, args.seed, hidden_true_dice(base, pool, cache))
+    if not pairs:
+        raise ValueError(f"no pairs: every case's candidate pairs were identical or filtered out ({params}); "
+                         "relax --min-margin/--min-region/--max-region or choose another --mining")
+    output = Path(args.o) if args.o else cache.folder / f"rndpo_pairs_{args.mining}.json"
+    judge_metrics = {k: stats[k] for k in ("judge/margin_mean", "pairs/identical_cases", "judge/oracle_pair_acc")
+                     if k in stats}
+    document = {**pairs_document(pairs, judge_metrics, cache), "statistics": stats, "mining": vars(params)}
+    atomic_write_text(output, json.dumps(document, indent=1))
+    print(format_table(stats, f"{len(pairs)} pairs mined with {args.mining}"))
+    print(f"pairs written to {output}\nthe trainer uses them with this in $nnUNet_rndpo_config: "
+          f"{_trainer_config(settings, pairs_file=str(output))}")
+    return output
+
+
+# ------------------------------------------------------------------------------------------- train_judge
+
+
+def train_judge_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnUNetv2_rndpo_train_judge",
+        description="Train the learned mask-quality judge (a small CNN predicting Dice from image and mask) on "
+                    "corrupted labels of the fold's training cases; saved beside the base model.")
+    _add_base_arguments(parser)
+    parser.add_argument("--epochs", type=int, default=40, help="epochs of fresh corruptions. Default: 40")
+    parser.add_argument("--samples-per-case", type=int, default=16, help="masks per case per epoch. Default: 16")
+    parser.add_argument("--with-proposals", action="store_true",
+                        help="also train on the base model's proposals of the fold's validation cases (their val/* "
+                             "metrics are then no longer held out)")
+    parser.add_argument("-o", default=None, help="output file. Default: <base fold folder>/rndpo_judge.pth")
+    return parser
+
+
+def run_train_judge(args: argparse.Namespace) -> Path:
+    """Trains and saves the learned judge; returns its path."""
+    from nnunetv2_rndpo.learned_judge import train_learned_judge
+    from nnunetv2_rndpo.pipeline import LEARNED_JUDGE_FILE
+    from nnunetv2_rndpo.reliability import format_table
+
+    if args.epochs < 1 or args.samples_per_case < 2:
+        raise ValueError("--epochs must be >= 1 and --samples-per-case >= 2")
+    base, settings = _load(args)
+    samples = None
+    if args.with_proposals:
+        from nnunetv2_rndpo.judges import true_dice
+        from nnunetv2_rndpo.pipeline import labeled_proposals
+
+        pool, cache = labeled_proposals(base, settings, not args.quiet)
+        samples = [(pool.image(c), cache.masks(c), true_dice(cache.masks(c), pool.label(c), base.classes))
+                   for c in pool.case_ids]
+    judge = train_learned_judge(base, args.epochs, args.samples_per_case, seed=args.seed, progress=not args.quiet,
+                                proposal_samples=samples)
+    output = Path(args.o) if args.o else base.fold_folder / LEARNED_JUDGE_FILE
+    judge.save(output)
+    print(format_table(judge.metrics, "learned judge (val = the fold's validation cases, corrupted)"))
+    print(f"learned judge saved to {output}")
+    return output
+
+
+# ------------------------------------------------------------------------------------------- entry points
+
+
+def _main(parser: argparse.ArgumentParser, run, argv: list[str] | None) -> None:
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:  # nnU-Net raises RuntimeError for unknown datasets
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+
+
+def main_proposals(argv: list[str] | None = None) -> None:
+    _main(proposals_parser(), run_proposals, argv)
+
+
+def main_judge(argv: list[str] | None = None) -> None:
+    _main(judge_parser(), run_judge, argv)
+
+
+def main_mine(argv: list[str] | None = None) -> None:
+    _main(mine_parser(), run_mine, argv)
+
+
+def main_train_judge(argv: list[str] | None = None) -> None:
+    _main(train_judge_parser(), run_train_judge, argv)
+
+
+COMMANDS = {"proposals": main_proposals, "judge": main_judge, "mine": main_mine, "train_judge": main_train_judge}
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        sys.exit(f"usage: python -m nnunetv2_rndpo.commands {{{','.join(COMMANDS)}}} ...")
+    COMMANDS[sys.argv[1]](sys.argv[2:])

@@ -1,0 +1,495 @@
+"""The stages before fine-tuning — pool, proposals, judge, mining — shared by the trainer and the commands.
+
+:class:`BaseModel` holds what every stage needs about the dataset and the base network. The trainer
+builds it from itself (:meth:`BaseModel.from_trainer`); the ``nnUNetv2_rndpo_*`` commands load it from a
+results folder (:func:`load_base_model`). Both then call the same functions here, so they read and write
+one cache: ``$nnUNet_preprocessed/DatasetXXX/rndpo/<plans>_<configuration>/{pool,proposals}``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from nnunetv2_rndpo.judges import (
+    agreement_scores,
+    oracle_scores,
+    read_external_scores,
+    true_dice,
+    uncertainty_scores,
+)
+from nnunetv2_rndpo.mining import MiningParams, Pair, mine_pairs, pair_statistics
+from nnunetv2_rndpo.pool import PreprocessedPool, find_cases
+from nnunetv2_rndpo.proposals import ProposalCache, generate_proposals, plan_proposals, proposal_spec
+
+LEARNED_JUDGE_FILE = "rndpo_judge.pth"
+
+
+@dataclass
+class BaseModel:
+    """The dataset, plans and base network that proposals are made from.
+
+    ``model_folder`` is the base model's ``Trainer__Plans__configuration`` results folder and ``fold`` its
+    fold; ``network`` is built with deep supervision off and holds ``weights``.
+    """
+
+    dataset_name: str
+    configuration_name: str
+    plans_manager: object
+    configuration_manager: object
+    dataset_json: dict
+    network: torch.nn.Module
+    weights: dict[str, torch.Tensor]
+    mirror_axes: tuple[int, ...]
+    model_folder: Path
+    fold: int | str
+    checkpoint_name: str
+    device: torch.device
+    trainer_name: str = "nnUNetTrainer"
+
+    @property
+    def label_manager(self):
+        return self.plans_manager.get_label_manager(self.dataset_json)
+
+    @property
+    def classes(self) -> list:
+        """The foreground labels, or regions for region-based datasets."""
+        lm = self.label_manager
+        return lm.foreground_regions if lm.has_regions else lm.foreground_labels
+
+    @property
+    def raw_folder(self) -> Path:
+        from nnunetv2.paths import nnUNet_raw
+
+        if nnUNet_raw is None:
+            raise RuntimeError("nnUNet_raw is not set; export nnUNet_raw=/path/to/nnUNet_raw (the unlabeled pool lives there)")
+        return Path(nnUNet_raw) / self.dataset_name
+
+    @property
+    def cache_folder(self) -> Path:
+        """``$nnUNet_preprocessed/DatasetXXX/rndpo/<plans>_<configuration>``: outside nnU-Net's own folders."""
+        from nnunetv2.paths import nnUNet_preprocessed
+
+        if nnUNet_preprocessed is None:
+            raise RuntimeError("nnUNet_preprocessed is not set; export nnUNet_preprocessed=/path/to/nnUNet_preprocessed")
+        return Path(nnUNet_preprocessed) / self.dataset_name / "rndpo" / (
+            f"{self.plans_manager.plans_name}_{self.configuration_name}")
+
+    @property
+    def fold_folder(self) -> Path:
+        return self.model_folder / f"fold_{self.fold}"
+
+    def predictor(self):
+        """An ``nnUNetPredictor`` over the base network (no TTA: flips are made explicitly)."""
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                    perform_everything_on_device=self.device.type == "cuda", device=self.device,
+                                    verbose=False, allow_tqdm=False)
+        predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
+                                        self.dataset_json, self.trainer_name, self.mirror_axes)
+        return predictor
+
+    def load_extra_weights(self, models: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+        """Weights of the ``model`` proposal source: ``'FOLD/CHECKPOINT'`` names in ``model_folder``."""
+        weights = {}
+        for name in models:
+            fold, _, checkpoint = name.partition("/")
+            path = self.model_folder / f"fold_{fold}" / (checkpoint or "checkpoint_final.pth")
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"proposal model {name!r}: {path} does not exist. Train that fold (nnUNetv2_train ... {fold}) "
+                    "or remove it from proposal_models / -f.")
+            weights[name] = _network_weights(path, self.device)
+        return weights
+
+    @classmethod
+    def from_trainer(cls, trainer, network: torch.nn.Module, base_checkpoint: Path) -> BaseModel:
+        """The base model as a preference trainer sees it (``network`` = its frozen reference)."""
+        return cls(
+            dataset_name=trainer.plans_manager.dataset_name, configuration_name=trainer.configuration_name,
+            plans_manager=trainer.plans_manager, configuration_manager=trainer.configuration_manager,
+            dataset_json=trainer.dataset_json, network=network, weights=network.state_dict(),
+            mirror_axes=tuple(trainer.inference_allowed_mirroring_axes or ()),
+            model_folder=Path(base_checkpoint).parent.parent, fold=trainer.fold,
+            checkpoint_name=Path(base_checkpoint).name, device=trainer.device,
+            trainer_name=trainer.__class__.__name__)
+
+
+def _network_weights(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    return {k.removeprefix("module."): v for k, v in checkpoint["network_weights"].items()}
+
+
+def load_base_model(
+    dataset: str | int,
+    configuration: str,
+    fold: int | str,
+    trainer: str = "nnUNetTrainer",
+    plans: str = "nnUNetPlans",
+    checkpoint: str = "checkpoint_final.pth",
+    device: str | torch.device = "cpu",
+) -> BaseModel:
+    """Loads a trained base model the way ``nnUNetv2_predict`` finds it.
+
+    Raises:
+        FileNotFoundError: no such results folder or checkpoint (the message gives the training command).
+    """
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+    dataset_name = maybe_convert_to_dataset_name(dataset)
+    model_folder = Path(get_output_folder(dataset_name, trainer, plans, configuration))
+    path = model_folder / f"fold_{fold}" / checkpoint
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Base checkpoint {path} not found. Train the base model first:\n  nnUNetv2_train "
+            f"{dataset} {configuration} {fold} -tr {trainer} -p {plans}\nor pick another with -tr/-p/-f/-chk.")
+    device = torch.device(device)
+    predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=device.type == "cuda",
+                                device=device, verbose=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(fold,), checkpoint_name=checkpoint)
+    network = getattr(predictor.network, "_orig_mod", predictor.network).to(device)
+    return BaseModel(
+        dataset_name=dataset_name, configuration_name=configuration, plans_manager=predictor.plans_manager,
+        configuration_manager=predictor.configuration_manager, dataset_json=predictor.dataset_json,
+        network=network, weights=network.state_dict(), mirror_axes=tuple(predictor.allowed_mirroring_axes or ()),
+        model_folder=model_folder, fold=fold, checkpoint_name=checkpoint, device=device,
+        trainer_name=predictor.trainer_name)
+
+
+# ---------------------------------------------------------------------------------------------- pool
+
+
+def prepare_pool(base: BaseModel, unlabeled_dir: str | None = None, num_parts: int = 1, part_id: int = 0,
+                 progress: bool = True) -> PreprocessedPool:
+    """Finds the unlabeled pool (and hidden labels) and preprocesses the cases not cached yet.
+
+    Args:
+        unlabeled_dir: folder of unlabeled images; default ``$nnUNet_raw/DatasetXXX/imagesUnlabeled``.
+        num_parts, part_id: preprocess only this part (:func:`split_cases`); the pool lists every case.
+    """
+    folder = Path(unlabeled_dir) if unlabeled_dir else base.raw_folder / "imagesUnlabeled"
+    labels = folder.parent / "labelsUnlabeled"
+    cases = find_cases(folder, base.dataset_json["file_ending"], len(base.dataset_json["channel_names"]),
+                       labels if labels.is_dir() else None)
+    pool = PreprocessedPool(base.cache_folder / "pool", cases)
+    part = set(split_cases(pool.case_ids, num_parts, part_id))
+    todo = PreprocessedPool(pool.folder, [c for c in cases if c.case_id in part])
+    todo.preprocess(base.plans_manager, base.configuration_manager, base.dataset_json, progress=progress)
+    return pool
+
+
+def split_cases(case_ids: list[str], num_parts: int, part_id: int) -> list[str]:
+    """``case_ids[part_id::num_parts]``: the split ``nnUNetv2_predict -num_parts -part_id`` makes."""
+    if num_parts < 1:
+        raise ValueError(f"-num_parts must be >= 1, got {num_parts}")
+    if not 0 <= part_id < num_parts:
+        raise ValueError(f"-part_id must be in 0 ... {num_parts - 1} (-num_parts {num_parts}), got {part_id}")
+    return list(case_ids)[part_id::num_parts]
+
+
+# ---------------------------------------------------------------------------------------------- proposals
+
+
+@dataclass(frozen=True)
+class ProposalSettings:
+    """What proposals to make; mirrors the config keys ``num_proposals``, ``proposal_sources``,
+    ``proposal_models`` and ``seed``."""
+
+    num_proposals: int = 8
+    sources: tuple[str, ...] = ("mirror", "threshold")
+    models: tuple[str, ...] = ()
+    seed: int = 12345
+
+    @classmethod
+    def from_config(cls, config) -> ProposalSettings:
+        return cls(config.num_proposals, tuple(config.proposal_sources), tuple(config.proposal_models), config.seed)
+
+
+def proposal_cache(base: BaseModel, settings: ProposalSettings, subfolder: str = "proposals",
+                   ) -> tuple[ProposalCache, list, dict]:
+    """The cache for these settings (in ``<cache_folder>/<subfolder>``), the recipes and the ``model`` weights."""
+    specs = plan_proposals(settings.num_proposals, list(settings.sources), base.mirror_axes, settings.seed,
+                           list(settings.models))
+    extra = base.load_extra_weights(list(settings.models)) if "model" in settings.sources else {}
+    spec = proposal_spec(base.weights, base.plans_manager.plans_name, base.configuration_name, specs, settings.seed,
+                         extra)
+    return ProposalCache(base.cache_folder / subfolder, spec), specs, extra
+
+
+def ensure_proposals(
+    base: BaseModel, pool: PreprocessedPool, settings: ProposalSettings, case_ids: list[str] | None = None,
+    progress: bool = True, log=print,
+) -> ProposalCache:
+    """Generates the proposals missing from the cache (of ``case_ids``, default all) and returns the cache.
+
+    A cache made for other settings or another base model is removed once this one is started.
+    """
+    cache, specs, extra = proposal_cache(base, settings)
+    wanted = pool.case_ids if case_ids is None else case_ids
+    if cache.is_complete and all(cache.has_case(c) for c in wanted):
+        log(f"RN-DPO: reusing proposals from {cache.folder}")
+        return cache
+    for stale in cache.remove_stale():
+        log(f"RN-DPO: removed stale proposals {stale}")
+    generated = generate_proposals(cache, pool, base.predictor(), specs, base.label_manager, base.mirror_axes,
+                                   base.device, progress, case_ids=wanted, all_case_ids=pool.case_ids,
+                                   seed=settings.seed, extra_weights=extra)
+    log(f"RN-DPO: generated proposals for {generated} cases in {cache.folder}")
+    return cache
+
+
+def require_complete(cache: ProposalCache, pool: PreprocessedPool) -> None:
+    """Raises a clear error if some pool case has no proposals yet."""
+    missing = [c for c in pool.case_ids if not cache.has_case(c)]
+    if missing:
+        raise FileNotFoundError(
+            f"No proposals for {len(missing)} of {len(pool.case_ids)} pool cases (e.g. {missing[:3]}) in "
+            f"{cache.folder}. Run nnUNetv2_rndpo_proposals with the same -d -c -f -tr -p -chk, sources, -n and "
+            "--seed first (every -part_id if you split it).")
+
+
+# ---------------------------------------------------------------------------------------------- judge
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    """Which judge and its knobs; mirrors ``judge``, ``judge_sigma``, ``judge_size_bias``,
+    ``judge_scores``, ``learned_judge`` and ``seed``."""
+
+    judge: str = "agreement"
+    sigma: float = 0.0
+    size_bias: float = 0.0
+    scores_file: str | None = None
+    learned_judge: str | None = None
+    seed: int = 12345
+
+    @classmethod
+    def from_config(cls, config) -> JudgeSettings:
+        return cls(config.judge, config.judge_sigma, config.judge_size_bias, config.judge_scores,
+                   config.learned_judge, config.seed)
+
+
+def hidden_true_dice(base: BaseModel, pool: PreprocessedPool, cache: ProposalCache) -> dict[str, np.ndarray] | None:
+    """``{case: (K,) true Dice}`` from ``labelsUnlabeled/``, or None unless every case has a hidden label."""
+    if not pool.has_labels:
+        return None
+    return {c: true_dice(cache.masks(c), pool.label(c), base.classes) for c in pool.case_ids}
+
+
+def score_pool(
+    base: BaseModel, pool: PreprocessedPool, cache: ProposalCache, settings: JudgeSettings, progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """``{case: (K,) scores}`` of every pool case from the chosen judge (higher = better).
+
+    Raises:
+        FileNotFoundError: oracle without hidden labels, learned judge not trained, external file missing.
+        ValueError: unknown judge or an invalid external file.
+    """
+    from nnunetv2_rndpo.config import JUDGES
+
+    judge = settings.judge
+    if judge not in JUDGES:
+        raise ValueError(f"unknown judge {judge!r}; valid: {', '.join(JUDGES)}")
+    require_complete(cache, pool)
+    if judge == "external":
+        if not settings.scores_file:
+            raise ValueError("judge 'external' needs a scores CSV (judge_scores / --scores) with columns case_id,proposal,score")
+        return read_external_scores(settings.scores_file, {c: len(cache.masks(c)) for c in pool.case_ids})
+    if judge == "oracle" and not pool.has_labels:
+        raise FileNotFoundError(
+            "judge 'oracle' needs hidden ground truth for every pool case in labelsUnlabeled/ next to the "
+            "unlabeled images; use 'agreement', 'uncertainty', 'learned' or 'external' for real unlabeled data")
+    learned = None
+    if judge == "learned":
+        from nnunetv2_rndpo.learned_judge import LearnedJudge
+
+        learned = LearnedJudge.load(settings.learned_judge or base.fold_folder / LEARNED_JUDGE_FILE, base.device)
+    rng = np.random.default_rng(settings.seed)
+    scores = {}
+    for case_id in tqdm(pool.case_ids, desc=f"judge {judge}", disable=not progress):
+        masks = cache.masks(case_id)
+        if judge == "agreement":
+            scores[case_id] = agreement_scores(masks, base.classes)
+        elif judge == "uncertainty":
+            scores[case_id] = uncertainty_scores(masks, cache.probabilities(case_id), base.classes,
+                                                 base.label_manager.has_regions)
+        elif judge == "learned":
+            scores[case_id] = learned.score(np.asarray(pool.image(case_id)), masks)
+        else:  # oracle
+            scores[case_id], _ = oracle_scores(masks, pool.label(case_id), base.classes, settings.sigma, rng,
+                                               settings.size_bias)
+    return scores
+
+
+# ---------------------------------------------------------------------------------------------- mining
+
+
+def mine_pool(
+    cache: ProposalCache, case_ids: list[str], scores: dict[str, np.ndarray], params: MiningParams, seed: int,
+    dice: dict[str, np.ndarray] | None = None,
+) -> tuple[list[Pair], dict[str, float]]:
+    """Mines every case of ``case_ids`` with one seeded generator; returns the pairs and their statistics.
+
+    Statistics: :func:`~nnunetv2_rndpo.mining.pair_statistics` plus ``pairs/identical_cases`` (cases that
+    gave no pair) and, when hidden labels exist, ``judge/oracle_pair_acc``.
+    """
+    rng = np.random.default_rng(seed)
+    pairs, empty = [], 0
+    for case_id in case_ids:
+        mined = mine_pairs(case_id, cache.masks(case_id), scores[case_id], params, rng,
+                           None if dice is None else dice[case_id])
+        empty += not mined
+        pairs += mined
+    stats = pair_statistics(pairs, len(case_ids))
+    stats["pairs/identical_cases"] = empty
+    if "pairs/oracle_acc" in stats:
+        stats["judge/oracle_pair_acc"] = stats["pairs/oracle_acc"]
+    return pairs, stats
+
+
+def pairs_document(pairs: list[Pair], judge_metrics: dict, cache: ProposalCache | None = None) -> dict:
+    """The content of ``rndpo_pairs.json`` (what the trainer writes and ``nnUNetv2_rndpo_mine`` writes)."""
+    document = {"judge_metrics": judge_metrics, "pairs": [vars(p) for p in pairs]}
+    if cache is not None:
+        document["proposals"] = str(cache.folder)
+    return document
+
+
+def read_pairs_file(path: str | os.PathLike, pool: PreprocessedPool | None = None,
+                    cache: ProposalCache | None = None) -> tuple[list[Pair], dict]:
+    """Reads ``rndpo_pairs.json``, checking cases and proposal indices against the pool and the cache.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a pairs file, or pairs that refer to cases/proposals that do not exist, or made
+            from other proposals than ``cache``.
+    """
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pairs file {path} does not exist; write it with nnUNetv2_rndpo_mine")
+    try:
+        document = json.loads(path.read_text())
+        pairs = [Pair(**p) for p in document["pairs"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is not a pairs file written by nnUNetv2_rndpo_mine ({error})") from None
+    # the key (folder name) identifies the proposals; the root may be spelled differently (symlinks, mounts)
+    if cache is not None and document.get("proposals") not in (None, str(cache.folder)) and (
+            Path(document["proposals"]).name != cache.folder.name):
+        raise ValueError(
+            f"pairs file {path} was mined from proposals {document['proposals']} but this run's proposals are "
+            f"{cache.folder} (another base model, sources, K or seed). Mine again from the current proposals.")
+    if pool is not None:
+        unknown = sorted({p.case_id for p in pairs} - set(pool.case_ids))
+        if unknown:
+            raise ValueError(f"pairs file {path} names cases not in the unlabeled pool: {unknown[:5]}")
+        if cache is not None:
+            for p in pairs:
+                k = len(cache.masks(p.case_id))
+                if not (0 <= p.chosen < k and 0 <= p.rejected < k):
+                    raise ValueError(f"pairs file {path}: case {p.case_id!r} has proposals 0 ... {k - 1}, "
+                                     f"but a pair uses {p.chosen} and {p.rejected}")
+    return pairs, document.get("judge_metrics", {})
+
+
+# ---------------------------------------------------------------------------------------------- labeled reliability
+
+# rDPO's loss needs ε < 0.5 and is flat at 0.5; an estimate from a handful of validation cases is noisy
+MAX_AUTO_LABEL_SMOOTHING = 0.4
+
+
+class LabeledPool:
+    """Labeled cases behind the interface of :class:`~nnunetv2_rndpo.pool.PreprocessedPool`."""
+
+    has_labels = True
+
+    def __init__(self, cases, case_ids: list[str]):
+        self._cases, self.case_ids = cases, list(case_ids)
+
+    def image(self, case_id: str) -> np.ndarray:
+        return self._cases[case_id][0]
+
+    def label(self, case_id: str) -> np.ndarray:
+        return self._cases[case_id][1]
+
+
+def labeled_proposals(base: BaseModel, settings: ProposalSettings, progress: bool = True, log=print,
+                      ) -> tuple[LabeledPool, ProposalCache]:
+    """The fold's labeled validation cases and the base model's proposals for them (generated if missing).
+
+    Cached in ``<cache_folder>/labeled_proposals/<key>``.
+
+    Raises:
+        ValueError: the fold has no validation cases.
+    """
+    from nnunetv2_rndpo.learned_judge import labeled_cases
+
+    cases, _, val_ids = labeled_cases(base, base.fold)
+    if not val_ids:
+        raise ValueError(f"fold {base.fold} of {base.dataset_name} has no validation cases (splits_final.json); "
+                         "this needs the base model of a cross-validation fold, not fold 'all'")
+    pool = LabeledPool(cases, val_ids)
+    cache, specs, extra = proposal_cache(base, settings, "labeled_proposals")
+    generated = generate_proposals(cache, pool, base.predictor(), specs, base.label_manager, base.mirror_axes,
+                                   base.device, progress, seed=settings.seed, extra_weights=extra)
+    log(f"RN-DPO: proposals for {len(val_ids)} labeled validation cases in {cache.folder} ({generated} new)")
+    return pool, cache
+
+
+def labeled_reliability(
+    base: BaseModel, settings: ProposalSettings, judge: JudgeSettings, mining: MiningParams,
+    progress: bool = True, log=print,
+) -> dict[str, float]:
+    """A judge's reliability measured on labeled cases, without hidden labels for the pool.
+
+    The base model of fold f never saw its fold's validation cases, so its proposals for them are made
+    like those for unlabeled cases, and their true Dice is known. They are cached in
+    ``<cache_folder>/labeled_proposals/<key>``, scored by the judge and compared with the true Dice
+    (:func:`~nnunetv2_rndpo.reliability.judge_reliability`); ``labeled/mined_pair_acc`` is the share of
+    pairs that ``mining`` mines there whose chosen mask really is better, and ``labeled/flip_rate`` is
+    1 − that (the ε the robust loss assumes; see :func:`auto_label_smoothing`).
+
+    Raises:
+        ValueError: no validation cases in the fold, or the ``external`` judge (it cannot score them).
+    """
+    from nnunetv2_rndpo.reliability import judge_reliability
+
+    if judge.judge == "external":
+        raise ValueError("the external judge cannot score the labeled validation cases; measure its reliability with "
+                         "--report on a pool with hidden labels, or set label_smoothing to a number")
+    pool, cache = labeled_proposals(base, settings, progress, log)
+    val_ids = pool.case_ids
+    scores = score_pool(base, pool, cache, judge, progress)
+    dice = hidden_true_dice(base, pool, cache)
+    report = {f"labeled/{k}": v for k, v in judge_reliability(scores, dice).items()}
+    _, stats = mine_pool(cache, val_ids, scores, mining, judge.seed, dice)
+    report["labeled/mined_pairs"] = stats["pairs/count"]
+    report["labeled/mined_pair_acc"] = stats.get("pairs/oracle_acc", float("nan"))
+    report["labeled/flip_rate"] = auto_label_smoothing(report)
+    return report
+
+
+def auto_label_smoothing(report: dict[str, float]) -> float:
+    """ε for ``label_smoothing: "auto"``: 1 − accuracy of the mined pairs on labeled cases.
+
+    Falls back to 1 − pairwise accuracy when no pair was mined, and to 0 when neither is known; clipped to
+    [0, ``MAX_AUTO_LABEL_SMOOTHING``]. Assumption: the flip rate of the pairs mined on the fold's
+    validation cases is the flip rate of the pairs mined on the pool (same base model, same judge).
+    """
+    import math
+
+    accuracy = report.get("labeled/mined_pair_acc", math.nan)
+    if math.isnan(accuracy):
+        accuracy = report.get("labeled/pairwise/accuracy", math.nan)
+    if math.isnan(accuracy):
+        return 0.0
+    return float(min(max(1.0 - accuracy, 0.0), MAX_AUTO_LABEL_SMOOTHING))

@@ -1,0 +1,168 @@
+"""The ``nnUNetv2_rndpo_*`` commands on a tiny synthetic 2D dataset (slower tier, ``-m e2e``).
+
+One session fixture plans the dataset, trains a tiny base model and fills the proposal cache in two
+parts; the tests judge, report, mine, train the learned judge and finally train the RN-DPO trainer from
+the cache and the mined pairs. The commands run as ``python -m nnunetv2_rndpo.commands`` (the console
+scripts are the same functions).
+"""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_e2e_trainer import prepare, run
+
+pytestmark = pytest.mark.e2e
+DATASET = "Dataset994_Tiny2D"
+BASE = ["-d", "994", "-c", "2d", "-tr", "nnUNetTrainer_rndpoSmoke", "-n", "4", "--quiet", "-device", "cpu"]
+
+
+def command(env: dict, name: str, *args: str, expect_ok: bool = True, base=BASE) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "nnunetv2_rndpo.commands", name, *base, *args], env=env,
+                            capture_output=True, text=True)
+    if expect_ok and result.returncode != 0:
+        raise AssertionError(f"{name} {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def proposals_root(preprocessed: Path) -> Path:
+    return preprocessed / DATASET / "rndpo" / "nnUNetPlans_2d" / "proposals"
+
+
+@pytest.fixture(scope="session")
+def toolkit(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toolkit")
+    env = prepare(root, 994, 2, "2d")
+    parts = [command(env, "proposals", "-num_parts", "2", "-part_id", str(i)).stdout for i in (0, 1)]
+    (cache,) = [p for p in proposals_root(root / "preprocessed").iterdir() if p.is_dir()]
+    return root, env, cache, parts
+
+
+def read_csv(path: Path) -> dict[tuple[str, int], float]:
+    with open(path) as f:
+        return {(r["case_id"], int(r["proposal"])): float(r["score"]) for r in csv.DictReader(f)}
+
+
+def ranking(scores: dict[tuple[str, int], float], case: str) -> list[int]:
+    return sorted(range(4), key=lambda k: scores[(case, k)])
+
+
+def test_two_parts_fill_the_same_cache_as_one_run(toolkit):
+    root, env, cache, parts = toolkit
+    assert "3/6 pool cases" in parts[0] and "(other parts still missing)" in parts[0]
+    assert "6/6 pool cases" in parts[1] and (cache / "manifest.json").is_file()
+    assert "reusing proposals" in command(env, "proposals", "-num_parts", "2", "-part_id", "0").stdout
+    single = root / "single"
+    shutil.copytree(root / "preprocessed", single, ignore=shutil.ignore_patterns("rndpo"))
+    command({**env, "nnUNet_preprocessed": str(single)}, "proposals")
+    (one_run,) = [p for p in proposals_root(single).iterdir() if p.is_dir()]
+    assert one_run.name == cache.name
+    assert json.loads((one_run / "manifest.json").read_text()) == json.loads((cache / "manifest.json").read_text())
+    for case_file in sorted(cache.glob("*.npz")):
+        with np.load(case_file) as a, np.load(one_run / case_file.name) as b:
+            assert np.array_equal(a["masks"], b["masks"]) and np.array_equal(a["probabilities"], b["probabilities"])
+
+
+def test_oracle_without_noise_ranks_by_true_dice(toolkit):
+    root, env, cache, _ = toolkit
+    out = root / "oracle0.csv"
+    stdout = command(env, "judge", "--judge", "oracle", "--report", "-o", str(out)).stdout
+    assert "pairwise/accuracy" in stdout
+    report = json.loads((root / "oracle0.report.json").read_text())
+    assert report["pairwise/accuracy"] == 1.0 and report["top1/regret"] == 0.0
+    assert report["spearman/pooled"] == pytest.approx(1.0)
+    assert all(report[f"mining/{m}/oracle_acc"] in (1.0, None) for m in ("top_bottom", "margin", "adjacent"))
+
+
+def test_oracle_with_large_noise_is_unreliable_and_seeded(toolkit):
+    root, env, _, _ = toolkit
+    command(env, "judge", "--judge", "oracle", "--judge-sigma", "10", "--report", "-o", str(root / "noisy.csv"))
+    assert json.loads((root / "noisy.report.json").read_text())["pairwise/accuracy"] < 0.9
+    command(env, "judge", "--judge", "oracle", "--judge-sigma", "10", "-o", str(root / "noisy2.csv"))
+    assert read_csv(root / "noisy.csv") == read_csv(root / "noisy2.csv")
+
+
+@pytest.mark.parametrize("judge", ["agreement", "uncertainty"])
+def test_label_free_judges_write_the_trainers_csv(toolkit, judge):
+    root, env, cache, _ = toolkit
+    command(env, "judge", "--judge", judge)
+    scores = read_csv(cache / f"scores_{judge}.csv")
+    assert len(scores) == 6 * 4 and all(0 <= s <= 1 for s in scores.values())
+
+
+def test_learned_judge_trains_and_reports(toolkit):
+    root, env, cache, _ = toolkit
+    stdout = command(env, "train_judge", "--epochs", "2", "--samples-per-case", "4").stdout
+    judge_file = root / "results" / DATASET / "nnUNetTrainer_rndpoSmoke__nnUNetPlans__2d" / "fold_0" / "rndpo_judge.pth"
+    assert judge_file.is_file() and "val/pairwise/accuracy" in stdout
+    command(env, "judge", "--judge", "learned", "--report")
+    report = json.loads((cache / "scores_learned.report.json").read_text())
+    assert {"spearman/per_case", "pairwise/accuracy", "top1/regret", "mining/quantile/oracle_acc"} <= set(report)
+
+
+def test_external_scores_are_validated_and_normalised(toolkit):
+    root, env, _, _ = toolkit
+    command(env, "judge", "--judge", "oracle", "-o", str(root / "qc.csv"))
+    raw = read_csv(root / "qc.csv")
+    lines = ["case_id,proposal,score"] + [f"{c},{k},{10 * s + 3}" for (c, k), s in raw.items()]
+    (root / "qc_scaled.csv").write_text("\n".join(lines) + "\n")
+    command(env, "judge", "--judge", "external", "--scores", str(root / "qc_scaled.csv"), "--normalize", "case_minmax",
+            "-o", str(root / "qc_norm.csv"))
+    normalised = read_csv(root / "qc_norm.csv")
+    for case in {c for c, _ in raw}:
+        assert ranking(normalised, case) == ranking(raw, case) and max(normalised[(case, k)] for k in range(4)) == 1.0
+    (root / "qc_bad.csv").write_text("\n".join([*lines, "nobody,0,0.5"]) + "\n")
+    bad = command(env, "judge", "--judge", "external", "--scores", str(root / "qc_bad.csv"), expect_ok=False)
+    assert bad.returncode == 2 and "unknown case 'nobody'" in bad.stderr
+
+
+def test_reliability_on_labeled_validation_cases(toolkit):
+    root, env, cache, _ = toolkit
+    stdout = command(env, "judge", "--judge", "uncertainty", "--report-labeled", "-o", str(root / "unc.csv")).stdout
+    assert 'label_smoothing "auto" would use eps' in stdout
+    report = json.loads((root / "unc.labeled_report.json").read_text())
+    assert report["labeled/cases"] == 2 and 0 <= report["labeled/flip_rate"] <= 0.4
+    assert (cache.parent.parent / "labeled_proposals" / cache.name / "manifest.json").is_file()
+
+
+def test_invalid_inputs_error_clearly(toolkit):
+    root, env, _, _ = toolkit
+    other_seed = command(env, "judge", "--judge", "agreement", "--seed", "7", expect_ok=False)
+    assert other_seed.returncode == 2 and "No proposals for 6 of 6 pool cases" in other_seed.stderr
+    assert "Run nnUNetv2_rndpo_proposals" in other_seed.stderr
+    missing = command(env, "mine", "--scores", str(root / "nope.csv"), expect_ok=False)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    no_model = command(env, "proposals", expect_ok=False, base=[a if a != "nnUNetTrainer_rndpoSmoke" else "nnUNetTrainer"
+                                                                for a in BASE])
+    assert no_model.returncode == 2 and "Train the base model first" in no_model.stderr
+
+
+def test_mined_pairs_and_cached_proposals_feed_the_trainer(toolkit):
+    root, env, cache, _ = toolkit
+    command(env, "judge", "--judge", "oracle", "-o", str(root / "for_mining.csv"))
+    pairs_file = root / "pairs.json"
+    stdout = command(env, "mine", "--scores", str(root / "for_mining.csv"), "--mining", "margin", "--tau", "0",
+                     "--max-pairs-per-case", "2", "-o", str(pairs_file)).stdout
+    assert "pairs/oracle_acc" in stdout and "region/size_p50" in stdout
+    mined = json.loads(pairs_file.read_text())
+    assert mined["statistics"]["pairs/oracle_acc"] == 1.0 and len(mined["pairs"]) <= 12
+    config = root / "from_toolkit.json"
+    config.write_text(json.dumps({"num_proposals": 4, "pairs_file": str(pairs_file), "base_trainer": "nnUNetTrainer_rndpoSmoke",
+                                  "num_epochs": 1, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 2,
+                                  "guard_num_cases": 0, "label_smoothing": "auto", "loss_type": "robust"}))
+    run(["nnUNetv2_train", "994", "2d", "0", "-tr", "nnUNetTrainerRNDPO", "-device", "cpu"], env,
+        nnUNet_rndpo_config=str(config))
+    fold = root / "results" / DATASET / "nnUNetTrainerRNDPO__nnUNetPlans__2d" / "fold_0"
+    log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    assert f"reusing proposals from {cache}" in log and "generated proposals" not in log
+    written = json.loads((fold / "rndpo_pairs.json").read_text())
+    assert written["pairs"] == mined["pairs"]
+    epsilon = json.loads((fold / "rndpo_config.json").read_text())["label_smoothing"]
+    assert epsilon == written["judge_metrics"]["judge/auto_label_smoothing"] and 0 <= epsilon <= 0.4
+    assert os.path.isfile(fold / "checkpoint_final.pth")
