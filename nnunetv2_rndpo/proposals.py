@@ -204,10 +204,11 @@ def propose_case(
     for flip in flips:
         dims = _flip_dims(image.ndim, patch_ndim, flip)
         flipped = torch.flip(image, dims) if dims else image
+        # on the host: nnU-Net's LabelManager converts probabilities to labels through numpy
         logits = predictor.predict_sliding_window_return_logits(flipped).float().cpu()
         logits = torch.flip(logits, dims) if dims else logits
         if ProposalSpec("mirror", flip) in specs:
-            flip_masks[flip] = label_manager.convert_logits_to_segmentation(logits)
+            flip_masks[flip] = torch.as_tensor(label_manager.convert_logits_to_segmentation(logits)).to(torch.uint8)
         for t in temperatures:
             mean_probabilities[t] = mean_probabilities[t] + label_manager.apply_inference_nonlin(logits / t) / len(flips)
     probabilities = mean_probabilities[1.0]
@@ -226,8 +227,8 @@ def propose_case(
             else:
                 scaled[0] *= spec.parameter
             masks.append(label_manager.convert_probabilities_to_segmentation(scaled))
-    stacked = torch.stack([torch.as_tensor(m) for m in masks]).numpy().astype(np.uint8)
-    return stacked, probabilities.numpy().astype(np.float16)
+    stacked = torch.stack([torch.as_tensor(m).to(torch.uint8).cpu() for m in masks]).numpy()
+    return stacked, probabilities.half().cpu().numpy()
 
 
 def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
