@@ -1,0 +1,60 @@
+"""The docs name only commands, trainers and config keys that exist, and the generated reference is current."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from nnunetv2_rndpo import reference
+from nnunetv2_rndpo.config import RNDPOConfig
+from nnunetv2_rndpo.phase import GUARD_KEYS, LOSS_TERMS, METRIC_KEYS
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+CODE_BLOCK = re.compile(r"```[a-z]*\n(.*?)```", re.S)
+NNUNET_COMMANDS = {"nnUNetv2_plan_and_preprocess", "nnUNetv2_train", "nnUNetv2_predict", "nnUNetv2_evaluate_folder",
+                   "nnUNetv2_find_best_configuration", "nnUNetv2_extract_fingerprint", "nnUNetv2_plan_experiment",
+                   "nnUNetv2_preprocess", "nnUNetv2_ensemble", "nnUNetv2_apply_postprocessing",
+                   "nnUNetv2_convert_MSD_dataset", "nnUNetv2_evaluate_simple"}
+
+
+def code_blocks(path: Path) -> list[str]:
+    return CODE_BLOCK.findall(path.read_text())
+
+
+def test_reference_is_generated_from_the_code():
+    committed = (REPO / "docs" / "reference.md").read_text()
+    assert committed == reference.build() + "\n", (
+        "docs/reference.md is stale: run  python -m nnunetv2_rndpo.reference > docs/reference.md")
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_docs_name_existing_commands_trainers_and_keys(path):
+    ours = {name for name, _ in reference.console_scripts()}
+    import trainers.rndpo_trainers as exported  # the classes nnU-Net finds through nnUNet_extTrainer
+
+    trainers = {n for n in dir(exported) if n.startswith("nnUNetTrainer")} | {"nnUNetTrainer"}
+    keys = {f.name for f in RNDPOConfig.__dataclass_fields__.values()}
+    text = path.read_text()
+    for command in set(re.findall(r"\bnnUNetv2_\w+", text)):
+        assert command in ours or command in NNUNET_COMMANDS, f"{path.name} names a command that does not exist: {command}"
+    for trainer in set(re.findall(r"\bnnUNetTrainer(?:_?[A-Za-z0-9])*", text)):
+        assert trainer in trainers, f"{path.name} names a trainer that does not exist: {trainer}"
+    for block in code_blocks(path):
+        for candidate in re.findall(r"\{[^{}]*\}", block):  # JSON config snippets inside code blocks
+            try:
+                values = json.loads(candidate)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(values, dict) and values and not set(values) <= {"0", "1", "background"}:
+                unknown = set(values) - keys
+                assert not unknown or len(unknown) == len(values), f"{path.name}: unknown config keys {unknown}"
+
+
+def test_every_logged_metric_is_documented():
+    documented = (REPO / "docs" / "trainer.md").read_text()
+    missing = [k for k in (*METRIC_KEYS, *LOSS_TERMS, *GUARD_KEYS, "pairs/skipped", "eval/dice") if k not in documented]
+    assert not missing, f"docs/trainer.md does not explain {missing}"
