@@ -9,7 +9,8 @@ Strategies (one validated string, :data:`nnunetv2_rndpo.config.MININGS`):
 - ``quantile``    the best versus the proposal whose score is nearest to mean − 2·std of the case's
                   scores (a "clearly bad but typical" rejection rather than the single worst outlier).
 
-Filters, applied to every strategy's candidates in order: judge margin ≥ ``min_margin``,
+Filters, applied to every strategy's candidates in order: judge margin ≥ ``min_margin`` (a margin of 0
+is always dropped: tied scores state no preference),
 ``min_region`` ≤ |D| ≤ ``max_region`` (|D| = voxels where the two whole-case masks differ; |D| = 0 is
 always dropped), then at most ``max_pairs_per_case`` pairs. Ties in scores go to the lower index.
 """
@@ -112,7 +113,7 @@ def mine_pairs(
     pairs = []
     for chosen, rejected in candidate_pairs(scores, params.strategy, rng, params.tau):
         margin = float(scores[chosen] - scores[rejected])
-        if margin < params.min_margin:
+        if margin <= 0 or margin < params.min_margin:
             continue
         region_size = int(np.count_nonzero(masks[chosen] != masks[rejected]))
         if region_size == 0 or region_size < params.min_region:

@@ -3,7 +3,8 @@
     python -m nnunetv2_rndpo.reference > docs/reference.md
 
 - config keys: every field of :class:`~nnunetv2_rndpo.config.RNDPOConfig` with its type, default and help;
-- commands: the ``--help`` of every console script this package installs.
+- commands: the ``--help`` of every console script this package installs;
+- assumptions: every ``Assumption:`` paragraph of the package's docstrings and comments, with its place.
 
 ``tests/test_docs.py`` fails when the committed file differs from what this prints.
 """
@@ -15,8 +16,10 @@ import dataclasses
 import importlib
 import io
 import os
+import re
 import sys
 from importlib.metadata import distribution
+from pathlib import Path
 
 from nnunetv2_rndpo.config import RNDPOConfig
 
@@ -66,12 +69,48 @@ def command_help(name: str, target: str) -> str:
     return buffer.getvalue().rstrip()
 
 
+def assumptions() -> list[tuple[str, str]]:
+    """``(module.function, text)`` of every ``Assumption:`` paragraph in the package (docstrings and comments).
+
+    Places are named by the enclosing ``def``/``class`` (not line numbers, so the page only changes when an
+    assumption does).
+    """
+    found = []
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.glob("*.py")):
+        lines = path.read_text().splitlines()
+        for number, line in enumerate(lines):
+            start = line.find("Assumption:")
+            if start < 0 or path.name == "reference.py":
+                continue
+            text = [line[start + len("Assumption:"):].strip()]
+            in_comment = line.strip().startswith("#")
+            for following in lines[number + 1:]:
+                stripped = following.strip()
+                if in_comment != stripped.startswith("#"):
+                    break
+                stripped = stripped.lstrip("#").strip()
+                if not stripped or stripped.startswith(('"""', "Args:", "Returns:", "Raises:", "Assumption:")):
+                    break
+                text.append(stripped)
+            owner = next((re.match(r"\s*(?:async\s+)?(?:def|class)\s+(\w+)", above).group(1)
+                          for above in reversed(lines[:number + 1])
+                          if re.match(r"\s*(?:async\s+)?(?:def|class)\s+\w+", above)), None)
+            where = f"{path.stem}.{owner}" if owner else path.stem
+            found.append((where, " ".join(text).rstrip('"').strip()))
+    return found
+
+
 def build() -> str:
     parts = [HEADER, "## Config keys", "",
              "Set any of them in a JSON file named by `$nnUNet_rndpo_config`; the effective values are saved as "
              "`rndpo_config.json` in the fold folder.", "", config_reference(), "", "## Commands", ""]
     for name, target in console_scripts():
         parts += [f"### `{name}`", "", "```text", command_help(name, target), "```", ""]
+    parts += ["## Assumptions", "",
+              "Where the paper's text (only its abstract is available) is silent we chose; every choice is marked "
+              "`Assumption:` in the code, and listed here.", "", "| where | assumption |", "|---|---|"]
+    parts += [f"| `{where}` | {_cell(text)} |" for where, text in assumptions()]
     return "\n".join(parts)
 
 
