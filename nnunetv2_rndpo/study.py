@@ -318,8 +318,6 @@ class Study:
         """The upper bound: the base trainer on labeled + pool cases with their labels, the same test set."""
         if "full_label" in self.results:
             return
-        from nnunetv2_rndpo.datasets import full_label_dataset
-
         seed = self.seeds[0]
         did = self.dataset_id(seed, full_label=True)
         if self._raw(did) is None:
@@ -336,6 +334,32 @@ class Study:
         if out.returncode:
             raise RuntimeError(f"evaluating Dataset{dataset_id} {trainer} failed:\n{out.stderr[-2000:]}")
         return float(out.stdout.strip().splitlines()[-1])
+
+
+def full_label_dataset(source: Path, raw_root: Path, dataset_id: int) -> Path:
+    """``Dataset<id>_<name>FullLabel``: ``source``'s labeled and pool cases, all with labels, and its test set.
+
+    Files are linked, not copied. The pool's hidden labels (``labelsUnlabeled/``) become training labels.
+    """
+    source = Path(source)
+    folder = Path(raw_root) / f"Dataset{dataset_id:03d}_{source.name.split('_', 1)[1]}FullLabel"
+    dataset = json.loads((source / "dataset.json").read_text())
+    ending = dataset["file_ending"]
+    for needed in ("labelsTr", "imagesUnlabeled", "labelsUnlabeled", "imagesTs", "labelsTs"):
+        if not (source / needed).is_dir():
+            raise FileNotFoundError(f"{source / needed} is missing: the full-label model needs the pool's labels "
+                                    "and the test set (make the dataset with nnUNetv2_rndpo_make_dataset)")
+    count = 0
+    for images, labels, target in (("imagesTr", "labelsTr", "Tr"), ("imagesUnlabeled", "labelsUnlabeled", "Tr"),
+                                   ("imagesTs", "labelsTs", "Ts")):
+        for kind, folder_name in (("images", images), ("labels", labels)):
+            (folder / f"{kind}{target}").mkdir(parents=True, exist_ok=True)
+            for file in sorted((source / folder_name).glob(f"*{ending}")):
+                os.symlink(file.resolve(), folder / f"{kind}{target}" / file.name)
+                count += kind == "labels" and target == "Tr"
+    dataset.update(numTraining=count, name=folder.name.split("_", 1)[1])
+    atomic_write_text(folder / "dataset.json", json.dumps(dataset, indent=1))
+    return folder
 
 
 # ---------------------------------------------------------------------------------------------- report

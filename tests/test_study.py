@@ -69,3 +69,25 @@ def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(ValueError, match="hc18"):
         Study("synthetic", None, "smoke", tmp_path / "other")
     assert set(SCALES) == {"cpu", "gpu", "smoke"}
+
+
+def test_full_label_dataset_links_pool_labels(tmp_path):
+    from nnunetv2_rndpo.study import full_label_dataset
+
+    source = tmp_path / "raw" / "Dataset960_HippocampusStudySeed0"
+    for folder, names in (("imagesTr", ["a_0000"]), ("labelsTr", ["a"]), ("imagesUnlabeled", ["b_0000", "c_0000"]),
+                          ("labelsUnlabeled", ["b", "c"]), ("imagesTs", ["t_0000"]), ("labelsTs", ["t"])):
+        (source / folder).mkdir(parents=True)
+        for name in names:
+            (source / folder / f"{name}.nii.gz").write_bytes(b"x")
+    (source / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz", "numTraining": 1, "labels": {}}))
+    full = full_label_dataset(source, tmp_path / "raw", 1010)
+    assert sorted(p.name for p in (full / "labelsTr").iterdir()) == ["a.nii.gz", "b.nii.gz", "c.nii.gz"]
+    assert sorted(p.name for p in (full / "imagesTs").iterdir()) == ["t_0000.nii.gz"]
+    assert json.loads((full / "dataset.json").read_text())["numTraining"] == 3
+    assert (full / "labelsTr" / "b.nii.gz").resolve() == (source / "labelsUnlabeled" / "b.nii.gz").resolve()
+    (source / "labelsUnlabeled" / "b.nii.gz").unlink()
+    (source / "labelsUnlabeled" / "c.nii.gz").unlink()
+    (source / "labelsUnlabeled").rmdir()
+    with pytest.raises(FileNotFoundError, match="labelsUnlabeled"):
+        full_label_dataset(source, tmp_path / "raw", 1011)
