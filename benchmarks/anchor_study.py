@@ -28,7 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DATASET_ID, DATASET = 951, "Dataset951_HippocampusAnchors"
 ARMS = {
-    "control (continued supervised)": ("nnUNetTrainerContinuedSFT", {}),
+    "control (continued supervised)": ("nnUNetTrainerContinuedSFT", {"sft_weight": 1.0}),
     **{f"{name} {anchor}": (trainer, weights)
        for name, trainer in (("DPO", "nnUNetTrainerDPO"), ("RN-DPO", "nnUNetTrainerRNDPO"))
        for anchor, weights in (("no anchor", {}), ("sft", {"sft_weight": 1.0}), ("consistency", {"consistency_weight": 1.0}),
