@@ -24,7 +24,7 @@ $(BIN)/.installed: setup.py
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/nnUNetv2_rndpo_smoke -o demo_output
+	$(BIN)/nnUNetv2_rndpo_demo -o demo_output
 
 # pytest exits 5 when it collects nothing; make treats any non-zero exit as failure, so an empty
 # suite cannot pass silently.
