@@ -28,7 +28,7 @@ from pathlib import Path
 
 TRAINERS_FOLDER = Path(__file__).resolve().parents[1] / "trainers"
 ARMS = {"base": None, "dpo": "nnUNetTrainerDPO", "rndpo": "nnUNetTrainerRNDPO"}
-PROGRESS = re.compile(r"(Epoch \d+)$|(RN-DPO: test Dice.*)$")
+PROGRESS = re.compile(r"Epoch \d+$|test Dice after .*$")
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class DemoSettings:
     num_epochs: int = 8
     num_iterations_per_epoch: int = 20
     seed: int = 0
+    shape: tuple[int, ...] | None = None
 
     @classmethod
     def create(cls, source: str, dim: str, device: str, quick: bool) -> DemoSettings:
@@ -61,7 +62,7 @@ class DemoSettings:
         if quick:
             return cls(source, dim, device, quick, dataset_id, num_labeled=6, num_unlabeled=6, num_test=4,
                        base_trainer="nnUNetTrainer_rndpoSmoke", num_proposals=4, num_epochs=2,
-                       num_iterations_per_epoch=5)
+                       num_iterations_per_epoch=5, shape=(32, 32) if dim == "2d" else (16, 24, 24))
         if source == "synthetic":
             return cls(source, dim, device, quick, dataset_id)
         return cls(source, dim, device, quick, dataset_id, num_labeled=10, num_unlabeled=24, num_test=20)
@@ -130,7 +131,7 @@ class StageRunner:
         start = time.time()
         log = self.root / "logs" / f"{name}.log"
         executable = Path(sys.executable).parent / command[0]
-        with open(log, "w") as f, subprocess.Popen([str(executable), *command[1:]], env={**self.env, **extra_env},
+        with open(log, "w", buffering=1) as f, subprocess.Popen([str(executable), *command[1:]], env={**self.env, **extra_env},
                                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as p:
             for line in p.stdout:
                 f.write(line)
@@ -165,14 +166,15 @@ def make_demo_dataset(settings: DemoSettings, raw_root: Path) -> Path:
     if settings.source == "synthetic":
         return make_synthetic_dataset(raw_root, settings.dataset_id, dim=int(settings.dim[0]),
                                       num_labeled=settings.num_labeled, num_unlabeled=settings.num_unlabeled,
-                                      num_test=settings.num_test, seed=settings.seed, overwrite=True)
+                                      num_test=settings.num_test, seed=settings.seed, overwrite=True,
+                                      shape=settings.shape)
     return make_dataset(settings.source, raw_root, settings.dataset_id, "RNDPODemo", settings.num_labeled,
                         settings.num_test, settings.seed, settings.num_unlabeled, overwrite=True)
 
 
 def _check_settings(root: Path, settings: DemoSettings) -> None:
     path = root / "demo_settings.json"
-    if path.is_file() and json.loads(path.read_text()) != asdict(settings):
+    if path.is_file() and json.loads(path.read_text()) != json.loads(json.dumps(asdict(settings))):
         raise ValueError(f"{root} holds a demo run with other settings ({path}); use another -o or delete {root}")
     root.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(asdict(settings), indent=1))

@@ -120,10 +120,10 @@ def plot_pairs(pairs_file: Path, pool_folder: Path, path: Path, num_cases: int =
         dice = {k: pair.get(f"{k}_dice") for k in ("chosen", "rejected")}
         _show(row[0], _slice(image, index), None if label is None else _slice(label, index), f"{pair['case_id']}: hidden label")
         _show(row[1], _slice(image, index), _slice(chosen, index),
-              f"chosen (score {pair['chosen_score']:.3f}, Dice {_number(dice['chosen'])})")
+              f"chosen: score {pair['chosen_score']:.2f}, Dice {_number(dice['chosen'])[:4]}")
         _show(row[2], _slice(image, index), _slice(rejected, index),
-              f"rejected (score {pair['rejected_score']:.3f}, Dice {_number(dice['rejected'])})")
-        _show(row[3], _slice(image, index), _slice(region, index), f"disagreement D (|D| = {pair['region_size']})", "autumn")
+              f"rejected: score {pair['rejected_score']:.2f}, Dice {_number(dice['rejected'])[:4]}")
+        _show(row[3], _slice(image, index), _slice(region, index), f"disagreement D, |D| = {pair['region_size']}", "autumn")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

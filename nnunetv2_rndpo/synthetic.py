@@ -95,6 +95,7 @@ def make_synthetic_dataset(
     seed: int = 0,
     name: str | None = None,
     overwrite: bool = False,
+    shape: tuple[int, ...] | None = None,
 ) -> Path:
     """Writes the default synthetic study dataset ``Dataset<id>_<name>`` and returns its folder.
 
@@ -111,13 +112,17 @@ def make_synthetic_dataset(
         seed: the data's seed.
         name: dataset name. Default ``Synthetic2D`` / ``Synthetic3D``.
         overwrite: replace an existing dataset with this id.
+        shape: image size in voxels; None = 64×64 (2D) or 24×40×40 (3D).
 
     Raises:
-        ValueError: ``dim`` not 2 or 3, or counts below 1.
+        ValueError: ``dim`` not 2 or 3, ``shape`` of another dimension, or counts below 1.
         FileExistsError: the dataset exists and ``overwrite`` is False.
     """
     if dim not in SHAPES:
         raise ValueError(f"dim must be 2 or 3, got {dim}")
+    shape = tuple(shape) if shape is not None else SHAPES.get(dim)
+    if shape is None or len(shape) != dim:
+        raise ValueError(f"shape {shape} does not have dim = {dim} axes")
     if min(num_labeled, num_unlabeled, num_test) < 1:
         raise ValueError(f"need at least one labeled, unlabeled and test case, got {num_labeled}, {num_unlabeled}, "
                          f"{num_test}")
@@ -128,7 +133,7 @@ def make_synthetic_dataset(
     index = 0
     for split, count in counts.items():
         for _ in range(count):
-            image, label = synthetic_case(SHAPES[dim], np.random.default_rng([seed, index]))
+            image, label = synthetic_case(shape, np.random.default_rng([seed, index]))
             case_id = f"synth_{index:03d}"
             if dim == 2:
                 image = np.clip(image, 0, 255).astype(np.uint8)
