@@ -13,6 +13,9 @@ BIN := $(VENV)/bin
 export nnUNet_compile ?= f
 export nnUNet_n_proc_DA ?= 0
 export nnUNet_def_n_proc ?= 1
+# OpenMP threads sleep instead of spin while waiting: on a busy 2-core machine spinning made a training step
+# ~9x slower (0.53 s vs 0.06 s, measured); idle it costs little.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: demo test test-fast lint clean-venv
 

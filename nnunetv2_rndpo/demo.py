@@ -148,10 +148,13 @@ def demo_environment(root: Path) -> dict[str, str]:
     """The environment of every stage: nnU-Net's folders inside ``root``, the fastest CPU settings.
 
     The user's own ``nnUNet_*`` variables are dropped (see the module's Assumption), except that
-    ``nnUNet_n_proc_DA``, ``nnUNet_def_n_proc`` and ``nnUNet_compile`` keep the user's value if set.
+    ``nnUNet_n_proc_DA``, ``nnUNet_def_n_proc``, ``nnUNet_compile`` and ``OMP_WAIT_POLICY`` keep the user's
+    value if set.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet")}
-    speed = {"nnUNet_compile": "f", "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1"}
+    # OpenMP threads that sleep instead of spinning while they wait: on a busy 2-core machine spinning
+    # made a training step ~9x slower (0.53 s vs 0.06 s for a small conv net, measured); idle, it costs little.
+    speed = {"nnUNet_compile": "f", "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     env.update({k: os.environ.get(k, v) for k, v in speed.items()})
     env.update(nnUNet_raw=str(root / "nnUNet_raw"), nnUNet_preprocessed=str(root / "nnUNet_preprocessed"),
                nnUNet_results=str(root / "nnUNet_results"), nnUNet_extTrainer=str(TRAINERS_FOLDER))
