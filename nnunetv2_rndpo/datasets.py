@@ -283,7 +283,8 @@ def _msd_channel_names(source: Path, image: Path) -> dict[str, str]:
                          "and pass the converted folder")
     declared = source / "dataset.json"
     modality = json.loads(declared.read_text()).get("modality", {}) if declared.is_file() else {}
-    return {"0": modality.get("0", "MRI")} if modality else {"0": "image"}
+    # nnU-Net normalises by channel name: "CT" gets CT normalisation, anything else a per-case z-score
+    return {"0": modality.get("0", "image")}
 
 
 def find_png_cases(source: Path, group: Callable[[str], str], images_dir: str | None = None,

@@ -205,3 +205,13 @@ def test_tiny_dataset_still_has_the_tests_layout(tmp_path):
     assert split_cases_on_disk(folder, ".png")["Tr"] == {f"tiny_{i:03d}" for i in range(8)}
     assert len(list((folder / "labelsUnlabeled").glob("*.png"))) == 6
     make_tiny_dataset(tmp_path, 991, dim=2)  # tests call it again on the same folder
+
+
+def test_msd_dataset_json_names_labels_and_channel(tmp_path):
+    source = make_msd(tmp_path / "src")
+    (source / "dataset.json").write_text(json.dumps({"modality": {"0": "CT"},
+                                                     "labels": {"0": "background", "1": "Anterior", "2": "Posterior"}}))
+    folder = make_dataset(source, tmp_path / "raw", 4, "Hippo", 3, 2)
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    assert dataset_json["labels"] == {"background": 0, "Anterior": 1, "Posterior": 2}
+    assert dataset_json["channel_names"] == {"0": "CT"}
