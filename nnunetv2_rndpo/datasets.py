@@ -88,12 +88,14 @@ def group_function(group_regex: str | None = None, group_chars: int | None = Non
 
 
 def split_by_group(
-    case_groups: dict[str, str], num_labeled: int, num_test: int, seed: int, num_unlabeled: int | None = None
+    case_groups: dict[str, str], num_labeled: int, num_test: int, seed: int, num_unlabeled: int | None = None,
+    test_seed: int | None = None,
 ) -> dict[str, list[str]]:
     """Seeded, group-aware split into ``labeled``, ``unlabeled``, ``test`` and ``unused`` cases.
 
-    The groups are shuffled with ``seed``; test, then labeled, then unlabeled take whole groups in that
-    order while the group still fits into their count; the rest is ``unused``.
+    The groups are shuffled with ``test_seed`` (default ``seed``) and test takes whole groups while they
+    still fit its count; the remaining groups are shuffled with ``seed`` and labeled, then unlabeled take
+    groups the same way; the rest is ``unused``. A fixed ``test_seed`` keeps one test set for every ``seed``.
 
     Assumption: a split may end up with fewer cases than asked when groups are larger than one case and
     no remaining group fits exactly; the manifest records the real counts (the paper fixes no rule).
@@ -104,6 +106,7 @@ def split_by_group(
         num_test: M, held-out test cases (>= 0).
         seed: seed of the shuffle.
         num_unlabeled: K, the pool size; None = every remaining case.
+        test_seed: seed of the test split; None = ``seed``.
 
     Returns:
         ``{"labeled": [...], "unlabeled": [...], "test": [...], "unused": [...]}``, each sorted.
@@ -121,10 +124,13 @@ def split_by_group(
     members: dict[str, list[str]] = {}
     for case_id, group in sorted(case_groups.items()):
         members.setdefault(group, []).append(case_id)
-    order = [sorted(members)[i] for i in np.random.default_rng(seed).permutation(len(members))]
     targets = {"test": num_test, "labeled": num_labeled, "unlabeled": total if num_unlabeled is None else num_unlabeled}
     splits: dict[str, list[str]] = {name: [] for name in (*targets, "unused")}
+    order = sorted(members)
     for name, target in targets.items():
+        if name != "unlabeled":  # test draws with test_seed, labeled reshuffles the rest with seed
+            shuffle_seed = seed if name == "labeled" or test_seed is None else test_seed
+            order = [order[i] for i in np.random.default_rng(shuffle_seed).permutation(len(order))]
         for group in list(order):
             if len(splits[name]) + len(members[group]) <= target:
                 splits[name] += members[group]
@@ -330,8 +336,8 @@ def find_png_cases(source: Path, group: Callable[[str], str], images_dir: str | 
     return cases
 
 
-def _read_png(path: Path, size: tuple[int, int] | None, nearest: bool) -> np.ndarray:
-    """A PNG as a 2D uint8 array, optionally resized to ``size = (H, W)``.
+def _read_png(path: Path, size: tuple[int, int] | float | None, nearest: bool) -> np.ndarray:
+    """A PNG as a 2D uint8 array, optionally resized to ``size = (H, W)`` or by a scale factor.
 
     Assumption: colour images are converted to one grayscale channel (PIL's ``L``); the study datasets are
     grayscale (ultrasound, X-ray).
@@ -341,6 +347,8 @@ def _read_png(path: Path, size: tuple[int, int] | None, nearest: bool) -> np.nda
     with Image.open(path) as picture:
         if picture.mode not in ("L", "P", "I", "I;16") or not nearest:
             picture = picture.convert("L")
+        if isinstance(size, float):
+            size = (max(1, round(picture.height * size)), max(1, round(picture.width * size)))
         if size is not None:
             picture = picture.resize((size[1], size[0]), Image.NEAREST if nearest else Image.BILINEAR)
         return np.asarray(picture)
@@ -377,10 +385,14 @@ def make_dataset(
     images_dir: str | None = None,
     masks_dir: str | None = None,
     mask_suffix: str | None = None,
-    resize: tuple[int, int] | None = None,
+    resize: tuple[int, int] | float | None = None,
     overwrite: bool = False,
+    test_seed: int | None = None,
 ) -> Path:
     """Imports an MSD folder (has ``imagesTr/``) or a 2D PNG folder as a label-budget study dataset.
+
+    ``resize`` is ``(H, W)`` in pixels or one scale factor (each image's own size × factor, rounded);
+    ``test_seed`` draws the test split with its own seed (one test set for every ``seed``).
 
     Returns:
         The dataset folder ``<raw_root>/Dataset{id:03d}_{name}``.
@@ -398,9 +410,10 @@ def make_dataset(
     cases = find_msd_cases(source, group) if is_msd else find_png_cases(source, group, images_dir, masks_dir, mask_suffix)
     if len({c.case_id for c in cases}) != len(cases):
         raise ValueError(f"two files of {source} give the same case name after replacing unsafe characters")
-    splits = split_by_group({c.case_id: c.group for c in cases}, num_labeled, num_test, seed, num_unlabeled)
+    splits = split_by_group({c.case_id: c.group for c in cases}, num_labeled, num_test, seed, num_unlabeled, test_seed)
     split_of = {c: s for s, members in splits.items() if s != "unused" for c in members}
     manifest = {"source": str(source.resolve()), "format": "msd" if is_msd else "png", "seed": seed,
+                "test_seed": seed if test_seed is None else test_seed,
                 "grouping": {"regex": group_regex, "chars": group_chars},
                 "groups": {c.case_id: c.group for c in cases}, "splits": splits}
     if is_msd:
@@ -427,7 +440,7 @@ def make_dataset(
                              f"{masks[case.case_id].shape}; they must have the same size")
         writer.write_arrays(split_of[case.case_id], case.case_id, image, lookup[masks[case.case_id]])
     manifest["label_mapping"] = {str(k): v for k, v in mapping.items()}
-    manifest["resize"] = list(resize) if resize else None
+    manifest["resize"] = resize if resize is None or isinstance(resize, float) else list(resize)
     labels = {"background": 0, **{f"label_{i}" if len(mapping) > 2 else "foreground": i for i in range(1, len(mapping))}}
     return writer.finish(labels, {"0": "image"}, manifest)
 
@@ -447,22 +460,35 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", dest="raw_root", default=None, help="nnU-Net raw folder. Default: $nnUNet_raw")
     p.add_argument("--labeled", type=int, required=True, help="N: labeled cases for the base model")
     p.add_argument("--test", type=int, required=True, help="M: held-out test cases")
-    p.add_argument("--unlabeled", type=int, default=None,
+    p.add_argument("--unlabeled", "--pool", dest="unlabeled", type=int, default=None,
                    help="K: pool size. Default: every remaining case (synthetic: 3·N)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split (and of the synthetic data). Default: 0")
+    p.add_argument("--test-seed", type=int, default=None,
+                   help="seed of the test split only, so that one test set serves every --seed. Default: --seed")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset with this id")
     png = p.add_argument_group("2D PNG folders")
     png.add_argument("--images-dir", default=None, help="image subfolder. Default: images/ if it exists, else -i")
-    png.add_argument("--masks-dir", default=None, help=f"mask subfolder. Default: the first of {', '.join(MASK_FOLDERS)}")
+    png.add_argument("--masks-dir", "--masks", dest="masks_dir", default=None, help=f"mask subfolder. Default: the first of {', '.join(MASK_FOLDERS)}")
     png.add_argument("--mask-suffix", default=None,
                      help="mask name = image name + suffix + .png. Default: the first of '', _mask, _Annotation, _seg, "
                           "_label that exists")
-    png.add_argument("--resize", type=int, nargs=2, metavar=("H", "W"), default=None,
-                     help="resize images (bilinear) and masks (nearest) to H×W pixels")
+    png.add_argument("--resize", type=float, nargs="+", metavar="H W | F", default=None,
+                     help="resize images (bilinear) and masks (nearest) to H×W pixels, or by one factor F (e.g. 0.25)")
     group = p.add_argument_group("group-aware splitting (cases of one group never straddle splits)")
     group.add_argument("--group-regex", default=None, help=r"group = first capture of this regex in the name, e.g. '^(\d{3})'")
     group.add_argument("--group-chars", type=int, default=None, help="group = the first N characters of the name")
     return p
+
+
+def _resize_argument(values: list[float] | None) -> tuple[int, int] | float | None:
+    """``--resize H W`` (pixels) or ``--resize F`` (factor)."""
+    if values is None:
+        return None
+    if len(values) == 1 and 0 < values[0]:
+        return float(values[0])
+    if len(values) == 2 and all(v >= 1 and v == int(v) for v in values):
+        return int(values[0]), int(values[1])
+    raise ValueError(f"--resize takes H W (whole pixels) or one factor F > 0, got {values}")
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -474,15 +500,17 @@ def run(args: argparse.Namespace) -> Path:
         raise ValueError("no output folder: set $nnUNet_raw or pass -o RAW_FOLDER")
     if (args.source is None) == (args.synthetic is None):
         raise ValueError("give exactly one of -i SRC and --synthetic 2d|3d")
+    resize = _resize_argument(args.resize)
     if args.synthetic:
         folder = make_synthetic_dataset(raw_root, args.dataset_id, dim=int(args.synthetic[0]), num_labeled=args.labeled,
                                         num_unlabeled=args.unlabeled or 3 * args.labeled, num_test=args.test,
-                                        seed=args.seed, name=args.name, overwrite=args.overwrite)
+                                        seed=args.seed, name=args.name, overwrite=args.overwrite,
+                                        test_seed=args.test_seed)
     else:
         folder = make_dataset(args.source, raw_root, args.dataset_id, args.name or _case_name(Path(args.source).resolve().name),
                               args.labeled, args.test, args.seed, args.unlabeled, args.group_regex, args.group_chars,
-                              args.images_dir, args.masks_dir, args.mask_suffix,
-                              tuple(args.resize) if args.resize else None, args.overwrite)
+                              args.images_dir, args.masks_dir, args.mask_suffix, resize, args.overwrite,
+                              args.test_seed)
     counts = {k: len(v) for k, v in read_manifest(folder)["splits"].items()}
     print(f"{folder}: {counts['labeled']} labeled, {counts['unlabeled']} unlabeled, {counts['test']} test cases"
           + (f", {counts['unused']} unused" if counts.get("unused") else ""))

@@ -96,11 +96,14 @@ def make_synthetic_dataset(
     name: str | None = None,
     overwrite: bool = False,
     shape: tuple[int, ...] | None = None,
+    test_seed: int | None = None,
 ) -> Path:
     """Writes the default synthetic study dataset ``Dataset<id>_<name>`` and returns its folder.
 
     Case i is drawn from ``default_rng([seed, i])`` and the cases are taken in order test, labeled,
-    unlabeled, so one seed gives the same test set whatever the pool size.
+    unlabeled, so one seed gives the same test set whatever the pool size. With ``test_seed`` the test
+    cases are drawn from ``default_rng([test_seed, i])``: one test set for every ``seed``, never equal to
+    a labeled or pool case of another seed.
 
     Args:
         raw_root: ``$nnUNet_raw``.
@@ -113,6 +116,7 @@ def make_synthetic_dataset(
         name: dataset name. Default ``Synthetic2D`` / ``Synthetic3D``.
         overwrite: replace an existing dataset with this id.
         shape: image size in voxels; None = 64×64 (2D) or 24×40×40 (3D).
+        test_seed: seed of the test cases; None = ``seed``.
 
     Raises:
         ValueError: ``dim`` not 2 or 3, ``shape`` of another dimension, or counts below 1.
@@ -133,7 +137,8 @@ def make_synthetic_dataset(
     index = 0
     for split, count in counts.items():
         for _ in range(count):
-            image, label = synthetic_case(shape, np.random.default_rng([seed, index]))
+            case_seed = test_seed if split == "test" and test_seed is not None else seed
+            image, label = synthetic_case(shape, np.random.default_rng([case_seed, index]))
             case_id = f"synth_{index:03d}"
             if dim == 2:
                 image = np.clip(image, 0, 255).astype(np.uint8)
@@ -141,6 +146,7 @@ def make_synthetic_dataset(
             splits[split].append(case_id)
             index += 1
     manifest = {"source": f"synthetic {dim}d", "format": "synthetic", "seed": seed,
+                "test_seed": seed if test_seed is None else test_seed,
                 "groups": {c: c for cases in splits.values() for c in cases}, "splits": splits}
     return writer.finish({"background": 0, "organ": 1, "lesion": 2}, {"0": "synthetic"}, manifest)
 

@@ -215,3 +215,29 @@ def test_msd_dataset_json_names_labels_and_channel(tmp_path):
     dataset_json = json.loads((folder / "dataset.json").read_text())
     assert dataset_json["labels"] == {"background": 0, "Anterior": 1, "Posterior": 2}
     assert dataset_json["channel_names"] == {"0": "CT"}
+
+
+def test_test_seed_fixes_the_test_set_across_seeds(tmp_path):
+    cases = {f"c{i:02d}": f"c{i:02d}" for i in range(30)}
+    a = split_by_group(cases, 5, 6, seed=1, test_seed=0)
+    b = split_by_group(cases, 5, 6, seed=2, test_seed=0)
+    assert a["test"] == b["test"] and a["labeled"] != b["labeled"]
+    s1 = make_synthetic_dataset(tmp_path / "s1", 980, num_labeled=2, num_unlabeled=2, num_test=2, seed=1, test_seed=0)
+    s2 = make_synthetic_dataset(tmp_path / "s2", 980, num_labeled=2, num_unlabeled=2, num_test=2, seed=2, test_seed=0)
+    tests = {k: v for k, v in digest(s1).items() if "Ts" in k}
+    assert tests == {k: v for k, v in digest(s2).items() if "Ts" in k}
+    assert {k: v for k, v in digest(s1).items() if "Tr/" in k} != {k: v for k, v in digest(s2).items() if "Tr/" in k}
+
+
+def test_study_runner_flags(tmp_path):
+    """The flags nnUNetv2_rndpo_study passes: --masks, --pool, --resize F, --test-seed."""
+    source = make_png_folder(tmp_path / "hc")
+    main(["-i", str(source), "-d", "9", "-n", "HC", "-o", str(tmp_path / "raw"), "--labeled", "3", "--test", "3",
+          "--masks", "masks_filled", "--group-regex", r"^(\d+)_", "--resize", "0.5", "--pool", "4", "--test-seed", "0"])
+    folder = tmp_path / "raw" / "Dataset009_HC"
+    manifest = read_manifest(folder)
+    assert len(manifest["splits"]["unlabeled"]) <= 4 and manifest["test_seed"] == 0 and manifest["resize"] == 0.5
+    assert np.asarray(Image.open(next((folder / "imagesTr").glob("*.png")))).shape == (10, 15)
+    with pytest.raises(SystemExit):
+        main(["-i", str(source), "-d", "10", "-o", str(tmp_path / "raw"), "--labeled", "3", "--test", "3",
+              "--resize", "1", "2", "3"])
