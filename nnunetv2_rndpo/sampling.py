@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
+from threadpoolctl import threadpool_limits
 
 
 def patch_bbox(
@@ -85,12 +86,16 @@ class PairPatchSampler:
             of a target is the chosen mask, channel 1 the rejected one; scale 0 is full resolution.
         """
         indices = self.rng.integers(len(self.pairs), size=batch_size)
-        images, masks = zip(*(self.sample(self.pairs[i]) for i in indices), strict=True)
-        if isinstance(masks[0], list):
-            target = [torch.stack([m[s] for m in masks]) for s in range(len(masks[0]))]
-        else:
-            target = [torch.stack(masks)]
-        return {"data": torch.stack(images), "target": target, "pair_index": torch.from_numpy(indices)}
+        # as nnU-Net's own loader (nnUNetDataLoader.generate_train_batch): no autograd, one thread per worker;
+        # multi-threaded ops on patch-sized tensors cost more in synchronisation than they gain
+        with torch.no_grad(), threadpool_limits(limits=1, user_api=None):
+            images, masks = zip(*(self.sample(self.pairs[i]) for i in indices), strict=True)
+            if isinstance(masks[0], list):
+                target = [torch.stack([m[s] for m in masks]) for s in range(len(masks[0]))]
+            else:
+                target = [torch.stack(masks)]
+            data = torch.stack(images)
+        return {"data": data, "target": target, "pair_index": torch.from_numpy(indices)}
 
 
 class PreferenceBatchLoader:
