@@ -13,6 +13,9 @@ BIN := $(VENV)/bin
 export nnUNet_compile ?= f
 export nnUNet_n_proc_DA ?= 0
 export nnUNet_def_n_proc ?= 1
+# OpenMP threads sleep instead of spin while waiting: on a busy 2-core machine spinning made a training step
+# ~9x slower (0.53 s vs 0.06 s, measured); idle it costs little.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: demo test test-fast lint clean-venv
 
@@ -24,7 +27,7 @@ $(BIN)/.installed: setup.py
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/nnUNetv2_rndpo_smoke -o demo_output
+	$(BIN)/nnUNetv2_rndpo_demo -o demo_output
 
 # pytest exits 5 when it collects nothing; make treats any non-zero exit as failure, so an empty
 # suite cannot pass silently.

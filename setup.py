@@ -25,7 +25,8 @@ setup(
     extras_require={"test": ["pytest", "hypothesis", "ruff"]},
     entry_points={
         "console_scripts": [
-            "nnUNetv2_rndpo_smoke = nnunetv2_rndpo.smoke:main",
+            "nnUNetv2_rndpo_demo = nnunetv2_rndpo.demo:main",
+            "nnUNetv2_rndpo_make_dataset = nnunetv2_rndpo.datasets:main",
             "nnUNetv2_rndpo_proposals = nnunetv2_rndpo.commands:main_proposals",
             "nnUNetv2_rndpo_judge = nnunetv2_rndpo.commands:main_judge",
             "nnUNetv2_rndpo_mine = nnunetv2_rndpo.commands:main_mine",

@@ -1,20 +1,157 @@
-"""Tiny synthetic nnU-Net raw datasets with an unlabeled pool, for tests and smoke runs.
+"""Synthetic nnU-Net raw datasets with an unlabeled pool: the built-in demo default and the tests' tiny sets.
 
-Each case is one noisy ellipse (2D PNG) or ellipsoid (3D NIfTI) with label 1, plus a bright look-alike
-distractor that is *not* labelled, at low contrast, so that a briefly trained base model is imperfect.
-Layout: ``imagesTr/labelsTr`` (labeled), ``imagesUnlabeled/labelsUnlabeled`` (pool with hidden labels),
-``imagesTs/labelsTs`` (test), ``dataset.json``. Deterministic from ``seed``.
+Layout (as :mod:`nnunetv2_rndpo.datasets` writes it): ``imagesTr/labelsTr`` (labeled),
+``imagesUnlabeled/labelsUnlabeled`` (pool with hidden labels), ``imagesTs/labelsTs`` (test), ``dataset.json``,
+``rndpo_splits.json``. Everything is deterministic from ``seed``.
+
+- :func:`make_synthetic_dataset` (the default of ``nnUNetv2_rndpo_make_dataset --synthetic`` and of the
+  demo): two touching structures (an "organ", label 1, with a "lesion", label 2, sitting on its border),
+  a wobbly outline, low contrast, a smooth multiplicative bias field, noise, and an unlabelled
+  organ-like distractor — so that a base model trained on a few labeled cases is clearly imperfect.
+- :func:`make_tiny_dataset`: one ellipse and a distractor, label 1 only; the fast tests' dataset.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from nnunetv2_rndpo.datasets import SPLIT_FOLDERS, RawDatasetWriter
 
-def _case(shape: tuple[int, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+SHAPES = {2: (64, 64), 3: (24, 40, 40)}
+
+
+def _grid(shape: tuple[int, ...]) -> np.ndarray:
+    """Voxel coordinates scaled to [0, 1) per axis, shape ``(*shape, ndim)``."""
+    axes = [np.arange(s) / s for s in shape]
+    return np.stack(np.meshgrid(*axes, indexing="ij"), -1)
+
+
+def _blob(grid: np.ndarray, center: np.ndarray, radii: np.ndarray, angle: float, wobble: float,
+          phase: float) -> np.ndarray:
+    """A rotated ellipse/ellipsoid whose outline wobbles: the boundary radius is scaled by
+    1 + wobble·sin(3θ + phase), θ the angle in the last two axes. Returns a bool mask."""
+    offset = grid - center
+    cos, sin = np.cos(angle), np.sin(angle)
+    rotated = offset.copy()
+    rotated[..., -2] = cos * offset[..., -2] - sin * offset[..., -1]
+    rotated[..., -1] = sin * offset[..., -2] + cos * offset[..., -1]
+    theta = np.arctan2(rotated[..., -1], rotated[..., -2])
+    distance = np.sqrt(((rotated / radii) ** 2).sum(-1))
+    return distance <= 1 + wobble * np.sin(3 * theta + phase)
+
+
+def synthetic_case(shape: tuple[int, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One case of the default synthetic dataset.
+
+    Intensity = bias · (100 + organ·c₁ + lesion·c₂ + distractor·c_d) + N(0, σ²), with contrasts
+    c₁ ~ U(14, 24), c₂ ~ U(30, 42) (the lesion is brighter than the organ it sits on), c_d ~ U(12, 24)
+    (the distractor looks like the organ but is not labelled), σ = 16, and a bias field
+    1 + a·(linear ramp) + b·sin(low frequency) with |a|, |b| ≤ 0.2.
+
+    Assumption: the difficulty knobs (contrast, noise, bias, distractor) were tuned so that a base model
+    trained briefly on 8 labeled 2D cases reaches a test Dice clearly below 1 on CPU; they are not
+    taken from a paper.
+
+    Returns:
+        ``(image float32, label uint8 in {0, 1, 2})``, both of ``shape``.
+    """
+    grid = _grid(shape)
+    ndim = len(shape)
+
+    def params(low: float, high: float, center_low: float = 0.3, center_high: float = 0.7):
+        return (rng.uniform(center_low, center_high, ndim), rng.uniform(low, high, ndim),
+                rng.uniform(0, np.pi), rng.uniform(0.0, 0.15), rng.uniform(0, 2 * np.pi))
+
+    organ_center, organ_radii, *organ_rest = params(0.14, 0.24, 0.35, 0.65)
+    organ = _blob(grid, organ_center, organ_radii, *organ_rest)
+    direction = rng.normal(size=ndim)
+    direction /= np.linalg.norm(direction)
+    lesion_center = organ_center + direction * organ_radii * rng.uniform(0.7, 1.0)
+    lesion = _blob(grid, lesion_center, rng.uniform(0.06, 0.11, ndim), rng.uniform(0, np.pi), 0.0, 0.0)
+    label = np.where(lesion, 2, np.where(organ, 1, 0)).astype(np.uint8)
+    distractor = np.zeros(shape, bool)
+    for _ in range(20):  # a look-alike elsewhere, not touching the labelled structures
+        candidate = _blob(grid, *params(0.1, 0.2, 0.15, 0.85))
+        if not (candidate & (label > 0)).any():
+            distractor = candidate
+            break
+    ramp = (grid - 0.5) @ rng.uniform(-0.4, 0.4, ndim)
+    wave = np.sin(2 * np.pi * (grid @ rng.uniform(0.3, 1.0, ndim)) + rng.uniform(0, 2 * np.pi))
+    bias = 1 + ramp + rng.uniform(-0.2, 0.2) * wave
+    image = bias * (100 + organ * rng.uniform(14, 24) + lesion * rng.uniform(30, 42)
+                    + distractor * rng.uniform(12, 24)) + rng.normal(0, 16, shape)
+    return image.astype(np.float32), label
+
+
+def make_synthetic_dataset(
+    raw_root: str | Path,
+    dataset_id: int,
+    dim: int = 2,
+    num_labeled: int = 8,
+    num_unlabeled: int = 24,
+    num_test: int = 10,
+    seed: int = 0,
+    name: str | None = None,
+    overwrite: bool = False,
+    shape: tuple[int, ...] | None = None,
+    test_seed: int | None = None,
+) -> Path:
+    """Writes the default synthetic study dataset ``Dataset<id>_<name>`` and returns its folder.
+
+    Case i is drawn from ``default_rng([seed, i])`` and the cases are taken in order test, labeled,
+    unlabeled, so one seed gives the same test set whatever the pool size. With ``test_seed`` the test
+    cases are drawn from ``default_rng([test_seed, i])``: one test set for every ``seed``, never equal to
+    a labeled or pool case of another seed.
+
+    Args:
+        raw_root: ``$nnUNet_raw``.
+        dataset_id: nnU-Net dataset id.
+        dim: 2 (64×64 PNG, nnU-Net's ``2d``) or 3 (24×40×40 NIfTI, ``3d_fullres``).
+        num_labeled: N labeled cases.
+        num_unlabeled: K pool cases (hidden labels in ``labelsUnlabeled``).
+        num_test: M test cases.
+        seed: the data's seed.
+        name: dataset name. Default ``Synthetic2D`` / ``Synthetic3D``.
+        overwrite: replace an existing dataset with this id.
+        shape: image size in voxels; None = 64×64 (2D) or 24×40×40 (3D).
+        test_seed: seed of the test cases; None = ``seed``.
+
+    Raises:
+        ValueError: ``dim`` not 2 or 3, ``shape`` of another dimension, or counts below 1.
+        FileExistsError: the dataset exists and ``overwrite`` is False.
+    """
+    if dim not in SHAPES:
+        raise ValueError(f"dim must be 2 or 3, got {dim}")
+    shape = tuple(shape) if shape is not None else SHAPES.get(dim)
+    if shape is None or len(shape) != dim:
+        raise ValueError(f"shape {shape} does not have dim = {dim} axes")
+    if min(num_labeled, num_unlabeled, num_test) < 1:
+        raise ValueError(f"need at least one labeled, unlabeled and test case, got {num_labeled}, {num_unlabeled}, "
+                         f"{num_test}")
+    writer = RawDatasetWriter(raw_root, dataset_id, name or f"Synthetic{dim}D", ".png" if dim == 2 else ".nii.gz",
+                              overwrite)
+    counts = {"test": num_test, "labeled": num_labeled, "unlabeled": num_unlabeled}
+    splits: dict[str, list[str]] = {split: [] for split in (*SPLIT_FOLDERS, "unused")}
+    index = 0
+    for split, count in counts.items():
+        for _ in range(count):
+            case_seed = test_seed if split == "test" and test_seed is not None else seed
+            image, label = synthetic_case(shape, np.random.default_rng([case_seed, index]))
+            case_id = f"synth_{index:03d}"
+            if dim == 2:
+                image = np.clip(image, 0, 255).astype(np.uint8)
+            writer.write_arrays(split, case_id, image, label)
+            splits[split].append(case_id)
+            index += 1
+    manifest = {"source": f"synthetic {dim}d", "format": "synthetic", "seed": seed,
+                "test_seed": seed if test_seed is None else test_seed,
+                "groups": {c: c for cases in splits.values() for c in cases}, "splits": splits}
+    return writer.finish({"background": 0, "organ": 1, "lesion": 2}, {"0": "synthetic"}, manifest)
+
+
+def _tiny_case(shape: tuple[int, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).astype(float)
     size = np.array(shape, float)
 
@@ -38,37 +175,20 @@ def make_tiny_dataset(
     num_test: int = 3,
     seed: int = 0,
 ) -> Path:
-    """Writes ``Dataset<id>_Tiny<dim>D`` under ``raw_root`` and returns its folder."""
-    import SimpleITK as sitk
+    """Writes ``Dataset<id>_Tiny<dim>D`` (32×32 PNG or 16×24×24 NIfTI, label 1) and returns its folder.
 
+    Each case is one noisy ellipse with a bright unlabelled look-alike, at low contrast.
+    """
     rng = np.random.default_rng(seed)
-    folder = Path(raw_root) / f"Dataset{dataset_id:03d}_Tiny{dim}D"
-    shape = (32, 32) if dim == 2 else (16, 24, 24)
-    ending = ".png" if dim == 2 else ".nii.gz"
-    splits = {"Tr": num_labeled, "Unlabeled": num_unlabeled, "Ts": num_test}
+    writer = RawDatasetWriter(raw_root, dataset_id, f"Tiny{dim}D", ".png" if dim == 2 else ".nii.gz", overwrite=True)
+    splits: dict[str, list[str]] = {split: [] for split in (*SPLIT_FOLDERS, "unused")}
     index = 0
-    for split, count in splits.items():
-        (folder / f"images{split}").mkdir(parents=True, exist_ok=True)
-        (folder / f"labels{split}").mkdir(parents=True, exist_ok=True)
+    for split, count in {"labeled": num_labeled, "unlabeled": num_unlabeled, "test": num_test}.items():
         for _ in range(count):
-            image, label = _case(shape, rng)
-            name = f"tiny_{index:03d}"
+            image, label = _tiny_case((32, 32) if dim == 2 else (16, 24, 24), rng)
+            case_id = f"tiny_{index:03d}"
+            writer.write_arrays(split, case_id, np.clip(image, 0, 255).astype(np.uint8) if dim == 2 else image, label)
+            splits[split].append(case_id)
             index += 1
-            if dim == 2:
-                from PIL import Image
-
-                Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(folder / f"images{split}" / f"{name}_0000.png")
-                Image.fromarray(label).save(folder / f"labels{split}" / f"{name}.png")
-            else:
-                for array, path in ((image, folder / f"images{split}" / f"{name}_0000.nii.gz"),
-                                    (label, folder / f"labels{split}" / f"{name}.nii.gz")):
-                    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
-    dataset_json = {
-        "channel_names": {"0": "synthetic"},
-        "labels": {"background": 0, "target": 1},
-        "numTraining": num_labeled,
-        "file_ending": ending,
-        "name": f"Tiny{dim}D",
-    }
-    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
-    return folder
+    manifest = {"source": f"tiny {dim}d", "format": "synthetic", "seed": seed, "splits": splits}
+    return writer.finish({"background": 0, "target": 1}, {"0": "synthetic"}, manifest)
