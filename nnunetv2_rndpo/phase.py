@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nnunetv2_rndpo.checkpoint import base_weights
 from nnunetv2_rndpo.distributed import barrier, broadcast_from_rank0, rank_and_world
 from nnunetv2_rndpo.metrics import dice_per_class, foreground_mean
 from nnunetv2_rndpo.mining import MiningParams, Pair
@@ -194,18 +195,11 @@ class PreferencePhase:
         t = self.trainer
         reference_file = self.fold_folder / "rndpo_reference.pth"
         if t.current_epoch == 0:
-            checkpoint = torch.load(self.base_checkpoint(), map_location=t.device, weights_only=False)
-            weights = {k.removeprefix("module."): v for k, v in checkpoint["network_weights"].items()}
+            path = self.base_checkpoint()
             network = t.network.module if t.is_ddp else t.network
             network = getattr(network, "_orig_mod", network)
-            own = network.state_dict()
-            mismatched = [k for k in own if k not in weights or weights[k].shape != own[k].shape]
-            if mismatched:
-                raise ValueError(
-                    f"The base checkpoint {self.base_checkpoint()} does not fit this dataset's "
-                    f"{t.configuration_name} network (e.g. {mismatched[:3]}): was it trained with another "
-                    "configuration, plans or number of classes? Point base_checkpoint at a matching model."
-                )
+            weights = base_weights(torch.load(path, map_location=t.device, weights_only=False), path,
+                                   t.configuration_name, network.state_dict(), t.label_manager.num_segmentation_heads)
             network.load_state_dict(weights)
             if self.rank == 0:
                 temporary = reference_file.with_name(reference_file.name + ".tmp")
@@ -224,7 +218,8 @@ class PreferencePhase:
         return BaseModel.from_trainer(self.trainer, self.reference, self.base_checkpoint())
 
     def _prepare_pool(self) -> PreprocessedPool:
-        pool = prepare_pool(self._base_model(), self.config.unlabeled_dir, num_parts=self.world, part_id=self.rank)
+        pool = prepare_pool(self._base_model(), self.config.unlabeled_dir, num_parts=self.world, part_id=self.rank,
+                            on_bad_case=self.config.on_bad_case, log=self.trainer.print_to_log_file)
         barrier()  # under DDP each rank preprocessed its part of the pool
         return pool
 

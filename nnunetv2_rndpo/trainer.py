@@ -46,6 +46,7 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
         self.num_iterations_per_epoch = cfg.num_iterations_per_epoch
         self.num_val_iterations_per_epoch = cfg.num_val_iterations_per_epoch
         self.initial_lr = cfg.learning_rate
+        self.save_every = cfg.save_every
         # nnU-Net's augmentation draws from the global generators; seeding them makes CPU runs repeatable
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
