@@ -30,7 +30,7 @@ import torch
 from nnunetv2_rndpo.checkpoint import base_weights
 from nnunetv2_rndpo.distributed import barrier, broadcast_from_rank0, rank_and_world
 from nnunetv2_rndpo.metrics import dice_per_class, foreground_mean
-from nnunetv2_rndpo.mining import MiningParams, Pair
+from nnunetv2_rndpo.mining import MiningParams, Pair, require_trainable_pairs
 from nnunetv2_rndpo.objective import consistency_loss
 from nnunetv2_rndpo.pipeline import (
     BaseModel,
@@ -255,11 +255,13 @@ class PreferencePhase:
                                           hidden_true_dice(base, pool, cache))
             self.judge_metrics = {k: stats[k] for k in ("judge/margin_mean", "pairs/identical_cases",
                                                          "judge/oracle_pair_acc") if k in stats}
-        if not self.pairs:
-            raise ValueError(
-                f"No preference pairs from the {len(pool.case_ids)} pool cases: the mined proposals are identical "
-                "or filtered out, so there is nothing to learn. Add proposal sources (e.g. 'threshold', "
-                "'temperature'), raise num_proposals, relax the mining_* filters or use mining='top_random'.")
+        no_pair = int(self.judge_metrics.get("pairs/identical_cases", 0))
+        if no_pair:
+            self.trainer.print_to_log_file(
+                f"RN-DPO: {no_pair} of {len(pool.case_ids) - len(self.guard_cases)} pool cases gave no pair "
+                "(identical proposals, tied scores or filtered out)")
+        min_region = self.config.min_region_voxels if getattr(self.trainer, "skips_small_regions", True) else 1
+        require_trainable_pairs(self.pairs, min_region, len(pool.case_ids))
 
     def _measure_flip_rate(self) -> dict[str, float]:
         """``label_smoothing: "auto"``: the judge's flip rate on the fold's labeled validation cases."""

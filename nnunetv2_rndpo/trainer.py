@@ -19,8 +19,8 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunetv2_rndpo.compat import require_supported_nnunet
 from nnunetv2_rndpo.config import load_config
 from nnunetv2_rndpo.objective import (
     agreement_loss,
@@ -31,11 +31,18 @@ from nnunetv2_rndpo.objective import (
 )
 from nnunetv2_rndpo.phase import PreferencePhase, epoch_metrics
 
+# nothing above imports nnunetv2: an unsupported version gets a clear error here, not a deep traceback later
+require_supported_nnunet()
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: E402
+
 
 class nnUNetTrainerRNDPO(nnUNetTrainer):
     """Region-Normalized DPO fine-tuning of a trained nnU-Net model (``normalization='region'``)."""
 
     preset: ClassVar[dict] = {"normalization": "region"}
+    # pairs whose patch has fewer than min_region_voxels disagreeing voxels are skipped by the loss
+    skips_small_regions: ClassVar[bool] = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnUNetTrainer's exact signature)
@@ -201,6 +208,8 @@ class nnUNetTrainerPseudoLabel(nnUNetTrainerRNDPO):
     mask is unused and there is no reference term.
     """
 
+    skips_small_regions: ClassVar[bool] = False
+
     def preference_step(self, data, output, target):
         chosen = [t[:, :1] for t in target]
         if self.label_manager.has_regions:
@@ -221,6 +230,8 @@ def read_pairs_file(fold_folder: str | Path) -> list[dict]:
 class nnUNetTrainerContinuedSFT(nnUNetTrainerRNDPO):
     """Control for "more training": nnU-Net's supervised loss on the labeled cases only, with the same start
     point, schedule and optimiser as the preference trainers (the preference batches are drawn but unused)."""
+
+    skips_small_regions: ClassVar[bool] = False
 
     preset: ClassVar[dict] = {"sft_weight": 1.0}
 
