@@ -23,7 +23,13 @@ from nnunetv2_rndpo.checkpoint import base_weights
 from nnunetv2_rndpo.compat import require_supported_nnunet
 from nnunetv2_rndpo.config import RNDPOConfig
 from nnunetv2_rndpo.mining import MiningParams, Pair, require_trainable_pairs
-from nnunetv2_rndpo.objective import agreement_loss, consistency_loss, disagreement_region, pair_log_ratios, preference_loss
+from nnunetv2_rndpo.objective import (
+    agreement_loss,
+    consistency_loss,
+    disagreement_region,
+    pair_log_ratios,
+    preference_loss,
+)
 from nnunetv2_rndpo.pipeline import mine_pool, prepare_pool, require_complete
 from nnunetv2_rndpo.pool import BadCaseError
 from nnunetv2_rndpo.proposals import ProposalCache, generate_proposals
