@@ -13,6 +13,7 @@ modules of this package. Configuration: :mod:`nnunetv2_rndpo.config`.
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 from typing import ClassVar
@@ -185,7 +186,12 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
         super().on_epoch_end()
 
     def save_checkpoint(self, filename: str) -> None:
-        super().save_checkpoint(filename)
+        """nnU-Net's checkpoint, written to a temporary file and renamed: a run killed while writing keeps the
+        previous checkpoint intact for ``--c``. The sampler state follows it (``checkpoint_*.rndpo.json``)."""
+        temporary = f"{filename}.tmp"
+        super().save_checkpoint(temporary)
+        if os.path.isfile(temporary):  # only rank 0 writes, and nothing with checkpointing disabled
+            os.replace(temporary, filename)
         if self.phase is not None and self.local_rank == 0 and not self.disable_checkpointing:
             self.phase.save_state(filename)
 
