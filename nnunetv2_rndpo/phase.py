@@ -79,6 +79,15 @@ def epoch_metrics(train_outputs: list[dict]) -> dict[str, float]:
     return metrics
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """One JSON object per line; a line that does not parse (the last one of a killed writer) is skipped."""
+    rows = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            rows.append(json.loads(line))
+    return rows
+
+
 class PreferenceBatches:
     """The training iterator nnU-Net's loop pulls from: preference batches, plus labeled batches if needed."""
 
@@ -379,15 +388,16 @@ class PreferencePhase:
             f.write(json.dumps({"epoch": epochs_done, **row}) + "\n")
 
     def _truncate_metrics(self, epochs_done: int) -> None:
-        """On ``--c``: drops rows written after the checkpoint we resume from."""
+        """On ``--c``: drops rows written after the checkpoint we resume from (and a line cut off by a kill)."""
         path = self.fold_folder / "rndpo_metrics.jsonl"
         if path.is_file():
-            rows = [r for r in path.read_text().splitlines() if r and json.loads(r)["epoch"] <= epochs_done]
+            rows = [json.dumps(r) for r in self.read_metrics() if r["epoch"] <= epochs_done]
             atomic_write_text(path, "".join(r + "\n" for r in rows))
 
     def read_metrics(self) -> list[dict]:
+        """The rows of ``rndpo_metrics.jsonl``; a last line cut off by a killed run is left out."""
         path = self.fold_folder / "rndpo_metrics.jsonl"
-        return [json.loads(r) for r in path.read_text().splitlines() if r] if path.is_file() else []
+        return read_jsonl(path) if path.is_file() else []
 
     def _plot(self) -> None:
         import matplotlib

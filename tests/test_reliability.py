@@ -352,3 +352,11 @@ def test_a_missing_nnunet_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(metadata, "version", missing)
     with pytest.raises(ImportError, match="nnunetv2 is not installed; .* pip install 'nnunetv2>=2.8.1,<2.9'"):
         require_supported_nnunet()
+
+
+def test_a_metrics_line_cut_off_by_a_kill_is_skipped(tmp_path):
+    from nnunetv2_rndpo.phase import read_jsonl
+
+    path = tmp_path / "rndpo_metrics.jsonl"
+    path.write_text('{"epoch": 0, "loss": 1.0}\n{"epoch": 1, "loss": 0.5}\n{"epoch": 2, "lo')
+    assert read_jsonl(path) == [{"epoch": 0, "loss": 1.0}, {"epoch": 1, "loss": 0.5}]
