@@ -38,8 +38,8 @@ def reliability(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("reliability")
     env = prepare(root, DATASET_ID, 2, "2d")
-    # 256×256 is ~200 sliding-window tiles per flip: long enough to kill the proposals after the first case
-    big = np.random.default_rng(0).normal(100, 20, (256, 256)).clip(0, 255).astype(np.uint8)
+    # 96×96 is 25 sliding-window tiles per flip: long enough to kill the proposals after the first case
+    big = np.random.default_rng(0).normal(100, 20, (96, 96)).clip(0, 255).astype(np.uint8)
     Image.fromarray(big).save(root / "raw" / DATASET / "imagesUnlabeled" / "tiny_008_big_0000.png")
     shutil.copytree(root / "results", root / "base_results")  # the base model alone, for clean runs
     return root, env
