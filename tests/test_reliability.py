@@ -360,3 +360,22 @@ def test_a_metrics_line_cut_off_by_a_kill_is_skipped(tmp_path):
     path = tmp_path / "rndpo_metrics.jsonl"
     path.write_text('{"epoch": 0, "loss": 1.0}\n{"epoch": 1, "loss": 0.5}\n{"epoch": 2, "lo')
     assert read_jsonl(path) == [{"epoch": 0, "loss": 1.0}, {"epoch": 1, "loss": 0.5}]
+
+
+def test_patches_are_copies_of_the_pool_image(tmp_path):
+    """The crop of an image larger than the patch must not be a view of the pool image: that is a read-only
+    memory map, and nnU-Net's augmentation writes into the patch in place (a segfault in training)."""
+    from nnunetv2_rndpo.sampling import PairPatchSampler
+
+    original = np.arange(96 * 96, dtype=np.float32).reshape(1, 1, 96, 96)
+    image = original.copy()  # writable here, so that aliasing shows as a changed image instead of a crash
+    cache = ProposalCache(tmp_path, {"seed": 1})
+    cache.save_case("a", np.stack([np.zeros((1, 96, 96)), np.ones((1, 96, 96))]).astype(np.uint8),
+                    np.zeros((2, 1, 96, 96), np.float16))
+    pair = Pair("a", 1, 0, 0.9, 0.1, 96 * 96)
+    sampler = PairPatchSampler([pair], SimpleNamespace(image=lambda case_id: image), cache, (32, 32), (40, 40),
+                               None, 0.0, np.random.default_rng(0))
+    for _ in range(20):
+        patch, _ = sampler.sample(pair)
+        patch.add_(1.0)  # what an in-place augmentation does
+    assert np.array_equal(image, original)
