@@ -27,7 +27,7 @@ DATASET_ID, DATASET = 996, "Dataset996_Tiny2D"
 TRAINER = "nnUNetTrainerRNDPO"
 PROPOSALS = ["-d", str(DATASET_ID), "-c", "2d", "-tr", "nnUNetTrainer_rndpoSmoke", "-n", "4", "--quiet",
              "-device", "cpu"]
-SCHEDULE = {"num_epochs": 4, "num_iterations_per_epoch": 3, "num_val_iterations_per_epoch": 1, "eval_every": 0,
+SCHEDULE = {"num_epochs": 3, "num_iterations_per_epoch": 3, "num_val_iterations_per_epoch": 1, "eval_every": 0,
             "guard_num_cases": 0, "save_every": 1}
 POOL_SIZE = 7  # the synthetic pool's 6 cases and the large one
 
@@ -38,8 +38,9 @@ def reliability(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("reliability")
     env = prepare(root, DATASET_ID, 2, "2d")
-    # 96×96 is 25 sliding-window tiles per flip: long enough to kill the proposals after the first case
-    big = np.random.default_rng(0).normal(100, 20, (96, 96)).clip(0, 255).astype(np.uint8)
+    # 64×64 (9 sliding-window tiles per flip) makes the second case slow enough to kill the proposals after the
+    # first, and its patches are crops without padding (views of the pool image, see sampling.py)
+    big = np.random.default_rng(0).normal(100, 20, (64, 64)).clip(0, 255).astype(np.uint8)
     Image.fromarray(big).save(root / "raw" / DATASET / "imagesUnlabeled" / "tiny_008_big_0000.png")
     shutil.copytree(root / "results", root / "base_results")  # the base model alone, for clean runs
     return root, env
