@@ -29,7 +29,7 @@ import torch
 
 from nnunetv2_rndpo.checkpoint import base_weights
 from nnunetv2_rndpo.distributed import barrier, broadcast_from_rank0, rank_and_world
-from nnunetv2_rndpo.metrics import dice_per_class, foreground_mean
+from nnunetv2_rndpo.evaluation import dice_on_test_set, preprocessed_test_set
 from nnunetv2_rndpo.mining import MiningParams, Pair, require_trainable_pairs
 from nnunetv2_rndpo.objective import consistency_loss
 from nnunetv2_rndpo.pipeline import (
@@ -46,7 +46,7 @@ from nnunetv2_rndpo.pipeline import (
     score_pool,
     split_cases,
 )
-from nnunetv2_rndpo.pool import PreprocessedPool, atomic_write_text, find_cases
+from nnunetv2_rndpo.pool import PreprocessedPool, atomic_write_text
 from nnunetv2_rndpo.proposals import ProposalCache
 from nnunetv2_rndpo.sampling import PairPatchSampler, PreferenceBatchLoader
 
@@ -425,15 +425,11 @@ class PreferencePhase:
     def _prepare_evaluation(self) -> None:
         if not self.config.eval_every or self.rank != 0:  # rank 0 evaluates
             return
-        images, labels = self.raw_folder / "imagesTs", self.raw_folder / "labelsTs"
-        if not (images.is_dir() and labels.is_dir()):
-            self.trainer.print_to_log_file(f"RN-DPO: eval_every > 0 but {images} or {labels} is missing; no test curve")
-            return
         t = self.trainer
-        cases = find_cases(images, t.dataset_json["file_ending"], len(t.dataset_json["channel_names"]), labels,
-                           what="test set", fix="add imagesTs/labelsTs to the raw dataset")
-        self.test_pool = PreprocessedPool(self.cache_folder / "test", [c for c in cases if c.label_file])
-        self.test_pool.preprocess(t.plans_manager, t.configuration_manager, t.dataset_json)
+        self.test_pool = preprocessed_test_set(self.raw_folder, self.cache_folder / "test", t.plans_manager, t.configuration_manager,
+                                   t.dataset_json, progress=True)
+        if self.test_pool is None:
+            t.print_to_log_file(f"RN-DPO: eval_every > 0 but {self.raw_folder} has no imagesTs/labelsTs; no test curve")
 
     def _policy_predictor(self, network: torch.nn.Module | None = None):
         """An nnU-Net predictor (no TTA) over a copy of the current policy, or over ``network``."""
@@ -452,17 +448,10 @@ class PreferencePhase:
         return predictor
 
     def evaluate(self) -> float:
-        """Mean foreground Dice of the current policy on imagesTs/labelsTs, in preprocessed space, no TTA."""
-        t = self.trainer
-        predictor = self._policy_predictor()
-        classes = t.label_manager.foreground_regions if t.label_manager.has_regions else t.label_manager.foreground_labels
-        scores = []
-        for case_id in self.test_pool.case_ids:
-            logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.array(self.test_pool.image(case_id))))
-            prediction = np.asarray(t.label_manager.convert_logits_to_segmentation(logits.float().cpu()))
-            scores.append(foreground_mean(dice_per_class(prediction, self.test_pool.label(case_id), classes)))
-        t.network.train()
-        return float(np.nanmean(scores))
+        """Mean foreground Dice of the current policy on imagesTs/labelsTs (:func:`~nnunetv2_rndpo.evaluation.dice_on_test_set`)."""
+        dice = dice_on_test_set(self._policy_predictor(), self.test_pool, self.trainer.label_manager)
+        self.trainer.network.train()
+        return dice
 
     # ------------------------------------------------------------------ drift guard
 

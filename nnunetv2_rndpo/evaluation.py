@@ -1,0 +1,65 @@
+"""Test Dice of a model on a dataset's ``imagesTs/labelsTs``, as the preference phase's curve measures it.
+
+One definition for every number we compare (the trainer's ``eval/dice`` curve, the study's base and
+full-label models): mean over test cases of the foreground-mean Dice (:func:`~nnunetv2_rndpo.metrics.
+foreground_mean`), predicted by nnU-Net's sliding window without test-time mirroring, in nnU-Net's
+preprocessed space. On the study datasets this reproduced ``nnUNetv2_evaluate_folder`` to the printed
+digits (../shared/STUDY_NOTES.md); it avoids exporting every prediction at every evaluation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nnunetv2_rndpo.metrics import dice_per_class, foreground_mean
+from nnunetv2_rndpo.pool import PreprocessedPool, find_cases
+
+
+def preprocessed_test_set(raw_folder: Path, cache_folder: Path, plans_manager, configuration_manager, dataset_json: dict,
+              progress: bool = False) -> PreprocessedPool | None:
+    """The preprocessed ``imagesTs`` cases that have a label in ``labelsTs`` (cached in ``cache_folder``).
+
+    Returns None when the raw dataset has no ``imagesTs``/``labelsTs``.
+    """
+    images, labels = Path(raw_folder) / "imagesTs", Path(raw_folder) / "labelsTs"
+    if not (images.is_dir() and labels.is_dir()):
+        return None
+    cases = find_cases(images, dataset_json["file_ending"], len(dataset_json["channel_names"]), labels,
+                       what="test set", fix="add imagesTs/labelsTs to the raw dataset")
+    pool = PreprocessedPool(cache_folder, [c for c in cases if c.label_file])
+    pool.preprocess(plans_manager, configuration_manager, dataset_json, progress=progress)
+    return pool
+
+
+def dice_on_test_set(predictor, pool: PreprocessedPool, label_manager) -> float:
+    """Mean over ``pool``'s cases of the foreground-mean Dice of ``predictor``'s (no-TTA) segmentation.
+
+    Args:
+        predictor: an initialised ``nnUNetPredictor`` (its network is used as is).
+        pool: preprocessed test cases with labels.
+        label_manager: the dataset's nnU-Net label manager (labels or regions).
+    """
+    classes = label_manager.foreground_regions if label_manager.has_regions else label_manager.foreground_labels
+    scores = []
+    for case_id in pool.case_ids:
+        logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.array(pool.image(case_id))))
+        # nnU-Net's conversion calls .numpy(): the logits go to the CPU first
+        prediction = np.asarray(label_manager.convert_logits_to_segmentation(logits.float().cpu()))
+        scores.append(foreground_mean(dice_per_class(prediction, pool.label(case_id), classes)))
+    return float(np.nanmean(scores))
+
+
+def model_dice_on_test_set(dataset: str | int, configuration: str, fold: int | str, trainer: str,
+                    plans: str = "nnUNetPlans", checkpoint: str = "checkpoint_final.pth", device: str = "cpu") -> float:
+    """:func:`dice_on_test_set` of a trained model in ``$nnUNet_results`` on its own dataset's test cases."""
+    from nnunetv2_rndpo.pipeline import load_base_model
+
+    model = load_base_model(dataset, configuration, fold, trainer, plans, checkpoint, device)
+    pool = preprocessed_test_set(model.raw_folder, model.cache_folder / "test", model.plans_manager, model.configuration_manager,
+                     model.dataset_json)
+    if pool is None:
+        raise FileNotFoundError(f"{model.raw_folder} has no imagesTs/labelsTs: no test Dice without test labels")
+    return dice_on_test_set(model.predictor(), pool, model.label_manager)

@@ -1,0 +1,505 @@
+"""``nnUNetv2_rndpo_study``: the study on real data — every arm under every judge, resumable, with a report.
+
+    nnUNetv2_rndpo_study --dataset hippocampus --source ../shared/data/msd_task04_hippocampus --scale cpu -o OUT
+    nnUNetv2_rndpo_study --dataset hc18 --source ../shared/data/hc18_fetal_head_us --scale cpu -o OUT2
+    nnUNetv2_rndpo_study --report-from OUT OUT2 --report-to docs/results.md
+
+Per seed s (the seed draws the labeled cases; the test set is the same for every seed):
+dataset ``Dataset<id+s>`` from ``nnUNetv2_rndpo_make_dataset`` → plan and preprocess → base model
+(``Scale.base_trainer``, fold ``all``) → proposals once (``nnUNetv2_rndpo_proposals``) → every judge's
+scores and reliability report (``nnUNetv2_rndpo_judge --report``; the weak oracle's σ is calibrated so
+that its pooled Spearman with true Dice is nearest to 0.5) → every arm, each an ``nnUNetv2_train`` run
+from the base checkpoint in its own results folder, reading the judge's scores as ``judge: external``, with
+the test Dice curve of :mod:`nnunetv2_rndpo.evaluation` after every epoch. Plus one full-label model (labeled
+and pool cases with their labels, same test set) as the upper bound.
+
+``OUT/results.json`` is rewritten (atomically) after every arm; a rerun skips what is finished and restarts a
+killed arm from scratch. ``OUT/report.md`` and ``OUT/figures/`` are regenerated at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nnunetv2_rndpo.metrics import curve_summary
+from nnunetv2_rndpo.pool import atomic_write_text
+
+TRAINERS_FOLDER = Path(__file__).resolve().parents[1] / "trainers"
+PROPOSALS = {"num_proposals": 8, "proposal_sources": ["mirror", "threshold", "temperature"], "seed": 12345}
+WEAK_TARGET_SPEARMAN = 0.5
+WEAK_SIGMAS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.2)
+WEAK_SIZE_BIAS = 0.05
+
+
+@dataclass(frozen=True)
+class StudyDataset:
+    """How a source folder becomes the study's nnU-Net datasets."""
+
+    dataset_id: int
+    name: str
+    configuration: str
+    num_test: int
+    import_args: tuple[str, ...] = ()
+
+
+DATASETS = {
+    "hippocampus": StudyDataset(960, "HippocampusStudy", "3d_fullres", 60),
+    # HC18: split by exam id (the number before the first "_"); images at ~1/4 size (../shared/STUDY_NOTES.md).
+    "hc18": StudyDataset(970, "HC18Study", "2d", 50,
+                         ("--masks", "masks_filled", "--group-regex", r"^(\d+)_", "--resize", "0.25")),
+    "synthetic": StudyDataset(980, "SyntheticStudy", "2d", 6, ("--synthetic", "2d")),
+}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One fine-tuning run: a trainer, the judge whose scores it reads, the mining, config overrides."""
+
+    method: str
+    trainer: str
+    judge: str | None  # None: the arm does not read a judge (the continued-supervised control)
+    mining: str = "top_bottom"
+    overrides: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return " | ".join(x for x in (self.method, self.judge, self.mining if self.judge else None) if x)
+
+    @property
+    def folder_name(self) -> str:
+        return "".join(c if c.isalnum() else "_" for c in self.name)
+
+
+def arms_for(judges: tuple[str, ...], full: bool) -> list[Arm]:
+    """The arms of the study: the control, and per judge pseudo-label, DPO and RN-DPO (top_bottom and
+    top_random) and RN-DPO with the supervised anchor.
+
+    DPO and RN-DPO keep the label-free anchors (consistency, agreement: the defaults) and switch the
+    supervised one off, so the "+ sft" arm isolates it. ``full=False`` (cpu scale) runs the mining
+    comparison and pseudo-label only under the oracle and weak judges, and RN-DPO + sft only under the
+    oracle, to fit about 2 hours per dataset on 2 cores.
+    """
+    no_sft = {"sft_weight": 0.0}
+    arms = [Arm("control (continued supervised)", "nnUNetTrainerContinuedSFT", None)]
+    for judge in judges:
+        arms += [Arm("DPO", "nnUNetTrainerDPO", judge, overrides=no_sft),
+                 Arm("RN-DPO", "nnUNetTrainerRNDPO", judge, overrides=no_sft)]
+        if full or judge in ("oracle", "weak"):
+            arms += [Arm("DPO", "nnUNetTrainerDPO", judge, "top_random", no_sft),
+                     Arm("RN-DPO", "nnUNetTrainerRNDPO", judge, "top_random", no_sft),
+                     Arm("pseudo-label", "nnUNetTrainerPseudoLabel", judge)]
+        if full or judge == "oracle":
+            arms.append(Arm("RN-DPO + sft", "nnUNetTrainerRNDPO", judge, overrides={"sft_weight": 1.0}))
+    return arms
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The size of a study run."""
+
+    base_trainer: str
+    num_epochs: int  # evaluation points after the base = epochs (eval_every = 1)
+    iterations_per_epoch: int
+    learning_rate: float
+    seeds: tuple[int, ...]
+    judges: tuple[str, ...]
+    num_labeled: int = 10
+    full_arms: bool = False
+    max_pool: int | None = None  # cap on the unlabeled pool (None = every non-test, non-labeled case)
+
+
+SCALES = {
+    # ~2 h per dataset on 2 CPU cores (measured base: 500 iterations ≈ 12 min on Hippocampus).
+    "cpu": Scale("nnUNetTrainer_cpuBase", 5, 20, 1e-4, (0, 1), ("oracle", "weak", "agreement", "learned"), max_pool=60),
+    # paper-sized: nnU-Net's 250-epoch schedule for the base, 3 seeds, every arm under every judge.
+    "gpu": Scale("nnUNetTrainer_250epochs", 10, 100, 1e-5, (0, 1, 2), ("oracle", "weak", "agreement", "learned"),
+                 full_arms=True),
+    # a minutes-long run of the machinery on the synthetic dataset (tests)
+    "smoke": Scale("nnUNetTrainer_rndpoSmoke", 2, 5, 1e-4, (0,), ("oracle",), num_labeled=8),
+}
+
+
+class Study:
+    """Runs one dataset's study into ``output`` (see the module docstring)."""
+
+    def __init__(self, dataset: str, source: str | None, scale: str, output: str | Path, seeds: tuple[int, ...] | None = None,
+                 device: str = "cpu", only_arms: list[str] | None = None):
+        if dataset not in DATASETS:
+            raise ValueError(f"unknown --dataset {dataset!r}; valid: {', '.join(DATASETS)}")
+        if scale not in SCALES:
+            raise ValueError(f"unknown --scale {scale!r}; valid: {', '.join(SCALES)}")
+        if dataset != "synthetic" and not (source and Path(source).is_dir()):
+            raise FileNotFoundError(f"--source {source!r} is not a folder; point it at the dataset, e.g. "
+                                    "../shared/data/msd_task04_hippocampus")
+        self.dataset, self.spec, self.scale_name, self.scale = dataset, DATASETS[dataset], scale, SCALES[scale]
+        self.source = Path(source).resolve() if source else None
+        self.root = Path(output).resolve()
+        self.seeds = tuple(seeds) if seeds else self.scale.seeds
+        self.device = device
+        self.only_arms = only_arms
+        self.results_file = self.root / "results.json"
+        self.results = json.loads(self.results_file.read_text()) if self.results_file.is_file() else {}
+        if self.results and self.results.get("dataset") != dataset:
+            raise ValueError(f"{self.results_file} holds the {self.results.get('dataset')!r} study; use another -o")
+        self.results.update(dataset=dataset, scale=scale, configuration=self.spec.configuration,
+                            protocol={**asdict(self.scale), "proposals": PROPOSALS})
+        self.results.setdefault("seeds", {})
+        env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
+        env.update(nnUNet_raw=str(self.root / "nnUNet_raw"), nnUNet_preprocessed=str(self.root / "nnUNet_preprocessed"),
+                   nnUNet_results=str(self.root / "nnUNet_results"), nnUNet_extTrainer=str(TRAINERS_FOLDER))
+        for key, default in (("nnUNet_compile", "f"), ("nnUNet_n_proc_DA", "0"), ("nnUNet_def_n_proc", "1")):
+            env[key] = os.environ.get(key, default)
+        self.env = env
+
+    # ------------------------------------------------------------------------------------------ running
+
+    def _run(self, name: str, command: list[str], log_folder: Path, **extra_env: str) -> float:
+        """Runs an installed console script, logging to ``log_folder/name.log``; returns seconds."""
+        log_folder.mkdir(parents=True, exist_ok=True)
+        log = log_folder / f"{name}.log"
+        print(f"[{name}] {' '.join(command)}", flush=True)
+        start = time.time()
+        with open(log, "w") as f:
+            code = subprocess.run([str(Path(sys.executable).parent / command[0]), *command[1:]],
+                                  env={**self.env, **extra_env}, stdout=f, stderr=subprocess.STDOUT).returncode
+        seconds = time.time() - start
+        if code:
+            raise RuntimeError(f"{name} failed (exit {code}); see {log}. Rerun the same command to resume.")
+        print(f"[{name}] done in {seconds:.0f} s", flush=True)
+        return seconds
+
+    def _save(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.results_file, json.dumps(self.results, indent=1))
+
+    def run(self) -> dict:
+        for seed in self.seeds:
+            self.run_seed(seed)
+        self.run_full_label()
+        write_report([self.results], self.root / "report.md", self.root / "figures")
+        print(f"results: {self.results_file}; report: {self.root / 'report.md'}")
+        return self.results
+
+    def dataset_id(self, seed: int, full_label: bool = False) -> int:
+        return self.spec.dataset_id + (50 if full_label else 0) + seed
+
+    def _raw(self, dataset_id: int) -> Path:
+        return next((self.root / "nnUNet_raw").glob(f"Dataset{dataset_id:03d}_*"), None)
+
+    def make_dataset(self, seed: int) -> Path:
+        did = self.dataset_id(seed)
+        if self._raw(did) is None:
+            source = ["--synthetic", "2d"] if self.dataset == "synthetic" else ["-i", str(self.source)]
+            args = [a for a in self.spec.import_args if self.dataset != "synthetic"]
+            pool = ["--pool", str(self.scale.max_pool)] if self.scale.max_pool else []
+            # the test set is drawn with --test-seed 0 for every seed: one fixed held-out set
+            self._run(f"make_dataset_{did}", ["nnUNetv2_rndpo_make_dataset", *source, "-d", str(did),
+                                              "-n", f"{self.spec.name}Seed{seed}", "--labeled", str(self.scale.num_labeled),
+                                              "--test", str(self.spec.num_test), "--seed", str(seed), "--test-seed", "0",
+                                              *pool, *args], self.root / "logs")
+        return self._raw(did)
+
+    def train_base(self, dataset_id: int, trainer: str) -> Path:
+        c = self.spec.configuration
+        plans = self.root / "nnUNet_preprocessed" / self._raw(dataset_id).name / "nnUNetPlans.json"
+        if not plans.is_file():
+            self._run(f"plan_{dataset_id}", ["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", c,
+                                             "-npfp", "1", "-np", "1"], self.root / "logs", nnUNet_n_proc_DA="1")
+        folder = self.root / "nnUNet_results" / self._raw(dataset_id).name / f"{trainer}__nnUNetPlans__{c}"
+        if not (folder / "fold_all" / "checkpoint_final.pth").is_file():
+            self._run(f"base_{dataset_id}", ["nnUNetv2_train", str(dataset_id), c, "all", "-tr", trainer,
+                                             "-device", self.device], self.root / "logs")
+        return folder
+
+    def _base_args(self, dataset_id: int) -> list[str]:
+        return ["-d", str(dataset_id), "-c", self.spec.configuration, "-f", "all", "-tr", self.scale.base_trainer]
+
+    def judge_scores(self, seed: int, judge: str) -> tuple[Path, dict]:
+        """The judge's score CSV and reliability report for a seed's pool (computed once)."""
+        did, folder = self.dataset_id(seed), self.root / f"seed_{seed}"
+        csv = folder / f"scores_{judge}.csv"
+        report = csv.with_suffix(".report.json")
+        if not report.is_file():
+            if judge == "weak":
+                sigma = self._calibrate_weak(seed)
+                extra = ["--judge", "oracle", "--judge-sigma", str(sigma), "--size-bias", str(WEAK_SIZE_BIAS)]
+            elif judge == "learned":
+                if not (self.root / "nnUNet_results" / self._raw(did).name / f"{self.scale.base_trainer}__nnUNetPlans__"
+                        f"{self.spec.configuration}" / "fold_all" / "rndpo_judge.pth").is_file():
+                    self._run(f"train_judge_{did}", ["nnUNetv2_rndpo_train_judge", *self._base_args(did)], folder)
+                extra = ["--judge", "learned"]
+            else:
+                extra = ["--judge", judge]
+            self._run(f"judge_{judge}", ["nnUNetv2_rndpo_judge", *self._base_args(did), *extra, "--report",
+                                         "-o", str(csv)], folder)
+        return csv, json.loads(report.read_text())
+
+    def _calibrate_weak(self, seed: int) -> float:
+        """The noise σ (with size bias ``WEAK_SIZE_BIAS``) whose pooled Spearman is nearest to 0.5."""
+        did, folder = self.dataset_id(seed), self.root / f"seed_{seed}" / "weak_calibration"
+        measured = {}
+        for sigma in WEAK_SIGMAS:
+            csv = folder / f"sigma_{sigma}.csv"
+            if not csv.with_suffix(".report.json").is_file():
+                self._run(f"calibrate_sigma_{sigma}", ["nnUNetv2_rndpo_judge", *self._base_args(did), "--judge", "oracle",
+                                                       "--judge-sigma", str(sigma), "--size-bias", str(WEAK_SIZE_BIAS),
+                                                       "--report", "-o", str(csv)], folder)
+            measured[sigma] = json.loads(csv.with_suffix(".report.json").read_text())["spearman/pooled"]
+        sigma = min(measured, key=lambda s: abs((measured[s] if measured[s] is not None else 1.0) - WEAK_TARGET_SPEARMAN))
+        self.results["seeds"][str(seed)]["weak_calibration"] = {"size_bias": WEAK_SIZE_BIAS, "sigma": sigma,
+                                                                "spearman_by_sigma": measured}
+        return sigma
+
+    def run_seed(self, seed: int) -> None:
+        record = self.results["seeds"].setdefault(str(seed), {"arms": {}, "judges": {}})
+        raw = self.make_dataset(seed)
+        did = self.dataset_id(seed)
+        base_folder = self.train_base(did, self.scale.base_trainer)
+        self._run("proposals", ["nnUNetv2_rndpo_proposals", *self._base_args(did), "-n", str(PROPOSALS["num_proposals"]),
+                                "--sources", *PROPOSALS["proposal_sources"], "--seed", str(PROPOSALS["seed"]),
+                                "-device", self.device], self.root / f"seed_{seed}")
+        manifest = raw / "splits.json"
+        if manifest.is_file():
+            record["splits"] = {k: len(v) for k, v in json.loads(manifest.read_text()).items() if isinstance(v, list)}
+        for arm in arms_for(self.scale.judges, self.scale.full_arms):
+            if arm.name in record["arms"] or (self.only_arms and arm.name not in self.only_arms):
+                continue
+            scores = None
+            if arm.judge:
+                scores, report = self.judge_scores(seed, arm.judge)
+                record["judges"][arm.judge] = report
+            record["arms"][arm.name] = self.run_arm(seed, arm, base_folder, scores)
+            self._save()
+        self._save()
+
+    def run_arm(self, seed: int, arm: Arm, base_folder: Path, scores: Path | None) -> dict:
+        """One ``nnUNetv2_train`` of the arm in ``seed_<s>/runs/<arm>/`` (removed first: a clean restart)."""
+        did = self.dataset_id(seed)
+        run_root = self.root / f"seed_{seed}" / "runs" / arm.folder_name
+        shutil.rmtree(run_root, ignore_errors=True)
+        results = run_root / "nnUNet_results" / base_folder.parent.name
+        results.mkdir(parents=True)
+        os.symlink(base_folder, results / base_folder.name)  # the arm finds its start point, writes beside it
+        s = self.scale
+        config = {**PROPOSALS, "num_epochs": s.num_epochs, "num_iterations_per_epoch": s.iterations_per_epoch,
+                  "num_val_iterations_per_epoch": 5, "learning_rate": s.learning_rate, "eval_every": 1,
+                  "base_trainer": s.base_trainer, "mining": arm.mining, **arm.overrides}
+        if scores is not None:
+            config.update(judge="external", judge_scores=str(scores))
+        config_file = run_root / "rndpo_config.json"
+        config_file.write_text(json.dumps(config, indent=1))
+        seconds = self._run("train", ["nnUNetv2_train", str(did), self.spec.configuration, "all", "-tr", arm.trainer,
+                                      "-device", self.device], run_root,
+                            nnUNet_results=str(run_root / "nnUNet_results"), nnUNet_rndpo_config=str(config_file))
+        fold = results / f"{arm.trainer}__nnUNetPlans__{self.spec.configuration}" / "fold_all"
+        rows = [json.loads(line) for line in (fold / "rndpo_metrics.jsonl").read_text().splitlines()]
+        curve = [r["eval/dice"] for r in rows if "eval/dice" in r]
+        iterations = [i * s.iterations_per_epoch for i in range(len(curve))]  # eval_every = 1, row 0 = base
+        pairs_file = fold / "rndpo_pairs.json"
+        pairs = len(json.loads(pairs_file.read_text())["pairs"]) if pairs_file.is_file() else None
+        for checkpoint in fold.glob("checkpoint_*.pth"):  # the curve is what the study keeps; weights are large
+            checkpoint.unlink()
+        return {"method": arm.method, "judge": arm.judge, "mining": arm.mining, "trainer": arm.trainer, "config": config,
+                "curve": curve, "iterations": iterations, "summary": curve_summary(curve), "seconds": round(seconds),
+                "pairs": pairs}
+
+    def run_full_label(self) -> None:
+        """The upper bound: the base trainer on labeled + pool cases with their labels, the same test set."""
+        if "full_label" in self.results:
+            return
+        seed = self.seeds[0]
+        did = self.dataset_id(seed, full_label=True)
+        if self._raw(did) is None:
+            full_label_dataset(self._raw(self.dataset_id(seed)), self.root / "nnUNet_raw", did)
+        self.train_base(did, self.scale.base_trainer)
+        dice = self._model_dice(did, self.scale.base_trainer)
+        self.results["full_label"] = {"dice": dice, "seed": seed, "trainer": self.scale.base_trainer}
+        self._save()
+
+    def _model_dice(self, dataset_id: int, trainer: str) -> float:
+        code = ("import sys; from nnunetv2_rndpo.evaluation import model_dice_on_test_set as d; "
+                f"print(d({dataset_id}, {self.spec.configuration!r}, 'all', {trainer!r}, device={self.device!r}))")
+        out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True)
+        if out.returncode:
+            raise RuntimeError(f"evaluating Dataset{dataset_id} {trainer} failed:\n{out.stderr[-2000:]}")
+        return float(out.stdout.strip().splitlines()[-1])
+
+
+def full_label_dataset(source: Path, raw_root: Path, dataset_id: int) -> Path:
+    """``Dataset<id>_<name>FullLabel``: ``source``'s labeled and pool cases, all with labels, and its test set.
+
+    Files are linked, not copied. The pool's hidden labels (``labelsUnlabeled/``) become training labels.
+    """
+    source = Path(source)
+    folder = Path(raw_root) / f"Dataset{dataset_id:03d}_{source.name.split('_', 1)[1]}FullLabel"
+    dataset = json.loads((source / "dataset.json").read_text())
+    ending = dataset["file_ending"]
+    for needed in ("labelsTr", "imagesUnlabeled", "labelsUnlabeled", "imagesTs", "labelsTs"):
+        if not (source / needed).is_dir():
+            raise FileNotFoundError(f"{source / needed} is missing: the full-label model needs the pool's labels "
+                                    "and the test set (make the dataset with nnUNetv2_rndpo_make_dataset)")
+    count = 0
+    for images, labels, target in (("imagesTr", "labelsTr", "Tr"), ("imagesUnlabeled", "labelsUnlabeled", "Tr"),
+                                   ("imagesTs", "labelsTs", "Ts")):
+        for kind, folder_name in (("images", images), ("labels", labels)):
+            (folder / f"{kind}{target}").mkdir(parents=True, exist_ok=True)
+            for file in sorted((source / folder_name).glob(f"*{ending}")):
+                os.symlink(file.resolve(), folder / f"{kind}{target}" / file.name)
+                count += kind == "labels" and target == "Tr"
+    dataset.update(numTraining=count, name=folder.name.split("_", 1)[1])
+    atomic_write_text(folder / "dataset.json", json.dumps(dataset, indent=1))
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def _mean_sd(values: list[float]) -> str:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+
+def arm_table(results: dict) -> list[dict]:
+    """One row per arm (over seeds): peak/sustained/final/worst drop, Δ to base and the label-gap share.
+
+    gap share = (sustained − base) / (full-label − base), per seed, then averaged.
+    """
+    full = results.get("full_label", {}).get("dice")
+    by_arm: dict[str, list[dict]] = {}
+    for seed in results["seeds"].values():
+        for name, arm in seed["arms"].items():
+            by_arm.setdefault(name, []).append(arm)
+    rows = []
+    for name, runs in by_arm.items():
+        s = [r["summary"] for r in runs]
+        gap = [(x["sustained"] - x["base"]) / (full - x["base"]) for x in s if full is not None and full != x["base"]]
+        rows.append({"arm": name, "method": runs[0]["method"], "judge": runs[0]["judge"], "mining": runs[0]["mining"],
+                     "seeds": len(runs), **{k: [x[k] for x in s] for k in ("base", "peak", "sustained", "final",
+                                                                           "worst_drop", "delta_peak", "delta_sustained",
+                                                                           "delta_final")},
+                     "gap_share": gap})
+    return rows
+
+
+def write_report(all_results: list[dict], report_file: Path, figure_folder: Path) -> Path:
+    """Markdown with the main, mining and judge tables and a curve figure per dataset and judge."""
+    report_file, figure_folder = Path(report_file), Path(figure_folder)
+    figure_folder.mkdir(parents=True, exist_ok=True)
+    lines = ["# RN-DPO study: results", "",
+             "Generated by `nnUNetv2_rndpo_study` (nnunetv2_rndpo/study.py; the protocol is in its docstring and "
+             "in each `results.json`). Test Dice = mean over test cases of the foreground-mean Dice "
+             "(nnunetv2_rndpo/evaluation.py). Values are mean ± sd over seeds; peak/sustained/final/worst drop as "
+             "in nnunetv2_rndpo/metrics.py; gap share = (sustained − base) / (full-label − base).", ""]
+    for results in all_results:
+        if not results.get("seeds"):
+            continue
+        rows = arm_table(results)
+        title = f"{results['dataset']} ({results['configuration']}, scale {results['scale']})"
+        full = results.get("full_label", {}).get("dice")
+        base = [a["summary"]["base"] for s in results["seeds"].values() for a in list(s["arms"].values())[:1]]
+        lines += [f"## {title}", "",
+                  f"Base (10 labels): {_mean_sd(base)}; full-label upper bound: "
+                  f"{'-' if full is None else f'{full:.4f}'}; seeds: {', '.join(results['seeds'])}.", "",
+                  "| arm | peak | sustained | final | worst drop | Δ sustained | gap share |", "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['arm']} | {_mean_sd(r['peak'])} | {_mean_sd(r['sustained'])} | {_mean_sd(r['final'])} | "
+                         f"{_mean_sd(r['worst_drop'])} | {_mean_sd(r['delta_sustained'])} | {_mean_sd(r['gap_share'])} |")
+        mining = [r for r in rows if r["method"] in ("DPO", "RN-DPO") and r["judge"] in ("oracle", "weak")]
+        if mining:
+            lines += ["", "Mining (reliable = oracle σ=0, weak = calibrated noisy and size-biased oracle):", "",
+                      "| method | judge | mining | Δ peak | Δ sustained | worst drop |", "|---|---|---|---|---|---|"]
+            for r in sorted(mining, key=lambda r: (r["method"], r["judge"], r["mining"])):
+                lines.append(f"| {r['method']} | {r['judge']} | {r['mining']} | {_mean_sd(r['delta_peak'])} | "
+                             f"{_mean_sd(r['delta_sustained'])} | {_mean_sd(r['worst_drop'])} |")
+        keys = ("spearman/pooled", "spearman/per_case", "pairwise/accuracy", "top1/regret",
+                "mining/top_bottom/oracle_acc", "mining/top_random/oracle_acc")
+        judges = sorted({j for s in results["seeds"].values() for j in s.get("judges", {})})
+        if judges:
+            lines += ["", "Judge reliability on the pool (hidden labels):", "",
+                      "| judge | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+            for judge in judges:
+                reports = [s["judges"][judge] for s in results["seeds"].values() if judge in s.get("judges", {})]
+                lines.append(f"| {judge} | " + " | ".join(_mean_sd([r.get(k) for r in reports]) for k in keys) + " |")
+        for judge in sorted({r["judge"] for r in rows if r["judge"]}):
+            figure = figure_folder / f"{results['dataset']}_{judge}.png"
+            plot_curves(results, judge, figure)
+            lines += ["", f"![{results['dataset']}, judge {judge}]({os.path.relpath(figure, report_file.parent)})"]
+        lines.append("")
+    atomic_write_text(report_file, "\n".join(lines) + "\n")
+    return report_file
+
+
+def plot_curves(results: dict, judge: str, path: Path) -> None:
+    """Mean test-Dice curves over seeds of the arms under ``judge`` and the control, with base and full-label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    curves: dict[str, list] = {}
+    for seed in results["seeds"].values():
+        for name, arm in seed["arms"].items():
+            if arm["judge"] in (judge, None):
+                curves.setdefault(name, []).append(arm)
+    base = None
+    for name, runs in curves.items():
+        length = min(len(r["curve"]) for r in runs)
+        mean = np.mean([r["curve"][:length] for r in runs], axis=0)
+        ax.plot(runs[0]["iterations"][:length], mean, marker="o", label=name)
+        base = mean[0]
+    if base is not None:
+        ax.axhline(base, color="gray", linestyle=":", label="base")
+    if results.get("full_label"):
+        ax.axhline(results["full_label"]["dice"], color="black", linestyle="--", label="full-label")
+    ax.set_xlabel("fine-tuning iteration")
+    ax.set_ylabel("test Dice")
+    ax.set_title(f"{results['dataset']}: judge {judge}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="nnUNetv2_rndpo_study", description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=list(DATASETS), help="which study dataset")
+    parser.add_argument("--source", help="the dataset's source folder (not needed for 'synthetic')")
+    parser.add_argument("--scale", choices=list(SCALES), default="cpu", help="cpu (~2 h per dataset on 2 cores), "
+                        "gpu (paper-sized), smoke (minutes, synthetic). Default: cpu")
+    parser.add_argument("-o", "--output", help="study folder (results.json, report.md, nnU-Net folders)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (labeled draws). Default: the scale's")
+    parser.add_argument("--arms", nargs="+", default=None, help="run only these arm names (as in results.json)")
+    parser.add_argument("-device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--report-from", nargs="+", default=None, metavar="STUDY_FOLDER",
+                        help="only write a report from finished study folders (with --report-to)")
+    parser.add_argument("--report-to", default="results.md", help="report file for --report-from. Default: results.md")
+    args = parser.parse_args(argv)
+    if args.report_from:
+        results = [json.loads((Path(f) / "results.json").read_text()) for f in args.report_from]
+        report = Path(args.report_to)
+        print(f"wrote {write_report(results, report, report.parent / 'figures')}")
+        return
+    if not (args.dataset and args.output):
+        parser.error("--dataset and -o are required (or --report-from)")
+    Study(args.dataset, args.source, args.scale, args.output, tuple(args.seeds) if args.seeds else None,
+          args.device, args.arms).run()
+
+
+if __name__ == "__main__":
+    main()

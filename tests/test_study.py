@@ -1,0 +1,93 @@
+"""The study runner's arms and report (fast tier; the runner itself runs in tests/test_e2e_study.py)."""
+
+import json
+
+import pytest
+
+from nnunetv2_rndpo.metrics import curve_summary
+from nnunetv2_rndpo.study import SCALES, Study, arm_table, arms_for, main, write_report
+
+
+def _arm(method, judge, mining, curve):
+    return {"method": method, "judge": judge, "mining": mining, "curve": curve,
+            "iterations": [20 * i for i in range(len(curve))], "summary": curve_summary(curve)}
+
+
+def _results():
+    seeds = {}
+    for seed, shift in (("0", 0.0), ("1", 0.02)):
+        seeds[seed] = {"arms": {
+            "control (continued supervised)": _arm("control (continued supervised)", None, "top_bottom",
+                                                   [0.80 + shift, 0.81 + shift, 0.81 + shift]),
+            "RN-DPO | oracle | top_bottom": _arm("RN-DPO", "oracle", "top_bottom", [0.80 + shift, 0.82 + shift, 0.84 + shift]),
+            "RN-DPO | oracle | top_random": _arm("RN-DPO", "oracle", "top_random", [0.80 + shift, 0.79 + shift, 0.81 + shift]),
+        }, "judges": {"oracle": {"spearman/pooled": 1.0, "pairwise/accuracy": 1.0}}}
+    return {"dataset": "hippocampus", "configuration": "3d_fullres", "scale": "cpu", "seeds": seeds,
+            "full_label": {"dice": 0.90}}
+
+
+def test_arms_cover_the_protocol():
+    names = [a.name for a in arms_for(("oracle", "weak", "agreement", "learned"), full=False)]
+    assert names[0] == "control (continued supervised)" and len(names) == len(set(names))
+    for judge in ("oracle", "weak"):
+        for method in ("DPO", "RN-DPO"):
+            assert {f"{method} | {judge} | top_bottom", f"{method} | {judge} | top_random"} <= set(names)
+    assert "RN-DPO + sft | oracle | top_bottom" in names and "pseudo-label | oracle | top_bottom" in names
+    full = [a.name for a in arms_for(("oracle", "agreement"), full=True)]
+    assert "RN-DPO + sft | agreement | top_bottom" in full and "DPO | agreement | top_random" in full
+
+
+def test_gap_share_and_tables(tmp_path):
+    results = _results()
+    rows = {r["arm"]: r for r in arm_table(results)}
+    tb = rows["RN-DPO | oracle | top_bottom"]
+    # seed 0: sustained = mean(0.82, 0.84)... last half of 2 points = [0.84]; (0.84 − 0.80) / (0.90 − 0.80)
+    assert tb["gap_share"][0] == pytest.approx(0.4)
+    assert tb["gap_share"][1] == pytest.approx((0.86 - 0.82) / (0.90 - 0.82))
+    assert rows["RN-DPO | oracle | top_random"]["worst_drop"] == pytest.approx([0.01, 0.01])
+    report = write_report([results], tmp_path / "results.md", tmp_path / "figures")
+    text = report.read_text()
+    assert "| RN-DPO | oracle | top_bottom |" in text and "full-label upper bound: 0.9000" in text
+    assert "0.4500 ± 0.0707" in text  # gap share over two seeds: 0.4 and 0.5
+    assert (tmp_path / "figures" / "hippocampus_oracle.png").stat().st_size > 1000
+
+
+def test_report_from_finished_folders(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "results.json").write_text(json.dumps(_results()))
+    main(["--report-from", str(tmp_path / "a"), "--report-to", str(tmp_path / "docs" / "results.md")])
+    assert "hippocampus (3d_fullres, scale cpu)" in (tmp_path / "docs" / "results.md").read_text()
+
+
+def test_bad_arguments_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--source"):
+        Study("hippocampus", str(tmp_path / "missing"), "cpu", tmp_path / "out")
+    with pytest.raises(ValueError, match="unknown --scale"):
+        Study("synthetic", None, "huge", tmp_path / "out")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "results.json").write_text(json.dumps({"dataset": "hc18", "seeds": {}}))
+    with pytest.raises(ValueError, match="hc18"):
+        Study("synthetic", None, "smoke", tmp_path / "other")
+    assert set(SCALES) == {"cpu", "gpu", "smoke"}
+
+
+def test_full_label_dataset_links_pool_labels(tmp_path):
+    from nnunetv2_rndpo.study import full_label_dataset
+
+    source = tmp_path / "raw" / "Dataset960_HippocampusStudySeed0"
+    for folder, names in (("imagesTr", ["a_0000"]), ("labelsTr", ["a"]), ("imagesUnlabeled", ["b_0000", "c_0000"]),
+                          ("labelsUnlabeled", ["b", "c"]), ("imagesTs", ["t_0000"]), ("labelsTs", ["t"])):
+        (source / folder).mkdir(parents=True)
+        for name in names:
+            (source / folder / f"{name}.nii.gz").write_bytes(b"x")
+    (source / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz", "numTraining": 1, "labels": {}}))
+    full = full_label_dataset(source, tmp_path / "raw", 1010)
+    assert sorted(p.name for p in (full / "labelsTr").iterdir()) == ["a.nii.gz", "b.nii.gz", "c.nii.gz"]
+    assert sorted(p.name for p in (full / "imagesTs").iterdir()) == ["t_0000.nii.gz"]
+    assert json.loads((full / "dataset.json").read_text())["numTraining"] == 3
+    assert (full / "labelsTr" / "b.nii.gz").resolve() == (source / "labelsUnlabeled" / "b.nii.gz").resolve()
+    (source / "labelsUnlabeled" / "b.nii.gz").unlink()
+    (source / "labelsUnlabeled" / "c.nii.gz").unlink()
+    (source / "labelsUnlabeled").rmdir()
+    with pytest.raises(FileNotFoundError, match="labelsUnlabeled"):
+        full_label_dataset(source, tmp_path / "raw", 1011)
