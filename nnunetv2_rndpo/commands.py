@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from nnunetv2_rndpo.config import JUDGES, MININGS, PROPOSAL_SOURCES, RNDPOConfig
+from nnunetv2_rndpo.config import BAD_CASE_ACTIONS, JUDGES, MININGS, PROPOSAL_SOURCES, RNDPOConfig
 
 DEFAULTS = RNDPOConfig()
 
@@ -47,6 +47,9 @@ def _add_base_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=DEFAULTS.seed, help=f"seed. Default: {DEFAULTS.seed}")
     group.add_argument("--unlabeled-dir", default=None,
                        help="folder of unlabeled images. Default: $nnUNet_raw/DatasetXXX/imagesUnlabeled")
+    group.add_argument("--on-bad-case", default=DEFAULTS.on_bad_case, choices=BAD_CASE_ACTIONS,
+                       help="a pool case that cannot be read or does not match the dataset: stop with an error, or "
+                            f"skip it with a warning (on_bad_case). Default: {DEFAULTS.on_bad_case}")
     group.add_argument("-device", default=None, choices=("cpu", "cuda", "mps"),
                        help="device. Default: cuda if available, else cpu")
     group.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -99,10 +102,10 @@ def run_proposals(args: argparse.Namespace) -> Path:
     split_cases([], args.num_parts, args.part_id)  # validates the flags before any work
     base, settings = _load(args)
     progress = not args.quiet
-    pool = prepare_pool(base, args.unlabeled_dir, args.num_parts, args.part_id, progress)
+    pool = prepare_pool(base, args.unlabeled_dir, args.num_parts, args.part_id, progress, args.on_bad_case)
     part = split_cases(pool.case_ids, args.num_parts, args.part_id)
     cache = ensure_proposals(base, pool, settings, part, progress)
-    done = sum(cache.has_case(c) for c in pool.case_ids)
+    done = sum(cache.has_case(c, pool.source_digest(c)) for c in pool.case_ids)
     print(f"proposals: {done}/{len(pool.case_ids)} pool cases in {cache.folder}"
           + ("" if cache.is_complete else " (other parts still missing)"))
     print(f"the trainer reuses them with this in $nnUNet_rndpo_config: {_trainer_config(settings)}"
@@ -150,7 +153,7 @@ def run_judge(args: argparse.Namespace) -> Path:
     if args.judge_sigma < 0:
         raise ValueError(f"--judge-sigma must be >= 0, got {args.judge_sigma}")
     base, settings = _load(args)
-    pool = prepare_pool(base, args.unlabeled_dir, progress=not args.quiet)
+    pool = prepare_pool(base, args.unlabeled_dir, progress=not args.quiet, on_bad_case=args.on_bad_case)
     cache = proposal_cache(base, settings)[0]
     dice = hidden_true_dice(base, pool, cache) if args.report else None
     if args.report and dice is None:
@@ -236,7 +239,7 @@ def run_mine(args: argparse.Namespace) -> Path:
     params = MiningParams(args.mining, args.tau, args.min_margin, args.min_region, args.max_region,
                           args.max_pairs_per_case)
     base, settings = _load(args)
-    pool = prepare_pool(base, args.unlabeled_dir, progress=not args.quiet)
+    pool = prepare_pool(base, args.unlabeled_dir, progress=not args.quiet, on_bad_case=args.on_bad_case)
     cache = proposal_cache(base, settings)[0]
     require_complete(cache, pool)
     scores = read_external_scores(args.scores, {c: len(cache.masks(c)) for c in pool.case_ids})

@@ -30,6 +30,7 @@ JUDGES = ("agreement", "uncertainty", "learned", "oracle", "external")
 MININGS = ("top_bottom", "top_random", "margin", "adjacent", "quantile")
 PROPOSAL_SOURCES = ("mirror", "threshold", "temperature", "intensity", "dropout", "model")
 OPTIMIZERS = ("adamw", "sgd")
+BAD_CASE_ACTIONS = ("stop", "skip")
 
 # Assumption: β's scale depends on the normaliser (Δ sums |D| voxels under "none" but is a per-voxel
 # mean under "region"); these defaults make h = β·u of order 1 for a typical disagreement of a few
@@ -145,8 +146,17 @@ class RNDPOConfig:
     unlabeled_dir: str | None = _help(
         "folder of unlabeled images CASE_0000.ext; None = $nnUNet_raw/DatasetXXX/imagesUnlabeled", default=None
     )
+    on_bad_case: str = _help(
+        f"a pool case that cannot be read or does not match the dataset: one of {BAD_CASE_ACTIONS}; "
+        "'stop' = error naming the file, 'skip' = leave it out with a warning and a count (docs/reliability.md)",
+        default="stop",
+    )
     # evaluation and reproducibility
     eval_every: int = _help("evaluate test Dice on imagesTs/labelsTs every N epochs; 0 = off", default=0)
+    save_every: int = _help(
+        "write checkpoint_latest.pth every N epochs, from which --c resumes; smaller loses less work when killed",
+        default=5,
+    )
     seed: int = _help("seed of proposals, judge noise, mining and patch sampling", default=12345)
 
     def __post_init__(self) -> None:
@@ -201,6 +211,8 @@ class RNDPOConfig:
                 '"proposal_models": ["1/checkpoint_final.pth", "0/checkpoint_best.pth"]'
             )
         _check_range("eval_every", self.eval_every, low=0)
+        _check_range("save_every", self.save_every, low=1)
+        _check_choice("on_bad_case", self.on_bad_case, BAD_CASE_ACTIONS)
         if self.judge == "external" and not self.judge_scores:
             raise ValueError(
                 "judge='external' needs judge_scores: set \"judge_scores\": \"/path/to/scores.csv\" "

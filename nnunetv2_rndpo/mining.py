@@ -167,3 +167,28 @@ def pair_statistics(pairs: list[Pair], num_cases: int) -> dict[str, float]:
             1.0 if p.chosen_dice > p.rejected_dice else 0.5 if p.chosen_dice == p.rejected_dice else 0.0
             for p in pairs]))
     return stats
+
+
+def require_trainable_pairs(pairs: list[Pair], min_region_voxels: int, num_cases: int) -> None:
+    """Stops before training when no pair can enter the preference loss.
+
+    A pair is skipped in a training step when its patch holds fewer than ``min_region_voxels``
+    disagreeing voxels; a patch never holds more than the whole case's |D| (``region_size``).
+
+    Raises:
+        ValueError: no pairs, or every pair's whole-case |D| is below ``min_region_voxels`` (every step
+            would skip every pair and train for nothing); the message says which key to change.
+    """
+    if not pairs:
+        raise ValueError(
+            f"No preference pairs from the {num_cases} pool cases: the proposals of every case are identical, "
+            "their scores tied, or the pairs were filtered out, so there is nothing to learn. Add proposal sources "
+            "(e.g. 'threshold', 'temperature'), raise num_proposals, relax the mining_* filters or use "
+            "mining='top_random'.")
+    largest = max(p.region_size for p in pairs)
+    if largest < min_region_voxels:
+        raise ValueError(
+            f"Every one of the {len(pairs)} pairs would be skipped: the largest disagreement between a chosen and "
+            f"a rejected mask is {largest} voxels, below min_region_voxels={min_region_voxels}. Lower "
+            f"min_region_voxels (e.g. to {max(1, largest)}) in the file named by $nnUNet_rndpo_config, or make "
+            "proposals that differ more (more proposal_sources, mining='margin').")

@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nnunetv2_rndpo.checkpoint import base_weights
 from nnunetv2_rndpo.distributed import barrier, broadcast_from_rank0, rank_and_world
 from nnunetv2_rndpo.evaluation import dice_on_test_set, preprocessed_test_set
-from nnunetv2_rndpo.mining import MiningParams, Pair
+from nnunetv2_rndpo.mining import MiningParams, Pair, require_trainable_pairs
 from nnunetv2_rndpo.objective import consistency_loss
 from nnunetv2_rndpo.pipeline import (
     BaseModel,
@@ -76,6 +77,15 @@ def epoch_metrics(train_outputs: list[dict]) -> dict[str, float]:
     for key in sorted({k for o in train_outputs for k in o if k.startswith("loss/")}):
         metrics[key] = float(np.mean([o[key] for o in train_outputs if key in o]))
     return metrics
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """One JSON object per line; a line that does not parse (the last one of a killed writer) is skipped."""
+    rows = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            rows.append(json.loads(line))
+    return rows
 
 
 class PreferenceBatches:
@@ -194,18 +204,11 @@ class PreferencePhase:
         t = self.trainer
         reference_file = self.fold_folder / "rndpo_reference.pth"
         if t.current_epoch == 0:
-            checkpoint = torch.load(self.base_checkpoint(), map_location=t.device, weights_only=False)
-            weights = {k.removeprefix("module."): v for k, v in checkpoint["network_weights"].items()}
+            path = self.base_checkpoint()
             network = t.network.module if t.is_ddp else t.network
             network = getattr(network, "_orig_mod", network)
-            own = network.state_dict()
-            mismatched = [k for k in own if k not in weights or weights[k].shape != own[k].shape]
-            if mismatched:
-                raise ValueError(
-                    f"The base checkpoint {self.base_checkpoint()} does not fit this dataset's "
-                    f"{t.configuration_name} network (e.g. {mismatched[:3]}): was it trained with another "
-                    "configuration, plans or number of classes? Point base_checkpoint at a matching model."
-                )
+            weights = base_weights(torch.load(path, map_location=t.device, weights_only=False), path,
+                                   t.configuration_name, network.state_dict(), t.label_manager.num_segmentation_heads)
             network.load_state_dict(weights)
             if self.rank == 0:
                 temporary = reference_file.with_name(reference_file.name + ".tmp")
@@ -224,7 +227,8 @@ class PreferencePhase:
         return BaseModel.from_trainer(self.trainer, self.reference, self.base_checkpoint())
 
     def _prepare_pool(self) -> PreprocessedPool:
-        pool = prepare_pool(self._base_model(), self.config.unlabeled_dir, num_parts=self.world, part_id=self.rank)
+        pool = prepare_pool(self._base_model(), self.config.unlabeled_dir, num_parts=self.world, part_id=self.rank,
+                            on_bad_case=self.config.on_bad_case, log=self.trainer.print_to_log_file)
         barrier()  # under DDP each rank preprocessed its part of the pool
         return pool
 
@@ -260,11 +264,13 @@ class PreferencePhase:
                                           hidden_true_dice(base, pool, cache))
             self.judge_metrics = {k: stats[k] for k in ("judge/margin_mean", "pairs/identical_cases",
                                                          "judge/oracle_pair_acc") if k in stats}
-        if not self.pairs:
-            raise ValueError(
-                f"No preference pairs from the {len(pool.case_ids)} pool cases: the mined proposals are identical "
-                "or filtered out, so there is nothing to learn. Add proposal sources (e.g. 'threshold', "
-                "'temperature'), raise num_proposals, relax the mining_* filters or use mining='top_random'.")
+        no_pair = int(self.judge_metrics.get("pairs/identical_cases", 0))
+        if no_pair:
+            self.trainer.print_to_log_file(
+                f"RN-DPO: {no_pair} of {len(pool.case_ids) - len(self.guard_cases)} pool cases gave no pair "
+                "(identical proposals, tied scores or filtered out)")
+        min_region = self.config.min_region_voxels if getattr(self.trainer, "skips_small_regions", True) else 1
+        require_trainable_pairs(self.pairs, min_region, len(pool.case_ids))
 
     def _measure_flip_rate(self) -> dict[str, float]:
         """``label_smoothing: "auto"``: the judge's flip rate on the fold's labeled validation cases."""
@@ -382,15 +388,16 @@ class PreferencePhase:
             f.write(json.dumps({"epoch": epochs_done, **row}) + "\n")
 
     def _truncate_metrics(self, epochs_done: int) -> None:
-        """On ``--c``: drops rows written after the checkpoint we resume from."""
+        """On ``--c``: drops rows written after the checkpoint we resume from (and a line cut off by a kill)."""
         path = self.fold_folder / "rndpo_metrics.jsonl"
         if path.is_file():
-            rows = [r for r in path.read_text().splitlines() if r and json.loads(r)["epoch"] <= epochs_done]
+            rows = [json.dumps(r) for r in self.read_metrics() if r["epoch"] <= epochs_done]
             atomic_write_text(path, "".join(r + "\n" for r in rows))
 
     def read_metrics(self) -> list[dict]:
+        """The rows of ``rndpo_metrics.jsonl``; a last line cut off by a killed run is left out."""
         path = self.fold_folder / "rndpo_metrics.jsonl"
-        return [json.loads(r) for r in path.read_text().splitlines() if r] if path.is_file() else []
+        return read_jsonl(path) if path.is_file() else []
 
     def _plot(self) -> None:
         import matplotlib

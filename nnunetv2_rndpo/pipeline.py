@@ -168,12 +168,18 @@ def load_base_model(
 
 
 def prepare_pool(base: BaseModel, unlabeled_dir: str | None = None, num_parts: int = 1, part_id: int = 0,
-                 progress: bool = True) -> PreprocessedPool:
+                 progress: bool = True, on_bad_case: str = "stop", log=print) -> PreprocessedPool:
     """Finds the unlabeled pool (and hidden labels) and preprocesses the cases not cached yet.
 
     Args:
         unlabeled_dir: folder of unlabeled images; default ``$nnUNet_raw/DatasetXXX/imagesUnlabeled``.
         num_parts, part_id: preprocess only this part (:func:`split_cases`); the pool lists every case.
+        on_bad_case: ``"stop"`` raises on a case that cannot be read or does not match the dataset;
+            ``"skip"`` leaves it out of the returned pool with a warning (``log``) and a count.
+
+    Raises:
+        BadCaseError: a bad case with ``on_bad_case="stop"``.
+        ValueError: every case of the pool is bad.
     """
     folder = Path(unlabeled_dir) if unlabeled_dir else base.raw_folder / "imagesUnlabeled"
     labels = folder.parent / "labelsUnlabeled"
@@ -182,7 +188,14 @@ def prepare_pool(base: BaseModel, unlabeled_dir: str | None = None, num_parts: i
     pool = PreprocessedPool(base.cache_folder / "pool", cases)
     part = set(split_cases(pool.case_ids, num_parts, part_id))
     todo = PreprocessedPool(pool.folder, [c for c in cases if c.case_id in part])
-    todo.preprocess(base.plans_manager, base.configuration_manager, base.dataset_json, progress=progress)
+    todo.preprocess(base.plans_manager, base.configuration_manager, base.dataset_json, progress=progress,
+                    on_bad_case=on_bad_case)
+    bad = pool.drop_bad_cases()
+    if bad:
+        log(f"RN-DPO WARNING: skipped {len(bad)} of {len(cases)} pool cases that cannot be used "
+            f"(on_bad_case='skip'):\n  " + "\n  ".join(bad.values()))
+    if not pool.case_ids:
+        raise ValueError(f"every case of the unlabeled pool {folder} is bad (see the warnings above); fix the files")
     return pool
 
 
@@ -234,7 +247,7 @@ def ensure_proposals(
     """
     cache, specs, extra = proposal_cache(base, settings)
     wanted = pool.case_ids if case_ids is None else case_ids
-    if cache.is_complete and all(cache.has_case(c) for c in wanted):
+    if cache.is_complete and all(cache.has_case(c, pool.source_digest(c)) for c in wanted):
         log(f"RN-DPO: reusing proposals from {cache.folder}")
         return cache
     for stale in cache.remove_stale():
@@ -248,10 +261,11 @@ def ensure_proposals(
 
 def require_complete(cache: ProposalCache, pool: PreprocessedPool) -> None:
     """Raises a clear error if some pool case has no proposals yet."""
-    missing = [c for c in pool.case_ids if not cache.has_case(c)]
+    missing = [c for c in pool.case_ids if not cache.has_case(c, pool.source_digest(c))]
     if missing:
         raise FileNotFoundError(
-            f"No proposals for {len(missing)} of {len(pool.case_ids)} pool cases (e.g. {missing[:3]}) in "
+            f"No current proposals for {len(missing)} of {len(pool.case_ids)} pool cases (e.g. {missing[:3]}: "
+            f"missing, or made from an older version of the image) in "
             f"{cache.folder}. Run nnUNetv2_rndpo_proposals with the same -d -c -f -tr -p -chk, sources, -n and "
             "--seed first (every -part_id if you split it).")
 
@@ -420,6 +434,10 @@ class LabeledPool:
 
     def label(self, case_id: str) -> np.ndarray:
         return self._cases[case_id][1]
+
+    def source_digest(self, case_id: str) -> None:
+        """Labeled cases come from nnU-Net's preprocessed folder, which nnU-Net keeps current."""
+        return None
 
 
 def labeled_proposals(base: BaseModel, settings: ProposalSettings, progress: bool = True, log=print,

@@ -9,6 +9,7 @@ Preprocessed cases are cached outside nnU-Net's preprocessed folder, in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -115,8 +116,38 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def _source_stamp(case: PoolCase) -> dict:
+    """Size and modification time (ns) of every raw file of a case: a changed file changes the stamp."""
     files = [*case.image_files, *([case.label_file] if case.label_file else [])]
-    return {f: [os.path.getsize(f), int(os.path.getmtime(f))] for f in files}
+    return {f: [os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files}
+
+
+class BadCaseError(ValueError):
+    """A pool case that cannot be read or does not match the dataset (see ``on_bad_case``)."""
+
+
+def _is_2d(spacing) -> bool:
+    # nnU-Net's readers give 2D images a dummy first spacing of 999 (x the largest in-plane spacing)
+    return max(spacing) >= 999 * min(spacing)
+
+
+def check_case_matches_dataset(case: PoolCase, data: np.ndarray, spacing, num_channels: int,
+                               dataset_is_2d: bool) -> None:
+    """Checks a case as nnU-Net's reader returned it (``data``: ``(C, X, Y, Z)``) against the dataset.
+
+    Raises:
+        BadCaseError: another number of channels (e.g. an RGB PNG in a grayscale dataset, a 4D file) or a
+            2D image in a 3D dataset (or the reverse).
+    """
+    if data.shape[0] != num_channels:
+        raise BadCaseError(
+            f"pool case {case.case_id!r} ({', '.join(case.image_files)}) has {data.shape[0]} channel(s) but "
+            f"dataset.json declares {num_channels}: save it as the training images are saved (e.g. grayscale, "
+            "one channel per CASE_XXXX file)")
+    if _is_2d(spacing) != dataset_is_2d:
+        raise BadCaseError(
+            f"pool case {case.case_id!r} ({', '.join(case.image_files)}) is a {'2D' if _is_2d(spacing) else '3D'} "
+            f"image (shape {tuple(data.shape[1:])}) but the dataset is {'2D' if dataset_is_2d else '3D'}: "
+            "save it with the dimensionality of imagesTr")
 
 
 class PreprocessedPool:
@@ -132,20 +163,79 @@ class PreprocessedPool:
         self.cases = list(cases)
         self.case_ids = [c.case_id for c in cases]
 
-    def preprocess(self, plans_manager, configuration_manager, dataset_json: dict, progress: bool = True) -> None:
-        """Runs nnU-Net's preprocessor on every case that is not cached yet (or whose raw files changed)."""
+    def preprocess(self, plans_manager, configuration_manager, dataset_json: dict, progress: bool = True,
+                   on_bad_case: str = "stop") -> dict[str, str]:
+        """Runs nnU-Net's preprocessor on every case that is not cached yet (or whose raw files changed).
+
+        A case that fails to read or does not match the dataset (:func:`check_case_matches_dataset`) stops
+        the run (``on_bad_case="stop"``) or is recorded in ``<case>.bad.json`` and left out of the pool
+        (``"skip"``); a later run retries it, so a repaired file rejoins the pool.
+
+        Returns:
+            ``{case_id: reason}`` of the cases skipped in this call.
+
+        Raises:
+            BadCaseError: a bad case with ``on_bad_case="stop"``; the message names the file and the fix.
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
         preprocessor = configuration_manager.preprocessor_class(verbose=False)
+        reader = plans_manager.image_reader_writer_class()
+        num_channels = len(dataset_json["channel_names"])
+        dataset_is_2d = _is_2d(plans_manager.plans["original_median_spacing_after_transp"])
         todo = [c for c in self.cases if not self._is_cached(c)]
+        skipped = {}
         for case in tqdm(todo, desc="preprocessing unlabeled pool", disable=not progress or not todo):
-            data, seg, _ = preprocessor.run_case(
-                list(case.image_files), case.label_file, plans_manager, configuration_manager, dataset_json
-            )
+            try:
+                data, properties = reader.read_images(list(case.image_files))
+                check_case_matches_dataset(case, data, properties["spacing"], num_channels, dataset_is_2d)
+                seg = reader.read_seg(case.label_file)[0] if case.label_file is not None else None
+                data, seg, _ = preprocessor.run_case_npy(data, seg, properties, plans_manager, configuration_manager,
+                                                         dataset_json)
+            except Exception as error:  # noqa: BLE001 (any reader failure on user data is a bad case)
+                reason = error if isinstance(error, BadCaseError) else BadCaseError(
+                    f"pool case {case.case_id!r} could not be read ({', '.join(case.image_files)}): "
+                    f"{type(error).__name__}: {error}")
+                if on_bad_case != "skip":
+                    raise BadCaseError(
+                        f"{reason}. Fix or remove the file, or set \"on_bad_case\": \"skip\" in the file named by "
+                        "$nnUNet_rndpo_config (commands: --on-bad-case skip) to leave such cases out.") from error
+                skipped[case.case_id] = str(reason)
+                atomic_write_text(self._bad_marker(case.case_id),
+                                  json.dumps({"stamp": _source_stamp(case), "reason": str(reason)}))
+                continue
             atomic_save(self.folder / f"{case.case_id}_image.npy", data.astype(np.float32, copy=False))
             if case.label_file is not None:
                 # nnU-Net marks voxels outside the nonzero crop as -1; they are background for scoring
                 atomic_save(self.folder / f"{case.case_id}_label.npy", np.maximum(seg[0], 0).astype(np.int16))
             atomic_write_text(self.folder / f"{case.case_id}.json", json.dumps(_source_stamp(case)))
+            self._bad_marker(case.case_id).unlink(missing_ok=True)
+        return skipped
+
+    def _bad_marker(self, case_id: str) -> Path:
+        return self.folder / f"{case_id}.bad.json"
+
+    def drop_bad_cases(self) -> dict[str, str]:
+        """Leaves out the cases recorded as bad (by any part of a split run) whose files are unchanged since.
+
+        Returns:
+            ``{case_id: reason}`` of the cases left out.
+        """
+        bad = {}
+        for case in self.cases:
+            marker = self._bad_marker(case.case_id)
+            if marker.is_file() and not self._is_cached(case):
+                recorded = json.loads(marker.read_text())
+                if recorded["stamp"] == _source_stamp(case):
+                    bad[case.case_id] = recorded["reason"]
+        self.cases = [c for c in self.cases if c.case_id not in bad]
+        self.case_ids = [c.case_id for c in self.cases]
+        return bad
+
+    def source_digest(self, case_id: str) -> str:
+        """Digest of the raw files a cached case was preprocessed from (their sizes and modification times);
+        ``"not preprocessed"`` for a case not cached yet (e.g. another part's), which matches no digest."""
+        stamp = self.folder / f"{case_id}.json"
+        return hashlib.sha256(stamp.read_bytes()).hexdigest()[:16] if stamp.is_file() else "not preprocessed"
 
     def _is_cached(self, case: PoolCase) -> bool:
         stamp = self.folder / f"{case.case_id}.json"

@@ -24,7 +24,8 @@ Masks are stored in nnU-Net's preprocessed space, so that patches of image, prop
 line up.
 
 Cache: ``<cache>/proposals/<key>/<case>.npz`` with ``masks`` (uint8, ``(K, *spatial)``) and
-``probabilities`` (float16, ``(C, *spatial)``, the mean over flips). ``<key>`` hashes everything that
+``probabilities`` (float16, ``(C, *spatial)``, the mean over flips), and ``<case>.source``, the digest of the
+raw files the case was preprocessed from (a replaced image gets new proposals). ``<key>`` hashes everything that
 produced them (hash of the base network's weights, plans, configuration, sources, K, seed), so a changed base model or
 config reads from a new folder and never from a stale one. Each case file is written atomically; a
 ``manifest.json`` written last marks the folder complete.
@@ -255,14 +256,26 @@ class ProposalCache:
         manifest = self.folder / "manifest.json"
         return manifest.is_file() and json.loads(manifest.read_text())["spec"] == self.spec
 
-    def has_case(self, case_id: str) -> bool:
-        return (self.folder / f"{case_id}.npz").is_file()
+    def has_case(self, case_id: str, source: str | None = None) -> bool:
+        """Whether the case's proposals are cached (and, given ``source``, made from that version of its image)."""
+        if not (self.folder / f"{case_id}.npz").is_file():
+            return False
+        if source is None:
+            return True
+        recorded = self.folder / f"{case_id}.source"
+        return recorded.is_file() and recorded.read_text() == source
 
-    def save_case(self, case_id: str, masks: np.ndarray, probabilities: np.ndarray) -> None:
+    def save_case(self, case_id: str, masks: np.ndarray, probabilities: np.ndarray, source: str | None = None) -> None:
+        """Writes the case's file atomically, then the digest of the image it was made from (``source``).
+
+        Killed between the two writes, the old digest no longer matches and the case is made again.
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
         temporary = self.folder / f"{case_id}.tmp.npz"
         np.savez_compressed(temporary, masks=masks, probabilities=probabilities)
         os.replace(temporary, self.folder / f"{case_id}.npz")
+        if source is not None:
+            atomic_write_text(self.folder / f"{case_id}.source", source)
 
     def masks(self, case_id: str) -> np.ndarray:
         """uint8 ``(K, *spatial)``."""
@@ -310,6 +323,10 @@ def generate_proposals(
 ) -> int:
     """Fills ``cache`` for the cases not in it yet; returns the number of cases generated.
 
+    A case counts as filled when its file exists and was made from the current version of its image
+    (``pool.source_digest``, None = not checked), so an image replaced under the same case id gets new
+    proposals.
+
     Args:
         case_ids: the cases to fill (one part of a split run); default every pool case.
         all_case_ids: the whole pool; the cache is marked complete once every one of them is there, so
@@ -319,12 +336,12 @@ def generate_proposals(
     """
     case_ids = pool.case_ids if case_ids is None else case_ids
     all_case_ids = pool.case_ids if all_case_ids is None else all_case_ids
-    todo = [c for c in case_ids if not cache.has_case(c)]
+    todo = [c for c in case_ids if not cache.has_case(c, pool.source_digest(c))]
     for case_id in tqdm(todo, desc="generating proposals", disable=not progress or not todo):
         image = torch.from_numpy(np.array(pool.image(case_id)))
         masks, probabilities = propose_case(predictor, image.to(device), specs, label_manager, mirror_axes, seed,
                                             extra_weights)
-        cache.save_case(case_id, masks, probabilities)
-    if all(cache.has_case(c) for c in all_case_ids):
+        cache.save_case(case_id, masks, probabilities, pool.source_digest(case_id))
+    if all(cache.has_case(c, pool.source_digest(c)) for c in all_case_ids):
         cache.mark_complete(list(all_case_ids))
     return len(todo)

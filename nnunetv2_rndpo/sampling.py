@@ -69,7 +69,9 @@ class PairPatchSampler:
             region = np.argwhere(masks[0] != masks[1])
             center = tuple(region[self.rng.integers(len(region))])
         box = patch_bbox(image.shape[1:], self.crop_size, self.final_size, center, self.rng)
-        image_patch = torch.from_numpy(crop_and_pad_nd(np.asarray(image), [[0, image.shape[0]], *box], 0)).float()
+        # a copy: the crop of an image larger than the patch is a view of the pool's read-only memory map, and
+        # nnU-Net's augmentation works in place (writing into the map crashed the process with a segfault)
+        image_patch = torch.from_numpy(np.array(crop_and_pad_nd(image, [[0, image.shape[0]], *box], 0), np.float32))
         mask_patch = torch.from_numpy(crop_and_pad_nd(masks, [[0, 2], *box], 0).astype(np.int16))
         if self.patch_was_2d:
             image_patch, mask_patch = image_patch[:, 0], mask_patch[:, 0]

@@ -13,14 +13,15 @@ modules of this package. Configuration: :mod:`nnunetv2_rndpo.config`.
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import torch
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunetv2_rndpo.compat import require_supported_nnunet
 from nnunetv2_rndpo.config import load_config
 from nnunetv2_rndpo.objective import (
     agreement_loss,
@@ -31,11 +32,18 @@ from nnunetv2_rndpo.objective import (
 )
 from nnunetv2_rndpo.phase import PreferencePhase, epoch_metrics
 
+# nothing above imports nnunetv2: an unsupported version gets a clear error here, not a deep traceback later
+require_supported_nnunet()
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: E402
+
 
 class nnUNetTrainerRNDPO(nnUNetTrainer):
     """Region-Normalized DPO fine-tuning of a trained nnU-Net model (``normalization='region'``)."""
 
     preset: ClassVar[dict] = {"normalization": "region"}
+    # pairs whose patch has fewer than min_region_voxels disagreeing voxels are skipped by the loss
+    skips_small_regions: ClassVar[bool] = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnUNetTrainer's exact signature)
@@ -46,6 +54,7 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
         self.num_iterations_per_epoch = cfg.num_iterations_per_epoch
         self.num_val_iterations_per_epoch = cfg.num_val_iterations_per_epoch
         self.initial_lr = cfg.learning_rate
+        self.save_every = cfg.save_every
         # nnU-Net's augmentation draws from the global generators; seeding them makes CPU runs repeatable
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -177,7 +186,12 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
         super().on_epoch_end()
 
     def save_checkpoint(self, filename: str) -> None:
-        super().save_checkpoint(filename)
+        """nnU-Net's checkpoint, written to a temporary file and renamed: a run killed while writing keeps the
+        previous checkpoint intact for ``--c``. The sampler state follows it (``checkpoint_*.rndpo.json``)."""
+        temporary = f"{filename}.tmp"
+        super().save_checkpoint(temporary)
+        if os.path.isfile(temporary):  # only rank 0 writes, and nothing with checkpointing disabled
+            os.replace(temporary, filename)
         if self.phase is not None and self.local_rank == 0 and not self.disable_checkpointing:
             self.phase.save_state(filename)
 
@@ -200,6 +214,8 @@ class nnUNetTrainerPseudoLabel(nnUNetTrainerRNDPO):
     mask is unused and there is no reference term.
     """
 
+    skips_small_regions: ClassVar[bool] = False
+
     def preference_step(self, data, output, target):
         chosen = [t[:, :1] for t in target]
         if self.label_manager.has_regions:
@@ -220,6 +236,8 @@ def read_pairs_file(fold_folder: str | Path) -> list[dict]:
 class nnUNetTrainerContinuedSFT(nnUNetTrainerRNDPO):
     """Control for "more training": nnU-Net's supervised loss on the labeled cases only, with the same start
     point, schedule and optimiser as the preference trainers (the preference batches are drawn but unused)."""
+
+    skips_small_regions: ClassVar[bool] = False
 
     preset: ClassVar[dict] = {"sft_weight": 1.0}
 

@@ -134,7 +134,7 @@ def test_reliability_on_labeled_validation_cases(toolkit):
 def test_invalid_inputs_error_clearly(toolkit):
     root, env, _, _ = toolkit
     other_seed = command(env, "judge", "--judge", "agreement", "--seed", "7", expect_ok=False)
-    assert other_seed.returncode == 2 and "No proposals for 6 of 6 pool cases" in other_seed.stderr
+    assert other_seed.returncode == 2 and "No current proposals for 6 of 6 pool cases" in other_seed.stderr
     assert "Run nnUNetv2_rndpo_proposals" in other_seed.stderr
     missing = command(env, "mine", "--scores", str(root / "nope.csv"), expect_ok=False)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
