@@ -146,7 +146,14 @@ def run_judge(args: argparse.Namespace) -> Path:
     """Writes the scores CSV (and the report); returns the CSV's path."""
     from nnunetv2_rndpo.judges import normalize_scores, write_scores_csv
     from nnunetv2_rndpo.mining import MiningParams
-    from nnunetv2_rndpo.pipeline import JudgeSettings, hidden_true_dice, prepare_pool, proposal_cache, score_pool
+    from nnunetv2_rndpo.pipeline import (
+        JudgeSettings,
+        hidden_true_dice,
+        prepare_pool,
+        proposal_cache,
+        require_complete,
+        score_pool,
+    )
 
     if args.judge == "external" and not args.scores:
         raise ValueError("--judge external needs --scores FILE (CSV case_id,proposal,score from your QC system)")
@@ -155,6 +162,7 @@ def run_judge(args: argparse.Namespace) -> Path:
     base, settings = _load(args)
     pool = prepare_pool(base, args.unlabeled_dir, progress=not args.quiet, on_bad_case=args.on_bad_case)
     cache = proposal_cache(base, settings)[0]
+    require_complete(cache, pool)
     dice = hidden_true_dice(base, pool, cache) if args.report else None
     if args.report and dice is None:
         raise FileNotFoundError("--report needs hidden ground truth for every pool case in labelsUnlabeled/ "

@@ -223,7 +223,10 @@ class Study:
         return folder
 
     def _base_args(self, dataset_id: int) -> list[str]:
-        return ["-d", str(dataset_id), "-c", self.spec.configuration, "-f", "all", "-tr", self.scale.base_trainer]
+        """The base model and proposal settings, the same for every toolkit command (they name the cache)."""
+        return ["-d", str(dataset_id), "-c", self.spec.configuration, "-f", "all", "-tr", self.scale.base_trainer,
+                "-n", str(PROPOSALS["num_proposals"]), "--sources", *PROPOSALS["proposal_sources"],
+                "--seed", str(PROPOSALS["seed"]), "-device", self.device]
 
     def judge_scores(self, seed: int, judge: str) -> tuple[Path, dict]:
         """The judge's score CSV and reliability report for a seed's pool (computed once)."""
@@ -266,9 +269,7 @@ class Study:
         raw = self.make_dataset(seed)
         did = self.dataset_id(seed)
         base_folder = self.train_base(did, self.scale.base_trainer)
-        self._run("proposals", ["nnUNetv2_rndpo_proposals", *self._base_args(did), "-n", str(PROPOSALS["num_proposals"]),
-                                "--sources", *PROPOSALS["proposal_sources"], "--seed", str(PROPOSALS["seed"]),
-                                "-device", self.device], self.root / f"seed_{seed}")
+        self._run("proposals", ["nnUNetv2_rndpo_proposals", *self._base_args(did)], self.root / f"seed_{seed}")
         manifest = raw / "splits.json"
         if manifest.is_file():
             record["splits"] = {k: len(v) for k, v in json.loads(manifest.read_text()).items() if isinstance(v, list)}
@@ -413,12 +414,15 @@ def write_report(all_results: list[dict], report_file: Path, figure_folder: Path
         full = results.get("full_label", {}).get("dice")
         base = [a["summary"]["base"] for s in results["seeds"].values() for a in list(s["arms"].values())[:1]]
         lines += [f"## {title}", "",
-                  f"Base (10 labels): {_mean_sd(base)}; full-label upper bound: "
+                  f"Base ({results['protocol']['num_labeled']} labels): {_mean_sd(base)}; full-label upper bound: "
                   f"{'-' if full is None else f'{full:.4f}'}; seeds: {', '.join(results['seeds'])}.", "",
-                  "| arm | peak | sustained | final | worst drop | Δ sustained | gap share |", "|---|---|---|---|---|---|---|"]
+                  "| method | judge | mining | peak | sustained | final | worst drop | Δ sustained | gap share |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
-            lines.append(f"| {r['arm']} | {_mean_sd(r['peak'])} | {_mean_sd(r['sustained'])} | {_mean_sd(r['final'])} | "
-                         f"{_mean_sd(r['worst_drop'])} | {_mean_sd(r['delta_sustained'])} | {_mean_sd(r['gap_share'])} |")
+            judge, mining = (r["judge"], r["mining"]) if r["judge"] else ("–", "–")
+            lines.append(f"| {r['method']} | {judge} | {mining} | {_mean_sd(r['peak'])} | {_mean_sd(r['sustained'])} | "
+                         f"{_mean_sd(r['final'])} | {_mean_sd(r['worst_drop'])} | {_mean_sd(r['delta_sustained'])} | "
+                         f"{_mean_sd(r['gap_share'])} |")
         mining = [r for r in rows if r["method"] in ("DPO", "RN-DPO") and r["judge"] in ("oracle", "weak")]
         if mining:
             lines += ["", "Mining (reliable = oracle σ=0, weak = calibrated noisy and size-biased oracle):", "",

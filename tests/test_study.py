@@ -23,7 +23,7 @@ def _results():
             "RN-DPO | oracle | top_random": _arm("RN-DPO", "oracle", "top_random", [0.80 + shift, 0.79 + shift, 0.81 + shift]),
         }, "judges": {"oracle": {"spearman/pooled": 1.0, "pairwise/accuracy": 1.0}}}
     return {"dataset": "hippocampus", "configuration": "3d_fullres", "scale": "cpu", "seeds": seeds,
-            "full_label": {"dice": 0.90}}
+            "full_label": {"dice": 0.90}, "protocol": {"num_labeled": 10}}
 
 
 def test_arms_cover_the_protocol():
@@ -48,6 +48,7 @@ def test_gap_share_and_tables(tmp_path):
     report = write_report([results], tmp_path / "results.md", tmp_path / "figures")
     text = report.read_text()
     assert "| RN-DPO | oracle | top_bottom |" in text and "full-label upper bound: 0.9000" in text
+    assert "| control (continued supervised) | – | – |" in text  # one cell per column, no "|" inside a name
     assert "0.4500 ± 0.0707" in text  # gap share over two seeds: 0.4 and 0.5
     assert (tmp_path / "figures" / "hippocampus_oracle.png").stat().st_size > 1000
 
@@ -91,3 +92,17 @@ def test_full_label_dataset_links_pool_labels(tmp_path):
     (source / "labelsUnlabeled").rmdir()
     with pytest.raises(FileNotFoundError, match="labelsUnlabeled"):
         full_label_dataset(source, tmp_path / "raw", 1011)
+
+
+def test_every_toolkit_command_names_the_proposals_the_arms_train_on(tmp_path):
+    """The proposal settings name the cache: the judge, the learned judge and the arms must all ask for the
+    proposals that ``nnUNetv2_rndpo_proposals`` made, or they look in an empty cache."""
+    from nnunetv2_rndpo.commands import judge_parser, proposals_parser, train_judge_parser
+    from nnunetv2_rndpo.study import PROPOSALS
+
+    args = Study("synthetic", None, "smoke", tmp_path / "out")._base_args(980)
+    parsed = [proposals_parser().parse_args(args), judge_parser().parse_args([*args, "--judge", "oracle"]),
+              train_judge_parser().parse_args(args)]
+    for p in parsed:
+        assert (p.n, p.sources, p.seed) == (PROPOSALS["num_proposals"], PROPOSALS["proposal_sources"], PROPOSALS["seed"])
+        assert (p.f, p.tr) == (["all"], SCALES["smoke"].base_trainer)
