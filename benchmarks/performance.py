@@ -108,8 +108,10 @@ def prepare(args, root: Path) -> None:
 
 
 def rndpo_config(root: Path, configuration: str, overrides: dict, pool_size: int | None, dim: int) -> Path:
+    # min_region_voxels 1: the short base's mirror flips can differ by a few voxels only (2D); the step's cost does
+    # not depend on |D|, but a skipped pair would skip work, so every pair is used
     config = {"num_proposals": 8 if dim == 3 else 4, "proposal_sources": ["mirror"], "guard_num_cases": 0,
-              "eval_every": 0, "base_trainer": "nnUNetTrainer_rndpoSmoke", **overrides}
+              "eval_every": 0, "base_trainer": "nnUNetTrainer_rndpoSmoke", "min_region_voxels": 1, **overrides}
     if pool_size is not None:
         config["unlabeled_dir"] = str(root / "raw" / DATASET / f"imagesUnlabeled{pool_size}")
     path = root / f"config_{hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]}.json"

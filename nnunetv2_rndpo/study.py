@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunetv2_rndpo.datasets import MANIFEST
 from nnunetv2_rndpo.metrics import curve_summary
 from nnunetv2_rndpo.pool import atomic_write_text
 
@@ -120,8 +121,10 @@ class Scale:
 
 
 SCALES = {
-    # ~2 h per dataset on 2 CPU cores (measured base: 500 iterations ≈ 12 min on Hippocampus).
-    "cpu": Scale("nnUNetTrainer_cpuBase", 5, 20, 1e-4, (0, 1), ("oracle", "weak", "agreement", "learned"), max_pool=60),
+    # ~2 h per dataset on 2 CPU cores (measured base: 500 iterations ≈ 12 min on Hippocampus). Learning rate
+    # 1e-5, the config default: at 1e-4 the label-free anchors alone let the model fall by up to 0.08 test Dice
+    # before it recovered (docs/results/anchors_hippocampus_cpu.md); at 1e-5 RN-DPO stayed above its base.
+    "cpu": Scale("nnUNetTrainer_cpuBase", 5, 20, 1e-5, (0, 1), ("oracle", "weak", "agreement", "learned"), max_pool=60),
     # paper-sized: nnU-Net's 250-epoch schedule for the base, 3 seeds, every arm under every judge.
     "gpu": Scale("nnUNetTrainer_250epochs", 10, 100, 1e-5, (0, 1, 2), ("oracle", "weak", "agreement", "learned"),
                  full_arms=True),
@@ -270,9 +273,9 @@ class Study:
         did = self.dataset_id(seed)
         base_folder = self.train_base(did, self.scale.base_trainer)
         self._run("proposals", ["nnUNetv2_rndpo_proposals", *self._base_args(did)], self.root / f"seed_{seed}")
-        manifest = raw / "splits.json"
+        manifest = raw / MANIFEST
         if manifest.is_file():
-            record["splits"] = {k: len(v) for k, v in json.loads(manifest.read_text()).items() if isinstance(v, list)}
+            record["splits"] = {k: len(v) for k, v in json.loads(manifest.read_text())["splits"].items()}
         for arm in arms_for(self.scale.judges, self.scale.full_arms):
             if arm.name in record["arms"] or (self.only_arms and arm.name not in self.only_arms):
                 continue

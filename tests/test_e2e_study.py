@@ -26,6 +26,7 @@ def test_study_runs_arms_writes_report_and_resumes(tmp_path, capsys):
     # both arms start from the same base checkpoint: the same Dice before fine-tuning
     assert arms[ARMS[0]]["curve"][0] == pytest.approx(arms[ARMS[1]]["curve"][0], abs=1e-6)
     assert arms[ARMS[1]]["pairs"] > 0
+    assert results["seeds"]["0"]["splits"]["test"] == 6
     assert results["seeds"]["0"]["judges"]["oracle"]["pairwise/accuracy"] == pytest.approx(1.0)
     assert 0 < results["full_label"]["dice"] <= 1
     report = (out / "report.md").read_text()
