@@ -400,6 +400,17 @@ def arm_table(results: dict) -> list[dict]:
     return rows
 
 
+def _completeness(results: dict) -> str:
+    """Which part of the protocol the results hold: finished arms per seed, and the full-label model."""
+    protocol = results.get("protocol", {})
+    expected = len(arms_for(tuple(protocol.get("judges", ())), protocol.get("full_arms", False))) or None
+    seeds = protocol.get("seeds") or []
+    done = [f"seed {s}: {len(results['seeds'].get(str(s), {}).get('arms', {}))}/{expected} arms" for s in seeds]
+    state = "complete" if expected and all(len(results["seeds"].get(str(s), {}).get("arms", {})) == expected
+                                          for s in seeds) and "full_label" in results else "INCOMPLETE"
+    return f"Protocol {state}: {'; '.join(done) or 'no seeds'}; full-label model {'done' if 'full_label' in results else 'missing'}."
+
+
 def write_report(all_results: list[dict], report_file: Path, figure_folder: Path) -> Path:
     """Markdown with the main, mining and judge tables and a curve figure per dataset and judge."""
     report_file, figure_folder = Path(report_file), Path(figure_folder)
@@ -419,6 +430,7 @@ def write_report(all_results: list[dict], report_file: Path, figure_folder: Path
         lines += [f"## {title}", "",
                   f"Base ({results['protocol']['num_labeled']} labels): {_mean_sd(base)}; full-label upper bound: "
                   f"{'-' if full is None else f'{full:.4f}'}; seeds: {', '.join(results['seeds'])}.", "",
+                  _completeness(results), "",
                   "| method | judge | mining | peak | sustained | final | worst drop | Δ sustained | gap share |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in rows:

@@ -106,3 +106,11 @@ def test_every_toolkit_command_names_the_proposals_the_arms_train_on(tmp_path):
     for p in parsed:
         assert (p.n, p.sources, p.seed) == (PROPOSALS["num_proposals"], PROPOSALS["proposal_sources"], PROPOSALS["seed"])
         assert (p.f, p.tr) == (["all"], SCALES["smoke"].base_trainer)
+
+
+def test_report_says_how_much_of_the_protocol_is_done(tmp_path):
+    results = _results()
+    results["protocol"] = {"num_labeled": 10, "judges": ["oracle"], "full_arms": False, "seeds": [0, 1, 2]}
+    text = write_report([results], tmp_path / "r.md", tmp_path / "f").read_text()
+    expected = len(arms_for(("oracle",), False))
+    assert f"Protocol INCOMPLETE: seed 0: 3/{expected} arms; seed 1: 3/{expected} arms; seed 2: 0/{expected} arms" in text
