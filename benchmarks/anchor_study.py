@@ -134,7 +134,7 @@ def write_table(root: Path, results: dict, args) -> None:
 
     lines = [f"Test Dice (mean of the 2 classes) on {args.test} Hippocampus test cases, CPU (2 cores); base "
              "nnUNetTrainer_cpuBase on 10 labels; oracle judge σ=0, top_bottom; AdamW at the arm's learning_rate "
-             "(default lr 1e-4, anchor weights 1.0).", "",
+             f"(--lr {args.lr:g}), anchor weights {args.weight_scale:g}.", "",
              "| arm | settings | " + " | ".join(f"it {i}" for i in iterations) + " | peak | sustained | final | worst drop | s |",
              "|---|---|" + "---|" * (len(iterations) + 5)]
     for arm, r in results.items():
