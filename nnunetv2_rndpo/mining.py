@@ -17,6 +17,7 @@ always dropped), then at most ``max_pairs_per_case`` pairs. Ties in scores go to
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,7 +151,8 @@ def pair_statistics(pairs: list[Pair], num_cases: int) -> dict[str, float]:
     """Summary of mined pairs: count, cases covered, judge margins, |D| quantiles and oracle accuracy.
 
     ``pairs/oracle_acc`` (share of pairs whose chosen mask has the higher true Dice; ties count 0.5) is
-    present only when every pair records true Dice.
+    present only when every pair records true Dice, with the same share among the pairs whose |D| is at most
+    the median (``pairs/oracle_acc_small_region``) and above it (``_large_region``; NaN if there are none).
     """
     stats: dict[str, float] = {"pairs/count": len(pairs), "pairs/cases": len({p.case_id for p in pairs}),
                                "pairs/pool_cases": num_cases}
@@ -163,9 +165,13 @@ def pair_statistics(pairs: list[Pair], num_cases: int) -> dict[str, float]:
     for q in (0, 25, 50, 75, 100):
         stats[f"region/size_p{q}"] = float(np.percentile(regions, q))
     if all(p.chosen_dice is not None for p in pairs):
-        stats["pairs/oracle_acc"] = float(np.mean([
-            1.0 if p.chosen_dice > p.rejected_dice else 0.5 if p.chosen_dice == p.rejected_dice else 0.0
-            for p in pairs]))
+        correct = np.array([1.0 if p.chosen_dice > p.rejected_dice else 0.5 if p.chosen_dice == p.rejected_dice else 0.0
+                            for p in pairs])
+        stats["pairs/oracle_acc"] = float(correct.mean())
+        # is the judge wrong more often where the masks disagree most? (RN-DPO's premise)
+        small = regions <= np.median(regions)
+        stats["pairs/oracle_acc_small_region"] = float(correct[small].mean())
+        stats["pairs/oracle_acc_large_region"] = float(correct[~small].mean()) if (~small).any() else math.nan
     return stats
 
 

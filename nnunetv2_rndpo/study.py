@@ -2,7 +2,7 @@
 
     nnUNetv2_rndpo_study --dataset hippocampus --source ../shared/data/msd_task04_hippocampus --scale cpu -o OUT
     nnUNetv2_rndpo_study --dataset hc18 --source ../shared/data/hc18_fetal_head_us --scale cpu -o OUT2
-    nnUNetv2_rndpo_study --report-from OUT OUT2 --report-to docs/results.md
+    nnUNetv2_rndpo_study --report-from OUT OUT2 --report-to docs/results.md   # or the results.json files
 
 Per seed s (the seed draws the labeled cases; the test set is the same for every seed):
 dataset ``Dataset<id+s>`` from ``nnUNetv2_rndpo_make_dataset`` → plan and preprocess → base model
@@ -105,6 +105,19 @@ def arms_for(judges: tuple[str, ...], full: bool) -> list[Arm]:
     return arms
 
 
+# Why does RN-DPO move further than DPO? At the default β (region: 1; none: 0.01) and a median |D| of a few
+# hundred voxels, RN-DPO's sigmoid saturates only at a ~|D|·0.01 times larger mean log-ratio gap than DPO's.
+# β = 4 matches DPO's saturation point at |D| ≈ 400 (HC18's median). ``--sweep`` adds these arms to a study.
+SWEEP_BETAS = (4.0,)
+SWEEP_JUDGES = ("oracle", "learned")
+
+
+def sweep_arms() -> list[Arm]:
+    """RN-DPO at each β of SWEEP_BETAS under the reliable and the learned judge (not part of the protocol)."""
+    return [Arm(f"RN-DPO (β {beta:g})", "nnUNetTrainerRNDPO", judge, overrides={"sft_weight": 0.0, "beta": beta})
+            for beta in SWEEP_BETAS for judge in SWEEP_JUDGES]
+
+
 @dataclass(frozen=True)
 class Scale:
     """The size of a study run."""
@@ -137,7 +150,7 @@ class Study:
     """Runs one dataset's study into ``output`` (see the module docstring)."""
 
     def __init__(self, dataset: str, source: str | None, scale: str, output: str | Path, seeds: tuple[int, ...] | None = None,
-                 device: str = "cpu", only_arms: list[str] | None = None):
+                 device: str = "cpu", only_arms: list[str] | None = None, sweep: bool = False):
         if dataset not in DATASETS:
             raise ValueError(f"unknown --dataset {dataset!r}; valid: {', '.join(DATASETS)}")
         if scale not in SCALES:
@@ -151,6 +164,7 @@ class Study:
         self.seeds = tuple(seeds) if seeds else self.scale.seeds
         self.device = device
         self.only_arms = only_arms
+        self.sweep = sweep
         self.results_file = self.root / "results.json"
         self.results = json.loads(self.results_file.read_text()) if self.results_file.is_file() else {}
         if self.results and self.results.get("dataset") != dataset:
@@ -276,7 +290,11 @@ class Study:
         manifest = raw / MANIFEST
         if manifest.is_file():
             record["splits"] = {k: len(v) for k, v in json.loads(manifest.read_text())["splits"].items()}
-        for arm in arms_for(self.scale.judges, self.scale.full_arms):
+        for arm in arms_for(self.scale.judges, self.scale.full_arms) + (sweep_arms() if self.sweep else []):
+            if arm.name in record["arms"] and "drift" not in record["arms"][arm.name]:  # results of older runs
+                fold = self._arm_fold(seed, arm, base_folder)
+                if (fold / "rndpo_metrics.jsonl").is_file():
+                    record["arms"][arm.name]["drift"] = read_arm_metrics(fold)["drift"]
             if arm.name in record["arms"] or (self.only_arms and arm.name not in self.only_arms):
                 continue
             scores = None
@@ -306,17 +324,18 @@ class Study:
         seconds = self._run("train", ["nnUNetv2_train", str(did), self.spec.configuration, "all", "-tr", arm.trainer,
                                       "-device", self.device], run_root,
                             nnUNet_results=str(run_root / "nnUNet_results"), nnUNet_rndpo_config=str(config_file))
-        fold = results / f"{arm.trainer}__nnUNetPlans__{self.spec.configuration}" / "fold_all"
-        rows = [json.loads(line) for line in (fold / "rndpo_metrics.jsonl").read_text().splitlines()]
-        curve = [r["eval/dice"] for r in rows if "eval/dice" in r]
-        iterations = [i * s.iterations_per_epoch for i in range(len(curve))]  # eval_every = 1, row 0 = base
-        pairs_file = fold / "rndpo_pairs.json"
-        pairs = len(json.loads(pairs_file.read_text())["pairs"]) if pairs_file.is_file() else None
+        fold = self._arm_fold(seed, arm, base_folder)
+        metrics = read_arm_metrics(fold)
+        iterations = [i * s.iterations_per_epoch for i in range(len(metrics["curve"]))]  # eval_every = 1, row 0 = base
         for checkpoint in fold.glob("checkpoint_*.pth"):  # the curve is what the study keeps; weights are large
             checkpoint.unlink()
         return {"method": arm.method, "judge": arm.judge, "mining": arm.mining, "trainer": arm.trainer, "config": config,
-                "curve": curve, "iterations": iterations, "summary": curve_summary(curve), "seconds": round(seconds),
-                "pairs": pairs}
+                "iterations": iterations, "summary": curve_summary(metrics["curve"]), "seconds": round(seconds),
+                **metrics}
+
+    def _arm_fold(self, seed: int, arm: Arm, base_folder: Path) -> Path:
+        return (self.root / f"seed_{seed}" / "runs" / arm.folder_name / "nnUNet_results" / base_folder.parent.name
+                / f"{arm.trainer}__nnUNetPlans__{self.spec.configuration}" / "fold_all")
 
     def run_full_label(self) -> None:
         """The upper bound: the base trainer on labeled + pool cases with their labels, the same test set."""
@@ -338,6 +357,17 @@ class Study:
         if out.returncode:
             raise RuntimeError(f"evaluating Dataset{dataset_id} {trainer} failed:\n{out.stderr[-2000:]}")
         return float(out.stdout.strip().splitlines()[-1])
+
+
+def read_arm_metrics(fold: Path) -> dict:
+    """What the study keeps of a finished arm: its test-Dice curve (row 0 = base), its drift from the base per
+    epoch (``guard/kl``: mean KL of the policy to the reference on the guard cases, nnunetv2_rndpo/phase.py) and
+    the number of pairs it trained on."""
+    rows = [json.loads(line) for line in (fold / "rndpo_metrics.jsonl").read_text().splitlines()]
+    pairs_file = fold / "rndpo_pairs.json"
+    return {"curve": [r["eval/dice"] for r in rows if "eval/dice" in r],
+            "drift": [r["guard/kl"] for r in rows if "guard/kl" in r],
+            "pairs": len(json.loads(pairs_file.read_text())["pairs"]) if pairs_file.is_file() else None}
 
 
 def full_label_dataset(source: Path, raw_root: Path, dataset_id: int) -> Path:
@@ -381,7 +411,8 @@ def _mean_sd(values: list[float]) -> str:
 def arm_table(results: dict) -> list[dict]:
     """One row per arm (over seeds): peak/sustained/final/worst drop, Δ to base and the label-gap share.
 
-    gap share = (sustained − base) / (full-label − base), per seed, then averaged.
+    gap share = (sustained − base) / (full-label − base), per seed, then averaged. drift = the mean over epochs
+    of ``guard/kl`` (how far the policy moved from the base on the guard cases), per seed, then averaged.
     """
     full = results.get("full_label", {}).get("dice")
     by_arm: dict[str, list[dict]] = {}
@@ -396,18 +427,20 @@ def arm_table(results: dict) -> list[dict]:
                      "seeds": len(runs), **{k: [x[k] for x in s] for k in ("base", "peak", "sustained", "final",
                                                                            "worst_drop", "delta_peak", "delta_sustained",
                                                                            "delta_final")},
-                     "gap_share": gap})
+                     "gap_share": gap, "drift": [float(np.mean(r["drift"])) for r in runs if r.get("drift")]})
     return rows
 
 
 def _completeness(results: dict) -> str:
     """Which part of the protocol the results hold: finished arms per seed, and the full-label model."""
     protocol = results.get("protocol", {})
-    expected = len(arms_for(tuple(protocol.get("judges", ())), protocol.get("full_arms", False))) or None
+    names = {a.name for a in arms_for(tuple(protocol.get("judges", ())), protocol.get("full_arms", False))}
+    expected = len(names) or None
     seeds = protocol.get("seeds") or []
-    done = [f"seed {s}: {len(results['seeds'].get(str(s), {}).get('arms', {}))}/{expected} arms" for s in seeds]
-    state = "complete" if expected and all(len(results["seeds"].get(str(s), {}).get("arms", {})) == expected
-                                          for s in seeds) and "full_label" in results else "INCOMPLETE"
+    finished = {s: len(names & set(results["seeds"].get(str(s), {}).get("arms", {}))) for s in seeds}
+    done = [f"seed {s}: {n}/{expected} arms" for s, n in finished.items()]
+    state = "complete" if expected and all(n == expected for n in finished.values()) and "full_label" in results \
+        else "INCOMPLETE"
     return f"Protocol {state}: {'; '.join(done) or 'no seeds'}; full-label model {'done' if 'full_label' in results else 'missing'}."
 
 
@@ -419,7 +452,8 @@ def write_report(all_results: list[dict], report_file: Path, figure_folder: Path
              "Generated by `nnUNetv2_rndpo_study` (nnunetv2_rndpo/study.py; the protocol is in its docstring and "
              "in each `results.json`). Test Dice = mean over test cases of the foreground-mean Dice "
              "(nnunetv2_rndpo/evaluation.py). Values are mean ± sd over seeds; peak/sustained/final/worst drop as "
-             "in nnunetv2_rndpo/metrics.py; gap share = (sustained − base) / (full-label − base).", ""]
+             "in nnunetv2_rndpo/metrics.py; gap share = (sustained − base) / (full-label − base); drift = mean over "
+             "epochs of the KL of the fine-tuned model to its base on the guard cases (`guard/kl`).", ""]
     for results in all_results:
         if not results.get("seeds"):
             continue
@@ -431,13 +465,13 @@ def write_report(all_results: list[dict], report_file: Path, figure_folder: Path
                   f"Base ({results['protocol']['num_labeled']} labels): {_mean_sd(base)}; full-label upper bound: "
                   f"{'-' if full is None else f'{full:.4f}'}; seeds: {', '.join(results['seeds'])}.", "",
                   _completeness(results), "",
-                  "| method | judge | mining | peak | sustained | final | worst drop | Δ sustained | gap share |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| method | judge | mining | peak | sustained | final | worst drop | Δ sustained | gap share | drift |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             judge, mining = (r["judge"], r["mining"]) if r["judge"] else ("–", "–")
             lines.append(f"| {r['method']} | {judge} | {mining} | {_mean_sd(r['peak'])} | {_mean_sd(r['sustained'])} | "
                          f"{_mean_sd(r['final'])} | {_mean_sd(r['worst_drop'])} | {_mean_sd(r['delta_sustained'])} | "
-                         f"{_mean_sd(r['gap_share'])} |")
+                         f"{_mean_sd(r['gap_share'])} | {_mean_sd(r['drift'])} |")
         mining = [r for r in rows if r["method"] in ("DPO", "RN-DPO") and r["judge"] in ("oracle", "weak")]
         if mining:
             lines += ["", "Mining (reliable = oracle σ=0, weak = calibrated noisy and size-biased oracle):", "",
@@ -495,6 +529,21 @@ def plot_curves(results: dict, judge: str, path: Path) -> None:
     plt.close(fig)
 
 
+def load_results(path: str | Path) -> dict:
+    """A study's results from its folder (``OUT/results.json``) or from a results JSON file."""
+    path = Path(path)
+    file = path / "results.json" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"--report-from {str(path)!r}: no study folder with a results.json and no results "
+                                "file there; pass a study's -o folder or a results JSON such as "
+                                "docs/results/study_hc18_cpu.json")
+    results = json.loads(file.read_text())
+    if "seeds" not in results or "dataset" not in results:
+        raise ValueError(f"{file} is not a study's results.json (it has no 'dataset' and 'seeds'); "
+                         "pass the results.json that nnUNetv2_rndpo_study wrote")
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="nnUNetv2_rndpo_study", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=list(DATASETS), help="which study dataset")
@@ -504,20 +553,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-o", "--output", help="study folder (results.json, report.md, nnU-Net folders)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (labeled draws). Default: the scale's")
     parser.add_argument("--arms", nargs="+", default=None, help="run only these arm names (as in results.json)")
+    parser.add_argument("--sweep", action="store_true", help="also run the β sweep arms (RN-DPO at β "
+                        f"{', '.join(f'{b:g}' for b in SWEEP_BETAS)} under the {' and '.join(SWEEP_JUDGES)} judges)")
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--report-from", nargs="+", default=None, metavar="STUDY_FOLDER",
-                        help="only write a report from finished study folders (with --report-to)")
+    parser.add_argument("--report-from", nargs="+", default=None, metavar="STUDY",
+                        help="only write a report (with --report-to) from study folders or their results.json files")
     parser.add_argument("--report-to", default="results.md", help="report file for --report-from. Default: results.md")
     args = parser.parse_args(argv)
     if args.report_from:
-        results = [json.loads((Path(f) / "results.json").read_text()) for f in args.report_from]
+        results = [load_results(f) for f in args.report_from]
         report = Path(args.report_to)
         print(f"wrote {write_report(results, report, report.parent / 'figures')}")
         return
     if not (args.dataset and args.output):
         parser.error("--dataset and -o are required (or --report-from)")
     Study(args.dataset, args.source, args.scale, args.output, tuple(args.seeds) if args.seeds else None,
-          args.device, args.arms).run()
+          args.device, args.arms, args.sweep).run()
 
 
 if __name__ == "__main__":

@@ -5,12 +5,13 @@ import json
 import pytest
 
 from nnunetv2_rndpo.metrics import curve_summary
-from nnunetv2_rndpo.study import SCALES, Study, arm_table, arms_for, main, write_report
+from nnunetv2_rndpo.study import SCALES, Study, arm_table, arms_for, main, read_arm_metrics, write_report
 
 
-def _arm(method, judge, mining, curve):
-    return {"method": method, "judge": judge, "mining": mining, "curve": curve,
-            "iterations": [20 * i for i in range(len(curve))], "summary": curve_summary(curve)}
+def _arm(method, judge, mining, curve, drift=None):
+    arm = {"method": method, "judge": judge, "mining": mining, "curve": curve,
+           "iterations": [20 * i for i in range(len(curve))], "summary": curve_summary(curve)}
+    return arm if drift is None else {**arm, "drift": drift}
 
 
 def _results():
@@ -19,7 +20,8 @@ def _results():
         seeds[seed] = {"arms": {
             "control (continued supervised)": _arm("control (continued supervised)", None, "top_bottom",
                                                    [0.80 + shift, 0.81 + shift, 0.81 + shift]),
-            "RN-DPO | oracle | top_bottom": _arm("RN-DPO", "oracle", "top_bottom", [0.80 + shift, 0.82 + shift, 0.84 + shift]),
+            "RN-DPO | oracle | top_bottom": _arm("RN-DPO", "oracle", "top_bottom", [0.80 + shift, 0.82 + shift, 0.84 + shift],
+                                                 drift=[0.01, 0.03 + shift]),
             "RN-DPO | oracle | top_random": _arm("RN-DPO", "oracle", "top_random", [0.80 + shift, 0.79 + shift, 0.81 + shift]),
         }, "judges": {"oracle": {"spearman/pooled": 1.0, "pairwise/accuracy": 1.0}}}
     return {"dataset": "hippocampus", "configuration": "3d_fullres", "scale": "cpu", "seeds": seeds,
@@ -51,6 +53,17 @@ def test_gap_share_and_tables(tmp_path):
     assert "| control (continued supervised) | – | – |" in text  # one cell per column, no "|" inside a name
     assert "0.4500 ± 0.0707" in text  # gap share over two seeds: 0.4 and 0.5
     assert (tmp_path / "figures" / "hippocampus_oracle.png").stat().st_size > 1000
+    # drift: mean guard KL over epochs per seed (0.02, 0.03), then mean ± sd; arms without it show "-"
+    assert tb["drift"] == pytest.approx([0.02, 0.03])
+    assert "| 0.0250 ± 0.0071 |" in text and rows["RN-DPO | oracle | top_random"]["drift"] == []
+
+
+def test_arm_metrics_from_the_trainer_files(tmp_path):
+    rows = [{"epoch": 0, "eval/dice": 0.8}, {"epoch": 1, "guard/kl": 0.01, "eval/dice": 0.82},
+            {"epoch": 2, "guard/kl": 0.02}]
+    (tmp_path / "rndpo_metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "rndpo_pairs.json").write_text(json.dumps({"pairs": [{}, {}, {}]}))
+    assert read_arm_metrics(tmp_path) == {"curve": [0.8, 0.82], "drift": [0.01, 0.02], "pairs": 3}
 
 
 def test_report_from_finished_folders(tmp_path, capsys):
@@ -58,6 +71,14 @@ def test_report_from_finished_folders(tmp_path, capsys):
     (tmp_path / "a" / "results.json").write_text(json.dumps(_results()))
     main(["--report-from", str(tmp_path / "a"), "--report-to", str(tmp_path / "docs" / "results.md")])
     assert "hippocampus (3d_fullres, scale cpu)" in (tmp_path / "docs" / "results.md").read_text()
+    # a committed results file works too; anything else is named
+    main(["--report-from", str(tmp_path / "a" / "results.json"), "--report-to", str(tmp_path / "r2.md")])
+    assert "hippocampus (3d_fullres, scale cpu)" in (tmp_path / "r2.md").read_text()
+    with pytest.raises(FileNotFoundError, match="no study folder"):
+        main(["--report-from", str(tmp_path / "missing"), "--report-to", str(tmp_path / "r3.md")])
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a study's results.json"):
+        main(["--report-from", str(tmp_path / "other.json"), "--report-to", str(tmp_path / "r3.md")])
 
 
 def test_bad_arguments_are_named(tmp_path):
@@ -114,3 +135,20 @@ def test_report_says_how_much_of_the_protocol_is_done(tmp_path):
     text = write_report([results], tmp_path / "r.md", tmp_path / "f").read_text()
     expected = len(arms_for(("oracle",), False))
     assert f"Protocol INCOMPLETE: seed 0: 3/{expected} arms; seed 1: 3/{expected} arms; seed 2: 0/{expected} arms" in text
+
+
+def test_completeness_counts_protocol_arms_only():
+    from nnunetv2_rndpo.study import _completeness, sweep_arms
+
+    protocol = {"judges": ["oracle"], "full_arms": False, "seeds": [0, 1]}
+    names = [a.name for a in arms_for(("oracle",), full=False)]
+    sweep = [a.name for a in sweep_arms()]
+    assert sweep and not set(sweep) & set(names) and all(a.overrides["beta"] > 1 for a in sweep_arms())
+    seed = {"arms": {n: {} for n in names + sweep}}
+    results = {"protocol": protocol, "seeds": {"0": seed, "1": {"arms": {names[0]: {}}}}}
+    text = _completeness(results)
+    assert text.startswith("Protocol INCOMPLETE") and f"seed 0: {len(names)}/{len(names)}" in text
+    assert f"seed 1: 1/{len(names)}" in text and "full-label model missing" in text
+    results["seeds"]["1"] = seed
+    results["full_label"] = {"dice": 0.9}
+    assert _completeness(results).startswith("Protocol complete")  # the extra sweep arms do not count

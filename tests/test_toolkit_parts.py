@@ -100,6 +100,8 @@ def test_pair_statistics():
     assert stats["pairs/count"] == 2 and stats["pairs/pool_cases"] == 3
     assert stats["judge/margin_mean"] == pytest.approx(0.45) and stats["region/size_p50"] == 20
     assert stats["pairs/oracle_acc"] == 0.5
+    # split at the median |D| (20): the small-|D| pair is right, the large-|D| one wrong
+    assert stats["pairs/oracle_acc_small_region"] == 1.0 and stats["pairs/oracle_acc_large_region"] == 0.0
     assert "pairs/oracle_acc" not in pair_statistics([Pair("a", 0, 1, 0.9, 0.1, 10)], 1)
 
 
