@@ -242,7 +242,7 @@ def run_mine(args: argparse.Namespace) -> Path:
         require_complete,
     )
     from nnunetv2_rndpo.pool import atomic_write_text
-    from nnunetv2_rndpo.reliability import format_table
+    from nnunetv2_rndpo.reliability import format_table, region_label_accuracy
 
     params = MiningParams(args.mining, args.tau, args.min_margin, args.min_region, args.max_region,
                           args.max_pairs_per_case)
@@ -255,6 +255,8 @@ def run_mine(args: argparse.Namespace) -> Path:
     if not pairs:
         raise ValueError(f"no pairs: every case's candidate pairs were identical or filtered out ({params}); "
                          "relax --min-margin/--min-region/--max-region or choose another --mining")
+    if pool.has_labels:
+        stats.update(region_label_accuracy(pairs, cache, pool))
     output = Path(args.o) if args.o else cache.folder / f"rndpo_pairs_{args.mining}.json"
     judge_metrics = {k: stats[k] for k in ("judge/margin_mean", "pairs/identical_cases", "judge/oracle_pair_acc")
                      if k in stats}

@@ -10,7 +10,11 @@ one run (docs/toolkit.md):
 - ``pairwise/accuracy``   over all within-case proposal pairs with different true Dice, the share the judge
                           orders correctly (a score tie counts 0.5): the chance that a mined pair is right;
 - ``top1/regret``         mean over cases of max_k Dice_k − Dice_{argmax_k score_k};
-- ``mining/<strategy>/*`` pairs and oracle accuracy of the pairs each mining strategy would mine.
+- ``mining/<strategy>/*`` pairs and oracle accuracy of the pairs each mining strategy would mine;
+- ``pairs/chosen_right_in_region``  for mined pairs: the mean over pairs of the share of the disagreement
+                          region D where the chosen mask carries the true label. The preference loss pushes
+                          every voxel of D towards the chosen mask, so this is the share of that push that
+                          is right; a pair can be "right" (higher Dice) and still push half of D the wrong way.
 """
 
 from __future__ import annotations
@@ -100,6 +104,22 @@ def mining_reliability(cache, scores: dict[str, np.ndarray], dice: dict[str, np.
         result[f"mining/{strategy}/pairs"] = stats["pairs/count"]
         result[f"mining/{strategy}/oracle_acc"] = stats.get("pairs/oracle_acc", math.nan)
     return result
+
+
+def region_label_accuracy(pairs, cache, pool) -> dict[str, float]:
+    """``pairs/chosen_right_in_region`` (see the module docstring) for ``pairs`` of ``cache``'s proposals,
+    against ``pool``'s hidden labels (preprocessed space). Empty when a case has no hidden label."""
+    shares = []
+    for pair in pairs:
+        label = pool.label(pair.case_id)
+        if label is None:
+            return {}
+        masks = cache.masks(pair.case_id)
+        chosen, rejected = masks[pair.chosen], masks[pair.rejected]
+        region = chosen != rejected
+        if region.any():
+            shares.append(float(np.mean(chosen[region] == label[region])))
+    return {"pairs/chosen_right_in_region": float(np.mean(shares))} if shares else {}
 
 
 def format_table(report: dict[str, float], title: str) -> str:

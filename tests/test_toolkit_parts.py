@@ -386,3 +386,22 @@ def test_pairs_file_round_trip_and_errors(tmp_path):
         bad.write_text(json.dumps(document))
         with pytest.raises(ValueError, match=message):
             read_pairs_file(bad, pool, cache)
+
+
+def test_region_label_accuracy_is_the_share_of_the_push_that_is_right():
+    from types import SimpleNamespace
+
+    from nnunetv2_rndpo.reliability import region_label_accuracy
+
+    label = np.array([1, 1, 0, 0])
+    masks = np.array([[1, 0, 1, 0],    # against the truth (mask 1) it differs at voxels 1 and 2, wrong at both
+                      [1, 1, 0, 0],    # the truth
+                      [0, 0, 0, 0]])   # against mask 0 it differs at voxels 0 and 2: mask 0 right at 0, wrong at 2
+    cache = SimpleNamespace(masks=lambda case: masks)
+    pool = SimpleNamespace(label=lambda case: label)
+    wrong = Pair("a", 0, 1, 0.9, 0.1, 2)
+    half = Pair("a", 0, 2, 0.9, 0.1, 2)
+    assert region_label_accuracy([wrong], cache, pool) == {"pairs/chosen_right_in_region": 0.0}
+    assert region_label_accuracy([half], cache, pool) == {"pairs/chosen_right_in_region": 0.5}
+    assert region_label_accuracy([wrong, half], cache, pool)["pairs/chosen_right_in_region"] == 0.25
+    assert region_label_accuracy([wrong], cache, SimpleNamespace(label=lambda case: None)) == {}
