@@ -89,7 +89,7 @@ def arms_for(judges: tuple[str, ...], full: bool) -> list[Arm]:
     DPO and RN-DPO keep the label-free anchors (consistency, agreement: the defaults) and switch the
     supervised one off, so the "+ sft" arm isolates it. ``full=False`` (cpu scale) runs the mining
     comparison and pseudo-label only under the oracle and weak judges, and RN-DPO + sft only under the
-    oracle, to fit about 2 hours per dataset on 2 cores.
+    oracle, to keep a dataset within a few hours on 2 cores (measured: docs/study.md, Time).
     """
     no_sft = {"sft_weight": 0.0}
     arms = [Arm("control (continued supervised)", "nnUNetTrainerContinuedSFT", None)]
@@ -134,9 +134,10 @@ class Scale:
 
 
 SCALES = {
-    # ~2 h per dataset on 2 CPU cores (measured base: 500 iterations ≈ 12 min on Hippocampus). Learning rate
+    # measured on 2 busy CPU cores: HC18 2.4 h for 2 seeds; Hippocampus ~5 h (base 21 min, arms 6-8 min). Learning rate
     # 1e-5, the config default: at 1e-4 the label-free anchors alone let the model fall by up to 0.08 test Dice
-    # before it recovered (docs/results/anchors_hippocampus_cpu.md); at 1e-5 RN-DPO stayed above its base.
+    # before it recovered (docs/results/anchors_hippocampus_cpu.md); at 1e-5 RN-DPO with every anchor (sft too)
+    # stayed above its base, while the study arms without sft fell on Hippocampus (docs/study.md).
     "cpu": Scale("nnUNetTrainer_cpuBase", 5, 20, 1e-5, (0, 1), ("oracle", "weak", "agreement", "learned"), max_pool=60),
     # paper-sized: nnU-Net's 250-epoch schedule for the base, 3 seeds, every arm under every judge.
     "gpu": Scale("nnUNetTrainer_250epochs", 10, 100, 1e-5, (0, 1, 2), ("oracle", "weak", "agreement", "learned"),
@@ -548,7 +549,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="nnUNetv2_rndpo_study", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=list(DATASETS), help="which study dataset")
     parser.add_argument("--source", help="the dataset's source folder (not needed for 'synthetic')")
-    parser.add_argument("--scale", choices=list(SCALES), default="cpu", help="cpu (~2 h per dataset on 2 cores), "
+    parser.add_argument("--scale", choices=list(SCALES), default="cpu", help="cpu (2 seeds: ~2.4 h for HC18, ~5 h for Hippocampus on 2 cores), "
                         "gpu (paper-sized), smoke (minutes, synthetic). Default: cpu")
     parser.add_argument("-o", "--output", help="study folder (results.json, report.md, nnU-Net folders)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (labeled draws). Default: the scale's")
