@@ -309,9 +309,10 @@ class Study:
     def run_arm(self, seed: int, arm: Arm, base_folder: Path, scores: Path | None) -> dict:
         """One ``nnUNetv2_train`` of the arm in ``seed_<s>/runs/<arm>/`` (removed first: a clean restart)."""
         did = self.dataset_id(seed)
-        run_root = self.root / f"seed_{seed}" / "runs" / arm.folder_name
+        fold = self._arm_fold(seed, arm, base_folder)
+        results = fold.parents[1]  # run_root/nnUNet_results/DatasetXXX
+        run_root = results.parents[1]
         shutil.rmtree(run_root, ignore_errors=True)
-        results = run_root / "nnUNet_results" / base_folder.parent.name
         results.mkdir(parents=True)
         os.symlink(base_folder, results / base_folder.name)  # the arm finds its start point, writes beside it
         s = self.scale
@@ -325,7 +326,6 @@ class Study:
         seconds = self._run("train", ["nnUNetv2_train", str(did), self.spec.configuration, "all", "-tr", arm.trainer,
                                       "-device", self.device], run_root,
                             nnUNet_results=str(run_root / "nnUNet_results"), nnUNet_rndpo_config=str(config_file))
-        fold = self._arm_fold(seed, arm, base_folder)
         metrics = read_arm_metrics(fold)
         iterations = [i * s.iterations_per_epoch for i in range(len(metrics["curve"]))]  # eval_every = 1, row 0 = base
         for checkpoint in fold.glob("checkpoint_*.pth"):  # the curve is what the study keeps; weights are large
@@ -335,6 +335,7 @@ class Study:
                 **metrics}
 
     def _arm_fold(self, seed: int, arm: Arm, base_folder: Path) -> Path:
+        """``seed_<s>/runs/<arm>/nnUNet_results/<dataset>/<trainer>__nnUNetPlans__<configuration>/fold_all``."""
         return (self.root / f"seed_{seed}" / "runs" / arm.folder_name / "nnUNet_results" / base_folder.parent.name
                 / f"{arm.trainer}__nnUNetPlans__{self.spec.configuration}" / "fold_all")
 
