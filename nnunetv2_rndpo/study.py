@@ -82,6 +82,11 @@ class Arm:
         return "".join(c if c.isalnum() else "_" for c in self.name)
 
 
+# The β every protocol arm was run with (the starting point, before this study): pinned, so that the committed
+# results stay reproducible when the config's defaults (set from this study, docs/study.md "Defaults") change.
+PROTOCOL_BETA = {"none": 0.01, "region": 1.0}
+
+
 def arms_for(judges: tuple[str, ...], full: bool) -> list[Arm]:
     """The arms of the study: the control, and per judge pseudo-label, DPO and RN-DPO (top_bottom and
     top_random) and RN-DPO with the supervised anchor.
@@ -91,17 +96,18 @@ def arms_for(judges: tuple[str, ...], full: bool) -> list[Arm]:
     comparison and pseudo-label only under the oracle and weak judges, and RN-DPO + sft only under the
     oracle, to keep a dataset within a few hours on 2 cores (measured: docs/study.md, Time).
     """
-    no_sft = {"sft_weight": 0.0}
+    dpo = {"sft_weight": 0.0, "beta": PROTOCOL_BETA["none"]}
+    rn_dpo = {"sft_weight": 0.0, "beta": PROTOCOL_BETA["region"]}
     arms = [Arm("control (continued supervised)", "nnUNetTrainerContinuedSFT", None)]
     for judge in judges:
-        arms += [Arm("DPO", "nnUNetTrainerDPO", judge, overrides=no_sft),
-                 Arm("RN-DPO", "nnUNetTrainerRNDPO", judge, overrides=no_sft)]
+        arms += [Arm("DPO", "nnUNetTrainerDPO", judge, overrides=dpo),
+                 Arm("RN-DPO", "nnUNetTrainerRNDPO", judge, overrides=rn_dpo)]
         if full or judge in ("oracle", "weak"):
-            arms += [Arm("DPO", "nnUNetTrainerDPO", judge, "top_random", no_sft),
-                     Arm("RN-DPO", "nnUNetTrainerRNDPO", judge, "top_random", no_sft),
+            arms += [Arm("DPO", "nnUNetTrainerDPO", judge, "top_random", dpo),
+                     Arm("RN-DPO", "nnUNetTrainerRNDPO", judge, "top_random", rn_dpo),
                      Arm("pseudo-label", "nnUNetTrainerPseudoLabel", judge)]
         if full or judge == "oracle":
-            arms.append(Arm("RN-DPO + sft", "nnUNetTrainerRNDPO", judge, overrides={"sft_weight": 1.0}))
+            arms.append(Arm("RN-DPO + sft", "nnUNetTrainerRNDPO", judge, overrides={**rn_dpo, "sft_weight": 1.0}))
     return arms
 
 
