@@ -108,7 +108,8 @@ def main() -> None:
         config = {"num_epochs": args.epochs, "num_iterations_per_epoch": args.iterations, "num_val_iterations_per_epoch": 5,
                   "learning_rate": args.lr, "num_proposals": 8, "proposal_sources": ["mirror", "threshold", "temperature"],
                   "judge": "oracle", "judge_sigma": 0.0, "mining": "top_bottom", "eval_every": 1, "guard_num_cases": 0,
-                  "base_trainer": "nnUNetTrainer_cpuBase", **weights}
+                  "base_trainer": "nnUNetTrainer_cpuBase", "beta": 1.0,  # the default when this study ran (now 4)
+                  **weights}
         config_file = root / f"config_{arm.replace(' ', '_').replace('(', '').replace(')', '')}.json"
         config_file.write_text(json.dumps(config))
         seconds = run(arm.replace(" ", "_"), ["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "all", "-tr", trainer,
