@@ -452,6 +452,30 @@ def _completeness(results: dict) -> str:
     return f"Protocol {state}: {'; '.join(done) or 'no seeds'}; full-label model {'done' if 'full_label' in results else 'missing'}."
 
 
+def _sweep_lines(rows: list[dict]) -> list[str]:
+    """The β table the config's default for ``region`` was set from: per sweep judge, DPO and RN-DPO at the
+    protocol's β and RN-DPO at each swept β (``top_bottom``), with Δ sustained, worst drop and drift."""
+    from nnunetv2_rndpo.config import DEFAULT_BETA
+
+    by_name = {r["arm"]: r for r in rows}
+    table = []
+    for judge in SWEEP_JUDGES:
+        swept = [(f"RN-DPO (β {b:g}) | {judge} | top_bottom", "RN-DPO", b) for b in SWEEP_BETAS]
+        if not any(name in by_name for name, _, _ in swept):
+            continue
+        for name, method, beta in [(f"DPO | {judge} | top_bottom", "DPO", PROTOCOL_BETA["none"]),
+                                   (f"RN-DPO | {judge} | top_bottom", "RN-DPO", PROTOCOL_BETA["region"]), *swept]:
+            if name in by_name:
+                r = by_name[name]
+                table.append(f"| {judge} | {method} | {beta:g} | {r['seeds']} | {_mean_sd(r['delta_sustained'])} | "
+                             f"{_mean_sd(r['worst_drop'])} | {_mean_sd(r['drift'])} |")
+    if not table:
+        return []
+    return ["", f"β sweep (`top_bottom`; the config's default β for `region` is {DEFAULT_BETA['region']:g}, set from "
+            "this table; the protocol arms above run DPO at β 0.01 and RN-DPO at β 1):", "",
+            "| judge | method | β | seeds | Δ sustained | worst drop | drift |", "|---|---|---|---|---|---|---|", *table]
+
+
 def write_report(all_results: list[dict], report_file: Path, figure_folder: Path) -> Path:
     """Markdown with the main, mining and judge tables and a curve figure per dataset and judge."""
     report_file, figure_folder = Path(report_file), Path(figure_folder)
@@ -487,6 +511,7 @@ def write_report(all_results: list[dict], report_file: Path, figure_folder: Path
             for r in sorted(mining, key=lambda r: (r["method"], r["judge"], r["mining"])):
                 lines.append(f"| {r['method']} | {r['judge']} | {r['mining']} | {_mean_sd(r['delta_peak'])} | "
                              f"{_mean_sd(r['delta_sustained'])} | {_mean_sd(r['worst_drop'])} |")
+        lines += _sweep_lines(rows)
         keys = ("spearman/pooled", "spearman/per_case", "pairwise/accuracy", "top1/regret",
                 "mining/top_bottom/oracle_acc", "mining/top_random/oracle_acc")
         judges = sorted({j for s in results["seeds"].values() for j in s.get("judges", {})})

@@ -152,3 +152,22 @@ def test_completeness_counts_protocol_arms_only():
     results["seeds"]["1"] = seed
     results["full_label"] = {"dice": 0.9}
     assert _completeness(results).startswith("Protocol complete")  # the extra sweep arms do not count
+
+
+def test_report_has_the_beta_table_the_default_was_set_from(tmp_path):
+    from nnunetv2_rndpo.config import DEFAULT_BETA
+    from nnunetv2_rndpo.study import PROTOCOL_BETA
+
+    results = _results()
+    assert "β sweep" not in write_report([results], tmp_path / "a.md", tmp_path / "f").read_text()  # no sweep arm
+    results["seeds"]["0"]["arms"]["RN-DPO (β 4) | oracle | top_bottom"] = _arm(
+        "RN-DPO (β 4)", "oracle", "top_bottom", [0.80, 0.81, 0.805], drift=[0.004, 0.006])
+    text = write_report([results], tmp_path / "b.md", tmp_path / "f").read_text()
+    assert f"default β for `region` is {DEFAULT_BETA['region']:g}" in text
+    # the protocol's RN-DPO row (both seeds) at its pinned β, then the swept β (one seed): Δ sustained, drop, drift
+    assert f"| oracle | RN-DPO | {PROTOCOL_BETA['region']:g} | 2 |" in text
+    assert "| oracle | RN-DPO | 4 | 1 | 0.0050 | -0.0050 | 0.0050 |" in text  # sustained 0.805, lowest 0.805
+    # every protocol DPO/RN-DPO arm pins β, so a default change cannot alter what the committed rows mean
+    for arm in arms_for(("oracle", "weak"), full=True):
+        if arm.method in ("DPO", "RN-DPO", "RN-DPO + sft"):
+            assert arm.overrides["beta"] == PROTOCOL_BETA["none" if arm.method == "DPO" else "region"]
