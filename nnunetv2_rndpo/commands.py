@@ -256,7 +256,7 @@ def run_mine(args: argparse.Namespace) -> Path:
         raise ValueError(f"no pairs: every case's candidate pairs were identical or filtered out ({params}); "
                          "relax --min-margin/--min-region/--max-region or choose another --mining")
     if pool.has_labels:
-        stats.update(region_label_accuracy(pairs, cache, pool))
+        stats.update(region_label_accuracy(pairs, cache, pool, base.label_manager.ignore_label))
     output = Path(args.o) if args.o else cache.folder / f"rndpo_pairs_{args.mining}.json"
     judge_metrics = {k: stats[k] for k in ("judge/margin_mean", "pairs/identical_cases", "judge/oracle_pair_acc")
                      if k in stats}
@@ -301,7 +301,8 @@ def run_train_judge(args: argparse.Namespace) -> Path:
         from nnunetv2_rndpo.pipeline import labeled_proposals
 
         pool, cache = labeled_proposals(base, settings, not args.quiet)
-        samples = [(pool.image(c), cache.masks(c), true_dice(cache.masks(c), pool.label(c), base.classes))
+        ignore = base.label_manager.ignore_label
+        samples = [(pool.image(c), cache.masks(c), true_dice(cache.masks(c), pool.label(c), base.classes, ignore))
                    for c in pool.case_ids]
     judge = train_learned_judge(base, args.epochs, args.samples_per_case, seed=args.seed, progress=not args.quiet,
                                 proposal_samples=samples)

@@ -26,9 +26,13 @@ from nnunetv2_rndpo.metrics import dice_per_class
 CSV_HEADER = ("case_id", "proposal", "score")
 
 
-def mean_dice(a: np.ndarray, b: np.ndarray, labels_or_regions: Sequence) -> float:
-    """Mean foreground Dice of two masks, counting a class absent from both as 1 (they agree on it)."""
-    return float(np.mean(list(dice_per_class(a, b, labels_or_regions, empty_value=1.0).values())))
+def mean_dice(a: np.ndarray, b: np.ndarray, labels_or_regions: Sequence, ignore_label: int | None = None) -> float:
+    """Mean foreground Dice of two masks, counting a class absent from both as 1 (they agree on it).
+
+    Voxels where ``b`` (the reference) carries ``ignore_label`` are not counted, as in nnU-Net's evaluation.
+    """
+    dice = dice_per_class(a, b, labels_or_regions, ignore_label=ignore_label, empty_value=1.0)
+    return float(np.mean(list(dice.values())))
 
 
 def agreement_scores(masks: np.ndarray, labels_or_regions: Sequence) -> np.ndarray:
@@ -41,9 +45,12 @@ def agreement_scores(masks: np.ndarray, labels_or_regions: Sequence) -> np.ndarr
     return (pairwise.sum(1) - 1) / (k - 1)
 
 
-def true_dice(masks: np.ndarray, label: np.ndarray, labels_or_regions: Sequence) -> np.ndarray:
-    """``(K,)`` mean foreground Dice of each proposal to the hidden label (absent-from-both = 1)."""
-    return np.array([mean_dice(m, label, labels_or_regions) for m in masks])
+def true_dice(
+    masks: np.ndarray, label: np.ndarray, labels_or_regions: Sequence, ignore_label: int | None = None
+) -> np.ndarray:
+    """``(K,)`` mean foreground Dice of each proposal to the hidden label (absent-from-both = 1), not counting
+    voxels the label marks ``ignore_label``."""
+    return np.array([mean_dice(m, label, labels_or_regions, ignore_label) for m in masks])
 
 
 def foreground_voxels(masks: np.ndarray, labels_or_regions: Sequence) -> np.ndarray:
@@ -59,6 +66,7 @@ def oracle_scores(
     sigma: float,
     rng: np.random.Generator,
     size_bias: float = 0.0,
+    ignore_label: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A simulated noisy and biased judge.
 
@@ -72,11 +80,12 @@ def oracle_scores(
         sigma: noise standard deviation; 0 ranks exactly by Dice.
         rng: draws the noise.
         size_bias: B; > 0 prefers larger masks, < 0 smaller.
+        ignore_label: voxels the label marks with it are not counted in Dice_k.
 
     Returns:
         ``(scores, true_dice)``, both ``(K,)``.
     """
-    dice = true_dice(masks, label, labels_or_regions)
+    dice = true_dice(masks, label, labels_or_regions, ignore_label)
     scores = dice + rng.normal(0.0, sigma, size=dice.shape)
     if size_bias:
         sizes = foreground_voxels(masks, labels_or_regions)

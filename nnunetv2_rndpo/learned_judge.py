@@ -194,14 +194,14 @@ def labeled_cases(base, fold: int | str) -> tuple[LabeledCases, list[str], list[
     return cases, sorted(split["train"]), sorted(split["val"])
 
 
-def _samples(cases, ids, classes, per_case, rng) -> tuple[torch.Tensor, torch.Tensor]:
+def _samples(cases, ids, classes, per_case, rng, ignore_label=None) -> tuple[torch.Tensor, torch.Tensor]:
     inputs, targets = [], []
     for case_id in ids:
         image, label = cases[case_id]
         # a share of exact masks keeps the top of the scale calibrated
         masks = np.stack([label if k == 0 else corrupt_mask(label, classes, rng) for k in range(per_case)])
         inputs.append(judge_input(image, masks, classes))
-        targets += [mean_dice(m, label, classes) for m in masks]
+        targets += [mean_dice(m, label, classes, ignore_label) for m in masks]
     return torch.cat(inputs), torch.tensor(targets, dtype=torch.float32)
 
 
@@ -230,7 +230,7 @@ def train_learned_judge(
     cases, train_ids, val_ids = labeled_cases(base, base.fold)
     if not train_ids:
         raise ValueError(f"fold {base.fold} of {base.dataset_name} has no labeled training cases to train a judge on")
-    classes = base.classes
+    classes, ignore_label = base.classes, base.label_manager.ignore_label
     rng = np.random.default_rng(seed)
     some_image, some_label = cases[train_ids[0]]
     dim = 2 if some_label.ndim == 2 or some_label.shape[0] == 1 else 3
@@ -246,7 +246,7 @@ def train_learned_judge(
         order = torch.Generator().manual_seed(seed)
         loss_value = float("nan")
         for _ in tqdm(range(epochs), desc="training learned judge", disable=not progress):
-            x, y = _samples(cases, train_ids, classes, samples_per_case, rng)
+            x, y = _samples(cases, train_ids, classes, samples_per_case, rng, ignore_label)
             if extra_x is not None:
                 x, y = torch.cat([x, extra_x]), torch.cat([y, extra_y])
             network.train()
@@ -268,6 +268,6 @@ def train_learned_judge(
             image, label = cases[case_id]
             masks = np.stack([corrupt_mask(label, classes, val_rng) for _ in range(8)])
             scores[case_id] = judge.score(image, masks)
-            dice[case_id] = np.array([mean_dice(m, label, classes) for m in masks])
+            dice[case_id] = np.array([mean_dice(m, label, classes, ignore_label) for m in masks])
         judge.metrics.update({f"val/{k}": v for k, v in judge_reliability(scores, dice).items()})
     return judge

@@ -295,7 +295,8 @@ def hidden_true_dice(base: BaseModel, pool: PreprocessedPool, cache: ProposalCac
     """``{case: (K,) true Dice}`` from ``labelsUnlabeled/``, or None unless every case has a hidden label."""
     if not pool.has_labels:
         return None
-    return {c: true_dice(cache.masks(c), pool.label(c), base.classes) for c in pool.case_ids}
+    ignore = base.label_manager.ignore_label
+    return {c: true_dice(cache.masks(c), pool.label(c), base.classes, ignore) for c in pool.case_ids}
 
 
 def score_pool(
@@ -339,7 +340,7 @@ def score_pool(
             scores[case_id] = learned.score(np.asarray(pool.image(case_id)), masks)
         else:  # oracle
             scores[case_id], _ = oracle_scores(masks, pool.label(case_id), base.classes, settings.sigma, rng,
-                                               settings.size_bias)
+                                               settings.size_bias, base.label_manager.ignore_label)
     return scores
 
 

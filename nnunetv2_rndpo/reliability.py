@@ -15,6 +15,8 @@ one run (docs/toolkit.md):
                           region D where the chosen mask carries the true label. The preference loss pushes
                           every voxel of D towards the chosen mask, so this is the share of that push that
                           is right; a pair can be "right" (higher Dice) and still push half of D the wrong way.
+
+Voxels carrying nnU-Net's ignore label count neither in the true Dice nor in D.
 """
 
 from __future__ import annotations
@@ -106,9 +108,10 @@ def mining_reliability(cache, scores: dict[str, np.ndarray], dice: dict[str, np.
     return result
 
 
-def region_label_accuracy(pairs, cache, pool) -> dict[str, float]:
+def region_label_accuracy(pairs, cache, pool, ignore_label: int | None = None) -> dict[str, float]:
     """``pairs/chosen_right_in_region`` (see the module docstring) for ``pairs`` of ``cache``'s proposals,
-    against ``pool``'s hidden labels (preprocessed space). Empty when a case has no hidden label."""
+    against ``pool``'s hidden labels (preprocessed space). Voxels the label marks ``ignore_label`` are not
+    part of D (as in the loss). Empty when a case has no hidden label."""
     shares = []
     for pair in pairs:
         label = pool.label(pair.case_id)
@@ -117,6 +120,8 @@ def region_label_accuracy(pairs, cache, pool) -> dict[str, float]:
         masks = cache.masks(pair.case_id)
         chosen, rejected = masks[pair.chosen], masks[pair.rejected]
         region = chosen != rejected
+        if ignore_label is not None:
+            region &= label != ignore_label
         if region.any():
             shares.append(float(np.mean(chosen[region] == label[region])))
     return {"pairs/chosen_right_in_region": float(np.mean(shares))} if shares else {}

@@ -405,3 +405,23 @@ def test_region_label_accuracy_is_the_share_of_the_push_that_is_right():
     assert region_label_accuracy([half], cache, pool) == {"pairs/chosen_right_in_region": 0.5}
     assert region_label_accuracy([wrong, half], cache, pool)["pairs/chosen_right_in_region"] == 0.25
     assert region_label_accuracy([wrong], cache, SimpleNamespace(label=lambda case: None)) == {}
+
+
+def test_ignore_label_voxels_count_neither_in_true_dice_nor_in_the_push():
+    from types import SimpleNamespace
+
+    from nnunetv2_rndpo.reliability import region_label_accuracy
+
+    # voxels 2 and 3 carry the ignore label 9: what a proposal says there is neither right nor wrong
+    label = np.array([1, 1, 9, 9])
+    masks = np.array([[1, 1, 0, 0],    # right on every counted voxel
+                      [1, 1, 1, 1]])   # differs from mask 0 only where the label is ignored
+    assert true_dice(masks, label, [1]).tolist() == [1.0, 2 / 3]  # without it, voxels 2, 3 are false positives
+    assert true_dice(masks, label, [1], ignore_label=9).tolist() == [1.0, 1.0]
+    scores, dice = oracle_scores(masks, label, [1], 0.0, np.random.default_rng(0), ignore_label=9)
+    assert dice.tolist() == [1.0, 1.0] and scores.tolist() == [1.0, 1.0]
+    cache = SimpleNamespace(masks=lambda case: np.array([[1, 0, 0, 0], [1, 1, 1, 1]]))
+    pool = SimpleNamespace(label=lambda case: label)
+    pair = Pair("a", 1, 0, 0.9, 0.1, 3)  # D = voxels 1, 2, 3; only voxel 1 is counted, where mask 1 is right
+    assert region_label_accuracy([pair], cache, pool)["pairs/chosen_right_in_region"] == 1 / 3
+    assert region_label_accuracy([pair], cache, pool, ignore_label=9) == {"pairs/chosen_right_in_region": 1.0}
