@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -157,7 +157,8 @@ class Study:
     """Runs one dataset's study into ``output`` (see the module docstring)."""
 
     def __init__(self, dataset: str, source: str | None, scale: str, output: str | Path, seeds: tuple[int, ...] | None = None,
-                 device: str = "cpu", only_arms: list[str] | None = None, sweep: bool = False):
+                 device: str = "cpu", only_arms: list[str] | None = None, sweep: bool = False,
+                 labeled: int | None = None):
         if dataset not in DATASETS:
             raise ValueError(f"unknown --dataset {dataset!r}; valid: {', '.join(DATASETS)}")
         if scale not in SCALES:
@@ -165,7 +166,11 @@ class Study:
         if dataset != "synthetic" and not (source and Path(source).is_dir()):
             raise FileNotFoundError(f"--source {source!r} is not a folder; point it at the dataset, e.g. "
                                     "../shared/data/msd_task04_hippocampus")
+        if labeled is not None and labeled < 1:
+            raise ValueError(f"--labeled {labeled}: the labeled budget must be at least 1 case")
         self.dataset, self.spec, self.scale_name, self.scale = dataset, DATASETS[dataset], scale, SCALES[scale]
+        if labeled is not None:  # a second label budget: the same protocol with another N
+            self.scale = replace(self.scale, num_labeled=labeled)
         self.source = Path(source).resolve() if source else None
         self.root = Path(output).resolve()
         self.seeds = tuple(seeds) if seeds else self.scale.seeds
@@ -176,6 +181,10 @@ class Study:
         self.results = json.loads(self.results_file.read_text()) if self.results_file.is_file() else {}
         if self.results and self.results.get("dataset") != dataset:
             raise ValueError(f"{self.results_file} holds the {self.results.get('dataset')!r} study; use another -o")
+        held = self.results.get("protocol", {}).get("num_labeled", self.scale.num_labeled)
+        if held != self.scale.num_labeled:
+            raise ValueError(f"{self.results_file} holds the study with {held} labeled cases, not "
+                             f"{self.scale.num_labeled}; use another -o for another --labeled budget")
         self.results.update(dataset=dataset, scale=scale, configuration=self.spec.configuration,
                             protocol={**asdict(self.scale), "proposals": PROPOSALS})
         self.results.setdefault("seeds", {})
@@ -490,11 +499,13 @@ def write_report(all_results: list[dict], report_file: Path, figure_folder: Path
         if not results.get("seeds"):
             continue
         rows = arm_table(results)
-        title = f"{results['dataset']} ({results['configuration']}, scale {results['scale']})"
+        labels = results["protocol"]["num_labeled"]
+        title = f"{results['dataset']} ({results['configuration']}, scale {results['scale']}, {labels} labels)"
+        tag = results["dataset"] if labels == SCALES[results["scale"]].num_labeled else f"{results['dataset']}_n{labels}"
         full = results.get("full_label", {}).get("dice")
         base = [a["summary"]["base"] for s in results["seeds"].values() for a in list(s["arms"].values())[:1]]
         lines += [f"## {title}", "",
-                  f"Base ({results['protocol']['num_labeled']} labels): {_mean_sd(base)}; full-label upper bound: "
+                  f"Base ({labels} labels): {_mean_sd(base)}; full-label upper bound: "
                   f"{'-' if full is None else f'{full:.4f}'}; seeds: {', '.join(results['seeds'])}.", "",
                   _completeness(results), "",
                   "| method | judge | mining | peak | sustained | final | worst drop | Δ sustained | gap share | drift |",
@@ -522,7 +533,7 @@ def write_report(all_results: list[dict], report_file: Path, figure_folder: Path
                 reports = [s["judges"][judge] for s in results["seeds"].values() if judge in s.get("judges", {})]
                 lines.append(f"| {judge} | " + " | ".join(_mean_sd([r.get(k) for r in reports]) for k in keys) + " |")
         for judge in sorted({r["judge"] for r in rows if r["judge"]}):
-            figure = figure_folder / f"{results['dataset']}_{judge}.png"
+            figure = figure_folder / f"{tag}_{judge}.png"
             plot_curves(results, judge, figure)
             lines += ["", f"![{results['dataset']}, judge {judge}]({os.path.relpath(figure, report_file.parent)})"]
         lines.append("")
@@ -586,6 +597,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-o", "--output", help="study folder (results.json, report.md, nnU-Net folders)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (labeled draws). Default: the scale's")
     parser.add_argument("--arms", nargs="+", default=None, help="run only these arm names (as in results.json)")
+    parser.add_argument("--labeled", type=int, default=None, help="labeled budget N (cases drawn per seed). "
+                        "Default: the scale's (10 at cpu/gpu scale); another N needs its own -o")
     parser.add_argument("--sweep", action="store_true", help="also run the β sweep arms (RN-DPO at β "
                         f"{', '.join(f'{b:g}' for b in SWEEP_BETAS)} under the {' and '.join(SWEEP_JUDGES)} judges)")
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda"))
@@ -601,7 +614,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.dataset and args.output):
         parser.error("--dataset and -o are required (or --report-from)")
     Study(args.dataset, args.source, args.scale, args.output, tuple(args.seeds) if args.seeds else None,
-          args.device, args.arms, args.sweep).run()
+          args.device, args.arms, args.sweep, args.labeled).run()
 
 
 if __name__ == "__main__":

@@ -70,10 +70,10 @@ def test_report_from_finished_folders(tmp_path, capsys):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "results.json").write_text(json.dumps(_results()))
     main(["--report-from", str(tmp_path / "a"), "--report-to", str(tmp_path / "docs" / "results.md")])
-    assert "hippocampus (3d_fullres, scale cpu)" in (tmp_path / "docs" / "results.md").read_text()
+    assert "hippocampus (3d_fullres, scale cpu, 10 labels)" in (tmp_path / "docs" / "results.md").read_text()
     # a committed results file works too; anything else is named
     main(["--report-from", str(tmp_path / "a" / "results.json"), "--report-to", str(tmp_path / "r2.md")])
-    assert "hippocampus (3d_fullres, scale cpu)" in (tmp_path / "r2.md").read_text()
+    assert "hippocampus (3d_fullres, scale cpu, 10 labels)" in (tmp_path / "r2.md").read_text()
     with pytest.raises(FileNotFoundError, match="no study folder"):
         main(["--report-from", str(tmp_path / "missing"), "--report-to", str(tmp_path / "r3.md")])
     (tmp_path / "other.json").write_text("{}")
@@ -171,3 +171,18 @@ def test_report_has_the_beta_table_the_default_was_set_from(tmp_path):
     for arm in arms_for(("oracle", "weak"), full=True):
         if arm.method in ("DPO", "RN-DPO", "RN-DPO + sft"):
             assert arm.overrides["beta"] == PROTOCOL_BETA["none" if arm.method == "DPO" else "region"]
+
+
+def test_a_second_label_budget_gets_its_own_folder_and_report_section(tmp_path):
+    with pytest.raises(ValueError, match="at least 1"):
+        Study("synthetic", None, "smoke", tmp_path / "out", labeled=0)
+    study = Study("synthetic", None, "smoke", tmp_path / "n4", labeled=4)
+    assert study.scale.num_labeled == 4 and study.results["protocol"]["num_labeled"] == 4
+    study._save()
+    with pytest.raises(ValueError, match="4 labeled cases, not 8; use another -o"):
+        Study("synthetic", None, "smoke", tmp_path / "n4")  # the scale's own budget into the N = 4 folder
+    main_budget, second = _results(), _results()
+    second["protocol"] = {"num_labeled": 20}
+    text = write_report([main_budget, second], tmp_path / "r.md", tmp_path / "figures").read_text()
+    assert "hippocampus (3d_fullres, scale cpu, 10 labels)" in text and "(3d_fullres, scale cpu, 20 labels)" in text
+    assert {p.name for p in (tmp_path / "figures").iterdir()} == {"hippocampus_oracle.png", "hippocampus_n20_oracle.png"}
