@@ -140,7 +140,7 @@ class Scale:
 
 
 SCALES = {
-    # measured on 2 busy CPU cores: HC18 2.4 h for 2 seeds; Hippocampus ~5 h (base 21 min, arms 6-8 min). Learning rate
+    # measured on 2 CPU cores: HC18 2.4 h for 2 seeds (busy); Hippocampus ~3 h quiet, ~5 h busy (arms 3-8 min). Learning rate
     # 1e-5, the config default: at 1e-4 the label-free anchors alone let the model fall by up to 0.08 test Dice
     # before it recovered (docs/results/anchors_hippocampus_cpu.md); at 1e-5 RN-DPO with every anchor (sft too)
     # stayed above its base, while the study arms without sft fell on Hippocampus (docs/study.md).
@@ -592,7 +592,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="nnUNetv2_rndpo_study", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=list(DATASETS), help="which study dataset")
     parser.add_argument("--source", help="the dataset's source folder (not needed for 'synthetic')")
-    parser.add_argument("--scale", choices=list(SCALES), default="cpu", help="cpu (2 seeds: ~2.4 h for HC18, ~5 h for Hippocampus on 2 cores), "
+    parser.add_argument("--scale", choices=list(SCALES), default="cpu", help="cpu (2 seeds: ~2.4 h for HC18, 3-5 h for Hippocampus on 2 cores), "
                         "gpu (paper-sized), smoke (minutes, synthetic). Default: cpu")
     parser.add_argument("-o", "--output", help="study folder (results.json, report.md, nnU-Net folders)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (labeled draws). Default: the scale's")
