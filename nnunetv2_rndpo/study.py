@@ -20,6 +20,7 @@ killed arm from scratch. ``OUT/report.md`` and ``OUT/figures/`` are regenerated 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -485,6 +486,25 @@ def _sweep_lines(rows: list[dict]) -> list[str]:
             "| judge | method | β | seeds | Δ sustained | worst drop | drift |", "|---|---|---|---|---|---|---|", *table]
 
 
+DRIFT_BINS = (0.0, 0.0025, 0.005, 0.01, 0.02, 0.05, math.inf)
+
+
+def _drift_lines(results: dict) -> list[str]:
+    """Runs (arm × seed, the control excluded) binned by their largest guard KL to the base: how many gained
+    sustained Dice and the mean Δ sustained per bin. The evidence for or against a default ``guard_max_kl``."""
+    runs = [(max(a["drift"]), a["summary"]["delta_sustained"]) for seed in results["seeds"].values()
+            for a in seed["arms"].values() if a.get("drift") and a["judge"]]
+    table = []
+    for low, high in itertools.pairwise(DRIFT_BINS):
+        deltas = [d for kl, d in runs if low <= kl < high]
+        if deltas:
+            table.append(f"| [{low:g}, {high:g}) | {len(deltas)} | {sum(d > 0 for d in deltas)} | {np.mean(deltas):.4f} |")
+    if not table:
+        return []
+    return ["", "Drift and outcome (every run with a judge, per seed; largest guard KL over its epochs):", "",
+            "| largest guard KL | runs | gained | mean Δ sustained |", "|---|---|---|---|", *table]
+
+
 def write_report(all_results: list[dict], report_file: Path, figure_folder: Path) -> Path:
     """Markdown with the main, mining and judge tables and a curve figure per dataset and judge."""
     report_file, figure_folder = Path(report_file), Path(figure_folder)
@@ -523,6 +543,7 @@ def write_report(all_results: list[dict], report_file: Path, figure_folder: Path
                 lines.append(f"| {r['method']} | {r['judge']} | {r['mining']} | {_mean_sd(r['delta_peak'])} | "
                              f"{_mean_sd(r['delta_sustained'])} | {_mean_sd(r['worst_drop'])} |")
         lines += _sweep_lines(rows)
+        lines += _drift_lines(results)
         keys = ("spearman/pooled", "spearman/per_case", "pairwise/accuracy", "top1/regret",
                 "mining/top_bottom/oracle_acc", "mining/top_random/oracle_acc")
         judges = sorted({j for s in results["seeds"].values() for j in s.get("judges", {})})

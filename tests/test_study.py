@@ -186,3 +186,15 @@ def test_a_second_label_budget_gets_its_own_folder_and_report_section(tmp_path):
     text = write_report([main_budget, second], tmp_path / "r.md", tmp_path / "figures").read_text()
     assert "hippocampus (3d_fullres, scale cpu, 10 labels)" in text and "(3d_fullres, scale cpu, 20 labels)" in text
     assert {p.name for p in (tmp_path / "figures").iterdir()} == {"hippocampus_oracle.png", "hippocampus_n20_oracle.png"}
+
+
+def test_report_bins_runs_by_their_largest_drift():
+    from nnunetv2_rndpo.study import _drift_lines
+
+    results = _results()  # RN-DPO top_bottom: largest KL 0.03 (seed 0) and 0.05 (seed 1), both gained 0.04
+    results["seeds"]["0"]["arms"]["DPO | oracle | top_bottom"] = _arm("DPO", "oracle", "top_bottom",
+                                                                    [0.80, 0.79, 0.78], drift=[0.001, 0.004])
+    text = "\n".join(_drift_lines(results))
+    assert "| [0.0025, 0.005) | 1 | 0 | -0.0200 |" in text  # the DPO run: KL 0.004, lost 0.02
+    assert "| [0.02, 0.05) | 1 | 1 | 0.0400 |" in text and "| [0.05, inf) | 1 | 1 | 0.0400 |" in text
+    assert "control" not in text and _drift_lines({"seeds": {}}) == []
