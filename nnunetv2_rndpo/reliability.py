@@ -111,7 +111,7 @@ def mining_reliability(cache, scores: dict[str, np.ndarray], dice: dict[str, np.
 def region_label_accuracy(pairs, cache, pool, ignore_label: int | None = None) -> dict[str, float]:
     """``pairs/chosen_right_in_region`` (see the module docstring) for ``pairs`` of ``cache``'s proposals,
     against ``pool``'s hidden labels (preprocessed space). Voxels the label marks ``ignore_label`` are not
-    part of D (as in the loss). Empty when a case has no hidden label."""
+    counted in D: their true label is unknown. Empty when a case has no hidden label."""
     shares = []
     for pair in pairs:
         label = pool.label(pair.case_id)

@@ -482,7 +482,8 @@ def _sweep_lines(rows: list[dict]) -> list[str]:
     if not table:
         return []
     return ["", f"β sweep (`top_bottom`; the config's default β for `region` is {DEFAULT_BETA['region']:g}, set from "
-            "this table; the protocol arms above run DPO at β 0.01 and RN-DPO at β 1):", "",
+            f"this table; the protocol arms above run DPO at β {PROTOCOL_BETA['none']:g} and RN-DPO at β "
+            f"{PROTOCOL_BETA['region']:g}):", "",
             "| judge | method | β | seeds | Δ sustained | worst drop | drift |", "|---|---|---|---|---|---|---|", *table]
 
 
