@@ -156,6 +156,10 @@ class RNDPOConfig:
     )
     # evaluation and reproducibility
     eval_every: int = _help("evaluate test Dice on imagesTs/labelsTs every N epochs; 0 = off", default=0)
+    final_validation: bool = _help(
+        "after training, run nnU-Net's validation of the fold's validation cases as nnUNetv2_train does; false "
+        "skips it (at fold 'all' those are training cases); nnUNetv2_train ... --val still runs it", default=True,
+    )
     save_every: int = _help(
         "write checkpoint_latest.pth every N epochs, from which --c resumes; smaller loses less work when killed",
         default=5,
@@ -264,6 +268,8 @@ def _check_type(key: str, value: Any, annotation: str) -> None:
     options = typing.get_args(expected) if isinstance(expected, types.UnionType) else (expected,)
     for option in options:
         if option is type(None) and value is None:
+            return
+        if option is bool and isinstance(value, bool):
             return
         if option is int and isinstance(value, int) and not isinstance(value, bool):
             return

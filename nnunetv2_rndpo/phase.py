@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -77,6 +78,16 @@ def epoch_metrics(train_outputs: list[dict]) -> dict[str, float]:
     for key in sorted({k for o in train_outputs for k in o if k.startswith("loss/")}):
         metrics[key] = float(np.mean([o[key] for o in train_outputs if key in o]))
     return metrics
+
+
+def weights_key(state_dict: dict[str, torch.Tensor], case_ids: list[str]) -> str:
+    """A hash of a network's weights and the cases it is evaluated on (the key of a cached test Dice)."""
+    digest = hashlib.sha256()
+    for name, tensor in state_dict.items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update("\n".join(sorted(case_ids)).encode())
+    return digest.hexdigest()[:16]
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -196,7 +207,7 @@ class PreferencePhase:
             return
         if t.current_epoch == 0:
             (self.fold_folder / "rndpo_metrics.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh file
-            self._write_metrics_row(0, {"eval/dice": self.evaluate()} if self.test_pool is not None else {})
+            self._write_metrics_row(0, {"eval/dice": self.base_dice()} if self.test_pool is not None else {})
         else:
             self._truncate_metrics(t.current_epoch)
 
@@ -452,6 +463,23 @@ class PreferencePhase:
         dice = dice_on_test_set(self._policy_predictor(), self.test_pool, self.trainer.label_manager)
         self.trainer.network.train()
         return dice
+
+    def base_dice(self) -> float:
+        """Row 0 of the curve: the base model's test Dice, measured once per base model and test set.
+
+        Every run from the same base on the same test set starts with the same number; it is kept in
+        ``<cache>/base_test_dice.json`` keyed by a hash of the reference weights and the test case ids, so a
+        second arm from that base does not predict the test set again.
+        """
+        path = self.cache_folder / "base_test_dice.json"
+        key = weights_key(self.reference.state_dict(), self.test_pool.case_ids)
+        known = json.loads(path.read_text()) if path.is_file() else {}
+        if key not in known:
+            known[key] = self.evaluate()
+            atomic_write_text(path, json.dumps(known, indent=1))
+        else:
+            self.trainer.print_to_log_file(f"RN-DPO: base test Dice {known[key]:.4f} (measured before, {path})")
+        return known[key]
 
     # ------------------------------------------------------------------ drift guard
 

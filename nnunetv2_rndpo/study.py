@@ -141,7 +141,7 @@ class Scale:
 
 
 SCALES = {
-    # measured on 2 CPU cores: HC18 2.4 h for 2 seeds (busy); Hippocampus ~3 h quiet, ~5 h busy (arms 3-8 min). Learning rate
+    # measured on 2 CPU cores: HC18 2.4 h for 2 seeds (busy), ~1.9 h quiet; Hippocampus ~2.5 h quiet (docs/study.md, Time). Learning rate
     # 1e-5, the config default: at 1e-4 the label-free anchors alone let the model fall by up to 0.08 test Dice
     # before it recovered (docs/results/anchors_hippocampus_cpu.md); at 1e-5 RN-DPO with every anchor (sft too)
     # stayed above its base, while the study arms without sft fell on Hippocampus (docs/study.md).
@@ -334,7 +334,7 @@ class Study:
         s = self.scale
         config = {**PROPOSALS, "num_epochs": s.num_epochs, "num_iterations_per_epoch": s.iterations_per_epoch,
                   "num_val_iterations_per_epoch": 5, "learning_rate": s.learning_rate, "eval_every": 1,
-                  "base_trainer": s.base_trainer, "mining": arm.mining, **arm.overrides}
+                  "base_trainer": s.base_trainer, "mining": arm.mining, "final_validation": False, **arm.overrides}
         if scores is not None:
             config.update(judge="external", judge_scores=str(scores))
         config_file = run_root / "rndpo_config.json"
@@ -614,7 +614,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="nnUNetv2_rndpo_study", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=list(DATASETS), help="which study dataset")
     parser.add_argument("--source", help="the dataset's source folder (not needed for 'synthetic')")
-    parser.add_argument("--scale", choices=list(SCALES), default="cpu", help="cpu (2 seeds: ~2.4 h for HC18, 3-5 h for Hippocampus on 2 cores), "
+    parser.add_argument("--scale", choices=list(SCALES), default="cpu", help="cpu (2 seeds: ~2 h for HC18, ~2.5 h for Hippocampus on 2 quiet cores), "
                         "gpu (paper-sized), smoke (minutes, synthetic). Default: cpu")
     parser.add_argument("-o", "--output", help="study folder (results.json, report.md, nnU-Net folders)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (labeled draws). Default: the scale's")

@@ -61,6 +61,7 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
         torch.manual_seed(cfg.seed)
         self.phase: PreferencePhase | None = None
         self._resumed_sampler_state: dict | None = None
+        self._trained_here = False  # set by on_train_end: ``final_validation`` applies after training, not to --val
 
     # ------------------------------------------------------------------ optimisation
 
@@ -90,6 +91,14 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
     def on_train_end(self):
         self.phase.restore_dataloader()
         super().on_train_end()
+        self._trained_here = True
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if self._trained_here and not self.rndpo_config.final_validation:
+            self.print_to_log_file("RN-DPO: final validation skipped (final_validation: false); "
+                                   "nnUNetv2_train ... --val runs it")
+            return
+        super().perform_actual_validation(save_probabilities)
 
     def train_step(self, batch: dict) -> dict:
         pref = batch["preference"]

@@ -94,6 +94,7 @@ def test_unknown_key_suggests_the_right_one(tmp_path):
         ("num_epochs", True, "config key 'num_epochs': True has the wrong type; expected int"),
         ("beta", "high", "config key 'beta': 'high' has the wrong type; expected float \\| None"),
         ("judge", None, "config key 'judge': None has the wrong type; expected str"),
+        ("final_validation", "no", "config key 'final_validation': 'no' has the wrong type; expected bool"),
         ("proposal_sources", "mirror", "config key 'proposal_sources': 'mirror' has the wrong type; expected list\\[str\\]"),
         ("judge", "external", "judge='external' needs judge_scores"),
     ],

@@ -26,6 +26,11 @@ def test_study_runs_arms_writes_report_and_resumes(tmp_path, capsys):
     # both arms start from the same base checkpoint: the same Dice before fine-tuning
     assert arms[ARMS[0]]["curve"][0] == pytest.approx(arms[ARMS[1]]["curve"][0], abs=1e-6)
     assert arms[ARMS[1]]["pairs"] > 0
+    # ... measured once: the second arm reads it from the cache; nnU-Net's final validation is skipped
+    logs = {name: next((out / "seed_0" / "runs" / "".join(c if c.isalnum() else "_" for c in name)).glob(
+        f"nnUNet_results/*/{arm['trainer']}__*/fold_all/training_log_*.txt")).read_text() for name, arm in arms.items()}
+    assert "measured before" not in logs[ARMS[0]] and "measured before" in logs[ARMS[1]]
+    assert all("final validation skipped" in log for log in logs.values())
     assert results["seeds"]["0"]["splits"]["test"] == 6
     assert results["seeds"]["0"]["judges"]["oracle"]["pairwise/accuracy"] == pytest.approx(1.0)
     assert 0 < results["full_label"]["dice"] <= 1

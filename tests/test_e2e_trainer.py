@@ -121,17 +121,20 @@ def test_resume_keeps_the_reference_and_predicts(tiny2d):
                       weights_only=False)["network_weights"]
     run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu"], env, nnUNet_rndpo_config=config)
     pairs_before = json.loads((folder / "rndpo_pairs.json").read_text())
-    config = write_config(root, "resume", num_epochs=2, eval_every=0)
+    assert (folder / "validation" / "summary.json").is_file()  # final_validation: true (default) validates
+    (folder / "validation" / "summary.json").unlink()
+    config = write_config(root, "resume", num_epochs=2, eval_every=0, final_validation=False)
     result = run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu", "--c"], env,
                  nnUNet_rndpo_config=config)
     assert "Epoch 1" in result.stdout and "Epoch 0\n" not in result.stdout
+    assert "final validation skipped" in result.stdout and not (folder / "validation" / "summary.json").exists()
     reference = torch.load(folder / "rndpo_reference.pth", map_location="cpu", weights_only=True)
     assert all(torch.equal(reference[k], base[k]) for k in base)
     assert json.loads((folder / "rndpo_pairs.json").read_text()) == pairs_before
     final = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert final["current_epoch"] == 2
     assert any(not torch.equal(final["network_weights"][k], base[k]) for k in base)
-    (folder / "validation" / "summary.json").unlink()
+    # --val validates even with final_validation: false
     run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu", "--val"], env, nnUNet_rndpo_config=config)
     assert (folder / "validation" / "summary.json").is_file()
     assert 0 < predict_and_evaluate(root, env, trainer) <= 1

@@ -425,3 +425,16 @@ def test_ignore_label_voxels_count_neither_in_true_dice_nor_in_the_push():
     pair = Pair("a", 1, 0, 0.9, 0.1, 3)  # D = voxels 1, 2, 3; only voxel 1 is counted, where mask 1 is right
     assert region_label_accuracy([pair], cache, pool)["pairs/chosen_right_in_region"] == 1 / 3
     assert region_label_accuracy([pair], cache, pool, ignore_label=9) == {"pairs/chosen_right_in_region": 1.0}
+
+
+def test_weights_key_changes_with_any_weight_or_the_test_cases():
+    """The key of the cached base test Dice: the same weights on the same cases, and nothing else, reuse it."""
+    from nnunetv2_rndpo.phase import weights_key
+
+    weights = {"conv.weight": torch.ones(2, 3), "norm.bias": torch.zeros(2)}
+    key = weights_key(weights, ["b", "a"])
+    assert key == weights_key({k: v.clone() for k, v in weights.items()}, ["a", "b"])
+    changed = {**weights, "norm.bias": torch.tensor([0.0, 1e-6])}
+    assert weights_key(changed, ["a", "b"]) != key
+    assert weights_key(weights, ["a", "c"]) != key
+    assert weights_key({**weights, "norm.bias": weights["norm.bias"].bfloat16()}, ["a", "b"]) != key
