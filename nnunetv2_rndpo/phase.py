@@ -55,6 +55,7 @@ METRIC_KEYS = (
     "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
     "logps/chosen", "logps/rejected", "region/size_mean", "region/frac",
 )
+BASE_TEST_DICE_FILE = "base_test_dice.json"  # in the cache folder: the base model's test Dice per weights key
 GUARD_KEYS = ("guard/kl", "guard/triggered", "guard/rollbacks")
 LOSS_TERMS = ("loss/preference", "loss/consistency", "loss/agreement", "loss/sft")
 
@@ -471,7 +472,7 @@ class PreferencePhase:
         ``<cache>/base_test_dice.json`` keyed by a hash of the reference weights and the test case ids, so a
         second arm from that base does not predict the test set again.
         """
-        path = self.cache_folder / "base_test_dice.json"
+        path = self.cache_folder / BASE_TEST_DICE_FILE
         key = weights_key(self.reference.state_dict(), self.test_pool.case_ids)
         known = json.loads(path.read_text()) if path.is_file() else {}
         if key not in known:
