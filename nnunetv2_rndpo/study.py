@@ -93,7 +93,9 @@ def arms_for(judges: tuple[str, ...], full: bool) -> list[Arm]:
     top_random) and RN-DPO with the supervised anchor.
 
     DPO and RN-DPO keep the label-free anchors (consistency, agreement: the defaults) and switch the
-    supervised one off, so the "+ sft" arm isolates it. ``full=False`` (cpu scale) runs the mining
+    supervised one off, so the "+ sft" arm isolates it. Pseudo-label keeps it (``sft_weight`` 1: each step
+    trains on a labeled batch beside the pseudo-labeled one, as self-training does), so its fair preference
+    counterpart is "RN-DPO + sft"; the ablation arm "pseudo-label (no sft)" (``--sweep``) drops it. ``full=False`` (cpu scale) runs the mining
     comparison and pseudo-label only under the oracle and weak judges, and RN-DPO + sft only under the
     oracle, to keep a dataset within a few hours on 2 cores (measured: docs/study.md, Time).
     """
@@ -106,7 +108,7 @@ def arms_for(judges: tuple[str, ...], full: bool) -> list[Arm]:
         if full or judge in ("oracle", "weak"):
             arms += [Arm("DPO", "nnUNetTrainerDPO", judge, "top_random", dpo),
                      Arm("RN-DPO", "nnUNetTrainerRNDPO", judge, "top_random", rn_dpo),
-                     Arm("pseudo-label", "nnUNetTrainerPseudoLabel", judge)]
+                     Arm("pseudo-label", "nnUNetTrainerPseudoLabel", judge, overrides={"sft_weight": 1.0})]
         if full or judge == "oracle":
             arms.append(Arm("RN-DPO + sft", "nnUNetTrainerRNDPO", judge, overrides={**rn_dpo, "sft_weight": 1.0}))
     return arms
@@ -117,12 +119,17 @@ def arms_for(judges: tuple[str, ...], full: bool) -> list[Arm]:
 # β = 4 matches DPO's saturation point at |D| ≈ 400 (HC18's median). ``--sweep`` adds these arms to a study.
 SWEEP_BETAS = (4.0,)
 SWEEP_JUDGES = ("oracle", "learned")
+# Does pseudo-label gain from the judge's masks or from the labeled batches it trains on beside them?
+ABLATION_JUDGES = ("oracle", "weak")
 
 
 def sweep_arms() -> list[Arm]:
-    """RN-DPO at each β of SWEEP_BETAS under the reliable and the learned judge (not part of the protocol)."""
-    return [Arm(f"RN-DPO (β {beta:g})", "nnUNetTrainerRNDPO", judge, overrides={"sft_weight": 0.0, "beta": beta})
-            for beta in SWEEP_BETAS for judge in SWEEP_JUDGES]
+    """The arms beyond the protocol: RN-DPO at each β of SWEEP_BETAS under the reliable and the learned judge,
+    and pseudo-label without the supervised anchor under the ABLATION_JUDGES."""
+    return ([Arm(f"RN-DPO (β {beta:g})", "nnUNetTrainerRNDPO", judge, overrides={"sft_weight": 0.0, "beta": beta})
+             for beta in SWEEP_BETAS for judge in SWEEP_JUDGES]
+            + [Arm("pseudo-label (no sft)", "nnUNetTrainerPseudoLabel", judge, overrides={"sft_weight": 0.0})
+               for judge in ABLATION_JUDGES])
 
 
 @dataclass(frozen=True)
@@ -622,8 +629,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arms", nargs="+", default=None, help="run only these arm names (as in results.json)")
     parser.add_argument("--labeled", type=int, default=None, help="labeled budget N (cases drawn per seed). "
                         "Default: the scale's (10 at cpu/gpu scale); another N needs its own -o")
-    parser.add_argument("--sweep", action="store_true", help="also run the β sweep arms (RN-DPO at β "
-                        f"{', '.join(f'{b:g}' for b in SWEEP_BETAS)} under the {' and '.join(SWEEP_JUDGES)} judges)")
+    parser.add_argument("--sweep", action="store_true", help="also run the arms beyond the protocol: RN-DPO at β "
+                        f"{', '.join(f'{b:g}' for b in SWEEP_BETAS)} under the {' and '.join(SWEEP_JUDGES)} judges, "
+                        f"pseudo-label without the supervised anchor under the {' and '.join(ABLATION_JUDGES)} judges")
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--report-from", nargs="+", default=None, metavar="STUDY",
                         help="only write a report (with --report-to) from study folders or their results.json files")

@@ -220,7 +220,9 @@ class nnUNetTrainerPseudoLabel(nnUNetTrainerRNDPO):
     """Best-of-N self-training baseline: nnU-Net's supervised loss on the judge's top-ranked proposal.
 
     Same pairs, patches, augmentation, schedule and optimiser as the preference trainers; the rejected
-    mask is unused and there is no reference term.
+    mask is unused and there is no reference term. The supervised anchor applies as in every trainer: at the
+    default ``sft_weight`` (1) each step also trains on a labeled batch; ``sft_weight: 0`` trains on the
+    judge's masks alone.
     """
 
     skips_small_regions: ClassVar[bool] = False

@@ -37,6 +37,11 @@ def test_arms_cover_the_protocol():
     assert "RN-DPO + sft | oracle | top_bottom" in names and "pseudo-label | oracle | top_bottom" in names
     full = [a.name for a in arms_for(("oracle", "agreement"), full=True)]
     assert "RN-DPO + sft | agreement | top_bottom" in full and "DPO | agreement | top_random" in full
+    # the supervised anchor is pinned per arm (a changed config default must not change an arm):
+    # off for DPO and RN-DPO, on for "+ sft" and pseudo-label (self-training with its labeled batches)
+    sft = {a.name: a.overrides.get("sft_weight") for a in arms_for(("oracle",), full=False)}
+    assert sft["DPO | oracle | top_bottom"] == sft["RN-DPO | oracle | top_random"] == 0
+    assert sft["RN-DPO + sft | oracle | top_bottom"] == sft["pseudo-label | oracle | top_bottom"] == 1
 
 
 def test_gap_share_and_tables(tmp_path):
@@ -143,7 +148,9 @@ def test_completeness_counts_protocol_arms_only():
     protocol = {"judges": ["oracle"], "full_arms": False, "seeds": [0, 1]}
     names = [a.name for a in arms_for(("oracle",), full=False)]
     sweep = [a.name for a in sweep_arms()]
-    assert sweep and not set(sweep) & set(names) and all(a.overrides["beta"] > 1 for a in sweep_arms())
+    assert sweep and not set(sweep) & set(names)
+    for arm in sweep_arms():  # β above the protocol's, or pseudo-label without its supervised anchor
+        assert arm.overrides.get("beta", 0) > 1 or (arm.method.startswith("pseudo-label") and arm.overrides["sft_weight"] == 0)
     seed = {"arms": {n: {} for n in names + sweep}}
     results = {"protocol": protocol, "seeds": {"0": seed, "1": {"arms": {names[0]: {}}}}}
     text = _completeness(results)
