@@ -537,11 +537,11 @@ def write_report(all_results: list[dict], report_file: Path, figure_folder: Path
                   f"Base ({labels} labels): {_mean_sd(base)}; full-label upper bound: "
                   f"{'-' if full is None else f'{full:.4f}'}; seeds: {', '.join(results['seeds'])}.", "",
                   _completeness(results), "",
-                  "| method | judge | mining | peak | sustained | final | worst drop | Δ sustained | gap share | drift |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| method | judge | mining | seeds | peak | sustained | final | worst drop | Δ sustained | gap share | drift |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             judge, mining = (r["judge"], r["mining"]) if r["judge"] else ("–", "–")
-            lines.append(f"| {r['method']} | {judge} | {mining} | {_mean_sd(r['peak'])} | {_mean_sd(r['sustained'])} | "
+            lines.append(f"| {r['method']} | {judge} | {mining} | {r['seeds']} | {_mean_sd(r['peak'])} | {_mean_sd(r['sustained'])} | "
                          f"{_mean_sd(r['final'])} | {_mean_sd(r['worst_drop'])} | {_mean_sd(r['delta_sustained'])} | "
                          f"{_mean_sd(r['gap_share'])} | {_mean_sd(r['drift'])} |")
         mining = [r for r in rows if r["method"] in ("DPO", "RN-DPO") and r["judge"] in ("oracle", "weak")]
@@ -571,8 +571,12 @@ def write_report(all_results: list[dict], report_file: Path, figure_folder: Path
     return report_file
 
 
-def plot_curves(results: dict, judge: str, path: Path) -> None:
-    """Mean test-Dice curves over seeds of the arms under ``judge`` and the control, with base and full-label."""
+def plot_curves(results: dict, judge: str, path: Path) -> list[str]:
+    """Mean test-Dice curves over seeds of the arms under ``judge`` and the control, with base and full-label.
+
+    Only arms run on every seed are drawn (a mean over fewer seeds starts from another base); the tables
+    give the others with their number of seeds. Returns the names of the arms drawn.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -584,6 +588,7 @@ def plot_curves(results: dict, judge: str, path: Path) -> None:
         for name, arm in seed["arms"].items():
             if arm["judge"] in (judge, None):
                 curves.setdefault(name, []).append(arm)
+    curves = {name: runs for name, runs in curves.items() if len(runs) == len(results["seeds"])}
     base = None
     for name, runs in curves.items():
         length = min(len(r["curve"]) for r in runs)
@@ -601,6 +606,7 @@ def plot_curves(results: dict, judge: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return list(curves)
 
 
 def load_results(path: str | Path) -> dict:

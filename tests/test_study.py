@@ -54,13 +54,25 @@ def test_gap_share_and_tables(tmp_path):
     assert rows["RN-DPO | oracle | top_random"]["worst_drop"] == pytest.approx([0.01, 0.01])
     report = write_report([results], tmp_path / "results.md", tmp_path / "figures")
     text = report.read_text()
-    assert "| RN-DPO | oracle | top_bottom |" in text and "full-label upper bound: 0.9000" in text
+    assert "| RN-DPO | oracle | top_bottom | 2 |" in text and "full-label upper bound: 0.9000" in text
     assert "| control (continued supervised) | – | – |" in text  # one cell per column, no "|" inside a name
     assert "0.4500 ± 0.0707" in text  # gap share over two seeds: 0.4 and 0.5
     assert (tmp_path / "figures" / "hippocampus_oracle.png").stat().st_size > 1000
     # drift: mean guard KL over epochs per seed (0.02, 0.03), then mean ± sd; arms without it show "-"
     assert tb["drift"] == pytest.approx([0.02, 0.03])
     assert "| 0.0250 ± 0.0071 |" in text and rows["RN-DPO | oracle | top_random"]["drift"] == []
+
+
+def test_an_arm_run_on_fewer_seeds_is_in_the_table_not_in_the_figure(tmp_path):
+    from nnunetv2_rndpo.study import plot_curves
+
+    results = _results()
+    results["seeds"]["0"]["arms"]["pseudo-label (no sft) | oracle | top_bottom"] = _arm(
+        "pseudo-label (no sft)", "oracle", "top_bottom", [0.80, 0.81, 0.81])
+    text = write_report([results], tmp_path / "results.md", tmp_path / "figures").read_text()
+    assert "| pseudo-label (no sft) | oracle | top_bottom | 1 | 0.8100 |" in text
+    drawn = plot_curves(results, "oracle", tmp_path / "oracle.png")
+    assert "RN-DPO | oracle | top_bottom" in drawn and "pseudo-label (no sft) | oracle | top_bottom" not in drawn
 
 
 def test_arm_metrics_from_the_trainer_files(tmp_path):
