@@ -125,11 +125,14 @@ ABLATION_JUDGES = ("oracle", "weak")
 
 def sweep_arms() -> list[Arm]:
     """The arms beyond the protocol: RN-DPO at each β of SWEEP_BETAS under the reliable and the learned judge,
-    and pseudo-label without the supervised anchor under the ABLATION_JUDGES."""
+    pseudo-label without the supervised anchor under the ABLATION_JUDGES, and RN-DPO with uniformly random
+    patches (``disagreement_oversample: 0``) under the reliable judge."""
     return ([Arm(f"RN-DPO (β {beta:g})", "nnUNetTrainerRNDPO", judge, overrides={"sft_weight": 0.0, "beta": beta})
              for beta in SWEEP_BETAS for judge in SWEEP_JUDGES]
             + [Arm("pseudo-label (no sft)", "nnUNetTrainerPseudoLabel", judge, overrides={"sft_weight": 0.0})
-               for judge in ABLATION_JUDGES])
+               for judge in ABLATION_JUDGES]
+            + [Arm("RN-DPO (random patches)", "nnUNetTrainerRNDPO", "oracle",
+                   overrides={"sft_weight": 0.0, "beta": PROTOCOL_BETA["region"], "disagreement_oversample": 0.0})])
 
 
 @dataclass(frozen=True)
@@ -637,7 +640,8 @@ def main(argv: list[str] | None = None) -> None:
                         "Default: the scale's (10 at cpu/gpu scale); another N needs its own -o")
     parser.add_argument("--sweep", action="store_true", help="also run the arms beyond the protocol: RN-DPO at β "
                         f"{', '.join(f'{b:g}' for b in SWEEP_BETAS)} under the {' and '.join(SWEEP_JUDGES)} judges, "
-                        f"pseudo-label without the supervised anchor under the {' and '.join(ABLATION_JUDGES)} judges")
+                        f"pseudo-label without the supervised anchor under the {' and '.join(ABLATION_JUDGES)} judges, "
+                        "RN-DPO with random patches under the oracle")
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--report-from", nargs="+", default=None, metavar="STUDY",
                         help="only write a report (with --report-to) from study folders or their results.json files")
