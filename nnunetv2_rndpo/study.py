@@ -151,8 +151,8 @@ class Scale:
 
 
 SCALES = {
-    # 2 CPU cores: HC18 measured 2.4 h for 2 seeds (busy); projected from measured stages on quiet cores: HC18 ~1.9 h,
-    # Hippocampus ~2.5 h (docs/study.md, Time). Learning rate
+    # 2 quiet CPU cores: HC18 measured 1.1 h (5 labels, 2 seeds); Hippocampus projected from its measured stages
+    # ~2.5 h (docs/study.md, Time). Learning rate
     # 1e-5, the config default: at 1e-4 the label-free anchors alone let the model fall by up to 0.08 test Dice
     # before it recovered (docs/results/anchors_hippocampus_cpu.md); at 1e-5 RN-DPO with every anchor (sft too)
     # stayed above its base, while the study arms without sft fell on Hippocampus (docs/study.md).
@@ -604,7 +604,7 @@ def plot_curves(results: dict, judge: str, path: Path) -> list[str]:
         ax.axhline(results["full_label"]["dice"], color="black", linestyle="--", label="full-label")
     ax.set_xlabel("fine-tuning iteration")
     ax.set_ylabel("test Dice")
-    ax.set_title(f"{results['dataset']}: judge {judge}")
+    ax.set_title(f"{results['dataset']} ({results['protocol']['num_labeled']} labels): judge {judge}")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -631,7 +631,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="nnUNetv2_rndpo_study", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=list(DATASETS), help="which study dataset")
     parser.add_argument("--source", help="the dataset's source folder (not needed for 'synthetic')")
-    parser.add_argument("--scale", choices=list(SCALES), default="cpu", help="cpu (2 seeds, projected on 2 quiet cores: ~2 h for HC18, ~2.5 h for Hippocampus), "
+    parser.add_argument("--scale", choices=list(SCALES), default="cpu", help="cpu (2 seeds; on 2 quiet cores HC18 ~1.1 h measured, Hippocampus ~2.5 h projected), "
                         "gpu (paper-sized), smoke (minutes, synthetic). Default: cpu")
     parser.add_argument("-o", "--output", help="study folder (results.json, report.md, nnU-Net folders)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (labeled draws). Default: the scale's")
