@@ -95,9 +95,10 @@ def arms_for(judges: tuple[str, ...], full: bool) -> list[Arm]:
     DPO and RN-DPO keep the label-free anchors (consistency, agreement: the defaults) and switch the
     supervised one off, so the "+ sft" arm isolates it. Pseudo-label keeps it (``sft_weight`` 1: each step
     trains on a labeled batch beside the pseudo-labeled one, as self-training does), so its fair preference
-    counterpart is "RN-DPO + sft"; the ablation arm "pseudo-label (no sft)" (``--sweep``) drops it. ``full=False`` (cpu scale) runs the mining
-    comparison and pseudo-label only under the oracle and weak judges, and RN-DPO + sft only under the
-    oracle, to keep a dataset within a few hours on 2 cores (measured: docs/study.md, Time).
+    counterpart is "RN-DPO + sft"; the ablation arm "pseudo-label (no sft)" (``--sweep``) drops it.
+    ``full=False`` (cpu scale) runs the mining comparison and pseudo-label only under the oracle and weak
+    judges, and RN-DPO + sft only under the oracle, to keep a dataset within a few hours on 2 cores
+    (measured: docs/study.md, Time).
     """
     dpo = {"sft_weight": 0.0, "beta": PROTOCOL_BETA["none"]}
     rn_dpo = {"sft_weight": 0.0, "beta": PROTOCOL_BETA["region"]}
@@ -631,7 +632,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="nnUNetv2_rndpo_study", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=list(DATASETS), help="which study dataset")
     parser.add_argument("--source", help="the dataset's source folder (not needed for 'synthetic')")
-    parser.add_argument("--scale", choices=list(SCALES), default="cpu", help="cpu (2 seeds; on 2 quiet cores HC18 ~1.1 h measured, Hippocampus ~2.5 h projected), "
+    parser.add_argument("--scale", choices=list(SCALES), default="cpu",
+                        help="cpu (2 seeds; on 2 quiet cores HC18 ~1.1 h measured, Hippocampus ~2.5 h projected), "
                         "gpu (paper-sized), smoke (minutes, synthetic). Default: cpu")
     parser.add_argument("-o", "--output", help="study folder (results.json, report.md, nnU-Net folders)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (labeled draws). Default: the scale's")
