@@ -272,43 +272,51 @@ def run_mine(args: argparse.Namespace) -> Path:
 
 
 def train_judge_parser() -> argparse.ArgumentParser:
+    from nnunetv2_rndpo.learned_judge import JudgeTraining
+
+    default = JudgeTraining()
     parser = argparse.ArgumentParser(
         prog="nnUNetv2_rndpo_train_judge",
-        description="Train the learned mask-quality judge (a small CNN predicting Dice from image and mask) on "
-                    "corrupted labels of the fold's training cases; saved beside the base model.")
+        description="Train the learned judge (a small convolutional net that ranks the masks of one case from "
+                    "full-resolution crops of where they differ) on the fold's labeled training cases: the base "
+                    "model's proposals for them, weight-noise predictions and corrupted labels. Prints its "
+                    "reliability on the fold's validation cases; saved beside the base model.")
     _add_base_arguments(parser)
-    parser.add_argument("--epochs", type=int, default=40, help="epochs of fresh corruptions. Default: 40")
-    parser.add_argument("--samples-per-case", type=int, default=16, help="masks per case per epoch. Default: 16")
+    parser.add_argument("--epochs", type=int, default=default.epochs,
+                        help=f"passes over the training cases, one ranking step per case; more = slower, better "
+                             f"fitted. Default: {default.epochs}")
+    parser.add_argument("--samples-per-case", type=int, default=default.masks_per_step,
+                        help=f"masks of one case ranked together per step. Default: {default.masks_per_step}")
+    parser.add_argument("--crop-size", type=int, default=None,
+                        help="crop side in voxels (full resolution); larger sees more context, costs more. "
+                             "Default: 128 in 2D, 32 in 3D")
+    parser.add_argument("--width", type=int, default=default.width,
+                        help=f"channels of the network's first layers; larger = slower. Default: {default.width}")
+    parser.add_argument("--weight-noise", type=float, nargs="*", default=list(default.weight_noise),
+                        help="σ of the multiplicative Gaussian weight noise, one base-model prediction per value and "
+                             f"training case (none: no such masks). Default: {' '.join(map(str, default.weight_noise))}")
     parser.add_argument("--with-proposals", action="store_true",
-                        help="also train on the base model's proposals of the fold's validation cases (their val/* "
-                             "metrics are then no longer held out)")
+                        help="also train on the fold's validation cases (their val/* metrics are then no longer "
+                             "held out)")
     parser.add_argument("-o", default=None, help="output file. Default: <base fold folder>/rndpo_judge.pth")
     return parser
 
 
 def run_train_judge(args: argparse.Namespace) -> Path:
     """Trains and saves the learned judge; returns its path."""
-    from nnunetv2_rndpo.learned_judge import train_learned_judge
+    from nnunetv2_rndpo.learned_judge import JudgeTraining, train_learned_judge
     from nnunetv2_rndpo.pipeline import LEARNED_JUDGE_FILE
     from nnunetv2_rndpo.reliability import format_table
 
-    if args.epochs < 1 or args.samples_per_case < 2:
-        raise ValueError("--epochs must be >= 1 and --samples-per-case >= 2")
+    training = JudgeTraining(args.epochs, args.samples_per_case, args.crop_size, args.width,
+                             tuple(args.weight_noise), seed=args.seed)
     base, settings = _load(args)
-    samples = None
-    if args.with_proposals:
-        from nnunetv2_rndpo.judges import true_dice
-        from nnunetv2_rndpo.pipeline import labeled_proposals
-
-        pool, cache = labeled_proposals(base, settings, not args.quiet)
-        ignore = base.label_manager.ignore_label
-        samples = [(pool.image(c), cache.masks(c), true_dice(cache.masks(c), pool.label(c), base.classes, ignore))
-                   for c in pool.case_ids]
-    judge = train_learned_judge(base, args.epochs, args.samples_per_case, seed=args.seed, progress=not args.quiet,
-                                proposal_samples=samples)
+    judge = train_learned_judge(base, settings, training, progress=not args.quiet,
+                                with_validation_cases=args.with_proposals)
     output = Path(args.o) if args.o else base.fold_folder / LEARNED_JUDGE_FILE
     judge.save(output)
-    print(format_table(judge.metrics, "learned judge (val = the fold's validation cases, corrupted)"))
+    print(format_table(judge.metrics, "learned judge (val = the base model's proposals for the fold's validation "
+                                      "cases; val/agreement = the agreement judge on the same proposals)"))
     print(f"learned judge saved to {output}")
     return output
 

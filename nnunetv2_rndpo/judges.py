@@ -3,8 +3,9 @@
 - ``agreement``: mean Dice of a proposal to the case's other proposals (model agreement).
 - ``uncertainty``: soft Dice of a proposal to the mean probability map over the TTA flips (how much of
   the model's own probability mass the mask captures, and how little it claims where the model is unsure).
-- ``learned``: a small CNN that predicts Dice from (image, mask), trained on corrupted labeled masks
-  (:mod:`nnunetv2_rndpo.learned_judge`, command ``nnUNetv2_rndpo_train_judge``).
+- ``learned``: a small CNN that ranks the masks of one case from full-resolution crops around their
+  disagreement, trained on labeled cases only (:mod:`nnunetv2_rndpo.learned_judge`, command
+  ``nnUNetv2_rndpo_train_judge``).
 - ``oracle``: Dice to the hidden ground truth in ``labelsUnlabeled/`` plus Gaussian noise of standard
   deviation ``judge_sigma`` and a size bias ``judge_size_bias``: a simulated judge of known reliability,
   for studies only.

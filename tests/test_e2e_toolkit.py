@@ -97,13 +97,23 @@ def test_label_free_judges_write_the_trainers_csv(toolkit, judge):
 
 
 def test_learned_judge_trains_and_reports(toolkit):
+    import torch
+
     root, env, cache, _ = toolkit
-    stdout = command(env, "train_judge", "--epochs", "2", "--samples-per-case", "4").stdout
+    stdout = command(env, "train_judge", "--epochs", "3", "--samples-per-case", "4", "--crop-size", "32",
+                     "--width", "4", "--weight-noise", "0.1").stdout
     judge_file = root / "results" / DATASET / "nnUNetTrainer_rndpoSmoke__nnUNetPlans__2d" / "fold_0" / "rndpo_judge.pth"
-    assert judge_file.is_file() and "val/pairwise/accuracy" in stdout
+    assert judge_file.is_file() and "val/pairwise/accuracy" in stdout and "val/agreement/pairwise/accuracy" in stdout
+    saved = torch.load(judge_file, weights_only=False)
+    # 6 training cases x 3 epochs (a step whose masks all agree is skipped); the 2 validation cases held out
+    assert saved["metrics"]["val/cases"] == 2 and saved["metrics"]["val/held_out"] == 1
+    assert 0 < saved["metrics"]["train/steps"] <= 18 and list(saved["training"]["weight_noise"]) == [0.1]
     command(env, "judge", "--judge", "learned", "--report")
     report = json.loads((cache / "scores_learned.report.json").read_text())
     assert {"spearman/per_case", "pairwise/accuracy", "top1/regret", "mining/quantile/oracle_acc"} <= set(report)
+    torch.save({"state_dict": {}, "classes": [1], "in_channels": 2, "dim": 2, "metrics": {}}, root / "old_judge.pth")
+    old = command(env, "judge", "--judge", "learned", "--learned-judge", str(root / "old_judge.pth"), expect_ok=False)
+    assert old.returncode == 2 and "Retrain it: nnUNetv2_rndpo_train_judge" in old.stderr
 
 
 def test_external_scores_are_validated_and_normalised(toolkit):

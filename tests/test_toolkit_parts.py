@@ -1,5 +1,5 @@
-"""Mining strategies and filters, judges, score normalisation, reliability metrics, the learned judge's
-parts and the commands' argument checks (fast, no nnU-Net training)."""
+"""Mining strategies and filters, judges, score normalisation, reliability metrics and the commands' argument
+checks (fast, no nnU-Net training; the learned judge's parts are in test_learned_judge.py)."""
 
 import math
 
@@ -9,7 +9,6 @@ import torch
 
 from nnunetv2_rndpo.config import MININGS
 from nnunetv2_rndpo.judges import normalize_scores, oracle_scores, true_dice, uncertainty_scores
-from nnunetv2_rndpo.learned_judge import CORRUPTIONS, LearnedJudge, QualityNet, corrupt_mask, judge_input
 from nnunetv2_rndpo.mining import MiningParams, Pair, candidate_pairs, mine_pair, mine_pairs, pair_statistics
 from nnunetv2_rndpo.pipeline import split_cases
 from nnunetv2_rndpo.reliability import judge_reliability, pairwise_accuracy, rank, spearman
@@ -180,40 +179,6 @@ def test_top1_regret():
     assert report["top1/regret"] == pytest.approx(0.1) and report["pairwise/accuracy"] == 0.5
     with pytest.raises(ValueError, match="no true Dice for cases \\['b'\\]"):
         judge_reliability({"a": np.array([0.1, 0.9]), "b": np.array([0.9, 0.1])}, {"a": np.array([0.8, 0.6])})
-
-
-# ---------------------------------------------------------------- learned judge
-
-
-@pytest.mark.parametrize("operation", range(len(CORRUPTIONS)))
-def test_corruptions_keep_shape_and_labels(operation):
-    label = np.zeros((20, 20), np.int16)
-    label[5:12, 5:12] = 1
-    label[14:18, 14:18] = 2
-    rng = np.random.default_rng(operation)
-    for _ in range(10):
-        mask = corrupt_mask(label, [1, 2], rng)
-        assert mask.shape == label.shape and set(np.unique(mask)) <= {0, 1, 2}
-    dice = [true_dice(corrupt_mask(label, [1, 2], np.random.default_rng(s))[None], label, [1, 2])[0] for s in range(30)]
-    assert min(dice) < 1.0
-
-
-@pytest.mark.parametrize("shape, dim", [((1, 1, 30, 20), 2), ((1, 20, 30, 20), 3), ((2, 30, 20), 2)])
-def test_quality_net_scores_whole_cases(shape, dim, tmp_path):
-    image = np.random.default_rng(0).normal(size=shape).astype(np.float32)
-    masks = np.zeros((3, *shape[1:]), np.uint8)
-    x = judge_input(image, masks, [1])
-    assert x.shape[:2] == (3, shape[0] + 1) and x.ndim == dim + 2
-    judge = LearnedJudge(QualityNet(shape[0] + 1, dim), [1], shape[0] + 1, dim, {})
-    scores = judge.score(image, masks)
-    assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))
-    judge.save(tmp_path / "j.pth")
-    assert np.allclose(LearnedJudge.load(tmp_path / "j.pth").score(image, masks), scores)
-
-
-def test_learned_judge_missing_file_says_how_to_train_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="Train it first with nnUNetv2_rndpo_train_judge"):
-        LearnedJudge.load(tmp_path / "nope.pth", torch.device("cpu"))
 
 
 # ---------------------------------------------------------------- commands
