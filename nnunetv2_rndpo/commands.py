@@ -289,7 +289,7 @@ def train_judge_parser() -> argparse.ArgumentParser:
                         help=f"masks of one case ranked together per step. Default: {default.masks_per_step}")
     parser.add_argument("--crop-size", type=int, default=None,
                         help="crop side in voxels (full resolution); larger sees more context, costs more. "
-                             "Default: 128 in 2D, 32 in 3D")
+                             "Default: 128 in 2D, 24 in 3D")
     parser.add_argument("--width", type=int, default=default.width,
                         help=f"channels of the network's first layers; larger = slower. Default: {default.width}")
     parser.add_argument("--weight-noise", type=float, nargs="*", default=list(default.weight_noise),

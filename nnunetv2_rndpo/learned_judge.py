@@ -4,7 +4,7 @@ What DPO pairs need is the order of the proposals *within* a case, and proposals
 few voxels. So the judge looks only where the masks of a case differ, at the native preprocessed
 resolution, and is trained to order masks of one case, not to regress Dice across cases.
 
-- **Input** (:func:`judge_input`): crops of fixed size ``crop_size`` (2D 128², 3D 32³ by default; zero-padded
+- **Input** (:func:`judge_input`): crops of fixed size ``crop_size`` (2D 128², 3D 24³ by default; zero-padded
   where the image is smaller) around D, the union of the masks' disagreement (voxels where not all masks
   agree). Channels: the image channels, the mask (one channel per foreground class) and the consensus (the
   mean of the case's masks per class), so the network sees where this mask departs from the others.
@@ -44,7 +44,7 @@ from nnunetv2_rndpo.judges import mean_dice
 
 # the judge file's format; files of the earlier whole-case Dice regressor have no such key
 JUDGE_FORMAT = "within-case-ranking-1"
-CROP_SIZE = {2: 128, 3: 32}
+CROP_SIZE = {2: 128, 3: 24}
 CORRUPTIONS = ("erode", "dilate", "shift", "drop_component", "spurious_component", "boundary_noise")
 
 
@@ -325,11 +325,11 @@ class JudgeTraining:
 
     ``epochs``: passes over the training cases, one ranking step (one case, one crop) per case;
     ``masks_per_step``: masks ranked together in a step; ``crop_size``: crop side in voxels (None =
-    :data:`CROP_SIZE`: 128 in 2D, 32 in 3D); ``width``: channels of the first layers; ``weight_noise``: the
+    :data:`CROP_SIZE`: 128 in 2D, 24 in 3D); ``width``: channels of the first layers; ``weight_noise``: the
     standard deviations of the multiplicative weight noise, one prediction per value and training case.
     """
 
-    epochs: int = 60
+    epochs: int = 40
     masks_per_step: int = 6
     crop_size: int | None = None
     width: int = 16

@@ -111,9 +111,6 @@ def test_learned_judge_trains_and_reports(toolkit):
     command(env, "judge", "--judge", "learned", "--report")
     report = json.loads((cache / "scores_learned.report.json").read_text())
     assert {"spearman/per_case", "pairwise/accuracy", "top1/regret", "mining/quantile/oracle_acc"} <= set(report)
-    torch.save({"state_dict": {}, "classes": [1], "in_channels": 2, "dim": 2, "metrics": {}}, root / "old_judge.pth")
-    old = command(env, "judge", "--judge", "learned", "--learned-judge", str(root / "old_judge.pth"), expect_ok=False)
-    assert old.returncode == 2 and "Retrain it: nnUNetv2_rndpo_train_judge" in old.stderr
 
 
 def test_external_scores_are_validated_and_normalised(toolkit):
