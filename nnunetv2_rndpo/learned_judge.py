@@ -14,12 +14,13 @@ resolution, and is trained to order masks of one case, not to regress Dice acros
   Assumption: a mask's quality within a case is a sum of local contributions along D (additive in voxels),
   which is what the Dice differences between masks of one case mostly are.
 - **Objective** (:func:`pairwise_ranking_loss`): RankNet's pairwise logistic loss on pairs of masks of one crop
-  ordered by their true Dice inside the crop.
+  ordered by their true Dice inside the crop; a pair's margin is the mean of g_i − g_j over the voxels where
+  the two masks differ (:func:`pairwise_margins`).
 - **Training masks**, from the labeled training cases alone (:func:`training_masks`): the base model's
   proposals for them (the same generator as for the pool), predictions of the base network with seeded
-  multiplicative Gaussian noise on its weights (``weight_noise``), and, drawn fresh at every step,
-  corruptions of the label and of those predictions (:func:`corrupt_mask`: erosion, dilation, shift, a
-  removed component, an added blob, boundary noise).
+  multiplicative Gaussian noise on its weights (``weight_noise``), and, drawn fresh at every step, those
+  predictions with their boundary moved (:func:`move_boundary`) and corruptions of the label
+  (:func:`corrupt_mask`: erosion, dilation, shift, a removed component, an added blob, boundary noise).
 - **Reliability**: the base model's proposals for the fold's validation cases (never trained on) are scored
   and compared with their true Dice: within-case pair accuracy, per-case and pooled Spearman, next to the
   agreement judge on the same proposals; saved in the judge file (``metrics``) and printed.
@@ -179,15 +180,34 @@ def region_mean(maps: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
     return (maps * weights).flatten(1).sum(1) / weights.sum().clamp(min=1)
 
 
-def pairwise_ranking_loss(scores: torch.Tensor, targets: torch.Tensor, min_gap: float = 1e-6) -> torch.Tensor:
-    """RankNet's pairwise logistic loss over the masks of one case.
+def pairwise_margins(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``(M, M)`` margins m_ij = mean over D_ij of (g_i − g_j), D_ij = {v : mask_i ≠ mask_j}: the score
+    difference of two masks measured where they differ (0 where they agree everywhere).
 
-    loss = mean over pairs (i, j) with t_i > t_j + ``min_gap`` of log(1 + exp(−(s_i − s_j))): lower when the
-    better mask (higher true Dice t) gets the higher score s. Only score differences within the case count,
-    so the scale and offset between cases are free.
+    Assumption: normalising each pair by its own |D_ij| (as RN-DPO normalises its margin) keeps a pair that
+    differs in a thin ring as learnable as one that differs in a large blob; a mean over the union D of all
+    masks diluted such pairs and training stalled at the loss of a coin flip.
 
     Args:
-        scores: ``(M,)`` judge scores of M masks of one case.
+        maps: ``(M, *window)`` the network's map g for each mask.
+        masks: ``(M, *window)`` label maps of the masks.
+    """
+    differs = (masks[:, None] != masks[None, :]).to(maps.dtype)  # (M, M, *window)
+    gaps = maps[:, None] - maps[None, :]
+    dims = tuple(range(2, differs.ndim))
+    return (gaps * differs).sum(dims) / differs.sum(dims).clamp(min=1)
+
+
+def pairwise_ranking_loss(margins: torch.Tensor, targets: torch.Tensor, min_gap: float = 1e-6) -> torch.Tensor:
+    """RankNet's pairwise logistic loss over the masks of one case.
+
+    loss = mean over pairs (i, j) with t_i > t_j + ``min_gap`` of log(1 + exp(−m_ij)), m_ij the score margin of
+    mask i over mask j (s_i − s_j, or :func:`pairwise_margins`): lower when the better mask (higher true Dice t)
+    gets the higher score. Only differences within the case count, so the scale and offset between cases are
+    free.
+
+    Args:
+        margins: ``(M, M)`` margins of M masks of one case, m_ij = −m_ji.
         targets: ``(M,)`` their true Dice.
         min_gap: pairs whose Dice differ by less are not ordered.
 
@@ -196,9 +216,8 @@ def pairwise_ranking_loss(scores: torch.Tensor, targets: torch.Tensor, min_gap: 
     """
     better = (targets[:, None] - targets[None, :]) > min_gap
     if not better.any():
-        return scores.sum() * 0
-    differences = scores[:, None] - scores[None, :]
-    return torch.nn.functional.softplus(-differences[better]).mean()
+        return margins.sum() * 0
+    return torch.nn.functional.softplus(-margins[better]).mean()
 
 
 # ---------------------------------------------------------------------------------------------- the judge
@@ -388,11 +407,30 @@ def training_masks(base, settings, cases, case_ids: list[str], training: JudgeTr
             if noisy[c] else cache.masks(c) for c in case_ids}
 
 
+def move_boundary(mask: np.ndarray, classes: list, rng: np.random.Generator) -> np.ndarray:
+    """The mask with one random class eroded or dilated (equally likely) by 1–2 voxels: the kind of
+    difference the ``threshold`` and ``temperature`` proposals of one case have."""
+    moved = mask.copy()
+    value = [_members(c)[-1] for c in classes][int(rng.integers(len(classes)))]
+    region, iterations = mask == value, int(rng.integers(1, 3))
+    if rng.random() < 0.5:
+        moved[region & ~ndimage.binary_erosion(region, iterations=iterations)] = 0
+    else:
+        moved[ndimage.binary_dilation(region, iterations=iterations) & (mask == 0)] = value
+    return moved
+
+
 def step_masks(label: np.ndarray, predictions: np.ndarray, classes: list, count: int,
                rng: np.random.Generator) -> np.ndarray:
     """``(count, *spatial)`` masks for one ranking step: each slot a prediction of the base model (half of
-    them, without repeats while they last), a corrupted label (a quarter) or a prediction with one
-    corruption (a quarter). Assumption: this mix puts realistic small differences next to larger ones."""
+    them, without repeats while they last), a prediction with its boundary moved (:func:`move_boundary`, a
+    quarter) or a corrupted label (a quarter).
+
+    Assumption: this mix puts realistic small differences next to larger ones; erosions and dilations are
+    equally likely, so that mask size alone does not predict the order (with one random corruption of a
+    prediction in that quarter instead, the judge scored the smaller masks of an HC18 pool's cases higher:
+    mean within-case Spearman of score and mask size −0.64, a label-free measure).
+    """
     unused = list(rng.permutation(len(predictions)))
     masks = []
     for _ in range(count):
@@ -400,9 +438,9 @@ def step_masks(label: np.ndarray, predictions: np.ndarray, classes: list, count:
         if draw < 0.5 and unused:
             masks.append(predictions[unused.pop()])
         elif draw < 0.75:
-            masks.append(corrupt_mask(label, classes, rng).astype(predictions.dtype))
+            masks.append(move_boundary(predictions[int(rng.integers(len(predictions)))], classes, rng))
         else:
-            masks.append(corrupt_mask(predictions[int(rng.integers(len(predictions)))], classes, rng, operations=1))
+            masks.append(corrupt_mask(label, classes, rng).astype(predictions.dtype))
     return np.stack(masks)
 
 
@@ -415,7 +453,8 @@ def _random_center(region: np.ndarray, fallback: np.ndarray, rng: np.random.Gene
 
 
 def ranking_step(network, optimizer, image, label, masks, classes, size, ignore_label, rng) -> float | None:
-    """One gradient step of :func:`pairwise_ranking_loss` on one crop around a random voxel of D.
+    """One gradient step of :func:`pairwise_ranking_loss` (margins :func:`pairwise_margins`) on one crop around a
+    random voxel of D.
 
     Targets: each mask's mean Dice to the label inside the crop. Returns the loss, None when the masks agree.
     """
@@ -426,9 +465,9 @@ def ranking_step(network, optimizer, image, label, masks, classes, size, ignore_
     inside = tuple(slice(s, s + w) for s, w in zip(start, size, strict=True))
     label_window = label[inside]
     targets = torch.tensor([mean_dice(m[inside], label_window, classes, ignore_label) for m in masks])
-    x = judge_input(crop(image, start, size), crop(masks, start, size), classes)
-    scores = region_mean(network(x), torch.as_tensor(crop(region, start, size, False)))
-    loss = pairwise_ranking_loss(scores, targets.float())
+    masks_window = crop(masks, start, size)
+    x = judge_input(crop(image, start, size), masks_window, classes)
+    loss = pairwise_ranking_loss(pairwise_margins(network(x), torch.as_tensor(masks_window)), targets.float())
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()

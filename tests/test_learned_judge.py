@@ -17,6 +17,8 @@ from nnunetv2_rndpo.learned_judge import (
     crop,
     disagreement_region,
     judge_input,
+    move_boundary,
+    pairwise_margins,
     pairwise_ranking_loss,
     perturbed_predictions,
     ranking_step,
@@ -58,6 +60,15 @@ def test_corruptions_and_step_masks_are_seeded_and_change_dice():
     assert first.shape == (6, 20, 20) and np.array_equal(first, step_masks(label, predictions, [1, 2], 6,
                                                                             np.random.default_rng(1)))
     assert len(np.unique(true_dice(first, label, [1, 2]))) > 1
+
+
+def test_boundary_moves_erode_and_dilate_equally_often():
+    label = two_class_label()
+    sizes = [int((move_boundary(label, [1, 2], np.random.default_rng(s)) > 0).sum()) for s in range(40)]
+    base = int((label > 0).sum())
+    assert base not in sizes  # every move changes the mask
+    smaller = sum(size < base for size in sizes)
+    assert 10 <= smaller <= 30  # neither direction dominates, so size alone cannot order the masks
 
 
 def test_perturbed_predictions_are_seeded_and_restore_the_weights():
@@ -133,10 +144,14 @@ def test_judge_input_channels_are_image_mask_and_consensus():
 # ---------------------------------------------------------------- ranking objective
 
 
+def differences(scores: torch.Tensor) -> torch.Tensor:
+    return scores[:, None] - scores[None, :]
+
+
 def test_right_order_has_lower_loss_than_wrong_order():
     targets = torch.tensor([0.9, 0.8, 0.5])
-    right = pairwise_ranking_loss(torch.tensor([3.0, 2.0, 1.0]), targets)
-    wrong = pairwise_ranking_loss(torch.tensor([1.0, 2.0, 3.0]), targets)
+    right = pairwise_ranking_loss(differences(torch.tensor([3.0, 2.0, 1.0])), targets)
+    wrong = pairwise_ranking_loss(differences(torch.tensor([1.0, 2.0, 3.0])), targets)
     assert right < wrong
     # hand-checked: pairs (0,1), (0,2), (1,2) with score gaps 1, 2, 1
     expected = np.mean([np.log1p(np.exp(-1)), np.log1p(np.exp(-2)), np.log1p(np.exp(-1))])
@@ -145,13 +160,22 @@ def test_right_order_has_lower_loss_than_wrong_order():
 
 def test_gradient_raises_the_better_mask_and_ties_give_no_pair():
     scores = torch.zeros(3, requires_grad=True)
-    pairwise_ranking_loss(scores, torch.tensor([0.5, 0.9, 0.7])).backward()
+    pairwise_ranking_loss(differences(scores), torch.tensor([0.5, 0.9, 0.7])).backward()
     # descent raises the best, lowers the worst; the middle one is pushed up and down equally at equal scores
     assert scores.grad[1] < 0 < scores.grad[0] and float(scores.grad[2]) == pytest.approx(0)
     flat = torch.zeros(2, requires_grad=True)
-    loss = pairwise_ranking_loss(flat, torch.tensor([0.8, 0.8]))
+    loss = pairwise_ranking_loss(differences(flat), torch.tensor([0.8, 0.8]))
     loss.backward()
     assert float(loss.detach()) == 0.0 and torch.equal(flat.grad, torch.zeros(2))
+
+
+def test_pair_margins_are_means_over_the_pairs_own_disagreement():
+    masks = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1]])
+    maps = torch.tensor([[0.0, 1.0, 5.0, 5.0], [0.0, 3.0, 5.0, 5.0], [4.0, 3.0, 5.0, 5.0]])
+    margins = pairwise_margins(maps, masks)
+    assert margins[1, 0] == 2.0  # differ in voxel 1 only: 3 − 1
+    assert margins[2, 0] == pytest.approx((4 + 2) / 2)  # differ in voxels 0 and 1
+    assert torch.equal(margins, -margins.T) and torch.equal(margins.diagonal(), torch.zeros(3))
 
 
 def test_region_mean_ignores_voxels_outside_d():
