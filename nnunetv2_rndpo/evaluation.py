@@ -48,7 +48,8 @@ def dice_on_test_set(predictor, pool: PreprocessedPool, label_manager) -> float:
         logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.array(pool.image(case_id))))
         # nnU-Net's conversion calls .numpy(): the logits go to the CPU first
         prediction = np.asarray(label_manager.convert_logits_to_segmentation(logits.float().cpu()))
-        scores.append(foreground_mean(dice_per_class(prediction, pool.label(case_id), classes)))
+        scores.append(foreground_mean(dice_per_class(prediction, pool.label(case_id), classes,
+                                                     ignore_label=label_manager.ignore_label)))
     return float(np.nanmean(scores))
 
 

@@ -33,13 +33,10 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from nnunetv2_rndpo.judges import mean_dice
+from nnunetv2_rndpo.metrics import in_class, region_labels
 
 INPUT_SIZE = {2: (64, 64), 3: (32, 32, 32)}
 CORRUPTIONS = ("erode", "dilate", "shift", "drop_component", "spurious_component", "boundary_noise")
-
-
-def _members(c) -> list[int]:
-    return list(c) if isinstance(c, (tuple, list)) else [c]
 
 
 def corrupt_mask(label: np.ndarray, classes: list, rng: np.random.Generator, operations: int | None = None) -> np.ndarray:
@@ -48,7 +45,7 @@ def corrupt_mask(label: np.ndarray, classes: list, rng: np.random.Generator, ope
     Assumption: for region-based datasets a corruption acts on the region's highest label only.
     """
     mask = label.copy()
-    fg_labels = [_members(c)[-1] for c in classes]
+    fg_labels = [region_labels(c)[-1] for c in classes]
     for _ in range(operations if operations is not None else int(rng.integers(1, 4))):
         op = CORRUPTIONS[int(rng.integers(len(CORRUPTIONS)))]
         value = fg_labels[int(rng.integers(len(fg_labels)))]
@@ -111,7 +108,7 @@ def judge_input(image: np.ndarray, masks: np.ndarray, classes: list) -> torch.Te
     mode = "bilinear" if dim == 2 else "trilinear"
     img = torch.nn.functional.interpolate(torch.as_tensor(np.asarray(image, np.float32))[None], size=size, mode=mode,
                                           align_corners=False)
-    onehot = torch.stack([torch.as_tensor(np.isin(masks, _members(c))) for c in classes], 1).float()
+    onehot = torch.stack([torch.as_tensor(in_class(masks, c)) for c in classes], 1).float()
     onehot = torch.nn.functional.interpolate(onehot, size=size, mode=mode, align_corners=False)
     return torch.cat([img.expand(len(masks), -1, *size), onehot], 1)
 

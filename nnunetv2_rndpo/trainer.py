@@ -23,6 +23,7 @@ import torch
 
 from nnunetv2_rndpo.compat import require_supported_nnunet
 from nnunetv2_rndpo.config import load_config
+from nnunetv2_rndpo.metrics import region_labels
 from nnunetv2_rndpo.objective import (
     agreement_loss,
     consistency_loss,
@@ -229,14 +230,21 @@ class nnUNetTrainerPseudoLabel(nnUNetTrainerRNDPO):
 
     def preference_step(self, data, output, target):
         chosen = [t[:, :1] for t in target]
-        if self.label_manager.has_regions:
-            regions = self.label_manager.foreground_regions
-            chosen = [
-                torch.cat([torch.isin(t, torch.as_tensor(list(r), device=t.device)) for r in regions], 1).to(t.dtype)
-                for t in chosen
-            ]
+        lm = self.label_manager
+        if lm.has_regions:
+            chosen = [region_target(t, lm.foreground_regions, lm.ignore_label) for t in chosen]
         loss = self.loss(output, chosen)
         return loss, {"n/patches": int(data.shape[0])}
+
+
+def region_target(label_map: torch.Tensor, regions, ignore_label: int | None) -> torch.Tensor:
+    """nnU-Net's region-based training target of a label map ``(B, 1, *spatial)``: one channel per region
+    (:func:`~nnunetv2_rndpo.metrics.region_labels`), plus the ignore mask as a last channel when the dataset has
+    an ignore label (what ``ConvertSegmentationToRegionsTransform`` makes and ``DC_and_BCE_loss`` expects)."""
+    channels = [torch.isin(label_map, torch.as_tensor(region_labels(r), device=label_map.device)) for r in regions]
+    if ignore_label is not None:
+        channels.append(label_map == ignore_label)
+    return torch.cat(channels, 1).to(label_map.dtype)
 
 
 def read_pairs_file(fold_folder: str | Path) -> list[dict]:
