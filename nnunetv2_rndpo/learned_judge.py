@@ -153,13 +153,20 @@ class LabeledCases(Mapping):
     """Preprocessed labeled cases ``{id: (image (C, *sp) float32, label (*sp) int16)}``, loaded on first use."""
 
     def __init__(self, dataset, identifiers: list[str]):
-        self._dataset, self._ids, self._loaded = dataset, list(identifiers), {}
+        self._dataset, self._ids, self._loaded, self._previous = dataset, list(identifiers), {}, {}
 
     def __getitem__(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         if key not in self._loaded:
-            data, seg, _, _ = self._dataset.load_case(key)
+            data, seg, previous, _ = self._dataset.load_case(key)
             self._loaded[key] = (np.asarray(data[:], np.float32), np.maximum(np.asarray(seg[:])[0], 0).astype(np.int16))
+            if previous is not None:  # cascades: the previous stage's segmentation (nnU-Net's dataset class reads it)
+                self._previous[key] = np.maximum(np.asarray(previous[:])[0], 0).astype(np.int16)
         return self._loaded[key]
+
+    def previous_stage(self, key: str) -> np.ndarray | None:
+        """``(*spatial)`` previous-stage segmentation of a case (cascades only), or None."""
+        self[key]
+        return self._previous.get(key)
 
     def __iter__(self):
         return iter(self._ids)
@@ -181,7 +188,8 @@ def labeled_cases(base, fold: int | str) -> tuple[LabeledCases, list[str], list[
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} does not exist: run nnUNetv2_plan_and_preprocess -d ... -c "
                                 f"{base.configuration_name} first")
-    dataset = infer_dataset_class(str(folder))(str(folder))
+    previous = None if base.previous_stage is None else str(base.previous_stage.labeled_segmentations)
+    dataset = infer_dataset_class(str(folder))(str(folder), folder_with_segs_from_previous_stage=previous)
     cases = LabeledCases(dataset, sorted(dataset.identifiers))
     splits_file = folder.parent / "splits_final.json"
     if str(fold) == "all" or not splits_file.is_file():

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nnunetv2_rndpo.cascade import pool_input
 from nnunetv2_rndpo.checkpoint import base_weights
 from nnunetv2_rndpo.distributed import barrier, broadcast_from_rank0, rank_and_world
 from nnunetv2_rndpo.evaluation import dice_on_test_set, preprocessed_test_set
@@ -152,6 +153,12 @@ class PreferencePhase:
         """``$nnUNet_preprocessed/DatasetXXX/rndpo/<plans>_<configuration>``: outside nnU-Net's own folders."""
         t = self.trainer
         return Path(t.preprocessed_dataset_folder_base) / "rndpo" / f"{t.plans_manager.plans_name}_{t.configuration_name}"
+
+    @property
+    def cascade_labels(self) -> list[int] | None:
+        """For a cascade, the labels of the previous-stage one-hot input channels (:mod:`nnunetv2_rndpo.cascade`)."""
+        t = self.trainer
+        return None if t.previous_stage is None else t.label_manager.foreground_labels
 
     def base_checkpoint(self) -> Path:
         """The base model's checkpoint; a missing one is an error that prints the command creating it."""
@@ -310,13 +317,13 @@ class PreferencePhase:
         patch_size = t.configuration_manager.patch_size
         transforms = t.get_training_transforms(
             patch_size, rotation, t._get_deep_supervision_scales(), mirror_axes, dummy_2d,
-            use_mask_for_norm=t.configuration_manager.use_mask_for_norm, is_cascaded=False,
+            use_mask_for_norm=t.configuration_manager.use_mask_for_norm, is_cascaded=t.is_cascaded,
             foreground_labels=t.label_manager.foreground_labels, regions=None, ignore_label=None)
         rng = np.random.default_rng(cfg.seed + self.rank)  # each rank draws its own patches
         if sampler_state is not None:
             rng.bit_generator.state = sampler_state
         self.sampler = PairPatchSampler(self.pairs, pool, cache, patch_size, initial_patch_size, transforms,
-                                        cfg.disagreement_oversample, rng)
+                                        cfg.disagreement_oversample, rng, self.cascade_labels)
         self._labeled_loader = t.dataloader_train
         if cfg.sft_weight == 0 and hasattr(self._labeled_loader, "_finish"):
             self._labeled_loader._finish()  # no labeled batches needed: stop nnU-Net's augmentation workers
@@ -439,7 +446,8 @@ class PreferencePhase:
             return
         t = self.trainer
         self.test_pool = preprocessed_test_set(self.raw_folder, self.cache_folder / "test", t.plans_manager, t.configuration_manager,
-                                   t.dataset_json, progress=True)
+                                   t.dataset_json, progress=True, previous_stage=t.previous_stage, device=t.device,
+                                   log=t.print_to_log_file)
         if self.test_pool is None:
             t.print_to_log_file(f"RN-DPO: eval_every > 0 but {self.raw_folder} has no imagesTs/labelsTs; no test curve")
 
@@ -492,7 +500,7 @@ class PreferencePhase:
         if self.rank == 0:  # rank 0 measures the drift, every rank can roll back
             predictor = self._policy_predictor(self.reference)
             for case_id in self.guard_cases:
-                image = torch.from_numpy(np.array(pool.image(case_id)))
+                image = torch.from_numpy(pool_input(pool, case_id, self.cascade_labels))
                 self.guard_logits[case_id] = (image, predictor.predict_sliding_window_return_logits(image).cpu().clone())
         self._accepted_weights = self._policy_weights()
 

@@ -24,11 +24,13 @@ _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 @dataclass(frozen=True)
 class PoolCase:
-    """One raw case: its id, one image file per channel, and its hidden label file if any."""
+    """One raw case: its id, one image file per channel, its hidden label file if any, and for a cascade the
+    previous stage's segmentation of it (:mod:`nnunetv2_rndpo.cascade`)."""
 
     case_id: str
     image_files: tuple[str, ...]
     label_file: str | None = None
+    previous_stage_file: str | None = None
 
 
 def find_cases(
@@ -117,7 +119,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def _source_stamp(case: PoolCase) -> dict:
     """Size and modification time (ns) of every raw file of a case: a changed file changes the stamp."""
-    files = [*case.image_files, *([case.label_file] if case.label_file else [])]
+    files = [*case.image_files, *(f for f in (case.label_file, case.previous_stage_file) if f)]
     return {f: [os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files}
 
 
@@ -154,7 +156,8 @@ class PreprocessedPool:
     """Preprocessed unlabeled cases in a cache folder, read one case at a time.
 
     Layout: ``<folder>/<case>_image.npy`` (float32, ``(C, *spatial)`` in nnU-Net's preprocessed space),
-    ``<folder>/<case>_label.npy`` (int16 hidden label, only if ``labelsUnlabeled`` has the case) and
+    ``<folder>/<case>_label.npy`` (int16 hidden label, only if ``labelsUnlabeled`` has the case),
+    ``<folder>/<case>_previous_stage.npy`` (int16 previous-stage segmentation, cascades only) and
     ``<folder>/<case>.json`` (sizes and modification times of the raw files; a change re-preprocesses).
     """
 
@@ -188,9 +191,11 @@ class PreprocessedPool:
             try:
                 data, properties = reader.read_images(list(case.image_files))
                 check_case_matches_dataset(case, data, properties["spacing"], num_channels, dataset_is_2d)
-                seg = reader.read_seg(case.label_file)[0] if case.label_file is not None else None
-                data, seg, _ = preprocessor.run_case_npy(data, seg, properties, plans_manager, configuration_manager,
-                                                         dataset_json)
+                # the hidden label and the previous stage's segmentation are cropped and resampled as nnU-Net's
+                # labels are: as channels of one segmentation
+                segs = [reader.read_seg(f)[0] for f in (case.label_file, case.previous_stage_file) if f is not None]
+                data, seg, _ = preprocessor.run_case_npy(data, np.concatenate(segs) if segs else None, properties,
+                                                         plans_manager, configuration_manager, dataset_json)
             except Exception as error:  # noqa: BLE001 (any reader failure on user data is a bad case)
                 reason = error if isinstance(error, BadCaseError) else BadCaseError(
                     f"pool case {case.case_id!r} could not be read ({', '.join(case.image_files)}): "
@@ -207,6 +212,8 @@ class PreprocessedPool:
             if case.label_file is not None:
                 # nnU-Net marks voxels outside the nonzero crop as -1; they are background for scoring
                 atomic_save(self.folder / f"{case.case_id}_label.npy", np.maximum(seg[0], 0).astype(np.int16))
+            if case.previous_stage_file is not None:
+                atomic_save(self.folder / f"{case.case_id}_previous_stage.npy", np.maximum(seg[-1], 0).astype(np.int16))
             atomic_write_text(self.folder / f"{case.case_id}.json", json.dumps(_source_stamp(case)))
             self._bad_marker(case.case_id).unlink(missing_ok=True)
         return skipped
@@ -243,6 +250,8 @@ class PreprocessedPool:
             return False
         if case.label_file is not None and not (self.folder / f"{case.case_id}_label.npy").is_file():
             return False
+        if case.previous_stage_file is not None and not (self.folder / f"{case.case_id}_previous_stage.npy").is_file():
+            return False
         return json.loads(stamp.read_text()) == _source_stamp(case)
 
     def image(self, case_id: str) -> np.ndarray:
@@ -252,6 +261,11 @@ class PreprocessedPool:
     def label(self, case_id: str) -> np.ndarray | None:
         """``(*spatial)`` hidden label in preprocessed space, or None."""
         path = self.folder / f"{case_id}_label.npy"
+        return np.load(path) if path.is_file() else None
+
+    def previous_stage(self, case_id: str) -> np.ndarray | None:
+        """``(*spatial)`` previous-stage segmentation in preprocessed space (cascades only), or None."""
+        path = self.folder / f"{case_id}_previous_stage.npy"
         return np.load(path) if path.is_file() else None
 
     @property

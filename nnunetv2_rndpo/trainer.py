@@ -21,6 +21,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from nnunetv2_rndpo.cascade import previous_stage_of
 from nnunetv2_rndpo.compat import require_supported_nnunet
 from nnunetv2_rndpo.config import load_config
 from nnunetv2_rndpo.metrics import region_labels
@@ -60,6 +61,11 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
+        # a cascade's labeled cases take the base trainer's previous-stage segmentations, as its base model did
+        self.previous_stage = previous_stage_of(self.configuration_manager, configuration, self.plans_manager.dataset_name,
+                                                cfg.base_trainer, self.plans_manager.plans_name, fold)
+        if self.previous_stage is not None:
+            self.folder_with_segs_from_previous_stage = str(self.previous_stage.labeled_segmentations)
         self.phase: PreferencePhase | None = None
         self._resumed_sampler_state: dict | None = None
         self._trained_here = False  # set by on_train_end: ``final_validation`` applies after training, not to --val
@@ -85,6 +91,10 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
     # ------------------------------------------------------------------ lifecycle
 
     def on_train_start(self):
+        if self.previous_stage is not None:  # before nnU-Net's loaders read the segmentations, not mid-run
+            train_ids, val_ids = self.do_split()
+            self.previous_stage.require(self.plans_manager.dataset_name, self.plans_manager.plans_name,
+                                        sorted({*train_ids, *val_ids}))
         super().on_train_start()
         self.phase = PreferencePhase(self)
         self.phase.setup(sampler_state=self._resumed_sampler_state)

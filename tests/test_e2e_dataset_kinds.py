@@ -86,3 +86,78 @@ def test_two_input_channels(kinds2d):
     images = sorted(pool.glob("*_image.npy"))
     assert len(images) == 6 and all(np.load(p, mmap_mode="r").shape[0] == 2 for p in images)
     assert summary["foreground_mean"]["Dice"] > 0
+
+
+# ---------------------------------------------------------------------------------------------- 3D: 3d_lowres, cascade
+
+TINY_3D = "Dataset994_Tiny3D"
+
+
+def add_lowres_and_cascade(plans_file: Path) -> None:
+    """Adds ``3d_lowres`` (spacing 2 mm, half the image size) and ``3d_cascade_fullres`` to planned plans.
+
+    nnU-Net's planner makes ``3d_lowres`` only when the ``3d_fullres`` patch covers less than a quarter of the
+    median image (``ExperimentPlanner.lowres_creation_threshold``), i.e. for images several times larger than a
+    patch of ~128³: never for a tiny dataset. nnU-Net reads custom configurations from the plans file
+    (``inherits_from``), so the test writes the two configurations the planner would have written.
+    """
+    plans = json.loads(plans_file.read_text())
+    plans["configurations"]["3d_lowres"] = {
+        "inherits_from": "3d_fullres", "data_identifier": "nnUNetPlans_3d_lowres", "spacing": [2.0, 2.0, 2.0],
+        "patch_size": [8, 12, 12], "median_image_size_in_voxels": [8.0, 12.0, 12.0], "next_stage": "3d_cascade_fullres"}
+    plans["configurations"]["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
+    plans_file.write_text(json.dumps(plans, indent=1))
+
+
+@pytest.fixture(scope="module")
+def tiny3d(tmp_path_factory):
+    """The 3D tiny dataset with ``3d_lowres`` and the cascade in its plans and a base ``3d_lowres`` model (fold
+    ``all``: its final validation segments every labeled case, which the cascade trains on)."""
+    root = tmp_path_factory.mktemp("tiny3d")
+    env = make_env(root)
+    make_tiny_dataset(root / "raw", 994, dim=3)
+    run(["nnUNetv2_plan_and_preprocess", "-d", "994", "-c", "3d_fullres", "-npfp", "1", "-np", "1"], env,
+        nnUNet_n_proc_DA="1")
+    add_lowres_and_cascade(root / "preprocessed" / TINY_3D / "nnUNetPlans.json")
+    run(["nnUNetv2_preprocess", "-d", "994", "-c", "3d_lowres", "-np", "1"], env, nnUNet_n_proc_DA="1")
+    run(["nnUNetv2_train", "994", "3d_lowres", "all", "-tr", "nnUNetTrainer_rndpoSmoke", "-device", "cpu"], env)
+    return root, env
+
+
+def test_3d_lowres(tiny3d):
+    root, env = tiny3d
+    run(["nnUNetv2_train", "994", "3d_lowres", "all", "-tr", "nnUNetTrainerRNDPO", "-device", "cpu"], env,
+        nnUNet_rndpo_config=write_config(root, "lowres", num_epochs=1, final_validation=False))
+    folder = root / "results" / TINY_3D / "nnUNetTrainerRNDPO__nnUNetPlans__3d_lowres" / "fold_all"
+    rows = read_rows(folder)
+    assert [r["epoch"] for r in rows] == [0, 1] and 0 < rows[1]["eval/dice"] <= 1
+    pool = root / "preprocessed" / TINY_3D / "rndpo" / "nnUNetPlans_3d_lowres" / "pool"
+    assert np.load(next(pool.glob("*_image.npy"))).shape[1:] == (8, 12, 12)  # the pool in lowres space
+    summary = predict_and_evaluate(root, env, TINY_3D, "3d_lowres", "nnUNetTrainerRNDPO", "all", ".nii.gz")
+    assert 0 < summary["foreground_mean"]["Dice"] <= 1
+
+
+def test_cascade(tiny3d):
+    root, env = tiny3d
+    config = write_config(root, "cascade", num_epochs=1, final_validation=False)
+    # without a base cascade model: a clear error at the start naming the command
+    result = run(["nnUNetv2_train", "994", "3d_cascade_fullres", "all", "-tr", "nnUNetTrainerRNDPO", "-device", "cpu"],
+                 env, expect_ok=False, nnUNet_rndpo_config=config)
+    assert result.returncode != 0 and "nnUNetv2_train 994 3d_cascade_fullres all -tr nnUNetTrainer_rndpoSmoke" in (
+        result.stderr)
+    run(["nnUNetv2_train", "994", "3d_cascade_fullres", "all", "-tr", "nnUNetTrainer_rndpoSmoke", "-device", "cpu"],
+        env)
+    result = run(["nnUNetv2_train", "994", "3d_cascade_fullres", "all", "-tr", "nnUNetTrainerRNDPO", "-device", "cpu"],
+                 env, nnUNet_rndpo_config=config)
+    # the pool and the test cases were segmented by the base 3d_lowres model first, as nnUNetv2_predict would
+    assert "3d_lowres segmented 6 case(s)" in result.stdout and "3d_lowres segmented 3 case(s)" in result.stdout
+    cache = root / "preprocessed" / TINY_3D / "rndpo" / "nnUNetPlans_3d_cascade_fullres"
+    previous = [np.load(p) for p in sorted((cache / "pool").glob("*_previous_stage.npy"))]
+    assert len(previous) == 6 and all(p.shape == (16, 24, 24) and p.max() == 1 for p in previous)
+    rows = read_rows(root / "results" / TINY_3D / "nnUNetTrainerRNDPO__nnUNetPlans__3d_cascade_fullres" / "fold_all")
+    assert [r["epoch"] for r in rows] == [0, 1] and 0 < rows[1]["eval/dice"] <= 1
+    # inference as nnU-Net does it: the previous stage first, then the cascade with its predictions
+    lowres = predict_and_evaluate(root, env, TINY_3D, "3d_lowres", "nnUNetTrainer_rndpoSmoke", "all", ".nii.gz")
+    summary = predict_and_evaluate(root, env, TINY_3D, "3d_cascade_fullres", "nnUNetTrainerRNDPO", "all", ".nii.gz",
+                                   "-prev_stage_predictions", str(root / "pred_nnUNetTrainer_rndpoSmoke_3d_lowres"))
+    assert 0 < lowres["foreground_mean"]["Dice"] <= 1 and 0 < summary["foreground_mean"]["Dice"] <= 1

@@ -61,6 +61,7 @@ def fake_base(root: Path, dim: int) -> SimpleNamespace:
         plans_manager=SimpleNamespace(image_reader_writer_class=NaturalImage2DIO if dim == 2 else SimpleITKIO,
                                       plans={"original_median_spacing_after_transp": spacing}),
         configuration_manager=SimpleNamespace(preprocessor_class=PassThroughPreprocessor),
+        previous_stage=None,
     )
 
 
