@@ -135,6 +135,16 @@ def previous_stage_of(configuration_manager, configuration: str, dataset_name: s
                          trainer)
 
 
+def require_cascade_sources(sources, configuration: str) -> None:
+    """Raises ValueError for proposal sources a cascade cannot use: ``intensity`` would rescale the one-hot
+    previous-stage input channels along with the image."""
+    if "intensity" in sources:
+        raise ValueError(
+            f"proposal source 'intensity' is not supported for the cascade configuration {configuration}: its network "
+            "input holds the previous stage's one-hot segmentation, which an intensity change would alter too. "
+            "Remove 'intensity' from proposal_sources.")
+
+
 def network_input(image: np.ndarray, previous_segmentation: np.ndarray | None,
                   cascade_labels: list[int] | None) -> np.ndarray:
     """What the network takes: the image ``(C, *spatial)``, followed for a cascade (``cascade_labels`` = the

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nnunetv2_rndpo.cascade import PreviousStage, previous_stage_of
+from nnunetv2_rndpo.cascade import PreviousStage, previous_stage_of, require_cascade_sources
 from nnunetv2_rndpo.judges import (
     agreement_scores,
     oracle_scores,
@@ -244,7 +244,13 @@ class ProposalSettings:
 
 def proposal_cache(base: BaseModel, settings: ProposalSettings, subfolder: str = "proposals",
                    ) -> tuple[ProposalCache, list, dict]:
-    """The cache for these settings (in ``<cache_folder>/<subfolder>``), the recipes and the ``model`` weights."""
+    """The cache for these settings (in ``<cache_folder>/<subfolder>``), the recipes and the ``model`` weights.
+
+    Raises:
+        ValueError: the ``intensity`` source on a cascade (it would rescale the previous-stage input channels too).
+    """
+    if base.previous_stage is not None:
+        require_cascade_sources(settings.sources, base.configuration_name)
     specs = plan_proposals(settings.num_proposals, list(settings.sources), base.mirror_axes, settings.seed,
                            list(settings.models))
     extra = base.load_extra_weights(list(settings.models)) if "model" in settings.sources else {}

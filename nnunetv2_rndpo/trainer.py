@@ -21,7 +21,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from nnunetv2_rndpo.cascade import previous_stage_of
+from nnunetv2_rndpo.cascade import previous_stage_of, require_cascade_sources
 from nnunetv2_rndpo.compat import require_supported_nnunet
 from nnunetv2_rndpo.config import load_config
 from nnunetv2_rndpo.metrics import region_labels
@@ -65,6 +65,7 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
         self.previous_stage = previous_stage_of(self.configuration_manager, configuration, self.plans_manager.dataset_name,
                                                 cfg.base_trainer, self.plans_manager.plans_name, fold)
         if self.previous_stage is not None:
+            require_cascade_sources(cfg.proposal_sources, configuration)
             self.folder_with_segs_from_previous_stage = str(self.previous_stage.labeled_segmentations)
         self.phase: PreferencePhase | None = None
         self._resumed_sampler_state: dict | None = None

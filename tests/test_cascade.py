@@ -71,3 +71,11 @@ def test_segmentation_files_are_keyed_by_the_previous_stage_checkpoint(tmp_path)
     assert first.endswith("a.nii.gz") and Path(first).parent.parent == tmp_path / "seg"
     stage.checkpoint_file.write_bytes(b"retrained")
     assert stage.with_segmentations(cases, tmp_path / "seg", ".nii.gz")[0].previous_stage_file != first
+
+
+def test_intensity_proposals_on_a_cascade_are_refused_at_start():
+    from nnunetv2_rndpo.pipeline import ProposalSettings, proposal_cache
+
+    base = SimpleNamespace(previous_stage=object(), configuration_name="3d_cascade_fullres")
+    with pytest.raises(ValueError, match="'intensity' is not supported for the cascade configuration 3d_cascade_fullres"):
+        proposal_cache(base, ProposalSettings(sources=("mirror", "intensity")))
