@@ -160,7 +160,10 @@ class LabeledCases(Mapping):
             data, seg, previous, _ = self._dataset.load_case(key)
             self._loaded[key] = (np.asarray(data[:], np.float32), np.maximum(np.asarray(seg[:])[0], 0).astype(np.int16))
             if previous is not None:  # cascades: the previous stage's segmentation (nnU-Net's dataset class reads it)
-                self._previous[key] = np.maximum(np.asarray(previous[:])[0], 0).astype(np.int16)
+                previous = np.asarray(previous[:])
+                # predicted_next_stage holds (*spatial) label maps; a (1, *spatial) one is accepted too
+                previous = previous[0] if previous.ndim == self._loaded[key][0].ndim else previous
+                self._previous[key] = np.maximum(previous, 0).astype(np.int16)
         return self._loaded[key]
 
     def previous_stage(self, key: str) -> np.ndarray | None:

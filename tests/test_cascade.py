@@ -79,3 +79,16 @@ def test_intensity_proposals_on_a_cascade_are_refused_at_start():
     base = SimpleNamespace(previous_stage=object(), configuration_name="3d_cascade_fullres")
     with pytest.raises(ValueError, match="'intensity' is not supported for the cascade configuration 3d_cascade_fullres"):
         proposal_cache(base, ProposalSettings(sources=("mirror", "intensity")))
+
+
+def test_labeled_cases_read_the_previous_stage_as_nnunets_dataset_gives_it():
+    from nnunetv2_rndpo.learned_judge import LabeledCases
+
+    data, seg = np.zeros((1, 2, 3, 4), np.float32), np.ones((1, 2, 3, 4), np.int8)
+    previous = np.full((2, 3, 4), 2, np.int8)  # predicted_next_stage: a (*spatial) label map
+    dataset = SimpleNamespace(load_case=lambda key: (data, seg, previous, {}))
+    cases = LabeledCases(dataset, ["a"])
+    assert cases.previous_stage("a").shape == (2, 3, 4) and (cases.previous_stage("a") == 2).all()
+    assert cases["a"][0].shape == (1, 2, 3, 4)
+    plain = LabeledCases(SimpleNamespace(load_case=lambda key: (data, seg, None, {})), ["a"])
+    assert plain.previous_stage("a") is None
