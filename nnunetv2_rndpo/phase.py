@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnunetv2_rndpo.checkpoint import base_weights
+from nnunetv2_rndpo.checkpoint import base_weights, describe_trained_models, load_checkpoint_file
 from nnunetv2_rndpo.distributed import barrier, broadcast_from_rank0, rank_and_world
 from nnunetv2_rndpo.evaluation import dice_on_test_set, preprocessed_test_set
 from nnunetv2_rndpo.mining import MiningParams, Pair, require_trainable_pairs
@@ -161,13 +161,21 @@ class PreferencePhase:
         else:
             folder = f"{cfg.base_trainer}__{t.plans_manager.plans_name}__{t.configuration_name}"
             path = Path(t.output_folder_base).parent / folder / f"fold_{t.fold}" / "checkpoint_final.pth"
+        if cfg.base_checkpoint and not path.is_file():
+            raise FileNotFoundError(f"base_checkpoint {path} (in the file named by $nnUNet_rndpo_config) "
+                                    f"{'is a directory' if path.is_dir() else 'does not exist'}; point it at a "
+                                    "checkpoint_final.pth written by nnUNetv2_train, or remove it to use base_trainer")
         if not path.is_file():
             dataset_id = self.dataset_name.split("_")[0].replace("Dataset", "")
+            found, candidates = describe_trained_models(Path(t.output_folder_base).parent, t.plans_manager.plans_name,
+                                                        t.configuration_name, t.fold, exclude=(t.__class__.__name__,))
+            trainer = candidates[0] if candidates else "<the base model's trainer>"
             raise FileNotFoundError(
-                f"Base checkpoint {path} not found. The preference phase fine-tunes a trained nnU-Net model; "
-                f"train it first with\n  nnUNetv2_train {int(dataset_id)} {t.configuration_name} {t.fold} "
-                f"-tr {cfg.base_trainer} -p {t.plans_manager.plans_name}\nor set base_checkpoint in the file "
-                "named by $nnUNet_rndpo_config."
+                f"Base checkpoint {path} not found (base_trainer {cfg.base_trainer!r}). The preference phase fine-tunes "
+                f"a trained nnU-Net model.\n{found}\nIf the base model was trained with another trainer, set "
+                f"{{\"base_trainer\": \"{trainer}\"}} (or base_checkpoint: a path) in the file named by "
+                f"$nnUNet_rndpo_config; or train it first with\n  nnUNetv2_train {int(dataset_id)} "
+                f"{t.configuration_name} {t.fold} -tr {cfg.base_trainer} -p {t.plans_manager.plans_name}"
             )
         return path
 
@@ -219,7 +227,7 @@ class PreferencePhase:
             path = self.base_checkpoint()
             network = t.network.module if t.is_ddp else t.network
             network = getattr(network, "_orig_mod", network)
-            weights = base_weights(torch.load(path, map_location=t.device, weights_only=False), path,
+            weights = base_weights(load_checkpoint_file(path, t.device), path,
                                    t.configuration_name, network.state_dict(), t.label_manager.num_segmentation_heads)
             network.load_state_dict(weights)
             if self.rank == 0:

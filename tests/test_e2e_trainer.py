@@ -178,11 +178,30 @@ def test_external_scores_and_proposal_cache(tiny2d):
 
 
 def test_missing_base_checkpoint_prints_the_command(tiny2d, tmp_path):
+    """The base model was trained with nnUNetTrainer_rndpoSmoke, the config names nnUNetTrainer: the message names
+    the trainer that exists and the key to set, without a traceback."""
     root, env = tiny2d
     config = write_config(root, "missing", base_trainer="nnUNetTrainer")
     result = run(["nnUNetv2_train", "991", "2d", "0", "-tr", "nnUNetTrainerRNDPO", "-device", "cpu"], env,
                  expect_ok=False, nnUNet_rndpo_config=config)
+    assert result.returncode != 0
     assert "nnUNetv2_train 991 2d 0 -tr nnUNetTrainer -p nnUNetPlans" in result.stderr
+    assert "nnUNetTrainer_rndpoSmoke (fold_0: checkpoint_final.pth" in result.stderr
+    assert '{"base_trainer": "nnUNetTrainer_rndpoSmoke"}' in result.stderr
+    assert "Traceback" not in result.stderr and "\nFileNotFoundError: Base checkpoint" in f"\n{result.stderr}"
+
+
+def test_a_bad_config_ends_nnunetv2_train_with_the_message_alone(tiny2d):
+    root, env = tiny2d
+    config = write_config(root, "bad_mining", mining=3)
+    result = run(["nnUNetv2_train", "991", "2d", "0", "-tr", "nnUNetTrainerRNDPO", "-device", "cpu"], env,
+                 expect_ok=False, nnUNet_rndpo_config=config)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("ValueError: config key 'mining': 3 has the wrong type")
+    assert "Traceback" not in result.stderr
+    traced = run(["nnUNetv2_train", "991", "2d", "0", "-tr", "nnUNetTrainerRNDPO", "-device", "cpu"], env,
+                 expect_ok=False, nnUNet_rndpo_config=config, nnUNet_rndpo_traceback="1")
+    assert traced.returncode != 0 and "Traceback" in traced.stderr
 
 
 def test_3d(tmp_path):

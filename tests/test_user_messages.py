@@ -1,0 +1,148 @@
+"""What a user sees when something is wrong or takes long (fast tier): base-model hints, traceback-free
+errors of nnUNetv2_train, corrupt checkpoints, config and scores files, the start-of-run lines."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from nnunetv2_rndpo.checkpoint import describe_trained_models, load_checkpoint_file, trained_models
+from nnunetv2_rndpo.config import RNDPOConfig
+from nnunetv2_rndpo.errors import TRACEBACK_ENV_VAR, _excepthook, is_user_error, user_errors
+from nnunetv2_rndpo.phase import PreferencePhase
+
+REPO = Path(__file__).resolve().parents[1]
+DATASET = "Dataset004_Hippocampus"
+
+# ---------------------------------------------------------------- which base models exist
+
+
+def fake_results(root: Path) -> Path:
+    """``$nnUNet_results/Dataset004_Hippocampus`` with a base model of a custom trainer and our own folder."""
+    results = root / "results" / DATASET
+    for trainer, configuration, fold, names in [
+            ("nnUNetTrainer_250epochs", "3d_fullres", 0, ["checkpoint_final.pth", "checkpoint_best.pth"]),
+            ("nnUNetTrainer_250epochs", "3d_fullres", 1, ["checkpoint_latest.pth"]),
+            ("nnUNetTrainerRNDPO", "3d_fullres", 0, []),
+            ("nnUNetTrainerNoMirroring", "2d", 0, ["checkpoint_final.pth"])]:
+        folder = results / f"{trainer}__nnUNetPlans__{configuration}" / f"fold_{fold}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (folder / name).write_bytes(b"")
+    return results
+
+
+def test_trained_models_lists_trainer_folders_and_their_checkpoints(tmp_path):
+    results = fake_results(tmp_path)
+    models = trained_models(results, "nnUNetPlans", "3d_fullres", exclude=("nnUNetTrainerRNDPO",))
+    assert models["nnUNetTrainer_250epochs"] == {"fold_0": ["checkpoint_final.pth", "checkpoint_best.pth"],
+                                                 "fold_1": ["checkpoint_latest.pth"]}
+    assert "nnUNetTrainerRNDPO" not in models
+    sentence, candidates = describe_trained_models(results, "nnUNetPlans", "3d_fullres", 0)
+    assert "nnUNetTrainer_250epochs (fold_0: checkpoint_final.pth, checkpoint_best.pth; fold_1: " \
+           "checkpoint_latest.pth)" in sentence
+    assert candidates == ["nnUNetTrainer_250epochs"]  # not the 2d model, not our own folder
+    assert describe_trained_models(results, "nnUNetPlans", "3d_fullres", 1)[1] == []
+    assert "has no nnUNetPlans 3d_lowres model" in describe_trained_models(results, "nnUNetPlans", "3d_lowres", 0)[0]
+
+
+def fake_trainer(root: Path, **config) -> SimpleNamespace:
+    results = root / "results" / DATASET
+    return SimpleNamespace(
+        rndpo_config=RNDPOConfig(**config), output_folder=str(results / "nnUNetTrainerRNDPO__nnUNetPlans__3d_fullres"
+                                                                     / "fold_0"),
+        output_folder_base=str(results / "nnUNetTrainerRNDPO__nnUNetPlans__3d_fullres"), fold=0,
+        configuration_name="3d_fullres", plans_manager=SimpleNamespace(plans_name="nnUNetPlans", dataset_name=DATASET))
+
+
+def test_a_missing_base_checkpoint_names_base_trainer_and_the_trainers_that_exist(tmp_path):
+    fake_results(tmp_path)
+    phase = PreferencePhase(fake_trainer(tmp_path))
+    with pytest.raises(FileNotFoundError) as caught:
+        phase.base_checkpoint()
+    message = str(caught.value)
+    assert "nnUNetTrainer__nnUNetPlans__3d_fullres/fold_0/checkpoint_final.pth not found (base_trainer " \
+           "'nnUNetTrainer')" in message
+    assert "nnUNetTrainer_250epochs (fold_0: checkpoint_final.pth, checkpoint_best.pth; fold_1: " \
+           "checkpoint_latest.pth)" in message
+    assert '{"base_trainer": "nnUNetTrainer_250epochs"}' in message
+    assert "nnUNetv2_train 4 3d_fullres 0 -tr nnUNetTrainer -p nnUNetPlans" in message
+    phase = PreferencePhase(fake_trainer(tmp_path, base_trainer="nnUNetTrainer_250epochs"))
+    assert phase.base_checkpoint().parent.parent.name == "nnUNetTrainer_250epochs__nnUNetPlans__3d_fullres"
+
+
+def test_a_missing_or_directory_base_checkpoint_path_says_which(tmp_path):
+    phase = PreferencePhase(fake_trainer(tmp_path, base_checkpoint=str(tmp_path / "none.pth")))
+    with pytest.raises(FileNotFoundError, match=r"base_checkpoint .*none.pth \(in the file named by "
+                                                r"\$nnUNet_rndpo_config\) does not exist"):
+        phase.base_checkpoint()
+    phase = PreferencePhase(fake_trainer(tmp_path, base_checkpoint=str(tmp_path)))
+    with pytest.raises(FileNotFoundError, match=r"base_checkpoint .* is a directory; point it at a checkpoint_final"):
+        phase.base_checkpoint()
+
+
+# ---------------------------------------------------------------- corrupt checkpoint
+
+
+def test_a_corrupt_checkpoint_is_an_error_naming_the_file(tmp_path):
+    path = tmp_path / "checkpoint_final.pth"
+    torch.save({"network_weights": {"w": torch.zeros(1000)}}, path)
+    assert set(load_checkpoint_file(path)) == {"network_weights"}
+    path.write_bytes(path.read_bytes()[:500])  # a copy cut off
+    with pytest.raises(ValueError, match=rf"The checkpoint {path} cannot be read \(.*\): it is truncated or corrupt"):
+        load_checkpoint_file(path)
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match=rf"The checkpoint {path} cannot be read"):
+        load_checkpoint_file(path)
+
+
+# ---------------------------------------------------------------- traceback-free user errors
+
+
+def test_user_errors_marks_only_our_own_messages():
+    with pytest.raises(ValueError) as ours, user_errors():
+        RNDPOConfig(mining="best")
+    assert is_user_error(ours.value)
+    with pytest.raises(ValueError) as theirs, user_errors():
+        int("x")  # raised by Python, not by this package: a bug keeps its traceback
+    assert not is_user_error(theirs.value)
+    with pytest.raises(KeyError) as other, user_errors():
+        {}["x"]
+    assert not is_user_error(other.value)
+
+
+SCRIPT = """
+import sys
+from nnunetv2_rndpo.config import RNDPOConfig
+from nnunetv2_rndpo.errors import user_errors
+with user_errors():
+    RNDPOConfig(**{sys.argv[1]: sys.argv[2]})
+"""
+
+
+@pytest.mark.parametrize("traceback", [False, True])
+def test_an_uncaught_user_error_prints_the_message_alone_and_exits_1(traceback):
+    env = {"PYTHONPATH": str(REPO), **({TRACEBACK_ENV_VAR: "1"} if traceback else {})}
+    result = subprocess.run([sys.executable, "-c", SCRIPT, "mining", "best"], capture_output=True, text=True, env=env)
+    assert result.returncode == 1
+    assert "config key 'mining': 'best' is not allowed; valid: top_bottom" in result.stderr
+    assert ("Traceback" in result.stderr) == traceback
+    if not traceback:
+        assert result.stderr.strip().splitlines() == [
+            "ValueError: config key 'mining': 'best' is not allowed; valid: top_bottom, top_random, margin, adjacent, "
+            "quantile"]
+
+
+def test_a_bug_keeps_its_traceback(capsys, monkeypatch):
+    monkeypatch.delenv(TRACEBACK_ENV_VAR, raising=False)
+    try:
+        with user_errors():
+            int("x")
+    except ValueError as error:
+        _excepthook(type(error), error, error.__traceback__)
+    assert "Traceback" in capsys.readouterr().err
