@@ -22,7 +22,9 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +83,63 @@ def epoch_metrics(train_outputs: list[dict]) -> dict[str, float]:
     return metrics
 
 
+TIMED_ITERATIONS = 5  # the time estimate is printed after this many iterations (after a first, warm-up one)
+LARGE_CASE_FACTOR = 4.0  # a pool case this many times the median voxel count gets a note before its proposals
+
+
+def schedule_summary(config, trainer_name: str, batch_size: int, config_file: str | None) -> str:
+    """The line a run starts with: the schedule and every choice that decides what it learns and how long it takes."""
+    cfg = config
+    judged = (f"pairs from {cfg.pairs_file}" if cfg.pairs_file else
+              f"judge {cfg.judge}, mining {cfg.mining} (≤ {cfg.mining_max_pairs_per_case} per case)")
+    return (
+        f"RN-DPO: {trainer_name}: {cfg.num_epochs} epochs × {cfg.num_iterations_per_epoch} iterations of {batch_size} "
+        f"pairs (and {cfg.num_val_iterations_per_epoch} validation iterations per epoch), {cfg.optimizer} at learning "
+        f"rate {cfg.learning_rate:g}; loss {cfg.loss_type}, normalization {cfg.normalization}, β {cfg.effective_beta:g}; "
+        f"{judged}; proposals: {cfg.num_proposals} per case from {', '.join(cfg.proposal_sources)}; anchors: sft "
+        f"{cfg.sft_weight:g}, consistency {cfg.consistency_weight:g}, agreement {cfg.agreement_weight:g}. Config: "
+        + (config_file if config_file else "the defaults ($nnUNet_rndpo_config is not set; docs/reference.md lists the keys)"))
+
+
+def pairs_summary(pairs: list[Pair], num_cases: int, source: str) -> str:
+    """``RN-DPO: 120 pairs from 130 pool cases (judge agreement, mining top_bottom), mean |D| 412 voxels``."""
+    mean_region = float(np.mean([p.region_size for p in pairs])) if pairs else 0.0
+    return f"RN-DPO: {len(pairs)} pairs from {num_cases} pool cases ({source}), mean |D| {mean_region:.0f} voxels"
+
+
+def format_duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``1 h 07 min``."""
+    minutes = round(seconds / 60)
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def time_estimate(seconds_per_iteration: float, epochs: int, iterations_per_epoch: int) -> str:
+    """``RN-DPO: ~0.8 s/iteration, ~1 h 07 min for 50 × 100 iterations`` (nnU-Net's validation comes on top)."""
+    rate = f"{seconds_per_iteration:.1f}" if seconds_per_iteration < 10 else f"{seconds_per_iteration:.0f}"
+    total = format_duration(seconds_per_iteration * epochs * iterations_per_epoch)
+    return (f"RN-DPO: ~{rate} s/iteration, ~{total} for {epochs} × {iterations_per_epoch} iterations "
+            "(plus nnU-Net's validation and checkpoints each epoch)")
+
+
+def large_case_notes(shapes: dict[str, tuple[int, ...]], patch_size: tuple[int, ...],
+                     factor: float = LARGE_CASE_FACTOR) -> list[str]:
+    """A note for each pool case of at least ``factor`` × the pool's median voxel count (and above one patch).
+
+    Args:
+        shapes: ``{case: spatial shape}`` after nnU-Net's preprocessing.
+        patch_size: the configuration's patch size.
+    """
+    if len(shapes) < 2:
+        return []
+    voxels = {case: math.prod(shape) for case, shape in shapes.items()}
+    median, patch = float(np.median(list(voxels.values()))), math.prod(patch_size)
+    return [f"RN-DPO: pool case {case!r} is {'×'.join(map(str, shapes[case]))} voxels after preprocessing, ~{n / median:.0f}× "
+            f"the pool median and ~{n / patch:.0f}× the patch ({'×'.join(map(str, patch_size))}); its proposals take a while"
+            for case, n in voxels.items() if n >= factor * median and n > patch]
+
+
 def weights_key(state_dict: dict[str, torch.Tensor], case_ids: list[str]) -> str:
     """A hash of a network's weights and the cases it is evaluated on (the key of a cached test Dice)."""
     digest = hashlib.sha256()
@@ -132,6 +191,8 @@ class PreferencePhase:
         self.guard_cases: list[str] = []
         self.guard_logits: dict = {}
         self.rollbacks = 0
+        self._iterations_done = 0
+        self._timer_start = 0.0
 
     # ------------------------------------------------------------------ paths
 
@@ -183,10 +244,18 @@ class PreferencePhase:
 
     def setup(self, sampler_state: dict | None = None) -> None:
         t = self.trainer
+        from nnunetv2_rndpo.config import CONFIG_ENV_VAR
+
+        t.print_to_log_file(schedule_summary(self.config, t.__class__.__name__, self.config.batch_size or t.batch_size,
+                                             os.environ.get(CONFIG_ENV_VAR)))
         if self.rank == 0:
             atomic_write_text(self.fold_folder / "rndpo_config.json", json.dumps(self.config.to_dict(), indent=2))
         self._load_policy_and_reference()
         pool = self._prepare_pool()
+        if t.current_epoch == 0:
+            shapes = {c: tuple(pool.image(c).shape[1:]) for c in pool.case_ids}
+            for note in large_case_notes(shapes, tuple(t.configuration_manager.patch_size)):
+                t.print_to_log_file(note)
         cache = self._prepare_proposals(pool)
         self.guard_cases = self._choose_guard_cases(pool)
         pairs_file = self.fold_folder / "rndpo_pairs.json"
@@ -204,10 +273,9 @@ class PreferencePhase:
             self.pairs, self.judge_metrics = broadcast_from_rank0((self.pairs, self.judge_metrics))
         if self.config.label_smoothing == "auto":
             self._resolve_label_smoothing()
-        t.print_to_log_file(
-            f"RN-DPO: {len(self.pairs)} pairs from {len(pool.case_ids)} pool cases "
-            + (f"(from {self.config.pairs_file}); " if self.config.pairs_file else
-               f"(judge {self.config.judge}, mining {self.config.mining}); ") + f"{self.judge_metrics}")
+        source = (f"from {self.config.pairs_file}" if self.config.pairs_file else
+                  f"judge {self.config.judge}, mining {self.config.mining}")
+        t.print_to_log_file(f"{pairs_summary(self.pairs, len(pool.case_ids), source)}; {self.judge_metrics}")
         self._install_dataloader(pool, cache, sampler_state)
         self._register_logger_keys()
         self._prepare_evaluation()
@@ -353,6 +421,22 @@ class PreferencePhase:
             self.trainer.dataloader_train = self._labeled_loader
 
     # ------------------------------------------------------------------ step helpers
+
+    def iteration_done(self) -> None:
+        """Counts this process's training iterations; after the first few prints :func:`time_estimate` once.
+
+        The first iteration is a warm-up (allocations, first batches) and is not timed; at most
+        ``TIMED_ITERATIONS`` are, all within the first epoch (nnU-Net's validation is not in the rate).
+        """
+        t = self.trainer
+        now = time.perf_counter()
+        self._iterations_done += 1
+        timed = min(TIMED_ITERATIONS, t.num_iterations_per_epoch - 1)
+        if self._iterations_done == 1:
+            self._timer_start = now
+        elif self._iterations_done == timed + 1:
+            rate = (now - self._timer_start) / timed
+            t.print_to_log_file(time_estimate(rate, t.num_epochs - t.current_epoch, t.num_iterations_per_epoch))
 
     def autocast(self):
         t = self.trainer

@@ -129,6 +129,7 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
                 step_loss = step_loss + 0.0 * sum(o.float().mean() for o in output[1:])
         self.phase.backward_and_step(step_loss)
         outputs["loss"] = step_loss.detach().cpu().numpy()
+        self.phase.iteration_done()
         return outputs
 
     def preference_step(self, data: torch.Tensor, output, target: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
@@ -270,6 +271,7 @@ class nnUNetTrainerContinuedSFT(nnUNetTrainerRNDPO):
         with self.phase.autocast():
             loss = self.loss(self.network(labeled["data"].to(self.device, non_blocking=True)), target)
         self.phase.backward_and_step(loss)
+        self.phase.iteration_done()
         return {"loss": loss.detach().cpu().numpy(), "loss/sft": float(loss.detach())}
 
 

@@ -119,7 +119,12 @@ def test_resume_keeps_the_reference_and_predicts(tiny2d):
     folder = fold_folder(root, trainer)
     base = torch.load(fold_folder(root, "nnUNetTrainer_rndpoSmoke") / "checkpoint_final.pth", map_location="cpu",
                       weights_only=False)["network_weights"]
-    run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu"], env, nnUNet_rndpo_config=config)
+    result = run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu"], env, nnUNet_rndpo_config=config)
+    # the start of a run says what it will do and, after the first iterations, how long it takes
+    assert "RN-DPO: nnUNetTrainerRNDPO: 1 epochs × 3 iterations of" in result.stdout and f"Config: {config}" in result.stdout
+    assert "pool cases (judge agreement, mining top_bottom), mean |D| " in result.stdout
+    assert " s/iteration, ~" in result.stdout and "for 1 × 3 iterations" in result.stdout
+    assert "RN-DPO: nnUNetTrainerRNDPO: 1 epochs" in "".join(p.read_text() for p in folder.glob("training_log_*.txt"))
     pairs_before = json.loads((folder / "rndpo_pairs.json").read_text())
     assert (folder / "validation" / "summary.json").is_file()  # final_validation: true (default) validates
     (folder / "validation" / "summary.json").unlink()

@@ -146,3 +146,68 @@ def test_a_bug_keeps_its_traceback(capsys, monkeypatch):
     except ValueError as error:
         _excepthook(type(error), error, error.__traceback__)
     assert "Traceback" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- what a run says before and while it trains
+
+
+def test_the_schedule_line_states_the_defaults_and_the_config_file():
+    from nnunetv2_rndpo.phase import schedule_summary
+
+    line = schedule_summary(RNDPOConfig(), "nnUNetTrainerRNDPO", 2, None)
+    assert line.startswith("RN-DPO: nnUNetTrainerRNDPO: 50 epochs × 100 iterations of 2 pairs")
+    for part in ("adamw at learning rate 1e-05", "normalization region, β 4", "judge agreement, mining top_bottom",
+                 "8 per case from mirror, threshold", "Config: the defaults ($nnUNet_rndpo_config is not set"):
+        assert part in line, part
+    line = schedule_summary(RNDPOConfig(normalization="none", pairs_file="p.json"), "nnUNetTrainerDPO", 4, "/c.json")
+    assert "β 0.01" in line and "pairs from p.json" in line and line.endswith("Config: /c.json")
+
+
+def test_the_pairs_line_counts_pairs_and_their_mean_region():
+    from nnunetv2_rndpo.mining import Pair
+    from nnunetv2_rndpo.phase import pairs_summary
+
+    pairs = [Pair("a", 0, 1, 0.9, 0.1, 100), Pair("b", 0, 1, 0.9, 0.1, 300)]
+    assert pairs_summary(pairs, 3, "judge agreement, mining top_bottom") == (
+        "RN-DPO: 2 pairs from 3 pool cases (judge agreement, mining top_bottom), mean |D| 200 voxels")
+
+
+@pytest.mark.parametrize("seconds, text", [(45, "45 s"), (720, "12 min"), (4020, "1 h 07 min"), (36000, "10 h 00 min")])
+def test_durations_read_like_a_clock(seconds, text):
+    from nnunetv2_rndpo.phase import format_duration
+
+    assert format_duration(seconds) == text
+
+
+def test_the_time_estimate_after_the_first_iterations():
+    from nnunetv2_rndpo.phase import time_estimate
+
+    assert time_estimate(0.804, 50, 100).startswith("RN-DPO: ~0.8 s/iteration, ~1 h 07 min for 50 × 100 iterations")
+
+
+def test_the_estimate_is_printed_once_after_the_timed_iterations():
+    from nnunetv2_rndpo.phase import TIMED_ITERATIONS
+
+    logged = []
+    trainer = SimpleNamespace(rndpo_config=RNDPOConfig(), output_folder="x", num_iterations_per_epoch=100,
+                              num_epochs=50, current_epoch=0, print_to_log_file=logged.append)
+    phase = PreferencePhase(trainer)
+    for _ in range(TIMED_ITERATIONS):
+        phase.iteration_done()
+    assert logged == []  # the first iteration is a warm-up: TIMED_ITERATIONS more are timed
+    for _ in range(10):
+        phase.iteration_done()
+    (line,) = logged
+    assert " s/iteration, ~" in line and "for 50 × 100 iterations" in line
+
+
+def test_a_very_large_pool_case_gets_a_note():
+    from nnunetv2_rndpo.phase import large_case_notes
+
+    # median of the voxel counts: (40·56·40 + 38·52·41) / 2 = 85 308; 140·200·132 = 3 696 000 ≈ 43× that
+    shapes = {"small": (40, 56, 40), "usual": (36, 50, 35), "also": (38, 52, 41), "huge": (140, 200, 132)}
+    (note,) = large_case_notes(shapes, (40, 56, 40))
+    assert note.startswith("RN-DPO: pool case 'huge' is 140×200×132 voxels after preprocessing, ~43× the pool median")
+    assert "~41× the patch (40×56×40); its proposals take a while" in note
+    assert large_case_notes({"only": (500, 500, 500)}, (40, 56, 40)) == []
+    assert large_case_notes({"a": (10, 10, 10), "b": (30, 30, 30), "c": (10, 10, 10)}, (64, 64, 64)) == []
