@@ -211,3 +211,56 @@ def test_a_very_large_pool_case_gets_a_note():
     assert "~41× the patch (40×56×40); its proposals take a while" in note
     assert large_case_notes({"only": (500, 500, 500)}, (40, 56, 40)) == []
     assert large_case_notes({"a": (10, 10, 10), "b": (30, 30, 30), "c": (10, 10, 10)}, (64, 64, 64)) == []
+
+
+# ---------------------------------------------------------------- config file and keys
+
+
+def test_a_config_path_that_is_a_directory_says_so(tmp_path):
+    from nnunetv2_rndpo.config import load_config
+
+    with pytest.raises(IsADirectoryError, match=r"points at .*, which is a directory; it must name a JSON file"):
+        load_config(environ={"nnUNet_rndpo_config": str(tmp_path)})
+
+
+def test_a_config_file_with_a_bom_is_read(tmp_path):
+    from nnunetv2_rndpo.config import load_config
+
+    path = tmp_path / "rndpo.json"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"beta": 0.5}')
+    assert load_config(environ={"nnUNet_rndpo_config": str(path)}).beta == 0.5
+
+
+def test_every_vocabulary_key_lists_its_valid_values_for_a_wrong_name_and_a_wrong_type():
+    import dataclasses
+
+    from nnunetv2_rndpo.config import vocabularies
+
+    vocabulary = vocabularies()
+    # every key whose help says it takes names from a set is a vocabulary key
+    named = {f.name for f in dataclasses.fields(RNDPOConfig) if "one of" in f.metadata["help"]
+             or "any of" in f.metadata["help"]}
+    assert named == set(vocabulary), named ^ set(vocabulary)
+    for key, valid in vocabulary.items():
+        listed = ", ".join(valid)
+        wrong_name = ["no_such_name"] if key == "proposal_sources" else "no_such_name"
+        for bad in (wrong_name, 3):
+            with pytest.raises(ValueError) as caught:
+                RNDPOConfig(**{key: bad})
+            assert listed in str(caught.value), (key, bad, str(caught.value))
+    with pytest.raises(ValueError, match=r"'label_smoothing': 'x' is not allowed; valid: a number in \[0, 0.5\) or 'auto'"):
+        RNDPOConfig(label_smoothing="x")
+
+
+# ---------------------------------------------------------------- scores CSV
+
+
+def test_a_scores_csv_with_a_bom_is_read_and_one_in_another_encoding_is_named(tmp_path):
+    from nnunetv2_rndpo.judges import read_external_scores
+
+    path = tmp_path / "scores.csv"
+    path.write_bytes("\ufeffcase_id,proposal,score\na,0,0.2\na,1,0.8\n".encode())  # what Excel's "CSV UTF-8" writes
+    assert read_external_scores(path, {"a": 2})["a"].tolist() == [0.2, 0.8]
+    path.write_bytes("case_id,proposal,score\na,0,0.2\na,1,0.8\n".encode("utf-16"))
+    with pytest.raises(ValueError, match=r"scores.csv is not UTF-8 text .*; save it as CSV in UTF-8"):
+        read_external_scores(path, {"a": 2})
