@@ -3,11 +3,11 @@
 nnU-Net's ``nnUNetv2_train`` is not ours, so its entry point cannot catch our errors the way the
 ``nnUNetv2_rndpo_*`` commands do (:func:`nnunetv2_rndpo.commands._main`). Instead the trainer runs the
 steps that check the user's input (building the config, preparing the preference phase) inside
-:func:`user_errors`: a ``ValueError``, ``FileNotFoundError`` or ``RuntimeError`` raised by this package's
-own code there is a message written for the user (STYLE.md), so it is marked, and a ``sys.excepthook``
-prints a marked error that nobody caught as ``ValueError: <message>`` and exits with status 1. Anything
-else (nnU-Net's, torch's errors, our bugs during training) keeps its full traceback, and
-``nnUNet_rndpo_traceback=1`` gives it back for marked errors too.
+:func:`user_errors`: an error of :data:`USER_ERROR_TYPES` raised there by this package's own code is a
+message written for the user (STYLE.md), so it is marked, and a ``sys.excepthook`` prints a marked error
+that nobody caught as ``ValueError: <message>``; Python then exits with status 1. Anything else (nnU-Net's
+or torch's errors, our bugs during training) keeps its full traceback, and ``nnUNet_rndpo_traceback=1``
+gives it back for marked errors too.
 
 Why a mark and not a dedicated exception class: the messages are raised in many modules as plain
 ``ValueError``/``FileNotFoundError`` (and ``BadCaseError``) that tests and the commands catch by type; a
@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 TRACEBACK_ENV_VAR = "nnUNet_rndpo_traceback"
-USER_ERROR_TYPES = (ValueError, FileNotFoundError, RuntimeError)
+USER_ERROR_TYPES = (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, RuntimeError)
 _MARK = "rndpo_user_error"
 _PACKAGE = Path(__file__).resolve().parent
 

@@ -264,3 +264,40 @@ def test_a_scores_csv_with_a_bom_is_read_and_one_in_another_encoding_is_named(tm
     path.write_bytes("case_id,proposal,score\na,0,0.2\na,1,0.8\n".encode("utf-16"))
     with pytest.raises(ValueError, match=r"scores.csv is not UTF-8 text .*; save it as CSV in UTF-8"):
         read_external_scores(path, {"a": 2})
+
+
+# ---------------------------------------------------------------- the learned judge's file
+
+
+def test_an_unwritable_judge_output_is_an_error_before_training(tmp_path):
+    from nnunetv2_rndpo.commands import require_writable
+
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the results folder should be")  # (as root, chmod would not stop a write)
+    with pytest.raises(PermissionError, match=r"cannot write .*results/fold_0/rndpo_judge.pth \(.*\); choose a "
+                                              r"writable file with -o"):
+        require_writable(blocker / "fold_0" / "rndpo_judge.pth")
+    require_writable(tmp_path / "new" / "rndpo_judge.pth")
+    assert list((tmp_path / "new").iterdir()) == []  # the probe is removed
+
+
+def test_a_judge_that_cannot_be_saved_is_kept_in_the_temporary_folder(tmp_path, monkeypatch):
+    import tempfile
+
+    from nnunetv2_rndpo.commands import save_learned_judge
+
+    saved = []
+
+    class Judge:
+        def save(self, path):
+            if "results" in str(path):
+                raise OSError(28, "No space left on device")
+            Path(path).write_text("judge")
+            saved.append(Path(path))
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    with pytest.raises(PermissionError, match=r"cannot write .*results/rndpo_judge.pth \(OSError: No space left on "
+                                              r"device\); the trained judge was saved to .*rndpo_judge_\d+.pth instead"):
+        save_learned_judge(Judge(), tmp_path / "results" / "rndpo_judge.pth")
+    (rescue,) = saved
+    assert rescue.parent == tmp_path and rescue.read_text() == "judge"
