@@ -6,6 +6,9 @@ and a frozen reference, prepares the unlabeled pool, proposals, judge scores and
 training data loader by one that yields preference batches, and writes the per-epoch metrics.
 
 Files in the fold folder:
+- ``debug.json``            nnU-Net's, with ``"rndpo"`` added: the provenance (effective config, base model
+                            and the SHA-256 of its checkpoint), the one file of ours that
+                            ``nnUNetv2_export_model_to_zip`` packs
 - ``rndpo_config.json``     the effective configuration
 - ``rndpo_reference.pth``   the frozen reference (= base) weights, restored on ``--c``
 - ``rndpo_pairs.json``      the mined pairs with both judge scores (and true Dice when hidden labels exist)
@@ -282,11 +285,39 @@ class PreferencePhase:
         self._prepare_guard(pool)
         if self.rank != 0:
             return
+        self._record_provenance(cache)
         if t.current_epoch == 0:
             (self.fold_folder / "rndpo_metrics.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh file
             self._write_metrics_row(0, {"eval/dice": self.base_dice()} if self.test_pool is not None else {})
         else:
             self._truncate_metrics(t.current_epoch)
+
+    def provenance(self, cache: ProposalCache) -> dict:
+        """Where this model comes from: the effective config, the base checkpoint (path, trainer, SHA-256 of the
+        file), the proposals and the number of pairs it was fine-tuned on."""
+        from nnunetv2_rndpo import __version__
+
+        base = self.base_checkpoint()
+        digest = hashlib.sha256()
+        with open(base, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+        return {"trainer": self.trainer.__class__.__name__, "nnunetv2_rndpo": __version__,
+                "config": self.config.to_dict(), "base_checkpoint": str(base),
+                "base_model": base.parent.parent.name, "base_fold": base.parent.name,
+                "base_checkpoint_sha256": digest.hexdigest(), "proposals": str(cache.folder), "pairs": len(self.pairs)}
+
+    def _record_provenance(self, cache: ProposalCache) -> None:
+        """Adds :meth:`provenance` as ``"rndpo"`` to nnU-Net's ``debug.json`` in the fold folder.
+
+        ``nnUNetv2_export_model_to_zip`` packs, per fold, the checkpoints, ``debug.json``, ``progress.png`` and
+        ``validation/summary.json``, not ``rndpo_config.json``; ``debug.json`` (written by nnU-Net in
+        ``on_train_start``, just before this) carries the model's provenance through export and install.
+        """
+        path = self.fold_folder / "debug.json"
+        debug = json.loads(path.read_text()) if path.is_file() else {}
+        debug["rndpo"] = self.provenance(cache)
+        atomic_write_text(path, json.dumps(debug, indent=4))
 
     def _load_policy_and_reference(self) -> None:
         t = self.trainer

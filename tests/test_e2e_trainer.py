@@ -5,11 +5,13 @@ plan/preprocess → short base training → ``nnUNetv2_train -tr nnUNetTrainer{R
 proposal cache, the base-checkpoint error, and a 3D run.
 """
 
+import hashlib
 import json
 import math
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +129,15 @@ def test_resume_keeps_the_reference_and_predicts(tiny2d):
     assert "RN-DPO: nnUNetTrainerRNDPO: 1 epochs" in "".join(p.read_text() for p in folder.glob("training_log_*.txt"))
     pairs_before = json.loads((folder / "rndpo_pairs.json").read_text())
     assert (folder / "validation" / "summary.json").is_file()  # final_validation: true (default) validates
+    # nnU-Net's export packs debug.json, which carries the provenance (rndpo_config.json stays behind)
+    exported = root / "exported.zip"
+    run(["nnUNetv2_export_model_to_zip", "-d", "991", "-o", str(exported), "-c", "2d", "-tr", trainer, "-f", "0"], env)
+    with zipfile.ZipFile(exported) as archive:
+        debug = json.loads(archive.read(f"Dataset991_Tiny2D/{trainer}__nnUNetPlans__2d/fold_0/debug.json"))
+    assert debug["rndpo"]["config"] == json.loads((folder / "rndpo_config.json").read_text())
+    assert debug["rndpo"]["base_model"] == "nnUNetTrainer_rndpoSmoke__nnUNetPlans__2d"
+    assert debug["rndpo"]["base_checkpoint_sha256"] == hashlib.sha256(
+        (fold_folder(root, "nnUNetTrainer_rndpoSmoke") / "checkpoint_final.pth").read_bytes()).hexdigest()
     (folder / "validation" / "summary.json").unlink()
     config = write_config(root, "resume", num_epochs=2, eval_every=0, final_validation=False)
     result = run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu", "--c"], env,
