@@ -549,7 +549,11 @@ class PreferencePhase:
                 points = [(r["epoch"], r[key]) for r in rows if key in r]
                 if points:
                     ax.plot(*zip(*points, strict=True), marker="o", label=key)
-            ax.legend(loc="best")
+            if ax.lines:  # legend() of an empty panel warns, every epoch (guard off, eval_every 0, no anchors)
+                ax.legend(loc="best")
+            else:
+                ax.text(0.5, 0.5, f"{', '.join(keys)}: not measured in this run", ha="center", va="center",
+                        transform=ax.transAxes)
             ax.set_xlabel("epochs done")
         fig.tight_layout()
         fig.savefig(self.fold_folder / "rndpo_progress.png")
