@@ -25,7 +25,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch
 from nnunetv2_rndpo.checkpoint import base_weights, describe_trained_models, load_checkpoint_file
 from nnunetv2_rndpo.distributed import barrier, broadcast_from_rank0, rank_and_world
 from nnunetv2_rndpo.evaluation import dice_on_test_set, preprocessed_test_set
+from nnunetv2_rndpo.messages import TIMED_ITERATIONS, large_case_notes, pairs_summary, schedule_summary, time_estimate
 from nnunetv2_rndpo.mining import MiningParams, Pair, require_trainable_pairs
 from nnunetv2_rndpo.objective import consistency_loss
 from nnunetv2_rndpo.pipeline import (
@@ -84,63 +84,6 @@ def epoch_metrics(train_outputs: list[dict]) -> dict[str, float]:
     for key in sorted({k for o in train_outputs for k in o if k.startswith("loss/")}):
         metrics[key] = float(np.mean([o[key] for o in train_outputs if key in o]))
     return metrics
-
-
-TIMED_ITERATIONS = 5  # the time estimate is printed after this many iterations (after a first, warm-up one)
-LARGE_CASE_FACTOR = 4.0  # a pool case this many times the median voxel count gets a note before its proposals
-
-
-def schedule_summary(config, trainer_name: str, batch_size: int, config_file: str | None) -> str:
-    """The line a run starts with: the schedule and every choice that decides what it learns and how long it takes."""
-    cfg = config
-    judged = (f"pairs from {cfg.pairs_file}" if cfg.pairs_file else
-              f"judge {cfg.judge}, mining {cfg.mining} (≤ {cfg.mining_max_pairs_per_case} per case)")
-    return (
-        f"RN-DPO: {trainer_name}: {cfg.num_epochs} epochs × {cfg.num_iterations_per_epoch} iterations of {batch_size} "
-        f"pairs (and {cfg.num_val_iterations_per_epoch} validation iterations per epoch), {cfg.optimizer} at learning "
-        f"rate {cfg.learning_rate:g}; loss {cfg.loss_type}, normalization {cfg.normalization}, β {cfg.effective_beta:g}; "
-        f"{judged}; proposals: {cfg.num_proposals} per case from {', '.join(cfg.proposal_sources)}; anchors: sft "
-        f"{cfg.sft_weight:g}, consistency {cfg.consistency_weight:g}, agreement {cfg.agreement_weight:g}. Config: "
-        + (config_file if config_file else "the defaults ($nnUNet_rndpo_config is not set; docs/reference.md lists the keys)"))
-
-
-def pairs_summary(pairs: list[Pair], num_cases: int, source: str) -> str:
-    """``RN-DPO: 120 pairs from 130 pool cases (judge agreement, mining top_bottom), mean |D| 412 voxels``."""
-    mean_region = float(np.mean([p.region_size for p in pairs])) if pairs else 0.0
-    return f"RN-DPO: {len(pairs)} pairs from {num_cases} pool cases ({source}), mean |D| {mean_region:.0f} voxels"
-
-
-def format_duration(seconds: float) -> str:
-    """``45 s``, ``12 min``, ``1 h 07 min``."""
-    minutes = round(seconds / 60)
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
-
-
-def time_estimate(seconds_per_iteration: float, epochs: int, iterations_per_epoch: int) -> str:
-    """``RN-DPO: ~0.8 s/iteration, ~1 h 07 min for 50 × 100 iterations`` (nnU-Net's validation comes on top)."""
-    rate = f"{seconds_per_iteration:.1f}" if seconds_per_iteration < 10 else f"{seconds_per_iteration:.0f}"
-    total = format_duration(seconds_per_iteration * epochs * iterations_per_epoch)
-    return (f"RN-DPO: ~{rate} s/iteration, ~{total} for {epochs} × {iterations_per_epoch} iterations "
-            "(plus nnU-Net's validation and checkpoints each epoch)")
-
-
-def large_case_notes(shapes: dict[str, tuple[int, ...]], patch_size: tuple[int, ...],
-                     factor: float = LARGE_CASE_FACTOR) -> list[str]:
-    """A note for each pool case of at least ``factor`` × the pool's median voxel count (and above one patch).
-
-    Args:
-        shapes: ``{case: spatial shape}`` after nnU-Net's preprocessing.
-        patch_size: the configuration's patch size.
-    """
-    if len(shapes) < 2:
-        return []
-    voxels = {case: math.prod(shape) for case, shape in shapes.items()}
-    median, patch = float(np.median(list(voxels.values()))), math.prod(patch_size)
-    return [f"RN-DPO: pool case {case!r} is {'×'.join(map(str, shapes[case]))} voxels after preprocessing, ~{n / median:.0f}× "
-            f"the pool median and ~{n / patch:.0f}× the patch ({'×'.join(map(str, patch_size))}); its proposals take a while"
-            for case, n in voxels.items() if n >= factor * median and n > patch]
 
 
 def weights_key(state_dict: dict[str, torch.Tensor], case_ids: list[str]) -> str:

@@ -152,7 +152,7 @@ def test_a_bug_keeps_its_traceback(capsys, monkeypatch):
 
 
 def test_the_schedule_line_states_the_defaults_and_the_config_file():
-    from nnunetv2_rndpo.phase import schedule_summary
+    from nnunetv2_rndpo.messages import schedule_summary
 
     line = schedule_summary(RNDPOConfig(), "nnUNetTrainerRNDPO", 2, None)
     assert line.startswith("RN-DPO: nnUNetTrainerRNDPO: 50 epochs × 100 iterations of 2 pairs")
@@ -165,7 +165,7 @@ def test_the_schedule_line_states_the_defaults_and_the_config_file():
 
 def test_the_pairs_line_counts_pairs_and_their_mean_region():
     from nnunetv2_rndpo.mining import Pair
-    from nnunetv2_rndpo.phase import pairs_summary
+    from nnunetv2_rndpo.messages import pairs_summary
 
     pairs = [Pair("a", 0, 1, 0.9, 0.1, 100), Pair("b", 0, 1, 0.9, 0.1, 300)]
     assert pairs_summary(pairs, 3, "judge agreement, mining top_bottom") == (
@@ -174,19 +174,19 @@ def test_the_pairs_line_counts_pairs_and_their_mean_region():
 
 @pytest.mark.parametrize("seconds, text", [(45, "45 s"), (720, "12 min"), (4020, "1 h 07 min"), (36000, "10 h 00 min")])
 def test_durations_read_like_a_clock(seconds, text):
-    from nnunetv2_rndpo.phase import format_duration
+    from nnunetv2_rndpo.messages import format_duration
 
     assert format_duration(seconds) == text
 
 
 def test_the_time_estimate_after_the_first_iterations():
-    from nnunetv2_rndpo.phase import time_estimate
+    from nnunetv2_rndpo.messages import time_estimate
 
     assert time_estimate(0.804, 50, 100).startswith("RN-DPO: ~0.8 s/iteration, ~1 h 07 min for 50 × 100 iterations")
 
 
 def test_the_estimate_is_printed_once_after_the_timed_iterations():
-    from nnunetv2_rndpo.phase import TIMED_ITERATIONS
+    from nnunetv2_rndpo.messages import TIMED_ITERATIONS
 
     logged = []
     trainer = SimpleNamespace(rndpo_config=RNDPOConfig(), output_folder="x", num_iterations_per_epoch=100,
@@ -202,7 +202,7 @@ def test_the_estimate_is_printed_once_after_the_timed_iterations():
 
 
 def test_a_very_large_pool_case_gets_a_note():
-    from nnunetv2_rndpo.phase import large_case_notes
+    from nnunetv2_rndpo.messages import large_case_notes
 
     # median of the voxel counts: (40·56·40 + 38·52·41) / 2 = 85 308; 140·200·132 = 3 696 000 ≈ 43× that
     shapes = {"small": (40, 56, 40), "usual": (36, 50, 35), "also": (38, 52, 41), "huge": (140, 200, 132)}
