@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from nnunetv2_rndpo.checkpoint import base_weights, describe_trained_models, load_checkpoint_file
+from nnunetv2_rndpo.config import CONFIG_ENV_VAR
 from nnunetv2_rndpo.distributed import barrier, broadcast_from_rank0, rank_and_world
 from nnunetv2_rndpo.evaluation import dice_on_test_set, preprocessed_test_set
 from nnunetv2_rndpo.messages import TIMED_ITERATIONS, large_case_notes, pairs_summary, schedule_summary, time_estimate
@@ -190,8 +191,6 @@ class PreferencePhase:
 
     def setup(self, sampler_state: dict | None = None) -> None:
         t = self.trainer
-        from nnunetv2_rndpo.config import CONFIG_ENV_VAR
-
         t.print_to_log_file(schedule_summary(self.config, t.__class__.__name__, self.config.batch_size or t.batch_size,
                                              os.environ.get(CONFIG_ENV_VAR)))
         if self.rank == 0:
