@@ -56,16 +56,23 @@ def describe_trained_models(dataset_results_folder: Path, plans: str, configurat
 
     Returns:
         ``(sentence, trainers)``: a sentence listing :func:`trained_models` with their folds' checkpoints, and
-        the trainers that have ``fold_<fold>/checkpoint_final.pth`` (the candidates for ``base_trainer``).
+        the trainers that have ``fold_<fold>/checkpoint_final.pth`` and are not themselves preference
+        fine-tuned (no ``rndpo_config.json``): the candidates for ``base_trainer``.
     """
     models = trained_models(dataset_results_folder, plans, configuration, exclude)
     if not models:
         return f"{dataset_results_folder} has no {plans} {configuration} model of any trainer.", []
+
+    def fine_tuned(trainer: str) -> bool:
+        folder = dataset_results_folder / f"{trainer}__{plans}__{configuration}"
+        return any(folder.glob("fold_*/rndpo_config.json"))
+
     described = []
     for trainer, folds in models.items():
         checkpoints = "; ".join(f"{name}: {', '.join(files) or 'no checkpoint'}" for name, files in folds.items())
-        described.append(f"{trainer} ({checkpoints or 'no fold'})")
-    candidates = [trainer for trainer, folds in models.items() if "checkpoint_final.pth" in folds.get(f"fold_{fold}", [])]
+        described.append(f"{trainer} ({checkpoints or 'no fold'}{'; RN-DPO fine-tuned' if fine_tuned(trainer) else ''})")
+    candidates = [trainer for trainer, folds in models.items()
+                  if "checkpoint_final.pth" in folds.get(f"fold_{fold}", []) and not fine_tuned(trainer)]
     return f"Trained {plans} {configuration} models in {dataset_results_folder}: {'; '.join(described)}.", candidates
 
 

@@ -29,7 +29,8 @@ def fake_results(root: Path) -> Path:
             ("nnUNetTrainer_250epochs", "3d_fullres", 0, ["checkpoint_final.pth", "checkpoint_best.pth"]),
             ("nnUNetTrainer_250epochs", "3d_fullres", 1, ["checkpoint_latest.pth"]),
             ("nnUNetTrainerRNDPO", "3d_fullres", 0, []),
-            ("nnUNetTrainerNoMirroring", "2d", 0, ["checkpoint_final.pth"])]:
+            ("nnUNetTrainerNoMirroring", "2d", 0, ["checkpoint_final.pth"]),
+            ("nnUNetTrainerDPO", "3d_fullres", 0, ["checkpoint_final.pth", "rndpo_config.json"])]:
         folder = results / f"{trainer}__nnUNetPlans__{configuration}" / f"fold_{fold}"
         folder.mkdir(parents=True, exist_ok=True)
         for name in names:
@@ -46,7 +47,8 @@ def test_trained_models_lists_trainer_folders_and_their_checkpoints(tmp_path):
     sentence, candidates = describe_trained_models(results, "nnUNetPlans", "3d_fullres", 0)
     assert "nnUNetTrainer_250epochs (fold_0: checkpoint_final.pth, checkpoint_best.pth; fold_1: " \
            "checkpoint_latest.pth)" in sentence
-    assert candidates == ["nnUNetTrainer_250epochs"]  # not the 2d model, not our own folder
+    assert "nnUNetTrainerDPO (fold_0: checkpoint_final.pth; RN-DPO fine-tuned)" in sentence
+    assert candidates == ["nnUNetTrainer_250epochs"]  # not the 2d model, not our own folder, not a fine-tuned one
     assert describe_trained_models(results, "nnUNetPlans", "3d_fullres", 1)[1] == []
     assert "has no nnUNetPlans 3d_lowres model" in describe_trained_models(results, "nnUNetPlans", "3d_lowres", 0)[0]
 
@@ -164,8 +166,8 @@ def test_the_schedule_line_states_the_defaults_and_the_config_file():
 
 
 def test_the_pairs_line_counts_pairs_and_their_mean_region():
-    from nnunetv2_rndpo.mining import Pair
     from nnunetv2_rndpo.messages import pairs_summary
+    from nnunetv2_rndpo.mining import Pair
 
     pairs = [Pair("a", 0, 1, 0.9, 0.1, 100), Pair("b", 0, 1, 0.9, 0.1, 300)]
     assert pairs_summary(pairs, 3, "judge agreement, mining top_bottom") == (
