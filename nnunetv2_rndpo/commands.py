@@ -295,6 +295,8 @@ def run_train_judge(args: argparse.Namespace) -> Path:
     if args.epochs < 1 or args.samples_per_case < 2:
         raise ValueError("--epochs must be >= 1 and --samples-per-case >= 2")
     base, settings = _load(args)
+    output = Path(args.o) if args.o else base.fold_folder / LEARNED_JUDGE_FILE
+    require_writable(output)  # before the training, not after it
     samples = None
     if args.with_proposals:
         from nnunetv2_rndpo.judges import true_dice
@@ -306,11 +308,46 @@ def run_train_judge(args: argparse.Namespace) -> Path:
                    for c in pool.case_ids]
     judge = train_learned_judge(base, args.epochs, args.samples_per_case, seed=args.seed, progress=not args.quiet,
                                 proposal_samples=samples)
-    output = Path(args.o) if args.o else base.fold_folder / LEARNED_JUDGE_FILE
-    judge.save(output)
     print(format_table(judge.metrics, "learned judge (val = the fold's validation cases, corrupted)"))
+    save_learned_judge(judge, output)
     print(f"learned judge saved to {output}")
     return output
+
+
+def require_writable(path: Path) -> None:
+    """Checks that ``path`` can be written (its folder is created), by writing and removing its temporary file.
+
+    Raises:
+        PermissionError: the folder cannot be created or written; the message names it and ``-o``.
+    """
+    probe = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise PermissionError(f"cannot write {path} ({type(error).__name__}: {error.strerror or error}); choose "
+                              "a writable file with -o (then point learned_judge / --learned-judge at it)") from None
+
+
+def save_learned_judge(judge, output: Path) -> None:
+    """Saves a trained judge; if ``output`` cannot be written after all, saves it in the temporary folder
+    instead and raises an error naming both, so the training is not lost.
+
+    Raises:
+        PermissionError: ``output`` could not be written (the judge is then in the file the message names).
+    """
+    import os
+    import tempfile
+
+    try:
+        judge.save(output)
+    except OSError as error:
+        rescue = Path(tempfile.gettempdir()) / f"{output.stem}_{os.getpid()}{output.suffix}"
+        judge.save(rescue)
+        raise PermissionError(
+            f"cannot write {output} ({type(error).__name__}: {error.strerror or error}); the trained judge was saved "
+            f"to {rescue} instead: move it to {output}, or point learned_judge / --learned-judge at it") from None
 
 
 # ------------------------------------------------------------------------------------------- entry points
@@ -320,7 +357,8 @@ def _main(parser: argparse.ArgumentParser, run, argv: list[str] | None) -> None:
     args = parser.parse_args(argv)
     try:
         run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:  # nnU-Net raises RuntimeError for unknown datasets
+    # nnU-Net raises RuntimeError for unknown datasets; PermissionError: an output that cannot be written
+    except (ValueError, FileNotFoundError, PermissionError, RuntimeError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 

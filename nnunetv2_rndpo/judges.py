@@ -142,8 +142,11 @@ def read_external_scores(path: str | Path, proposals_per_case: dict[str, int]) -
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"judge_scores file {path} does not exist; point judge_scores at the QC system's CSV")
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets often write a UTF-8 BOM
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"judge_scores file {path} is not UTF-8 text ({error}); save it as CSV in UTF-8") from None
     if not rows:
         raise ValueError(f"judge_scores file {path} is empty; expected a header {','.join(CSV_HEADER)} and one row per proposal")
     header = tuple(c.strip() for c in rows[0])

@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from nnunetv2_rndpo.cascade import PreviousStage, previous_stage_of, require_cascade_sources
+from nnunetv2_rndpo.checkpoint import describe_trained_models, load_checkpoint_file
 from nnunetv2_rndpo.judges import (
     agreement_scores,
     oracle_scores,
@@ -131,7 +132,7 @@ class BaseModel:
 
 
 def _network_weights(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
-    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    checkpoint = load_checkpoint_file(path, device)
     return {k.removeprefix("module."): v for k, v in checkpoint["network_weights"].items()}
 
 
@@ -157,10 +158,13 @@ def load_base_model(
     model_folder = Path(get_output_folder(dataset_name, trainer, plans, configuration))
     path = model_folder / f"fold_{fold}" / checkpoint
     if not path.is_file():
+        found, candidates = describe_trained_models(model_folder.parent, plans, configuration, fold)
         raise FileNotFoundError(
-            f"Base checkpoint {path} not found. Train the base model first:\n  nnUNetv2_train "
-            f"{dataset} {configuration} {fold} -tr {trainer} -p {plans}\nor pick another with -tr/-p/-f/-chk.")
+            f"Base checkpoint {path} not found.\n{found}\nPick another with -tr/-p/-f/-chk"
+            + (f" (e.g. -tr {candidates[0]})" if candidates else "") + ", or train the base model first:\n  "
+            f"nnUNetv2_train {dataset} {configuration} {fold} -tr {trainer} -p {plans}")
     device = torch.device(device)
+    load_checkpoint_file(path)  # a corrupt file: an error that names it, before nnU-Net's predictor loads it
     predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=device.type == "cuda",
                                 device=device, verbose=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(fold,), checkpoint_name=checkpoint)

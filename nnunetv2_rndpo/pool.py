@@ -9,10 +9,12 @@ Preprocessed cases are cached outside nnU-Net's preprocessed folder, in
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,6 +134,78 @@ def _is_2d(spacing) -> bool:
     return max(spacing) >= 999 * min(spacing)
 
 
+def _nifti_voxels(path: str) -> np.ndarray | None:
+    """The voxels of a NIfTI file exactly as stored, or None if nibabel cannot parse its header.
+
+    Raises:
+        BadCaseError: the file is truncated or its gzip stream is corrupt (gzip checks CRC and length).
+    """
+    import nibabel
+
+    try:
+        image = nibabel.load(path)  # the header only
+    except Exception:  # noqa: BLE001 (not a NIfTI nibabel understands: nnU-Net's reader decides)
+        return None
+    try:
+        return np.asanyarray(image.dataobj)
+    except (EOFError, OSError, zlib.error, ValueError) as error:  # gzip.BadGzipFile is an OSError
+        raise BadCaseError(f"{path} is truncated or corrupt ({type(error).__name__}: {' '.join(str(error).split())}); "
+                           "copy it again from its source") from None
+
+
+def _check_gzip_stream(path: str) -> None:
+    """Decompresses a ``.gz`` file in full, which checks gzip's CRC and length."""
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 24):
+                pass
+    except (EOFError, OSError, zlib.error) as error:
+        raise BadCaseError(f"{path} is truncated or corrupt ({type(error).__name__}: {error}); copy it again "
+                           "from its source") from None
+
+
+def check_finite(voxels: np.ndarray, where: str) -> None:
+    """Raises :class:`BadCaseError` naming ``where`` if floating-point ``voxels`` hold NaN or ±inf."""
+    if not np.issubdtype(voxels.dtype, np.floating):
+        return
+    finite = np.isfinite(voxels)
+    if finite.all():
+        return
+    nan = int(np.isnan(voxels).sum())
+    raise BadCaseError(
+        f"{where} has {nan} NaN and {voxels.size - int(finite.sum()) - nan} infinite voxel(s) of {voxels.size}; "
+        "nnU-Net's reader would read NaN as 0 and train on it. Replace them (e.g. with the background "
+        "intensity) and save the file again")
+
+
+def check_raw_file(path: str) -> None:
+    """Checks one raw image or label file beyond what nnU-Net's reader checks.
+
+    nnU-Net's default reader (SimpleITK) reads a ``.nii.gz`` cut off by a failed copy without an error,
+    filling the missing part with zeros, and reads NaN voxels of a NIfTI as 0. So a NIfTI's voxels are read
+    once more as stored (nibabel; that decompresses a ``.nii.gz`` in full) and must be complete and finite,
+    and any other ``.gz`` file is decompressed in full. Assumption: other formats are checked by their
+    reader (PNG, TIFF) or keep NaN (then :func:`check_finite` on the read data finds it).
+
+    Raises:
+        BadCaseError: the file is truncated, its compressed stream is corrupt, or it holds NaN/inf voxels.
+    """
+    voxels = _nifti_voxels(path) if path.endswith((".nii", ".nii.gz")) else None
+    if voxels is not None:
+        check_finite(voxels, path)
+    elif path.endswith(".gz"):
+        _check_gzip_stream(path)
+
+
+def check_case_files(case: PoolCase) -> None:
+    """:func:`check_raw_file` for every image file of a case and its hidden label; messages name the case."""
+    for path in (*case.image_files, *([case.label_file] if case.label_file else [])):
+        try:
+            check_raw_file(path)
+        except BadCaseError as error:
+            raise BadCaseError(f"pool case {case.case_id!r}: {error}") from None
+
+
 def check_case_matches_dataset(case: PoolCase, data: np.ndarray, spacing, num_channels: int,
                                dataset_is_2d: bool) -> None:
     """Checks a case as nnU-Net's reader returned it (``data``: ``(C, X, Y, Z)``) against the dataset.
@@ -170,7 +244,8 @@ class PreprocessedPool:
                    on_bad_case: str = "stop") -> dict[str, str]:
         """Runs nnU-Net's preprocessor on every case that is not cached yet (or whose raw files changed).
 
-        A case that fails to read or does not match the dataset (:func:`check_case_matches_dataset`) stops
+        A case that fails to read, is truncated (:func:`check_case_files`), holds NaN or infinite voxels
+        (:func:`check_finite`) or does not match the dataset (:func:`check_case_matches_dataset`) stops
         the run (``on_bad_case="stop"``) or is recorded in ``<case>.bad.json`` and left out of the pool
         (``"skip"``); a later run retries it, so a repaired file rejoins the pool.
 
@@ -189,7 +264,9 @@ class PreprocessedPool:
         skipped = {}
         for case in tqdm(todo, desc="preprocessing unlabeled pool", disable=not progress or not todo):
             try:
+                check_case_files(case)
                 data, properties = reader.read_images(list(case.image_files))
+                check_finite(data, f"pool case {case.case_id!r} ({', '.join(case.image_files)})")
                 check_case_matches_dataset(case, data, properties["spacing"], num_channels, dataset_is_2d)
                 # the hidden label and the previous stage's segmentation are cropped and resampled as nnU-Net's
                 # labels are: as channels of one segmentation

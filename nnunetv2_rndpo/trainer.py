@@ -24,6 +24,7 @@ import torch
 from nnunetv2_rndpo.cascade import previous_stage_of, require_cascade_sources
 from nnunetv2_rndpo.compat import require_supported_nnunet
 from nnunetv2_rndpo.config import load_config
+from nnunetv2_rndpo.errors import user_errors
 from nnunetv2_rndpo.metrics import region_labels
 from nnunetv2_rndpo.objective import (
     agreement_loss,
@@ -50,7 +51,8 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnUNetTrainer's exact signature)
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.rndpo_config = load_config(self.preset)
+        with user_errors():  # a bad config ends nnUNetv2_train with its message alone (errors.py)
+            self.rndpo_config = load_config(self.preset)
         cfg = self.rndpo_config
         self.num_epochs = cfg.num_epochs
         self.num_iterations_per_epoch = cfg.num_iterations_per_epoch
@@ -98,7 +100,8 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
                                         sorted({*train_ids, *val_ids}))
         super().on_train_start()
         self.phase = PreferencePhase(self)
-        self.phase.setup(sampler_state=self._resumed_sampler_state)
+        with user_errors():  # missing base model, bad pool case, bad scores ...: the message alone (errors.py)
+            self.phase.setup(sampler_state=self._resumed_sampler_state)
 
     def on_train_end(self):
         self.phase.restore_dataloader()
@@ -138,6 +141,7 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
                 step_loss = step_loss + 0.0 * sum(o.float().mean() for o in output[1:])
         self.phase.backward_and_step(step_loss)
         outputs["loss"] = step_loss.detach().cpu().numpy()
+        self.phase.iteration_done()
         return outputs
 
     def preference_step(self, data: torch.Tensor, output, target: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
@@ -274,9 +278,10 @@ class nnUNetTrainerContinuedSFT(nnUNetTrainerRNDPO):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnUNetTrainer's exact signature)
         super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.rndpo_config.sft_weight == 0:
-            raise ValueError("nnUNetTrainerContinuedSFT trains on labeled batches only; sft_weight must be > 0 "
-                             "(remove it from the file named by $nnUNet_rndpo_config)")
+        with user_errors():
+            if self.rndpo_config.sft_weight == 0:
+                raise ValueError("nnUNetTrainerContinuedSFT trains on labeled batches only; sft_weight must be > 0 "
+                                 "(remove it from the file named by $nnUNet_rndpo_config)")
 
     def train_step(self, batch: dict) -> dict:
         labeled = batch["labeled"]
@@ -285,6 +290,7 @@ class nnUNetTrainerContinuedSFT(nnUNetTrainerRNDPO):
         with self.phase.autocast():
             loss = self.loss(self.network(labeled["data"].to(self.device, non_blocking=True)), target)
         self.phase.backward_and_step(loss)
+        self.phase.iteration_done()
         return {"loss": loss.detach().cpu().numpy(), "loss/sft": float(loss.detach())}
 
 
