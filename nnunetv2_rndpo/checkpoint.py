@@ -2,9 +2,78 @@
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from pathlib import Path
 
 import torch
+
+CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth")
+
+
+def load_checkpoint_file(path: Path, device: torch.device | str = "cpu") -> dict:
+    """``torch.load`` of an nnU-Net checkpoint, with an error that names the file when it cannot be read.
+
+    Raises:
+        ValueError: the file is truncated, corrupt or not a torch file.
+    """
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+        raise ValueError(
+            f"The checkpoint {path} cannot be read ({type(error).__name__}: {' '.join(str(error).split())[:200]}): it "
+            "is truncated or corrupt (a copy cut off, a disk full while nnU-Net saved it?). Copy it again, or train "
+            "it again with nnUNetv2_train.") from None
+
+
+def trained_models(dataset_results_folder: Path, plans: str, configuration: str,
+                   exclude: tuple[str, ...] = ()) -> dict[str, dict[str, list[str]]]:
+    """The trainers with a ``<trainer>__<plans>__<configuration>`` folder for one dataset, and their checkpoints.
+
+    Args:
+        dataset_results_folder: ``$nnUNet_results/DatasetXXX_Name``.
+        exclude: trainer names to leave out (the run's own trainer).
+
+    Returns:
+        ``{trainer: {"fold_0": ["checkpoint_final.pth", ...], ...}}``, sorted; a fold without a checkpoint
+        has an empty list.
+    """
+    found = {}
+    suffix = f"__{plans}__{configuration}"
+    folders = sorted(dataset_results_folder.glob(f"*{suffix}")) if dataset_results_folder.is_dir() else []
+    for folder in folders:
+        trainer = folder.name[: -len(suffix)]
+        if trainer in exclude or not folder.is_dir():
+            continue
+        found[trainer] = {fold.name: [c for c in CHECKPOINT_NAMES if (fold / c).is_file()]
+                          for fold in sorted(folder.glob("fold_*")) if fold.is_dir()}
+    return found
+
+
+def describe_trained_models(dataset_results_folder: Path, plans: str, configuration: str, fold: int | str,
+                            exclude: tuple[str, ...] = ()) -> tuple[str, list[str]]:
+    """What a missing-base-checkpoint message says about the models that do exist.
+
+    Returns:
+        ``(sentence, trainers)``: a sentence listing :func:`trained_models` with their folds' checkpoints, and
+        the trainers that have ``fold_<fold>/checkpoint_final.pth`` and are not themselves preference
+        fine-tuned (no ``rndpo_config.json``): the candidates for ``base_trainer``.
+    """
+    models = trained_models(dataset_results_folder, plans, configuration, exclude)
+    if not models:
+        return f"{dataset_results_folder} has no {plans} {configuration} model of any trainer.", []
+
+    def fine_tuned(trainer: str) -> bool:
+        folder = dataset_results_folder / f"{trainer}__{plans}__{configuration}"
+        return any(folder.glob("fold_*/rndpo_config.json"))
+
+    described = []
+    for trainer, folds in models.items():
+        checkpoints = "; ".join(f"{name}: {', '.join(files) or 'no checkpoint'}" for name, files in folds.items())
+        described.append(f"{trainer} ({checkpoints or 'no fold'}{'; RN-DPO fine-tuned' if fine_tuned(trainer) else ''})")
+    candidates = [trainer for trainer, folds in models.items()
+                  if "checkpoint_final.pth" in folds.get(f"fold_{fold}", []) and not fine_tuned(trainer)]
+    return f"Trained {plans} {configuration} models in {dataset_results_folder}: {'; '.join(described)}.", candidates
 
 
 def base_weights(checkpoint: dict, path: Path, configuration: str, expected: dict[str, torch.Tensor],

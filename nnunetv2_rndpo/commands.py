@@ -311,14 +311,51 @@ def run_train_judge(args: argparse.Namespace) -> Path:
     training = JudgeTraining(args.epochs, args.samples_per_case, args.crop_size, args.width,
                              tuple(args.weight_noise), seed=args.seed)
     base, settings = _load(args)
+    output = Path(args.o) if args.o else base.fold_folder / LEARNED_JUDGE_FILE
+    require_writable(output)  # before the training, not after it
     judge = train_learned_judge(base, settings, training, progress=not args.quiet,
                                 with_validation_cases=args.with_proposals)
-    output = Path(args.o) if args.o else base.fold_folder / LEARNED_JUDGE_FILE
-    judge.save(output)
     print(format_table(judge.metrics, "learned judge (val = the base model's proposals for the fold's validation "
                                       "cases; val/agreement = the agreement judge on the same proposals)"))
+    save_learned_judge(judge, output)
     print(f"learned judge saved to {output}")
     return output
+
+
+def require_writable(path: Path) -> None:
+    """Checks that ``path`` can be written (its folder is created), by writing and removing its temporary file.
+
+    Raises:
+        PermissionError: the folder cannot be created or written; the message names it and ``-o``.
+    """
+    probe = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise PermissionError(f"cannot write {path} ({type(error).__name__}: {error.strerror or error}); choose "
+                              "a writable file with -o (then point learned_judge / --learned-judge at it)") from None
+
+
+def save_learned_judge(judge, output: Path) -> None:
+    """Saves a trained judge; if ``output`` cannot be written after all, saves it in the temporary folder
+    instead and raises an error naming both, so the training is not lost.
+
+    Raises:
+        PermissionError: ``output`` could not be written (the judge is then in the file the message names).
+    """
+    import os
+    import tempfile
+
+    try:
+        judge.save(output)
+    except OSError as error:
+        rescue = Path(tempfile.gettempdir()) / f"{output.stem}_{os.getpid()}{output.suffix}"
+        judge.save(rescue)
+        raise PermissionError(
+            f"cannot write {output} ({type(error).__name__}: {error.strerror or error}); the trained judge was saved "
+            f"to {rescue} instead: move it to {output}, or point learned_judge / --learned-judge at it") from None
 
 
 # ------------------------------------------------------------------------------------------- entry points
@@ -328,7 +365,8 @@ def _main(parser: argparse.ArgumentParser, run, argv: list[str] | None) -> None:
     args = parser.parse_args(argv)
     try:
         run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:  # nnU-Net raises RuntimeError for unknown datasets
+    # nnU-Net raises RuntimeError for unknown datasets; PermissionError: an output that cannot be written
+    except (ValueError, FileNotFoundError, PermissionError, RuntimeError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 

@@ -189,7 +189,9 @@ class RNDPOConfig:
             _check_range("beta", self.beta, low=0, low_open=True)
         _check_range("min_region_voxels", self.min_region_voxels, low=1)
         if isinstance(self.label_smoothing, str):
-            _check_choice("label_smoothing", self.label_smoothing, ("auto",))
+            if self.label_smoothing != "auto":
+                raise ValueError(f"config key 'label_smoothing': {self.label_smoothing!r} is not allowed; valid: a "
+                                 "number in [0, 0.5) or 'auto'")
         else:
             _check_range("label_smoothing", self.label_smoothing, low=0, high=0.5, high_open=True)
         _check_range("sft_weight", self.sft_weight, low=0)
@@ -241,6 +243,12 @@ class RNDPOConfig:
         return {f.name: f.metadata["help"] for f in dataclasses.fields(cls)}
 
 
+def vocabularies() -> dict[str, tuple[str, ...]]:
+    """``{key: valid values}`` of every config key that takes one of a fixed set of names."""
+    return {"loss_type": LOSS_TYPES, "normalization": NORMALIZATIONS, "judge": JUDGES, "mining": MININGS,
+            "optimizer": OPTIMIZERS, "proposal_sources": PROPOSAL_SOURCES, "on_bad_case": BAD_CASE_ACTIONS}
+
+
 def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"config key {key!r}: {value!r} is not allowed; valid: {', '.join(allowed)}")
@@ -279,7 +287,12 @@ def _check_type(key: str, value: Any, annotation: str) -> None:
             return
         if typing.get_origin(option) is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
             return
-    raise ValueError(f"config key {key!r}: {value!r} has the wrong type; expected {annotation}")
+    valid = vocabularies().get(key)
+    if key == "label_smoothing":
+        raise ValueError(f"config key {key!r}: {value!r} has the wrong type; expected a number in [0, 0.5) or 'auto'")
+    raise ValueError(f"config key {key!r}: {value!r} has the wrong type; expected {annotation}"
+                     + (f" ({'a list of any of' if 'list' in str(annotation) else 'one of'} {', '.join(valid)})"
+                        if valid else ""))
 
 
 def load_config(preset: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> RNDPOConfig:
@@ -324,13 +337,19 @@ def load_config(preset: Mapping[str, Any] | None = None, environ: Mapping[str, s
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Reads a JSON config file into a dict, with errors that name the file and the variable."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"${CONFIG_ENV_VAR} points at {path}, which is a directory; it must name a JSON file (e.g. "
+            f"{path / 'rndpo.json'}) holding an object of config keys")
     if not path.is_file():
         raise FileNotFoundError(
             f"${CONFIG_ENV_VAR} points at {path}, which does not exist. Create it (a JSON object of "
             f"config keys) or unset the variable to use the defaults."
         )
     try:
-        values = json.loads(path.read_text())
+        values = json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} (named by ${CONFIG_ENV_VAR}) is not UTF-8 text ({error})") from None
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} (named by ${CONFIG_ENV_VAR}) is not valid JSON: {error}") from None
     if not isinstance(values, dict):

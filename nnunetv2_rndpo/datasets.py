@@ -180,18 +180,18 @@ class RawDatasetWriter:
             (self.folder / f"images{split}").mkdir(parents=True)
             (self.folder / f"labels{split}").mkdir(parents=True)
 
-    def paths(self, split: str, case_id: str) -> tuple[Path, Path]:
-        """``(image file, label file)`` of a case in ``split`` (``labeled``, ``unlabeled`` or ``test``)."""
+    def paths(self, split: str, case_id: str, channel: int = 0) -> tuple[Path, Path]:
+        """``(image file of channel, label file)`` of a case in ``split`` (``labeled``, ``unlabeled`` or ``test``)."""
         folder = SPLIT_FOLDERS[split]
-        return (self.folder / f"images{folder}" / f"{case_id}_0000{self.file_ending}",
+        return (self.folder / f"images{folder}" / f"{case_id}_{channel:04d}{self.file_ending}",
                 self.folder / f"labels{folder}" / f"{case_id}{self.file_ending}")
 
-    def write_arrays(self, split: str, case_id: str, image: np.ndarray, label: np.ndarray,
+    def write_arrays(self, split: str, case_id: str, image: np.ndarray | list[np.ndarray], label: np.ndarray,
                      spacing: tuple[float, ...] | None = None) -> None:
-        """Writes an image (uint8 for PNG) and its integer label map."""
-        image_path, label_path = self.paths(split, case_id)
-        write_image(image_path, image, spacing)
-        write_image(label_path, label.astype(np.uint8), spacing)
+        """Writes an image (uint8 for PNG), or a list of one image per channel, and its integer label map."""
+        for channel, channel_image in enumerate(image if isinstance(image, list) else [image]):
+            write_image(self.paths(split, case_id, channel)[0], channel_image, spacing)
+        write_image(self.paths(split, case_id)[1], label.astype(np.uint8), spacing)
 
     def finish(self, labels: dict[str, int], channel_names: dict[str, str], manifest: dict) -> Path:
         """Writes ``dataset.json`` and the manifest; returns the dataset folder."""

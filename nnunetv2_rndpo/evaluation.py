@@ -14,14 +14,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nnunetv2_rndpo.cascade import pool_input
 from nnunetv2_rndpo.metrics import dice_per_class, foreground_mean
 from nnunetv2_rndpo.pool import PreprocessedPool, find_cases
 
 
 def preprocessed_test_set(raw_folder: Path, cache_folder: Path, plans_manager, configuration_manager, dataset_json: dict,
-              progress: bool = False) -> PreprocessedPool | None:
+              progress: bool = False, previous_stage=None, device="cpu", log=print) -> PreprocessedPool | None:
     """The preprocessed ``imagesTs`` cases that have a label in ``labelsTs`` (cached in ``cache_folder``).
 
+    For a cascade, ``previous_stage`` (:class:`~nnunetv2_rndpo.cascade.PreviousStage`) segments them first.
     Returns None when the raw dataset has no ``imagesTs``/``labelsTs``.
     """
     images, labels = Path(raw_folder) / "imagesTs", Path(raw_folder) / "labelsTs"
@@ -29,7 +31,11 @@ def preprocessed_test_set(raw_folder: Path, cache_folder: Path, plans_manager, c
         return None
     cases = find_cases(images, dataset_json["file_ending"], len(dataset_json["channel_names"]), labels,
                        what="test set", fix="add imagesTs/labelsTs to the raw dataset")
-    pool = PreprocessedPool(cache_folder, [c for c in cases if c.label_file])
+    cases = [c for c in cases if c.label_file]
+    if previous_stage is not None:
+        cases = previous_stage.with_segmentations(cases, Path(cache_folder) / "previous_stage", dataset_json["file_ending"])
+        previous_stage.predict(cases, device, log)
+    pool = PreprocessedPool(cache_folder, cases)
     pool.preprocess(plans_manager, configuration_manager, dataset_json, progress=progress)
     return pool
 
@@ -43,12 +49,14 @@ def dice_on_test_set(predictor, pool: PreprocessedPool, label_manager) -> float:
         label_manager: the dataset's nnU-Net label manager (labels or regions).
     """
     classes = label_manager.foreground_regions if label_manager.has_regions else label_manager.foreground_labels
+    cascade = label_manager.foreground_labels if predictor.configuration_manager.previous_stage_name else None
     scores = []
     for case_id in pool.case_ids:
-        logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.array(pool.image(case_id))))
+        logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(pool_input(pool, case_id, cascade)))
         # nnU-Net's conversion calls .numpy(): the logits go to the CPU first
         prediction = np.asarray(label_manager.convert_logits_to_segmentation(logits.float().cpu()))
-        scores.append(foreground_mean(dice_per_class(prediction, pool.label(case_id), classes)))
+        scores.append(foreground_mean(dice_per_class(prediction, pool.label(case_id), classes,
+                                                     ignore_label=label_manager.ignore_label)))
     return float(np.nanmean(scores))
 
 
@@ -59,7 +67,7 @@ def model_dice_on_test_set(dataset: str | int, configuration: str, fold: int | s
 
     model = load_base_model(dataset, configuration, fold, trainer, plans, checkpoint, device)
     pool = preprocessed_test_set(model.raw_folder, model.cache_folder / "test", model.plans_manager, model.configuration_manager,
-                     model.dataset_json)
+                     model.dataset_json, previous_stage=model.previous_stage, device=device)
     if pool is None:
         raise FileNotFoundError(f"{model.raw_folder} has no imagesTs/labelsTs: no test Dice without test labels")
     return dice_on_test_set(model.predictor(), pool, model.label_manager)

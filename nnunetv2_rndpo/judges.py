@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_rndpo.metrics import dice_per_class
+from nnunetv2_rndpo.metrics import dice_per_class, in_class, region_labels
 
 CSV_HEADER = ("case_id", "proposal", "score")
 
@@ -56,7 +56,7 @@ def true_dice(
 
 def foreground_voxels(masks: np.ndarray, labels_or_regions: Sequence) -> np.ndarray:
     """``(K,)`` number of voxels of each proposal that belong to any foreground class."""
-    members = sorted({int(v) for c in labels_or_regions for v in (c if isinstance(c, (tuple, list)) else [c])})
+    members = sorted({v for c in labels_or_regions for v in region_labels(c)})
     return np.array([np.count_nonzero(np.isin(m, members)) for m in masks], dtype=float)
 
 
@@ -116,11 +116,10 @@ def uncertainty_scores(
     probabilities = probabilities.astype(np.float32)
     scores = np.zeros(len(masks))
     for index, c in enumerate(labels_or_regions):
-        members = list(c) if isinstance(c, (tuple, list)) else [c]
-        p = probabilities[index if has_regions else members[0]]
+        p = probabilities[index if has_regions else region_labels(c)[0]]
         p_sum = float(p.sum())
         for k, mask in enumerate(masks):
-            m = np.isin(mask, members)
+            m = in_class(mask, c)
             denominator = float(m.sum()) + p_sum
             scores[k] += 1.0 if denominator == 0 else 2 * float(p[m].sum()) / denominator
     return scores / len(labels_or_regions)
@@ -144,8 +143,11 @@ def read_external_scores(path: str | Path, proposals_per_case: dict[str, int]) -
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"judge_scores file {path} does not exist; point judge_scores at the QC system's CSV")
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets often write a UTF-8 BOM
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"judge_scores file {path} is not UTF-8 text ({error}); save it as CSV in UTF-8") from None
     if not rows:
         raise ValueError(f"judge_scores file {path} is empty; expected a header {','.join(CSV_HEADER)} and one row per proposal")
     header = tuple(c.strip() for c in rows[0])

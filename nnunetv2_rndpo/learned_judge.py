@@ -42,15 +42,12 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from nnunetv2_rndpo.judges import mean_dice
+from nnunetv2_rndpo.metrics import in_class, region_labels
 
 # the judge file's format; files of the earlier whole-case Dice regressor have no such key
 JUDGE_FORMAT = "within-case-ranking-1"
 CROP_SIZE = {2: 128, 3: 24}
 CORRUPTIONS = ("erode", "dilate", "shift", "drop_component", "spurious_component", "boundary_noise")
-
-
-def _members(c) -> list[int]:
-    return list(c) if isinstance(c, (tuple, list)) else [c]
 
 
 def corrupt_mask(label: np.ndarray, classes: list, rng: np.random.Generator, operations: int | None = None) -> np.ndarray:
@@ -59,7 +56,7 @@ def corrupt_mask(label: np.ndarray, classes: list, rng: np.random.Generator, ope
     Assumption: for region-based datasets a corruption acts on the region's highest label only.
     """
     mask = label.copy()
-    fg_labels = [_members(c)[-1] for c in classes]
+    fg_labels = [region_labels(c)[-1] for c in classes]
     for _ in range(operations if operations is not None else int(rng.integers(1, 4))):
         op = CORRUPTIONS[int(rng.integers(len(CORRUPTIONS)))]
         value = fg_labels[int(rng.integers(len(fg_labels)))]
@@ -146,7 +143,7 @@ def tile_windows(region: np.ndarray, size: tuple[int, ...]) -> list[tuple[tuple[
 def judge_input(image: np.ndarray, masks: np.ndarray, classes: list) -> torch.Tensor:
     """``(K, C_img + 2·n_classes, *window)`` network input from a cropped image ``(C_img, *window)`` and masks
     ``(K, *window)``: image, the mask's one-hot per class, the consensus (mean one-hot of the K masks)."""
-    onehot = torch.stack([torch.as_tensor(np.isin(masks, _members(c))) for c in classes], 1).float()
+    onehot = torch.stack([torch.as_tensor(in_class(masks, c)) for c in classes], 1).float()
     consensus = onehot.mean(0, keepdim=True).expand_as(onehot)
     img = torch.as_tensor(np.asarray(image, np.float32))[None].expand(len(masks), *image.shape)
     return torch.cat([img, onehot, consensus], 1)
@@ -297,13 +294,23 @@ class LabeledCases(Mapping):
     """Preprocessed labeled cases ``{id: (image (C, *sp) float32, label (*sp) int16)}``, loaded on first use."""
 
     def __init__(self, dataset, identifiers: list[str]):
-        self._dataset, self._ids, self._loaded = dataset, list(identifiers), {}
+        self._dataset, self._ids, self._loaded, self._previous = dataset, list(identifiers), {}, {}
 
     def __getitem__(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         if key not in self._loaded:
-            data, seg, _, _ = self._dataset.load_case(key)
+            data, seg, previous, _ = self._dataset.load_case(key)
             self._loaded[key] = (np.asarray(data[:], np.float32), np.maximum(np.asarray(seg[:])[0], 0).astype(np.int16))
+            if previous is not None:  # cascades: the previous stage's segmentation (nnU-Net's dataset class reads it)
+                previous = np.asarray(previous[:])
+                # predicted_next_stage holds (*spatial) label maps; a (1, *spatial) one is accepted too
+                previous = previous[0] if previous.ndim == self._loaded[key][0].ndim else previous
+                self._previous[key] = np.maximum(previous, 0).astype(np.int16)
         return self._loaded[key]
+
+    def previous_stage(self, key: str) -> np.ndarray | None:
+        """``(*spatial)`` previous-stage segmentation of a case (cascades only), or None."""
+        self[key]
+        return self._previous.get(key)
 
     def __iter__(self):
         return iter(self._ids)
@@ -325,7 +332,8 @@ def labeled_cases(base, fold: int | str) -> tuple[LabeledCases, list[str], list[
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} does not exist: run nnUNetv2_plan_and_preprocess -d ... -c "
                                 f"{base.configuration_name} first")
-    dataset = infer_dataset_class(str(folder))(str(folder))
+    previous = None if base.previous_stage is None else str(base.previous_stage.labeled_segmentations)
+    dataset = infer_dataset_class(str(folder))(str(folder), folder_with_segs_from_previous_stage=previous)
     cases = LabeledCases(dataset, sorted(dataset.identifiers))
     splits_file = folder.parent / "splits_final.json"
     if str(fold) == "all" or not splits_file.is_file():
@@ -372,6 +380,7 @@ def perturbed_predictions(base, pool, case_ids: list[str], noise: tuple[float, .
                           progress: bool = True) -> dict[str, list[np.ndarray]]:
     """``{case: [mask (*spatial) per σ]}``: argmax predictions (no TTA) of the base network with weights
     w·(1 + σ·ε), ε ~ N(0, 1) drawn once per σ from ``seed``. One forward pass per σ and case."""
+    from nnunetv2_rndpo.cascade import pool_input
     from nnunetv2_rndpo.proposals import _single_pass
 
     predictor = base.predictor()
@@ -384,7 +393,7 @@ def perturbed_predictions(base, pool, case_ids: list[str], noise: tuple[float, .
             network.load_state_dict({k: v * (1 + sigma * torch.randn(v.shape, generator=generator).to(v.device))
                                      if v.is_floating_point() else v for k, v in original.items()})
             for case_id in tqdm(case_ids, desc=f"weight noise {sigma}", disable=not progress):
-                image = torch.from_numpy(np.array(pool.image(case_id))).to(base.device)
+                image = torch.from_numpy(pool_input(pool, case_id, base.cascade_labels)).to(base.device)
                 masks[case_id].append(_single_pass(predictor, image, base.label_manager).numpy().astype(np.uint8))
     finally:
         network.load_state_dict(original)
@@ -401,7 +410,7 @@ def training_masks(base, settings, cases, case_ids: list[str], training: JudgeTr
     pool = LabeledPool(cases, case_ids)
     cache, specs, extra = proposal_cache(base, settings, "labeled_proposals")
     generate_proposals(cache, pool, base.predictor(), specs, base.label_manager, base.mirror_axes, base.device,
-                       progress, seed=settings.seed, extra_weights=extra)
+                       progress, seed=settings.seed, extra_weights=extra, cascade_labels=base.cascade_labels)
     noisy = perturbed_predictions(base, pool, case_ids, training.weight_noise, training.seed, progress)
     return {c: np.concatenate([cache.masks(c), np.stack(noisy[c]).reshape(-1, *cache.masks(c).shape[1:])])
             if noisy[c] else cache.masks(c) for c in case_ids}
@@ -411,7 +420,7 @@ def move_boundary(mask: np.ndarray, classes: list, rng: np.random.Generator) -> 
     """The mask with one random class eroded or dilated (equally likely) by 1–2 voxels: the kind of
     difference the ``threshold`` and ``temperature`` proposals of one case have."""
     moved = mask.copy()
-    value = [_members(c)[-1] for c in classes][int(rng.integers(len(classes)))]
+    value = [region_labels(c)[-1] for c in classes][int(rng.integers(len(classes)))]
     region, iterations = mask == value, int(rng.integers(1, 3))
     if rng.random() < 0.5:
         moved[region & ~ndimage.binary_erosion(region, iterations=iterations)] = 0

@@ -12,6 +12,36 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def region_labels(class_or_region: int | Sequence[int]) -> tuple[int, ...]:
+    """The labels one foreground class or region stands for: ``1 → (1,)``, ``(1, 2) → (1, 2)``.
+
+    The one place that reads nnU-Net's class/region entries. ``LabelManager.foreground_labels`` are ints;
+    ``LabelManager.foreground_regions`` mixes ints and tuples: ``dataset.json`` labels
+    ``{"background": 0, "whole": [1, 2], "b": 2}`` give the regions ``[(1, 2), 2]``. A voxel belongs to the
+    class or region when its label is one of the returned labels.
+
+    Raises:
+        ValueError: an empty region.
+    """
+    if isinstance(class_or_region, (tuple, list, np.ndarray)):
+        labels = tuple(int(v) for v in class_or_region)
+        if not labels:
+            raise ValueError("a region needs at least one label, got an empty one")
+        return labels
+    return (int(class_or_region),)
+
+
+def class_key(class_or_region: int | Sequence[int]) -> str:
+    """The key of a class or region in nnU-Net's ``summary.json``: ``"1"``, ``"(1, 2)"``."""
+    labels = region_labels(class_or_region)
+    return str(labels) if isinstance(class_or_region, (tuple, list, np.ndarray)) else str(labels[0])
+
+
+def in_class(label_map: np.ndarray, class_or_region: int | Sequence[int]) -> np.ndarray:
+    """Bool mask of the voxels of ``label_map`` (any shape) that belong to the class or region."""
+    return np.isin(label_map, region_labels(class_or_region))
+
+
 def dice_per_class(
     prediction: np.ndarray,
     reference: np.ndarray,
@@ -34,7 +64,8 @@ def dice_per_class(
     Args:
         prediction: integer label map, any shape.
         reference: integer label map, same shape.
-        labels_or_regions: the classes to score, e.g. ``[1, 2]`` or ``[(1, 2), (2,)]``.
+        labels_or_regions: the classes to score, e.g. ``[1, 2]``, or regions as nnU-Net's ``LabelManager`` gives
+            them, e.g. ``[(1, 2), 2]`` (see :func:`region_labels`).
         ignore_label: reference voxels with this label are not counted.
         empty_value: Dice when the class is absent from both masks.
 
@@ -46,14 +77,12 @@ def dice_per_class(
     counted = np.ones(reference.shape, bool) if ignore_label is None else reference != ignore_label
     result = {}
     for label in labels_or_regions:
-        members = list(label) if isinstance(label, (tuple, list)) else [label]
-        in_prediction = np.isin(prediction, members) & counted
-        in_reference = np.isin(reference, members) & counted
+        in_prediction = in_class(prediction, label) & counted
+        in_reference = in_class(reference, label) & counted
         tp = int(np.count_nonzero(in_prediction & in_reference))
         fp = int(np.count_nonzero(in_prediction & ~in_reference))
         fn = int(np.count_nonzero(~in_prediction & in_reference))
-        key = str(tuple(label)) if isinstance(label, (tuple, list)) else str(label)
-        result[key] = empty_value if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+        result[class_key(label)] = empty_value if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
     return result
 
 

@@ -23,6 +23,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from nnunetv2_rndpo.metrics import region_labels
+
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 NORMALIZATIONS = ("none", "region", "sqrt_region", "volume")
 
@@ -44,15 +46,15 @@ def mask_log_likelihood(
     logits: torch.Tensor,
     label_map: torch.Tensor,
     *,
-    regions: Sequence[Sequence[int]] | None = None,
+    regions: Sequence[int | Sequence[int]] | None = None,
     ignore_label: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-voxel log-likelihood of a label map under a segmentation network's output.
 
     Multi-class (``regions is None``), the softmax over C classes:
         ℓ_v = log softmax(z)_v[y_v]
-    Region-based (nnU-Net's ``LabelManager.regions``: region r is the union of the labels in
-    ``regions[r]``, one sigmoid channel per region), independent Bernoullis:
+    Region-based (nnU-Net's ``LabelManager.foreground_regions``: region r is the union of the labels in
+    ``regions[r]``, an int or a tuple of ints, one sigmoid channel per region), independent Bernoullis:
         ℓ_v = Σ_r [ m_rv · log σ(z_rv) + (1 − m_rv) · log σ(−z_rv) ],   m_rv = [y_v ∈ regions[r]]
 
     Computed in float32 with log-softmax / log-sigmoid, so extreme logits (±1e4) give finite values.
@@ -79,7 +81,7 @@ def mask_log_likelihood(
         if len(regions) != logits.shape[1]:
             raise ValueError(f"{len(regions)} regions but logits have {logits.shape[1]} channels")
         membership = torch.stack(
-            [torch.isin(label_map, torch.as_tensor(list(r), device=label_map.device)) for r in regions], dim=1
+            [torch.isin(label_map, torch.as_tensor(region_labels(r), device=label_map.device)) for r in regions], dim=1
         )
         log_likelihood = -F.binary_cross_entropy_with_logits(
             logits, membership.to(logits.dtype), reduction="none"
@@ -134,7 +136,7 @@ def pair_log_ratios(
     chosen: torch.Tensor,
     rejected: torch.Tensor,
     *,
-    regions: Sequence[Sequence[int]] | None = None,
+    regions: Sequence[int | Sequence[int]] | None = None,
     ignore_label: int | None = None,
 ) -> PairLogRatios:
     """Sums of per-voxel log-ratios over the disagreement region of each pair.
@@ -326,7 +328,7 @@ def consistency_loss(
     reference_logits: torch.Tensor,
     outside: torch.Tensor,
     *,
-    regions: Sequence[Sequence[int]] | None = None,
+    regions: Sequence[int | Sequence[int]] | None = None,
 ) -> torch.Tensor:
     """Label-free trust region: KL(π_ref ‖ π_θ) per voxel, averaged over the voxels outside D.
 
@@ -368,7 +370,7 @@ def agreement_loss(
     chosen: torch.Tensor,
     rejected: torch.Tensor,
     *,
-    regions: Sequence[Sequence[int]] | None = None,
+    regions: Sequence[int | Sequence[int]] | None = None,
     ignore_label: int | None = None,
 ) -> torch.Tensor:
     """Cross-entropy to the label that chosen and rejected agree on, averaged over the voxels outside D.

@@ -6,6 +6,9 @@ and a frozen reference, prepares the unlabeled pool, proposals, judge scores and
 training data loader by one that yields preference batches, and writes the per-epoch metrics.
 
 Files in the fold folder:
+- ``debug.json``            nnU-Net's, with ``"rndpo"`` added: the provenance (effective config, base model
+                            and the SHA-256 of its checkpoint), the one file of ours that
+                            ``nnUNetv2_export_model_to_zip`` packs
 - ``rndpo_config.json``     the effective configuration
 - ``rndpo_reference.pth``   the frozen reference (= base) weights, restored on ``--c``
 - ``rndpo_pairs.json``      the mined pairs with both judge scores (and true Dice when hidden labels exist)
@@ -23,14 +26,18 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from nnunetv2_rndpo.checkpoint import base_weights
+from nnunetv2_rndpo.cascade import pool_input
+from nnunetv2_rndpo.checkpoint import base_weights, describe_trained_models, load_checkpoint_file
+from nnunetv2_rndpo.config import CONFIG_ENV_VAR
 from nnunetv2_rndpo.distributed import barrier, broadcast_from_rank0, rank_and_world
 from nnunetv2_rndpo.evaluation import dice_on_test_set, preprocessed_test_set
+from nnunetv2_rndpo.messages import TIMED_ITERATIONS, large_case_notes, pairs_summary, schedule_summary, time_estimate
 from nnunetv2_rndpo.mining import MiningParams, Pair, require_trainable_pairs
 from nnunetv2_rndpo.objective import consistency_loss
 from nnunetv2_rndpo.pipeline import (
@@ -132,6 +139,8 @@ class PreferencePhase:
         self.guard_cases: list[str] = []
         self.guard_logits: dict = {}
         self.rollbacks = 0
+        self._iterations_done = 0
+        self._timer_start = 0.0
 
     # ------------------------------------------------------------------ paths
 
@@ -153,6 +162,12 @@ class PreferencePhase:
         t = self.trainer
         return Path(t.preprocessed_dataset_folder_base) / "rndpo" / f"{t.plans_manager.plans_name}_{t.configuration_name}"
 
+    @property
+    def cascade_labels(self) -> list[int] | None:
+        """For a cascade, the labels of the previous-stage one-hot input channels (:mod:`nnunetv2_rndpo.cascade`)."""
+        t = self.trainer
+        return None if t.previous_stage is None else t.label_manager.foreground_labels
+
     def base_checkpoint(self) -> Path:
         """The base model's checkpoint; a missing one is an error that prints the command creating it."""
         t, cfg = self.trainer, self.config
@@ -161,13 +176,21 @@ class PreferencePhase:
         else:
             folder = f"{cfg.base_trainer}__{t.plans_manager.plans_name}__{t.configuration_name}"
             path = Path(t.output_folder_base).parent / folder / f"fold_{t.fold}" / "checkpoint_final.pth"
+        if cfg.base_checkpoint and not path.is_file():
+            raise FileNotFoundError(f"base_checkpoint {path} (in the file named by $nnUNet_rndpo_config) "
+                                    f"{'is a directory' if path.is_dir() else 'does not exist'}; point it at a "
+                                    "checkpoint_final.pth written by nnUNetv2_train, or remove it to use base_trainer")
         if not path.is_file():
             dataset_id = self.dataset_name.split("_")[0].replace("Dataset", "")
+            found, candidates = describe_trained_models(Path(t.output_folder_base).parent, t.plans_manager.plans_name,
+                                                        t.configuration_name, t.fold, exclude=(t.__class__.__name__,))
+            trainer = candidates[0] if candidates else "<the base model's trainer>"
             raise FileNotFoundError(
-                f"Base checkpoint {path} not found. The preference phase fine-tunes a trained nnU-Net model; "
-                f"train it first with\n  nnUNetv2_train {int(dataset_id)} {t.configuration_name} {t.fold} "
-                f"-tr {cfg.base_trainer} -p {t.plans_manager.plans_name}\nor set base_checkpoint in the file "
-                "named by $nnUNet_rndpo_config."
+                f"Base checkpoint {path} not found (base_trainer {cfg.base_trainer!r}). The preference phase fine-tunes "
+                f"a trained nnU-Net model.\n{found}\nIf the base model was trained with another trainer, set "
+                f"{{\"base_trainer\": \"{trainer}\"}} (or base_checkpoint: a path) in the file named by "
+                f"$nnUNet_rndpo_config; or train it first with\n  nnUNetv2_train {int(dataset_id)} "
+                f"{t.configuration_name} {t.fold} -tr {cfg.base_trainer} -p {t.plans_manager.plans_name}"
             )
         return path
 
@@ -175,10 +198,16 @@ class PreferencePhase:
 
     def setup(self, sampler_state: dict | None = None) -> None:
         t = self.trainer
+        t.print_to_log_file(schedule_summary(self.config, t.__class__.__name__, self.config.batch_size or t.batch_size,
+                                             os.environ.get(CONFIG_ENV_VAR)))
         if self.rank == 0:
             atomic_write_text(self.fold_folder / "rndpo_config.json", json.dumps(self.config.to_dict(), indent=2))
         self._load_policy_and_reference()
         pool = self._prepare_pool()
+        if t.current_epoch == 0:
+            shapes = {c: tuple(pool.image(c).shape[1:]) for c in pool.case_ids}
+            for note in large_case_notes(shapes, tuple(t.configuration_manager.patch_size)):
+                t.print_to_log_file(note)
         cache = self._prepare_proposals(pool)
         self.guard_cases = self._choose_guard_cases(pool)
         pairs_file = self.fold_folder / "rndpo_pairs.json"
@@ -196,21 +225,48 @@ class PreferencePhase:
             self.pairs, self.judge_metrics = broadcast_from_rank0((self.pairs, self.judge_metrics))
         if self.config.label_smoothing == "auto":
             self._resolve_label_smoothing()
-        t.print_to_log_file(
-            f"RN-DPO: {len(self.pairs)} pairs from {len(pool.case_ids)} pool cases "
-            + (f"(from {self.config.pairs_file}); " if self.config.pairs_file else
-               f"(judge {self.config.judge}, mining {self.config.mining}); ") + f"{self.judge_metrics}")
+        source = (f"from {self.config.pairs_file}" if self.config.pairs_file else
+                  f"judge {self.config.judge}, mining {self.config.mining}")
+        t.print_to_log_file(f"{pairs_summary(self.pairs, len(pool.case_ids), source)}; {self.judge_metrics}")
         self._install_dataloader(pool, cache, sampler_state)
         self._register_logger_keys()
         self._prepare_evaluation()
         self._prepare_guard(pool)
         if self.rank != 0:
             return
+        self._record_provenance(cache)
         if t.current_epoch == 0:
             (self.fold_folder / "rndpo_metrics.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh file
             self._write_metrics_row(0, {"eval/dice": self.base_dice()} if self.test_pool is not None else {})
         else:
             self._truncate_metrics(t.current_epoch)
+
+    def provenance(self, cache: ProposalCache) -> dict:
+        """Where this model comes from: the effective config, the base checkpoint (path, trainer, SHA-256 of the
+        file), the proposals and the number of pairs it was fine-tuned on."""
+        from nnunetv2_rndpo import __version__
+
+        base = self.base_checkpoint()
+        digest = hashlib.sha256()
+        with open(base, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+        return {"trainer": self.trainer.__class__.__name__, "nnunetv2_rndpo": __version__,
+                "config": self.config.to_dict(), "base_checkpoint": str(base),
+                "base_model": base.parent.parent.name, "base_fold": base.parent.name,
+                "base_checkpoint_sha256": digest.hexdigest(), "proposals": str(cache.folder), "pairs": len(self.pairs)}
+
+    def _record_provenance(self, cache: ProposalCache) -> None:
+        """Adds :meth:`provenance` as ``"rndpo"`` to nnU-Net's ``debug.json`` in the fold folder.
+
+        ``nnUNetv2_export_model_to_zip`` packs, per fold, the checkpoints, ``debug.json``, ``progress.png`` and
+        ``validation/summary.json``, not ``rndpo_config.json``; ``debug.json`` (written by nnU-Net in
+        ``on_train_start``, just before this) carries the model's provenance through export and install.
+        """
+        path = self.fold_folder / "debug.json"
+        debug = json.loads(path.read_text()) if path.is_file() else {}
+        debug["rndpo"] = self.provenance(cache)
+        atomic_write_text(path, json.dumps(debug, indent=4))
 
     def _load_policy_and_reference(self) -> None:
         t = self.trainer
@@ -219,7 +275,7 @@ class PreferencePhase:
             path = self.base_checkpoint()
             network = t.network.module if t.is_ddp else t.network
             network = getattr(network, "_orig_mod", network)
-            weights = base_weights(torch.load(path, map_location=t.device, weights_only=False), path,
+            weights = base_weights(load_checkpoint_file(path, t.device), path,
                                    t.configuration_name, network.state_dict(), t.label_manager.num_segmentation_heads)
             network.load_state_dict(weights)
             if self.rank == 0:
@@ -310,13 +366,13 @@ class PreferencePhase:
         patch_size = t.configuration_manager.patch_size
         transforms = t.get_training_transforms(
             patch_size, rotation, t._get_deep_supervision_scales(), mirror_axes, dummy_2d,
-            use_mask_for_norm=t.configuration_manager.use_mask_for_norm, is_cascaded=False,
+            use_mask_for_norm=t.configuration_manager.use_mask_for_norm, is_cascaded=t.is_cascaded,
             foreground_labels=t.label_manager.foreground_labels, regions=None, ignore_label=None)
         rng = np.random.default_rng(cfg.seed + self.rank)  # each rank draws its own patches
         if sampler_state is not None:
             rng.bit_generator.state = sampler_state
         self.sampler = PairPatchSampler(self.pairs, pool, cache, patch_size, initial_patch_size, transforms,
-                                        cfg.disagreement_oversample, rng)
+                                        cfg.disagreement_oversample, rng, self.cascade_labels)
         self._labeled_loader = t.dataloader_train
         if cfg.sft_weight == 0 and hasattr(self._labeled_loader, "_finish"):
             self._labeled_loader._finish()  # no labeled batches needed: stop nnU-Net's augmentation workers
@@ -345,6 +401,22 @@ class PreferencePhase:
             self.trainer.dataloader_train = self._labeled_loader
 
     # ------------------------------------------------------------------ step helpers
+
+    def iteration_done(self) -> None:
+        """Counts this process's training iterations; after the first few prints :func:`time_estimate` once.
+
+        The first iteration is a warm-up (allocations, first batches) and is not timed; at most
+        ``TIMED_ITERATIONS`` are, all within the first epoch (nnU-Net's validation is not in the rate).
+        """
+        t = self.trainer
+        now = time.perf_counter()
+        self._iterations_done += 1
+        timed = min(TIMED_ITERATIONS, t.num_iterations_per_epoch - 1)
+        if self._iterations_done == 1:
+            self._timer_start = now
+        elif self._iterations_done == timed + 1:
+            rate = (now - self._timer_start) / timed
+            t.print_to_log_file(time_estimate(rate, t.num_epochs - t.current_epoch, t.num_iterations_per_epoch))
 
     def autocast(self):
         t = self.trainer
@@ -426,7 +498,11 @@ class PreferencePhase:
                 points = [(r["epoch"], r[key]) for r in rows if key in r]
                 if points:
                     ax.plot(*zip(*points, strict=True), marker="o", label=key)
-            ax.legend(loc="best")
+            if ax.lines:  # legend() of an empty panel warns, every epoch (guard off, eval_every 0, no anchors)
+                ax.legend(loc="best")
+            else:
+                ax.text(0.5, 0.5, f"{', '.join(keys)}: not measured in this run", ha="center", va="center",
+                        transform=ax.transAxes)
             ax.set_xlabel("epochs done")
         fig.tight_layout()
         fig.savefig(self.fold_folder / "rndpo_progress.png")
@@ -439,7 +515,8 @@ class PreferencePhase:
             return
         t = self.trainer
         self.test_pool = preprocessed_test_set(self.raw_folder, self.cache_folder / "test", t.plans_manager, t.configuration_manager,
-                                   t.dataset_json, progress=True)
+                                   t.dataset_json, progress=True, previous_stage=t.previous_stage, device=t.device,
+                                   log=t.print_to_log_file)
         if self.test_pool is None:
             t.print_to_log_file(f"RN-DPO: eval_every > 0 but {self.raw_folder} has no imagesTs/labelsTs; no test curve")
 
@@ -492,7 +569,7 @@ class PreferencePhase:
         if self.rank == 0:  # rank 0 measures the drift, every rank can roll back
             predictor = self._policy_predictor(self.reference)
             for case_id in self.guard_cases:
-                image = torch.from_numpy(np.array(pool.image(case_id)))
+                image = torch.from_numpy(pool_input(pool, case_id, self.cascade_labels))
                 self.guard_logits[case_id] = (image, predictor.predict_sliding_window_return_logits(image).cpu().clone())
         self._accepted_weights = self._policy_weights()
 

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from nnunetv2_rndpo.cascade import PreviousStage, previous_stage_of, require_cascade_sources
+from nnunetv2_rndpo.checkpoint import describe_trained_models, load_checkpoint_file
 from nnunetv2_rndpo.judges import (
     agreement_scores,
     oracle_scores,
@@ -35,7 +37,9 @@ class BaseModel:
     """The dataset, plans and base network that proposals are made from.
 
     ``model_folder`` is the base model's ``Trainer__Plans__configuration`` results folder and ``fold`` its
-    fold; ``network`` is built with deep supervision off and holds ``weights``.
+    fold; ``network`` is built with deep supervision off and holds ``weights``. For a cascade configuration
+    ``previous_stage`` is the model whose segmentations the network takes as extra input channels
+    (:mod:`nnunetv2_rndpo.cascade`).
     """
 
     dataset_name: str
@@ -51,6 +55,7 @@ class BaseModel:
     checkpoint_name: str
     device: torch.device
     trainer_name: str = "nnUNetTrainer"
+    previous_stage: PreviousStage | None = None
 
     @property
     def label_manager(self):
@@ -61,6 +66,11 @@ class BaseModel:
         """The foreground labels, or regions for region-based datasets."""
         lm = self.label_manager
         return lm.foreground_regions if lm.has_regions else lm.foreground_labels
+
+    @property
+    def cascade_labels(self) -> list[int] | None:
+        """The labels whose one-hot previous-stage segmentation the network takes as input; None if no cascade."""
+        return None if self.previous_stage is None else self.label_manager.foreground_labels
 
     @property
     def raw_folder(self) -> Path:
@@ -118,11 +128,11 @@ class BaseModel:
             mirror_axes=tuple(trainer.inference_allowed_mirroring_axes or ()),
             model_folder=Path(base_checkpoint).parent.parent, fold=trainer.fold,
             checkpoint_name=Path(base_checkpoint).name, device=trainer.device,
-            trainer_name=trainer.__class__.__name__)
+            trainer_name=trainer.__class__.__name__, previous_stage=trainer.previous_stage)
 
 
 def _network_weights(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
-    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    checkpoint = load_checkpoint_file(path, device)
     return {k.removeprefix("module."): v for k, v in checkpoint["network_weights"].items()}
 
 
@@ -148,10 +158,13 @@ def load_base_model(
     model_folder = Path(get_output_folder(dataset_name, trainer, plans, configuration))
     path = model_folder / f"fold_{fold}" / checkpoint
     if not path.is_file():
+        found, candidates = describe_trained_models(model_folder.parent, plans, configuration, fold)
         raise FileNotFoundError(
-            f"Base checkpoint {path} not found. Train the base model first:\n  nnUNetv2_train "
-            f"{dataset} {configuration} {fold} -tr {trainer} -p {plans}\nor pick another with -tr/-p/-f/-chk.")
+            f"Base checkpoint {path} not found.\n{found}\nPick another with -tr/-p/-f/-chk"
+            + (f" (e.g. -tr {candidates[0]})" if candidates else "") + ", or train the base model first:\n  "
+            f"nnUNetv2_train {dataset} {configuration} {fold} -tr {trainer} -p {plans}")
     device = torch.device(device)
+    load_checkpoint_file(path)  # a corrupt file: an error that names it, before nnU-Net's predictor loads it
     predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=device.type == "cuda",
                                 device=device, verbose=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(fold,), checkpoint_name=checkpoint)
@@ -161,7 +174,9 @@ def load_base_model(
         configuration_manager=predictor.configuration_manager, dataset_json=predictor.dataset_json,
         network=network, weights=network.state_dict(), mirror_axes=tuple(predictor.allowed_mirroring_axes or ()),
         model_folder=model_folder, fold=fold, checkpoint_name=checkpoint, device=device,
-        trainer_name=predictor.trainer_name)
+        trainer_name=predictor.trainer_name,
+        previous_stage=previous_stage_of(predictor.configuration_manager, configuration, dataset_name, trainer, plans,
+                                         fold))
 
 
 # ---------------------------------------------------------------------------------------------- pool
@@ -185,9 +200,14 @@ def prepare_pool(base: BaseModel, unlabeled_dir: str | None = None, num_parts: i
     labels = folder.parent / "labelsUnlabeled"
     cases = find_cases(folder, base.dataset_json["file_ending"], len(base.dataset_json["channel_names"]),
                        labels if labels.is_dir() else None)
+    if base.previous_stage is not None:
+        cases = base.previous_stage.with_segmentations(cases, base.cache_folder / "pool" / "previous_stage",
+                                                       base.dataset_json["file_ending"])
     pool = PreprocessedPool(base.cache_folder / "pool", cases)
     part = set(split_cases(pool.case_ids, num_parts, part_id))
     todo = PreprocessedPool(pool.folder, [c for c in cases if c.case_id in part])
+    if base.previous_stage is not None:
+        base.previous_stage.predict(todo.cases, base.device, log)
     todo.preprocess(base.plans_manager, base.configuration_manager, base.dataset_json, progress=progress,
                     on_bad_case=on_bad_case)
     bad = pool.drop_bad_cases()
@@ -228,7 +248,13 @@ class ProposalSettings:
 
 def proposal_cache(base: BaseModel, settings: ProposalSettings, subfolder: str = "proposals",
                    ) -> tuple[ProposalCache, list, dict]:
-    """The cache for these settings (in ``<cache_folder>/<subfolder>``), the recipes and the ``model`` weights."""
+    """The cache for these settings (in ``<cache_folder>/<subfolder>``), the recipes and the ``model`` weights.
+
+    Raises:
+        ValueError: the ``intensity`` source on a cascade (it would rescale the previous-stage input channels too).
+    """
+    if base.previous_stage is not None:
+        require_cascade_sources(settings.sources, base.configuration_name)
     specs = plan_proposals(settings.num_proposals, list(settings.sources), base.mirror_axes, settings.seed,
                            list(settings.models))
     extra = base.load_extra_weights(list(settings.models)) if "model" in settings.sources else {}
@@ -254,7 +280,7 @@ def ensure_proposals(
         log(f"RN-DPO: removed stale proposals {stale}")
     generated = generate_proposals(cache, pool, base.predictor(), specs, base.label_manager, base.mirror_axes,
                                    base.device, progress, case_ids=wanted, all_case_ids=pool.case_ids,
-                                   seed=settings.seed, extra_weights=extra)
+                                   seed=settings.seed, extra_weights=extra, cascade_labels=base.cascade_labels)
     log(f"RN-DPO: generated proposals for {generated} cases in {cache.folder}")
     return cache
 
@@ -436,6 +462,9 @@ class LabeledPool:
     def label(self, case_id: str) -> np.ndarray:
         return self._cases[case_id][1]
 
+    def previous_stage(self, case_id: str) -> np.ndarray | None:
+        return self._cases.previous_stage(case_id)
+
     def source_digest(self, case_id: str) -> None:
         """Labeled cases come from nnU-Net's preprocessed folder, which nnU-Net keeps current."""
         return None
@@ -459,7 +488,8 @@ def labeled_proposals(base: BaseModel, settings: ProposalSettings, progress: boo
     pool = LabeledPool(cases, val_ids)
     cache, specs, extra = proposal_cache(base, settings, "labeled_proposals")
     generated = generate_proposals(cache, pool, base.predictor(), specs, base.label_manager, base.mirror_axes,
-                                   base.device, progress, seed=settings.seed, extra_weights=extra)
+                                   base.device, progress, seed=settings.seed, extra_weights=extra,
+                                   cascade_labels=base.cascade_labels)
     log(f"RN-DPO: proposals for {len(val_ids)} labeled validation cases in {cache.folder} ({generated} new)")
     return pool, cache
 

@@ -9,10 +9,12 @@ Preprocessed cases are cached outside nnU-Net's preprocessed folder, in
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +26,13 @@ _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 @dataclass(frozen=True)
 class PoolCase:
-    """One raw case: its id, one image file per channel, and its hidden label file if any."""
+    """One raw case: its id, one image file per channel, its hidden label file if any, and for a cascade the
+    previous stage's segmentation of it (:mod:`nnunetv2_rndpo.cascade`)."""
 
     case_id: str
     image_files: tuple[str, ...]
     label_file: str | None = None
+    previous_stage_file: str | None = None
 
 
 def find_cases(
@@ -117,7 +121,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def _source_stamp(case: PoolCase) -> dict:
     """Size and modification time (ns) of every raw file of a case: a changed file changes the stamp."""
-    files = [*case.image_files, *([case.label_file] if case.label_file else [])]
+    files = [*case.image_files, *(f for f in (case.label_file, case.previous_stage_file) if f)]
     return {f: [os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files}
 
 
@@ -128,6 +132,78 @@ class BadCaseError(ValueError):
 def _is_2d(spacing) -> bool:
     # nnU-Net's readers give 2D images a dummy first spacing of 999 (x the largest in-plane spacing)
     return max(spacing) >= 999 * min(spacing)
+
+
+def _nifti_voxels(path: str) -> np.ndarray | None:
+    """The voxels of a NIfTI file exactly as stored, or None if nibabel cannot parse its header.
+
+    Raises:
+        BadCaseError: the file is truncated or its gzip stream is corrupt (gzip checks CRC and length).
+    """
+    import nibabel
+
+    try:
+        image = nibabel.load(path)  # the header only
+    except Exception:  # noqa: BLE001 (not a NIfTI nibabel understands: nnU-Net's reader decides)
+        return None
+    try:
+        return np.asanyarray(image.dataobj)
+    except (EOFError, OSError, zlib.error, ValueError) as error:  # gzip.BadGzipFile is an OSError
+        raise BadCaseError(f"{path} is truncated or corrupt ({type(error).__name__}: {' '.join(str(error).split())}); "
+                           "copy it again from its source") from None
+
+
+def _check_gzip_stream(path: str) -> None:
+    """Decompresses a ``.gz`` file in full, which checks gzip's CRC and length."""
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 24):
+                pass
+    except (EOFError, OSError, zlib.error) as error:
+        raise BadCaseError(f"{path} is truncated or corrupt ({type(error).__name__}: {error}); copy it again "
+                           "from its source") from None
+
+
+def check_finite(voxels: np.ndarray, where: str) -> None:
+    """Raises :class:`BadCaseError` naming ``where`` if floating-point ``voxels`` hold NaN or ±inf."""
+    if not np.issubdtype(voxels.dtype, np.floating):
+        return
+    finite = np.isfinite(voxels)
+    if finite.all():
+        return
+    nan = int(np.isnan(voxels).sum())
+    raise BadCaseError(
+        f"{where} has {nan} NaN and {voxels.size - int(finite.sum()) - nan} infinite voxel(s) of {voxels.size}; "
+        "nnU-Net's reader would read NaN as 0 and train on it. Replace them (e.g. with the background "
+        "intensity) and save the file again")
+
+
+def check_raw_file(path: str) -> None:
+    """Checks one raw image or label file beyond what nnU-Net's reader checks.
+
+    nnU-Net's default reader (SimpleITK) reads a ``.nii.gz`` cut off by a failed copy without an error,
+    filling the missing part with zeros, and reads NaN voxels of a NIfTI as 0. So a NIfTI's voxels are read
+    once more as stored (nibabel; that decompresses a ``.nii.gz`` in full) and must be complete and finite,
+    and any other ``.gz`` file is decompressed in full. Assumption: other formats are checked by their
+    reader (PNG, TIFF) or keep NaN (then :func:`check_finite` on the read data finds it).
+
+    Raises:
+        BadCaseError: the file is truncated, its compressed stream is corrupt, or it holds NaN/inf voxels.
+    """
+    voxels = _nifti_voxels(path) if path.endswith((".nii", ".nii.gz")) else None
+    if voxels is not None:
+        check_finite(voxels, path)
+    elif path.endswith(".gz"):
+        _check_gzip_stream(path)
+
+
+def check_case_files(case: PoolCase) -> None:
+    """:func:`check_raw_file` for every image file of a case and its hidden label; messages name the case."""
+    for path in (*case.image_files, *([case.label_file] if case.label_file else [])):
+        try:
+            check_raw_file(path)
+        except BadCaseError as error:
+            raise BadCaseError(f"pool case {case.case_id!r}: {error}") from None
 
 
 def check_case_matches_dataset(case: PoolCase, data: np.ndarray, spacing, num_channels: int,
@@ -154,7 +230,8 @@ class PreprocessedPool:
     """Preprocessed unlabeled cases in a cache folder, read one case at a time.
 
     Layout: ``<folder>/<case>_image.npy`` (float32, ``(C, *spatial)`` in nnU-Net's preprocessed space),
-    ``<folder>/<case>_label.npy`` (int16 hidden label, only if ``labelsUnlabeled`` has the case) and
+    ``<folder>/<case>_label.npy`` (int16 hidden label, only if ``labelsUnlabeled`` has the case),
+    ``<folder>/<case>_previous_stage.npy`` (int16 previous-stage segmentation, cascades only) and
     ``<folder>/<case>.json`` (sizes and modification times of the raw files; a change re-preprocesses).
     """
 
@@ -167,7 +244,8 @@ class PreprocessedPool:
                    on_bad_case: str = "stop") -> dict[str, str]:
         """Runs nnU-Net's preprocessor on every case that is not cached yet (or whose raw files changed).
 
-        A case that fails to read or does not match the dataset (:func:`check_case_matches_dataset`) stops
+        A case that fails to read, is truncated (:func:`check_case_files`), holds NaN or infinite voxels
+        (:func:`check_finite`) or does not match the dataset (:func:`check_case_matches_dataset`) stops
         the run (``on_bad_case="stop"``) or is recorded in ``<case>.bad.json`` and left out of the pool
         (``"skip"``); a later run retries it, so a repaired file rejoins the pool.
 
@@ -186,11 +264,15 @@ class PreprocessedPool:
         skipped = {}
         for case in tqdm(todo, desc="preprocessing unlabeled pool", disable=not progress or not todo):
             try:
+                check_case_files(case)
                 data, properties = reader.read_images(list(case.image_files))
+                check_finite(data, f"pool case {case.case_id!r} ({', '.join(case.image_files)})")
                 check_case_matches_dataset(case, data, properties["spacing"], num_channels, dataset_is_2d)
-                seg = reader.read_seg(case.label_file)[0] if case.label_file is not None else None
-                data, seg, _ = preprocessor.run_case_npy(data, seg, properties, plans_manager, configuration_manager,
-                                                         dataset_json)
+                # the hidden label and the previous stage's segmentation are cropped and resampled as nnU-Net's
+                # labels are: as channels of one segmentation
+                segs = [reader.read_seg(f)[0] for f in (case.label_file, case.previous_stage_file) if f is not None]
+                data, seg, _ = preprocessor.run_case_npy(data, np.concatenate(segs) if segs else None, properties,
+                                                         plans_manager, configuration_manager, dataset_json)
             except Exception as error:  # noqa: BLE001 (any reader failure on user data is a bad case)
                 reason = error if isinstance(error, BadCaseError) else BadCaseError(
                     f"pool case {case.case_id!r} could not be read ({', '.join(case.image_files)}): "
@@ -207,6 +289,8 @@ class PreprocessedPool:
             if case.label_file is not None:
                 # nnU-Net marks voxels outside the nonzero crop as -1; they are background for scoring
                 atomic_save(self.folder / f"{case.case_id}_label.npy", np.maximum(seg[0], 0).astype(np.int16))
+            if case.previous_stage_file is not None:
+                atomic_save(self.folder / f"{case.case_id}_previous_stage.npy", np.maximum(seg[-1], 0).astype(np.int16))
             atomic_write_text(self.folder / f"{case.case_id}.json", json.dumps(_source_stamp(case)))
             self._bad_marker(case.case_id).unlink(missing_ok=True)
         return skipped
@@ -243,6 +327,8 @@ class PreprocessedPool:
             return False
         if case.label_file is not None and not (self.folder / f"{case.case_id}_label.npy").is_file():
             return False
+        if case.previous_stage_file is not None and not (self.folder / f"{case.case_id}_previous_stage.npy").is_file():
+            return False
         return json.loads(stamp.read_text()) == _source_stamp(case)
 
     def image(self, case_id: str) -> np.ndarray:
@@ -252,6 +338,11 @@ class PreprocessedPool:
     def label(self, case_id: str) -> np.ndarray | None:
         """``(*spatial)`` hidden label in preprocessed space, or None."""
         path = self.folder / f"{case_id}_label.npy"
+        return np.load(path) if path.is_file() else None
+
+    def previous_stage(self, case_id: str) -> np.ndarray | None:
+        """``(*spatial)`` previous-stage segmentation in preprocessed space (cascades only), or None."""
+        path = self.folder / f"{case_id}_previous_stage.npy"
         return np.load(path) if path.is_file() else None
 
     @property

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from nnunetv2_rndpo.cascade import pool_input
 from nnunetv2_rndpo.pool import atomic_write_text
 
 THRESHOLD_LADDER = (2.0, 0.5, 1.5, 0.67, 3.0, 0.33, 4.0, 0.25, 6.0, 0.17)
@@ -319,7 +320,7 @@ def proposal_spec(
 def generate_proposals(
     cache: ProposalCache, pool, predictor, specs, label_manager, mirror_axes, device, progress: bool = True,
     case_ids: list[str] | None = None, all_case_ids: list[str] | None = None, seed: int = 0,
-    extra_weights: dict[str, dict[str, torch.Tensor]] | None = None,
+    extra_weights: dict[str, dict[str, torch.Tensor]] | None = None, cascade_labels: list[int] | None = None,
 ) -> int:
     """Fills ``cache`` for the cases not in it yet; returns the number of cases generated.
 
@@ -333,12 +334,14 @@ def generate_proposals(
             parts that run one after the other or in parallel fill one cache.
         seed: seeds the ``dropout`` samples.
         extra_weights: the ``model`` source's weights.
+        cascade_labels: for a cascade, the labels of the previous-stage one-hot input channels
+            (:func:`~nnunetv2_rndpo.cascade.pool_input`).
     """
     case_ids = pool.case_ids if case_ids is None else case_ids
     all_case_ids = pool.case_ids if all_case_ids is None else all_case_ids
     todo = [c for c in case_ids if not cache.has_case(c, pool.source_digest(c))]
     for case_id in tqdm(todo, desc="generating proposals", disable=not progress or not todo):
-        image = torch.from_numpy(np.array(pool.image(case_id)))
+        image = torch.from_numpy(pool_input(pool, case_id, cascade_labels))
         masks, probabilities = propose_case(predictor, image.to(device), specs, label_manager, mirror_axes, seed,
                                             extra_weights)
         cache.save_case(case_id, masks, probabilities, pool.source_digest(case_id))

@@ -15,6 +15,8 @@ import torch
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 from threadpoolctl import threadpool_limits
 
+from nnunetv2_rndpo.cascade import network_input
+
 
 def patch_bbox(
     shape: tuple[int, ...],
@@ -49,10 +51,14 @@ class PairPatchSampler:
         transforms: nnU-Net training transforms mapping ``image, segmentation`` to the patch size, or None.
         oversample: probability of centring a patch on a voxel of D.
         rng: the sampler's own generator (its state is saved with checkpoints).
+        cascade_labels: for a cascade network, the foreground labels: the pool's previous-stage segmentation
+            becomes one-hot input channels, augmented as nnU-Net's cascade training does (``transforms`` made with
+            ``is_cascaded=True``); None otherwise.
     """
 
-    def __init__(self, pairs, pool, proposals, patch_size, initial_patch_size, transforms, oversample, rng):
-        self.pairs, self.pool, self.proposals = pairs, pool, proposals
+    def __init__(self, pairs, pool, proposals, patch_size, initial_patch_size, transforms, oversample, rng,
+                 cascade_labels: list[int] | None = None):
+        self.pairs, self.pool, self.proposals, self.cascade_labels = pairs, pool, proposals, cascade_labels
         self.patch_was_2d = len(patch_size) == 2
         self.crop_size = (1, *initial_patch_size) if self.patch_was_2d else tuple(initial_patch_size)
         self.final_size = (1, *patch_size) if self.patch_was_2d else tuple(patch_size)
@@ -63,21 +69,28 @@ class PairPatchSampler:
         list of those per deep-supervision scale when the transforms downsample for deep supervision."""
         image = self.pool.image(pair.case_id)
         all_masks = self.proposals.masks(pair.case_id)
-        masks = np.stack([all_masks[pair.chosen], all_masks[pair.rejected]])
+        masks = [all_masks[pair.chosen], all_masks[pair.rejected]]
+        if self.cascade_labels is not None:
+            # nnU-Net's cascade transforms move segmentation channel 1 into the data as one-hot channels
+            masks.insert(1, self.pool.previous_stage(pair.case_id))
+        masks = np.stack(masks)
         center = None
         if self.rng.random() < self.oversample:
-            region = np.argwhere(masks[0] != masks[1])
+            region = np.argwhere(masks[0] != masks[-1])
             center = tuple(region[self.rng.integers(len(region))])
         box = patch_bbox(image.shape[1:], self.crop_size, self.final_size, center, self.rng)
         # a copy: the crop of an image larger than the patch is a view of the pool's read-only memory map, and
         # nnU-Net's augmentation works in place (writing into the map crashed the process with a segfault)
         image_patch = torch.from_numpy(np.array(crop_and_pad_nd(image, [[0, image.shape[0]], *box], 0), np.float32))
-        mask_patch = torch.from_numpy(crop_and_pad_nd(masks, [[0, 2], *box], 0).astype(np.int16))
+        mask_patch = torch.from_numpy(crop_and_pad_nd(masks, [[0, len(masks)], *box], 0).astype(np.int16))
         if self.patch_was_2d:
             image_patch, mask_patch = image_patch[:, 0], mask_patch[:, 0]
         if self.transforms is not None:
             out = self.transforms(image=image_patch, segmentation=mask_patch)
             image_patch, mask_patch = out["image"], out["segmentation"]
+        elif self.cascade_labels is not None:
+            image_patch = torch.from_numpy(network_input(image_patch.numpy(), mask_patch[1].numpy(), self.cascade_labels))
+            mask_patch = mask_patch[[0, 2]]
         return image_patch, mask_patch
 
     def batch(self, batch_size: int) -> dict[str, torch.Tensor]:

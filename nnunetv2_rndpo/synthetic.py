@@ -8,11 +8,13 @@ Layout (as :mod:`nnunetv2_rndpo.datasets` writes it): ``imagesTr/labelsTr`` (lab
   demo): two touching structures (an "organ", label 1, with a "lesion", label 2, sitting on its border),
   a wobbly outline, low contrast, a smooth multiplicative bias field, noise, and an unlabelled
   organ-like distractor — so that a base model trained on a few labeled cases is clearly imperfect.
-- :func:`make_tiny_dataset`: one ellipse and a distractor, label 1 only; the fast tests' dataset.
+- :func:`make_tiny_dataset`: one ellipse and a distractor, label 1 only; the fast tests' dataset; options make
+  it region-based, with an ignore label, or with two input channels.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -151,19 +153,33 @@ def make_synthetic_dataset(
     return writer.finish({"background": 0, "organ": 1, "lesion": 2}, {"0": "synthetic"}, manifest)
 
 
-def _tiny_case(shape: tuple[int, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _tiny_case(shape: tuple[int, ...], rng: np.random.Generator, core: bool = False,
+               channels: int = 1) -> tuple[list[np.ndarray], np.ndarray]:
+    """One tiny case: images (one per channel) and the label (1 = ellipse; 2 = its brighter core if ``core``).
+
+    Channel 0 shows the ellipse, its core and the distractor; channel 1 (``channels=2``) shows the core only,
+    so a region-based network needs both.
+    """
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).astype(float)
     size = np.array(shape, float)
 
-    def ellipsoid() -> np.ndarray:
-        center = rng.uniform(0.3, 0.7, len(shape)) * size
-        radii = rng.uniform(0.12, 0.25, len(shape)) * size
+    def ellipsoid(center=None, radii=None) -> np.ndarray:
+        center = rng.uniform(0.3, 0.7, len(shape)) * size if center is None else center
+        radii = rng.uniform(0.12, 0.25, len(shape)) * size if radii is None else radii
         return (((grid - center) / radii) ** 2).sum(-1) <= 1
 
     label = ellipsoid()
     distractor = ellipsoid() & ~label
     image = rng.normal(100, 20, shape) + label * rng.uniform(25, 45) + distractor * rng.uniform(15, 35)
-    return image.astype(np.float32), label.astype(np.uint8)
+    inner = np.zeros(shape, bool)
+    if core:  # half the size, around the ellipse's centre of mass
+        points = np.argwhere(label)
+        inner = ellipsoid(points.mean(0), np.maximum(np.ptp(points, 0) / 4, 1.0)) & label
+        image = image + inner * rng.uniform(25, 45)
+    images = [image.astype(np.float32)]
+    for _ in range(1, channels):
+        images.append((rng.normal(100, 20, shape) + inner * rng.uniform(40, 60)).astype(np.float32))
+    return images, np.where(inner, 2, label).astype(np.uint8)
 
 
 def make_tiny_dataset(
@@ -174,21 +190,52 @@ def make_tiny_dataset(
     num_unlabeled: int = 6,
     num_test: int = 3,
     seed: int = 0,
+    regions: bool = False,
+    ignore_label: bool = False,
+    channels: int = 1,
+    name: str | None = None,
 ) -> Path:
     """Writes ``Dataset<id>_Tiny<dim>D`` (32×32 PNG or 16×24×24 NIfTI, label 1) and returns its folder.
 
-    Each case is one noisy ellipse with a bright unlabelled look-alike, at low contrast.
+    Each case is one noisy ellipse with a bright unlabelled look-alike, at low contrast. Options for the
+    other kinds of nnU-Net datasets (docs/getting_started.md, "Dataset kinds"):
+
+    - ``regions``: label 2 = a brighter core inside the ellipse, declared region-based as BraTS-style datasets
+      are: labels ``{"background": 0, "whole": [1, 2], "core": 2}``, ``"regions_class_order": [1, 2]``.
+    - ``ignore_label``: an ``"ignore"`` label (the highest value) marks the first quarter of rows of every label
+      as not annotated (labelsTr, labelsUnlabeled and labelsTs alike).
+    - ``channels``: the number of input channels (``_0000``, ``_0001``, ...); channel 1 shows only the core.
+
+    Raises:
+        ValueError: ``channels`` below 1, or above 1 without ``regions`` (channel 1 would show nothing).
     """
+    if channels < 1 or (channels > 1 and not regions):
+        raise ValueError(f"channels must be 1, or > 1 together with regions (channel 1 shows the core), got {channels}")
     rng = np.random.default_rng(seed)
-    writer = RawDatasetWriter(raw_root, dataset_id, f"Tiny{dim}D", ".png" if dim == 2 else ".nii.gz", overwrite=True)
+    default_name = f"Tiny{dim}D"
+    writer = RawDatasetWriter(raw_root, dataset_id, name or default_name, ".png" if dim == 2 else ".nii.gz",
+                              overwrite=True)
+    labels = {"background": 0, "whole": [1, 2], "core": 2} if regions else {"background": 0, "target": 1}
+    ignore_value = (2 if regions else 1) + 1
     splits: dict[str, list[str]] = {split: [] for split in (*SPLIT_FOLDERS, "unused")}
     index = 0
     for split, count in {"labeled": num_labeled, "unlabeled": num_unlabeled, "test": num_test}.items():
         for _ in range(count):
-            image, label = _tiny_case((32, 32) if dim == 2 else (16, 24, 24), rng)
+            images, label = _tiny_case((32, 32) if dim == 2 else (16, 24, 24), rng, regions, channels)
+            if ignore_label:
+                label[..., : label.shape[-2] // 4, :] = ignore_value
+            if dim == 2:
+                images = [np.clip(image, 0, 255).astype(np.uint8) for image in images]
             case_id = f"tiny_{index:03d}"
-            writer.write_arrays(split, case_id, np.clip(image, 0, 255).astype(np.uint8) if dim == 2 else image, label)
+            writer.write_arrays(split, case_id, images, label)
             splits[split].append(case_id)
             index += 1
     manifest = {"source": f"tiny {dim}d", "format": "synthetic", "seed": seed, "splits": splits}
-    return writer.finish({"background": 0, "target": 1}, {"0": "synthetic"}, manifest)
+    if ignore_label:
+        labels["ignore"] = ignore_value
+    folder = writer.finish(labels, {str(c): f"synthetic{c}" if c else "synthetic" for c in range(channels)}, manifest)
+    if regions:  # RawDatasetWriter writes label-based dataset.json files
+        dataset_json = json.loads((folder / "dataset.json").read_text())
+        dataset_json["regions_class_order"] = [1, 2]
+        (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    return folder

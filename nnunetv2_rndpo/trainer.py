@@ -21,8 +21,11 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from nnunetv2_rndpo.cascade import previous_stage_of, require_cascade_sources
 from nnunetv2_rndpo.compat import require_supported_nnunet
 from nnunetv2_rndpo.config import load_config
+from nnunetv2_rndpo.errors import user_errors
+from nnunetv2_rndpo.metrics import region_labels
 from nnunetv2_rndpo.objective import (
     agreement_loss,
     consistency_loss,
@@ -48,7 +51,8 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnUNetTrainer's exact signature)
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.rndpo_config = load_config(self.preset)
+        with user_errors():  # a bad config ends nnUNetv2_train with its message alone (errors.py)
+            self.rndpo_config = load_config(self.preset)
         cfg = self.rndpo_config
         self.num_epochs = cfg.num_epochs
         self.num_iterations_per_epoch = cfg.num_iterations_per_epoch
@@ -59,6 +63,12 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
+        # a cascade's labeled cases take the base trainer's previous-stage segmentations, as its base model did
+        self.previous_stage = previous_stage_of(self.configuration_manager, configuration, self.plans_manager.dataset_name,
+                                                cfg.base_trainer, self.plans_manager.plans_name, fold)
+        if self.previous_stage is not None:
+            require_cascade_sources(cfg.proposal_sources, configuration)
+            self.folder_with_segs_from_previous_stage = str(self.previous_stage.labeled_segmentations)
         self.phase: PreferencePhase | None = None
         self._resumed_sampler_state: dict | None = None
         self._trained_here = False  # set by on_train_end: ``final_validation`` applies after training, not to --val
@@ -84,9 +94,14 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
     # ------------------------------------------------------------------ lifecycle
 
     def on_train_start(self):
+        if self.previous_stage is not None:  # before nnU-Net's loaders read the segmentations, not mid-run
+            train_ids, val_ids = self.do_split()
+            self.previous_stage.require(self.plans_manager.dataset_name, self.plans_manager.plans_name,
+                                        sorted({*train_ids, *val_ids}))
         super().on_train_start()
         self.phase = PreferencePhase(self)
-        self.phase.setup(sampler_state=self._resumed_sampler_state)
+        with user_errors():  # missing base model, bad pool case, bad scores ...: the message alone (errors.py)
+            self.phase.setup(sampler_state=self._resumed_sampler_state)
 
     def on_train_end(self):
         self.phase.restore_dataloader()
@@ -126,6 +141,7 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
                 step_loss = step_loss + 0.0 * sum(o.float().mean() for o in output[1:])
         self.phase.backward_and_step(step_loss)
         outputs["loss"] = step_loss.detach().cpu().numpy()
+        self.phase.iteration_done()
         return outputs
 
     def preference_step(self, data: torch.Tensor, output, target: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
@@ -229,14 +245,21 @@ class nnUNetTrainerPseudoLabel(nnUNetTrainerRNDPO):
 
     def preference_step(self, data, output, target):
         chosen = [t[:, :1] for t in target]
-        if self.label_manager.has_regions:
-            regions = self.label_manager.foreground_regions
-            chosen = [
-                torch.cat([torch.isin(t, torch.as_tensor(list(r), device=t.device)) for r in regions], 1).to(t.dtype)
-                for t in chosen
-            ]
+        lm = self.label_manager
+        if lm.has_regions:
+            chosen = [region_target(t, lm.foreground_regions, lm.ignore_label) for t in chosen]
         loss = self.loss(output, chosen)
         return loss, {"n/patches": int(data.shape[0])}
+
+
+def region_target(label_map: torch.Tensor, regions, ignore_label: int | None) -> torch.Tensor:
+    """nnU-Net's region-based training target of a label map ``(B, 1, *spatial)``: one channel per region
+    (:func:`~nnunetv2_rndpo.metrics.region_labels`), plus the ignore mask as a last channel when the dataset has
+    an ignore label (what ``ConvertSegmentationToRegionsTransform`` makes and ``DC_and_BCE_loss`` expects)."""
+    channels = [torch.isin(label_map, torch.as_tensor(region_labels(r), device=label_map.device)) for r in regions]
+    if ignore_label is not None:
+        channels.append(label_map == ignore_label)
+    return torch.cat(channels, 1).to(label_map.dtype)
 
 
 def read_pairs_file(fold_folder: str | Path) -> list[dict]:
@@ -255,9 +278,10 @@ class nnUNetTrainerContinuedSFT(nnUNetTrainerRNDPO):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnUNetTrainer's exact signature)
         super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.rndpo_config.sft_weight == 0:
-            raise ValueError("nnUNetTrainerContinuedSFT trains on labeled batches only; sft_weight must be > 0 "
-                             "(remove it from the file named by $nnUNet_rndpo_config)")
+        with user_errors():
+            if self.rndpo_config.sft_weight == 0:
+                raise ValueError("nnUNetTrainerContinuedSFT trains on labeled batches only; sft_weight must be > 0 "
+                                 "(remove it from the file named by $nnUNet_rndpo_config)")
 
     def train_step(self, batch: dict) -> dict:
         labeled = batch["labeled"]
@@ -266,6 +290,7 @@ class nnUNetTrainerContinuedSFT(nnUNetTrainerRNDPO):
         with self.phase.autocast():
             loss = self.loss(self.network(labeled["data"].to(self.device, non_blocking=True)), target)
         self.phase.backward_and_step(loss)
+        self.phase.iteration_done()
         return {"loss": loss.detach().cpu().numpy(), "loss/sft": float(loss.detach())}
 
 

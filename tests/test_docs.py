@@ -19,7 +19,8 @@ CODE_BLOCK = re.compile(r"```[a-z]*\n(.*?)```", re.S)
 NNUNET_COMMANDS = {"nnUNetv2_plan_and_preprocess", "nnUNetv2_train", "nnUNetv2_predict", "nnUNetv2_evaluate_folder",
                    "nnUNetv2_find_best_configuration", "nnUNetv2_extract_fingerprint", "nnUNetv2_plan_experiment",
                    "nnUNetv2_preprocess", "nnUNetv2_ensemble", "nnUNetv2_apply_postprocessing",
-                   "nnUNetv2_convert_MSD_dataset", "nnUNetv2_evaluate_simple"}
+                   "nnUNetv2_convert_MSD_dataset", "nnUNetv2_evaluate_simple", "nnUNetv2_export_model_to_zip",
+                   "nnUNetv2_install_pretrained_model_from_zip"}
 
 
 @functools.cache

@@ -5,11 +5,13 @@ plan/preprocess → short base training → ``nnUNetv2_train -tr nnUNetTrainer{R
 proposal cache, the base-checkpoint error, and a 3D run.
 """
 
+import hashlib
 import json
 import math
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -119,9 +121,23 @@ def test_resume_keeps_the_reference_and_predicts(tiny2d):
     folder = fold_folder(root, trainer)
     base = torch.load(fold_folder(root, "nnUNetTrainer_rndpoSmoke") / "checkpoint_final.pth", map_location="cpu",
                       weights_only=False)["network_weights"]
-    run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu"], env, nnUNet_rndpo_config=config)
+    result = run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu"], env, nnUNet_rndpo_config=config)
+    # the start of a run says what it will do and, after the first iterations, how long it takes
+    assert "RN-DPO: nnUNetTrainerRNDPO: 1 epochs × 3 iterations of" in result.stdout and f"Config: {config}" in result.stdout
+    assert "pool cases (judge agreement, mining top_bottom), mean |D| " in result.stdout
+    assert " s/iteration, ~" in result.stdout and "for 1 × 3 iterations" in result.stdout
+    assert "RN-DPO: nnUNetTrainerRNDPO: 1 epochs" in "".join(p.read_text() for p in folder.glob("training_log_*.txt"))
     pairs_before = json.loads((folder / "rndpo_pairs.json").read_text())
     assert (folder / "validation" / "summary.json").is_file()  # final_validation: true (default) validates
+    # nnU-Net's export packs debug.json, which carries the provenance (rndpo_config.json stays behind)
+    exported = root / "exported.zip"
+    run(["nnUNetv2_export_model_to_zip", "-d", "991", "-o", str(exported), "-c", "2d", "-tr", trainer, "-f", "0"], env)
+    with zipfile.ZipFile(exported) as archive:
+        debug = json.loads(archive.read(f"Dataset991_Tiny2D/{trainer}__nnUNetPlans__2d/fold_0/debug.json"))
+    assert debug["rndpo"]["config"] == json.loads((folder / "rndpo_config.json").read_text())
+    assert debug["rndpo"]["base_model"] == "nnUNetTrainer_rndpoSmoke__nnUNetPlans__2d"
+    assert debug["rndpo"]["base_checkpoint_sha256"] == hashlib.sha256(
+        (fold_folder(root, "nnUNetTrainer_rndpoSmoke") / "checkpoint_final.pth").read_bytes()).hexdigest()
     (folder / "validation" / "summary.json").unlink()
     config = write_config(root, "resume", num_epochs=2, eval_every=0, final_validation=False)
     result = run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu", "--c"], env,
@@ -178,11 +194,30 @@ def test_external_scores_and_proposal_cache(tiny2d):
 
 
 def test_missing_base_checkpoint_prints_the_command(tiny2d, tmp_path):
+    """The base model was trained with nnUNetTrainer_rndpoSmoke, the config names nnUNetTrainer: the message names
+    the trainer that exists and the key to set, without a traceback."""
     root, env = tiny2d
     config = write_config(root, "missing", base_trainer="nnUNetTrainer")
     result = run(["nnUNetv2_train", "991", "2d", "0", "-tr", "nnUNetTrainerRNDPO", "-device", "cpu"], env,
                  expect_ok=False, nnUNet_rndpo_config=config)
+    assert result.returncode != 0
     assert "nnUNetv2_train 991 2d 0 -tr nnUNetTrainer -p nnUNetPlans" in result.stderr
+    assert "nnUNetTrainer_rndpoSmoke (fold_0: checkpoint_final.pth" in result.stderr
+    assert '{"base_trainer": "nnUNetTrainer_rndpoSmoke"}' in result.stderr
+    assert "Traceback" not in result.stderr and "\nFileNotFoundError: Base checkpoint" in f"\n{result.stderr}"
+
+
+def test_a_bad_config_ends_nnunetv2_train_with_the_message_alone(tiny2d):
+    root, env = tiny2d
+    config = write_config(root, "bad_mining", mining=3)
+    result = run(["nnUNetv2_train", "991", "2d", "0", "-tr", "nnUNetTrainerRNDPO", "-device", "cpu"], env,
+                 expect_ok=False, nnUNet_rndpo_config=config)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("ValueError: config key 'mining': 3 has the wrong type")
+    assert "Traceback" not in result.stderr
+    traced = run(["nnUNetv2_train", "991", "2d", "0", "-tr", "nnUNetTrainerRNDPO", "-device", "cpu"], env,
+                 expect_ok=False, nnUNet_rndpo_config=config, nnUNet_rndpo_traceback="1")
+    assert traced.returncode != 0 and "Traceback" in traced.stderr
 
 
 def test_3d(tmp_path):

@@ -86,7 +86,7 @@ def test_perturbed_predictions_are_seeded_and_restore_the_weights():
             return self.network(image[None])[0]
 
     images = {"a": np.random.default_rng(0).normal(size=(1, 12, 12)).astype(np.float32)}
-    base = SimpleNamespace(predictor=Predictor, device=torch.device("cpu"),
+    base = SimpleNamespace(predictor=Predictor, device=torch.device("cpu"), cascade_labels=None,
                            label_manager=LabelManager({"background": 0, "target": 1}, regions_class_order=None))
     pool = SimpleNamespace(image=images.get)
     masks = perturbed_predictions(base, pool, ["a"], (0.0, 1.0), seed=3, progress=False)

@@ -61,6 +61,7 @@ def fake_base(root: Path, dim: int) -> SimpleNamespace:
         plans_manager=SimpleNamespace(image_reader_writer_class=NaturalImage2DIO if dim == 2 else SimpleITKIO,
                                       plans={"original_median_spacing_after_transp": spacing}),
         configuration_manager=SimpleNamespace(preprocessor_class=PassThroughPreprocessor),
+        previous_stage=None,
     )
 
 
@@ -117,6 +118,66 @@ def test_a_2d_image_in_a_3d_dataset_is_a_bad_case(tmp_path):
                                            r"dataset is 3D: save it with the dimensionality of imagesTr"):
         prepare_pool(base, progress=False)
     assert prepare_pool(base, progress=False, on_bad_case="skip", log=lambda _: None).case_ids == ["vol"]
+
+
+def write_nifti(path: Path, array: np.ndarray) -> None:
+    import SimpleITK as sitk
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+
+
+def truncate(path: Path, keep: float = 0.5) -> None:
+    content = path.read_bytes()
+    path.write_bytes(content[: int(len(content) * keep)])
+
+
+def nan_volume() -> np.ndarray:
+    volume = np.random.default_rng(0).random((6, 8, 8)).astype(np.float32)
+    volume[2, 3, 4] = np.nan
+    return volume
+
+
+@pytest.mark.parametrize("ending", [".nii.gz", ".nii"])
+def test_a_truncated_nifti_stops_or_is_skipped_naming_the_file(tmp_path, ending):
+    base = fake_base(tmp_path, 3)
+    base.dataset_json["file_ending"] = ending
+    images = base.raw_folder / "imagesUnlabeled"
+    write_nifti(images / f"good_0000{ending}", np.ones((6, 8, 8), np.float32))
+    write_nifti(images / f"cut_0000{ending}", np.random.default_rng(0).random((6, 8, 8)).astype(np.float32))
+    truncate(images / f"cut_0000{ending}")
+    with pytest.raises(BadCaseError, match=rf"pool case 'cut': .*cut_0000{ending.replace('.', '[.]')} is truncated or "
+                                           r"corrupt .*copy it again from its source.*\"on_bad_case\": \"skip\""):
+        prepare_pool(base, progress=False)
+    warnings = []
+    assert prepare_pool(base, progress=False, on_bad_case="skip", log=warnings.append).case_ids == ["good"]
+    assert "cut_0000" in warnings[0] and "truncated" in warnings[0]
+
+
+def test_a_corrupt_gzip_stream_is_a_bad_case(tmp_path):
+    base = fake_base(tmp_path, 3)
+    path = base.raw_folder / "imagesUnlabeled" / "flipped_0000.nii.gz"
+    write_nifti(path, np.random.default_rng(0).random((6, 8, 8)).astype(np.float32))
+    content = bytearray(path.read_bytes())
+    content[-8] ^= 0xFF  # gzip's CRC of the voxels no longer matches: SimpleITK refuses the file
+    path.write_bytes(bytes(content))
+    with pytest.raises(BadCaseError, match=r"pool case 'flipped' could not be read \(.*flipped_0000.nii.gz\)"):
+        prepare_pool(base, progress=False)
+
+
+@pytest.mark.parametrize("where", ["image", "label"])
+def test_nan_voxels_stop_or_are_skipped_naming_the_file(tmp_path, where):
+    base = fake_base(tmp_path, 3)
+    images, labels = base.raw_folder / "imagesUnlabeled", base.raw_folder / "labelsUnlabeled"
+    for case in ("good", "holey"):
+        write_nifti(images / f"{case}_0000.nii.gz", np.ones((6, 8, 8), np.float32))
+        write_nifti(labels / f"{case}.nii.gz", np.zeros((6, 8, 8), np.float32))
+    bad_file = images / "holey_0000.nii.gz" if where == "image" else labels / "holey.nii.gz"
+    write_nifti(bad_file, nan_volume())
+    with pytest.raises(BadCaseError, match=rf"pool case 'holey': .*{bad_file.name} has 1 NaN and 0 infinite "
+                                           r"voxel\(s\) of 384; nnU-Net's reader would read NaN as 0.*Replace them"):
+        prepare_pool(base, progress=False)
+    assert prepare_pool(base, progress=False, on_bad_case="skip", log=lambda _: None).case_ids == ["good"]
 
 
 def test_a_pool_of_only_bad_cases_is_an_error(tmp_path):

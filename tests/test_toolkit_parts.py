@@ -316,7 +316,7 @@ def test_label_smoothing_auto_is_validated():
     from nnunetv2_rndpo.config import RNDPOConfig
 
     assert RNDPOConfig(label_smoothing="auto", loss_type="robust").label_smoothing == "auto"
-    with pytest.raises(ValueError, match="config key 'label_smoothing': 'half' is not allowed; valid: auto"):
+    with pytest.raises(ValueError, match=r"config key 'label_smoothing': 'half' is not allowed; valid: a number in \[0, 0.5\) or 'auto'"):
         RNDPOConfig(label_smoothing="half")
     with pytest.raises(ValueError, match="label_smoothing='auto' measures the judge on the labeled validation cases"):
         RNDPOConfig(label_smoothing="auto", judge="external", judge_scores="s.csv")
