@@ -112,7 +112,8 @@ def test_learned_judge_input_and_corruptions_with_int_regions():
     label[2:6, 2:6] = 1
     label[3:5, 3:5] = 2
     x = judge_input(label[None].astype(np.float32), label[None], regions)
-    assert x.shape == (1, 1 + len(regions), 64, 64)
+    assert x.shape == (1, 1 + 2 * len(regions), 8, 8)  # image, mask and consensus per region, full resolution
+    assert x[0, 1].sum() == 16 and x[0, 2].sum() == 4  # region (1, 2) holds labels 1 and 2; region 2 only 2
     corrupted = corrupt_mask(label, regions, np.random.default_rng(0))
     assert corrupted.shape == label.shape and set(np.unique(corrupted)) <= {0, 1, 2}
 
