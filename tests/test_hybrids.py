@@ -202,3 +202,33 @@ def test_oracle_local_pairs_are_right_where_decidable_and_beat_whole_mask_pairs(
     assert local_right["pairs/chosen_right_where_decidable"] >= 0.9
     assert whole_right["pairs/chosen_right_where_decidable"] < 0.8
     assert local_right["pairs/chosen_right_in_region"] > whole_right["pairs/chosen_right_in_region"] + 0.1
+
+
+@pytest.mark.parametrize("judge", ["agreement", "uncertainty", "learned", "oracle", "external"])
+def test_every_judge_scores_the_hybrids_as_proposals(tmp_path, judge):
+    import torch
+
+    from nnunetv2_rndpo.judges import write_scores_csv
+    from nnunetv2_rndpo.learned_judge import LearnedJudge, QualityNet
+    from nnunetv2_rndpo.pipeline import JudgeSettings, score_pool
+
+    truth, proposals = touching_structures(num_proposals=4)
+    _, pool, hybrids = _stored_case(tmp_path, proposals, HybridSettings(16, 4, 5))
+    generate_hybrids(hybrids, pool, progress=False)
+    pool.has_labels, pool.label, pool.image = True, lambda case: truth, lambda case: truth[None].astype(np.float32)
+    base = SimpleNamespace(classes=[1, 2], label_manager=SimpleNamespace(has_regions=False, ignore_label=None),
+                           device=torch.device("cpu"))
+    settings = JudgeSettings(judge)
+    if judge == "learned":
+        path = tmp_path / "judge.pth"
+        LearnedJudge(QualityNet(1 + 2, 3), [1, 2], 1 + 2, 3, {}).save(path)
+        settings = JudgeSettings(judge, learned_judge=str(path))
+    if judge == "external":
+        write_scores_csv(tmp_path / "qc.csv", {"c": np.arange(9.0)})
+        settings = JudgeSettings(judge, scores_file=str(tmp_path / "qc.csv"))
+    scores = score_pool(base, pool, hybrids, settings, progress=False)
+    assert scores["c"].shape == (4 + 5,) and np.isfinite(scores["c"]).all()
+    if judge == "external":  # a CSV that scores the 4 proposals only is rejected, naming the hybrids' indices
+        write_scores_csv(tmp_path / "qc.csv", {"c": np.arange(4.0)})
+        with pytest.raises(ValueError, match=r"no score for proposal\(s\) \[4, 5, 6, 7, 8\]"):
+            score_pool(base, pool, hybrids, settings, progress=False)

@@ -238,6 +238,11 @@ def test_split_cases_is_nnunet_predicts_split():
         ("main_train_judge", ["-d", "1", "-c", "2d", "--epochs", "0"], "--epochs must be >= 1"),
         ("main_mine", ["-d", "1", "-c", "2d", "--scores", "s.csv", "--max-pairs-per-case", "0"],
          "max_pairs_per_case must be >= 1"),
+        ("main_mine", ["-d", "1", "-c", "2d", "--scores", "s.csv", "--mining", "local"], "needs --hybrids N"),
+        ("main_mine", ["-d", "1", "-c", "2d", "--scores", "s.csv", "--hybrids", "4"], "drop --hybrids"),
+        ("main_judge", ["-d", "1", "-c", "2d", "--judge", "oracle", "--hybrids", "-1"], "--hybrids must be >= 0"),
+        ("main_judge", ["-d", "1", "-c", "2d", "--judge", "oracle", "--hybrids", "4", "--local-part-voxels", "5"],
+         "local_min_part_voxels <= local_part_voxels"),
     ],
 )
 def test_commands_reject_bad_flags_before_any_work(command, argv, message, capsys):
