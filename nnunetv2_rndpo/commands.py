@@ -45,6 +45,14 @@ def _add_base_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--models", nargs="*", default=[],
                        help="extra models 'FOLD/CHECKPOINT' for the 'model' source, e.g. 0/checkpoint_best.pth")
     group.add_argument("--seed", type=int, default=DEFAULTS.seed, help=f"seed. Default: {DEFAULTS.seed}")
+    group.add_argument("--hybrids", type=int, default=0,
+                       help="hybrids per case for 'local' mining (a proposal with one part of its disagreement with "
+                            "another swapped in; indices after the -n proposals). Default: 0 (none)")
+    group.add_argument("--local-part-voxels", type=int, default=DEFAULTS.local_part_voxels,
+                       help=f"largest part a hybrid swaps (local_part_voxels). Default: {DEFAULTS.local_part_voxels}")
+    group.add_argument("--local-min-part-voxels", type=int, default=DEFAULTS.local_min_part_voxels,
+                       help="smaller parts make no hybrid (local_min_part_voxels). "
+                            f"Default: {DEFAULTS.local_min_part_voxels}")
     group.add_argument("--unlabeled-dir", default=None,
                        help="folder of unlabeled images. Default: $nnUNet_raw/DatasetXXX/imagesUnlabeled")
     group.add_argument("--on-bad-case", default=DEFAULTS.on_bad_case, choices=BAD_CASE_ACTIONS,
@@ -61,23 +69,31 @@ def _fold(value: str) -> int | str:
 
 def _load(args):
     """``(base model, proposal settings)`` from the shared flags."""
+    from nnunetv2_rndpo.hybrids import HybridSettings
     from nnunetv2_rndpo.pipeline import ProposalSettings, load_base_model
 
     if args.n < 2:
         raise ValueError(f"-n must be >= 2 (a pair needs two proposals), got {args.n}")
+    if args.hybrids < 0:
+        raise ValueError(f"--hybrids must be >= 0, got {args.hybrids}")
+    hybrids = HybridSettings(args.local_part_voxels, args.local_min_part_voxels, args.hybrids) if args.hybrids else None
     folds = [_fold(f) for f in args.f]
     models = list(args.models) + [f"{f}/{args.chk}" for f in folds[1:]]
     sources = list(dict.fromkeys(args.sources + (["model"] if models else [])))
     if "model" in sources and not models:
         raise ValueError("--sources model needs models: add folds (-f 0 1 2) or --models 0/checkpoint_best.pth")
     base = load_base_model(args.d, args.c, folds[0], args.tr, args.p, args.chk, args.device or _default_device())
-    return base, ProposalSettings(args.n, tuple(sources), tuple(models), args.seed)
+    return base, ProposalSettings(args.n, tuple(sources), tuple(models), args.seed, hybrids)
 
 
 def _trainer_config(settings, **extra) -> str:
     keys = {"num_proposals": settings.num_proposals, "proposal_sources": list(settings.sources), "seed": settings.seed}
     if settings.models:
         keys["proposal_models"] = list(settings.models)
+    if settings.hybrids:
+        keys.update({"mining": "local", "mining_max_pairs_per_case": settings.hybrids.per_case,
+                     "local_part_voxels": settings.hybrids.part_voxels,
+                     "local_min_part_voxels": settings.hybrids.min_part_voxels})
     return json.dumps({**keys, **extra})
 
 
@@ -146,14 +162,7 @@ def run_judge(args: argparse.Namespace) -> Path:
     """Writes the scores CSV (and the report); returns the CSV's path."""
     from nnunetv2_rndpo.judges import normalize_scores, write_scores_csv
     from nnunetv2_rndpo.mining import MiningParams
-    from nnunetv2_rndpo.pipeline import (
-        JudgeSettings,
-        hidden_true_dice,
-        prepare_pool,
-        proposal_cache,
-        require_complete,
-        score_pool,
-    )
+    from nnunetv2_rndpo.pipeline import JudgeSettings, cached_proposals, hidden_true_dice, prepare_pool, score_pool
 
     if args.judge == "external" and not args.scores:
         raise ValueError("--judge external needs --scores FILE (CSV case_id,proposal,score from your QC system)")
@@ -161,8 +170,7 @@ def run_judge(args: argparse.Namespace) -> Path:
         raise ValueError(f"--judge-sigma must be >= 0, got {args.judge_sigma}")
     base, settings = _load(args)
     pool = prepare_pool(base, args.unlabeled_dir, progress=not args.quiet, on_bad_case=args.on_bad_case)
-    cache = proposal_cache(base, settings)[0]
-    require_complete(cache, pool)
+    cache = cached_proposals(base, pool, settings, not args.quiet)
     dice = hidden_true_dice(base, pool, cache) if args.report else None
     if args.report and dice is None:
         raise FileNotFoundError("--report needs hidden ground truth for every pool case in labelsUnlabeled/ "
@@ -172,7 +180,8 @@ def run_judge(args: argparse.Namespace) -> Path:
     output = Path(args.o) if args.o else cache.folder / f"scores_{args.judge}.csv"
     output.parent.mkdir(parents=True, exist_ok=True)
     write_scores_csv(output, scores)
-    print(f"scores of {len(scores)} cases written to {output}")
+    print(f"scores of {len(scores)} cases written to {output}"
+          + (" (proposals, then their hybrids)" if settings.hybrids else ""))
     if args.report:
         write_report(output, scores, dice, cache, args.seed, args.tau, f"judge {args.judge} reliability")
     if args.report_labeled:
@@ -196,11 +205,14 @@ def write_labeled_report(scores_file: Path, base, settings, judge, mining, progr
 
 
 def write_report(scores_file: Path, scores, dice, cache, seed: int, tau: float, title: str) -> Path:
-    """Prints the reliability table and saves it as ``<scores>.report.json``."""
+    """Prints the reliability table and saves it as ``<scores>.report.json`` (ranking metrics over the base
+    proposals; with hybrids also ``mining/local/*``)."""
+    from nnunetv2_rndpo.hybrids import base_scores
     from nnunetv2_rndpo.pool import atomic_write_text
     from nnunetv2_rndpo.reliability import format_table, judge_reliability, mining_reliability, report_json
 
-    report = {**judge_reliability(scores, dice), **mining_reliability(cache, scores, dice, seed, tau)}
+    report = {**judge_reliability(base_scores(cache, scores), base_scores(cache, dice)),
+              **mining_reliability(cache, scores, dice, seed, tau)}
     print(format_table(report, title))
     path = scores_file.with_name(scores_file.name.removesuffix(".csv") + ".report.json")
     atomic_write_text(path, report_json(report))
@@ -223,8 +235,8 @@ def mine_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-margin", type=float, default=DEFAULTS.mining_min_margin, help="drop pairs with a smaller judge margin")
     parser.add_argument("--min-region", type=int, default=DEFAULTS.mining_min_region, help="drop pairs with smaller |D| (voxels)")
     parser.add_argument("--max-region", type=int, default=None, help="drop pairs with larger |D| (voxels)")
-    parser.add_argument("--max-pairs-per-case", type=int, default=DEFAULTS.mining_max_pairs_per_case,
-                        help=f"cap per case. Default: {DEFAULTS.mining_max_pairs_per_case}")
+    parser.add_argument("--max-pairs-per-case", type=int, default=None,
+                        help=f"cap per case. Default: --hybrids for --mining local, else {DEFAULTS.mining_max_pairs_per_case}")
     parser.add_argument("-o", default=None, help="output JSON. Default: <proposal cache>/rndpo_pairs_<mining>.json")
     return parser
 
@@ -233,23 +245,21 @@ def run_mine(args: argparse.Namespace) -> Path:
     """Writes the pairs file; returns its path."""
     from nnunetv2_rndpo.judges import read_external_scores
     from nnunetv2_rndpo.mining import MiningParams
-    from nnunetv2_rndpo.pipeline import (
-        hidden_true_dice,
-        mine_pool,
-        pairs_document,
-        prepare_pool,
-        proposal_cache,
-        require_complete,
-    )
+    from nnunetv2_rndpo.pipeline import cached_proposals, hidden_true_dice, mine_pool, pairs_document, prepare_pool
     from nnunetv2_rndpo.pool import atomic_write_text
     from nnunetv2_rndpo.reliability import format_table, region_label_accuracy
 
-    params = MiningParams(args.mining, args.tau, args.min_margin, args.min_region, args.max_region,
-                          args.max_pairs_per_case)
+    if (args.mining == "local") != bool(args.hybrids):
+        raise ValueError("--mining local pairs proposals with their hybrids and needs --hybrids N (the hybrids per "
+                         "case, as given to nnUNetv2_rndpo_judge when it scored them); the other strategies mine the "
+                         f"proposals alone: drop --hybrids (got --mining {args.mining} --hybrids {args.hybrids})")
+    max_pairs = args.max_pairs_per_case
+    if max_pairs is None:
+        max_pairs = args.hybrids if args.mining == "local" else DEFAULTS.mining_max_pairs_per_case
+    params = MiningParams(args.mining, args.tau, args.min_margin, args.min_region, args.max_region, max_pairs)
     base, settings = _load(args)
     pool = prepare_pool(base, args.unlabeled_dir, progress=not args.quiet, on_bad_case=args.on_bad_case)
-    cache = proposal_cache(base, settings)[0]
-    require_complete(cache, pool)
+    cache = cached_proposals(base, pool, settings, not args.quiet)
     scores = read_external_scores(args.scores, {c: len(cache.masks(c)) for c in pool.case_ids})
     pairs, stats = mine_pool(cache, pool.case_ids, scores, params, args.seed, hidden_true_dice(base, pool, cache))
     if not pairs:

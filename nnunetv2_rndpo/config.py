@@ -27,7 +27,7 @@ from nnunetv2_rndpo.objective import LOSS_TYPES, NORMALIZATIONS
 
 CONFIG_ENV_VAR = "nnUNet_rndpo_config"
 JUDGES = ("agreement", "uncertainty", "learned", "oracle", "external")
-MININGS = ("top_bottom", "top_random", "margin", "adjacent", "quantile")
+MININGS = ("top_bottom", "top_random", "margin", "adjacent", "quantile", "local")
 PROPOSAL_SOURCES = ("mirror", "threshold", "temperature", "intensity", "dropout", "model")
 OPTIMIZERS = ("adamw", "sgd")
 BAD_CASE_ACTIONS = ("stop", "skip")
@@ -136,7 +136,15 @@ class RNDPOConfig:
     mining_max_region: int | None = _help(
         "drop pairs whose masks differ in more voxels (whole case); None = no limit", default=None
     )
-    mining_max_pairs_per_case: int = _help("at most this many pairs per case; larger = more, correlated pairs", default=1)
+    mining_max_pairs_per_case: int = _help(
+        "at most this many pairs per case; larger = more, correlated pairs ('local': also the hybrids made per case)",
+        default=1)
+    local_part_voxels: int = _help(
+        "'local' mining: largest part of a disagreement region that a hybrid swaps; smaller = more local verdicts, "
+        "fewer voxels per pair", default=64)
+    local_min_part_voxels: int = _help(
+        "'local' mining: smaller parts make no hybrid; keep it >= min_region_voxels or their pairs are skipped",
+        default=10)
     pairs_file: str | None = _help(
         "pairs written by nnUNetv2_rndpo_mine; None = judge and mine inside the trainer", default=None
     )
@@ -209,6 +217,8 @@ class RNDPOConfig:
         if self.mining_max_region is not None:
             _check_range("mining_max_region", self.mining_max_region, low=self.mining_min_region)
         _check_range("mining_max_pairs_per_case", self.mining_max_pairs_per_case, low=1)
+        _check_range("local_min_part_voxels", self.local_min_part_voxels, low=1)
+        _check_range("local_part_voxels", self.local_part_voxels, low=self.local_min_part_voxels)
         if self.label_smoothing == "auto" and self.judge == "external":
             raise ValueError(
                 "label_smoothing='auto' measures the judge on the labeled validation cases, which the external "

@@ -36,14 +36,23 @@ def mean_dice(a: np.ndarray, b: np.ndarray, labels_or_regions: Sequence, ignore_
     return float(np.mean(list(dice.values())))
 
 
-def agreement_scores(masks: np.ndarray, labels_or_regions: Sequence) -> np.ndarray:
-    """score_k = mean_{j≠k} Dice(mask_k, mask_j); ``masks`` is ``(K, *spatial)``, returns ``(K,)``."""
-    k = len(masks)
-    pairwise = np.ones((k, k))
-    for i in range(k):
-        for j in range(i + 1, k):
-            pairwise[i, j] = pairwise[j, i] = mean_dice(masks[i], masks[j], labels_or_regions)
-    return (pairwise.sum(1) - 1) / (k - 1)
+def agreement_scores(masks: np.ndarray, labels_or_regions: Sequence, num_references: int | None = None) -> np.ndarray:
+    """score_m = (Σ_{j<R} Dice(mask_m, mask_j) − 1) / (R − 1) against the first R masks (default all).
+
+    For one of the R reference masks this is its mean Dice to the other R − 1. Hybrids (the masks after the
+    K = R base proposals) are compared with the same R base proposals, their own anchor and donor included,
+    so that a hybrid and its anchor are judged by the same votes. ``masks`` is ``(M, *spatial)``, returns
+    ``(M,)``.
+    """
+    references = len(masks) if num_references is None else num_references
+    dice = np.ones((len(masks), references))
+    for i in range(len(masks)):
+        for j in range(references):
+            if i < references and j < i:
+                dice[i, j] = dice[j, i]
+            elif i != j:
+                dice[i, j] = mean_dice(masks[i], masks[j], labels_or_regions)
+    return (dice.sum(1) - 1) / (references - 1)
 
 
 def true_dice(

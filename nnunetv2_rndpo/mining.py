@@ -8,6 +8,11 @@ Strategies (one validated string, :data:`nnunetv2_rndpo.config.MININGS`):
 - ``adjacent``    consecutive ranks (1st vs 2nd, 2nd vs 3rd, ...), best ranks first.
 - ``quantile``    the best versus the proposal whose score is nearest to mean − 2·std of the case's
                   scores (a "clearly bad but typical" rejection rather than the single worst outlier).
+- ``local``       each hybrid (:mod:`nnunetv2_rndpo.hybrids`: the anchor proposal with one part of its
+                  disagreement with another proposal swapped in) against its anchor, the higher-scored of the
+                  two chosen, largest parts first: the two masks differ in that one part only, so one verdict
+                  covers one place. Needs the hybrids' anchors; the other strategies use the K base
+                  proposals only and never a hybrid.
 
 Filters, applied to every strategy's candidates in order: judge margin ≥ ``min_margin`` (a margin of 0
 is always dropped: tied scores state no preference),
@@ -76,6 +81,9 @@ def candidate_pairs(scores: np.ndarray, strategy: str, rng: np.random.Generator,
     """
     if strategy not in MININGS:
         raise ValueError(f"unknown mining {strategy!r}; valid: {', '.join(MININGS)}")
+    if strategy == "local":
+        raise ValueError("mining 'local' pairs proposals with their hybrids: use local_candidates with the hybrids' "
+                         "anchors (mine_pairs does, given hybrid_anchors)")
     order = [int(i) for i in np.argsort(-scores, kind="stable")]  # best first, ties to the lower index
     best = order[0]
     if strategy == "top_bottom":
@@ -94,6 +102,21 @@ def candidate_pairs(scores: np.ndarray, strategy: str, rng: np.random.Generator,
     return sorted(pairs, key=lambda p: (-(scores[p[0]] - scores[p[1]]), p))
 
 
+def local_candidates(scores: np.ndarray, hybrid_anchors: np.ndarray) -> list[tuple[int, int]]:
+    """``local`` candidates: each hybrid against its anchor, ``(chosen, rejected)`` by score, in hybrid order.
+
+    Args:
+        scores: ``(K + H,)`` judge scores of the base proposals and then the hybrids.
+        hybrid_anchors: ``(H,)`` the base index each hybrid was made from (hybrid h has index K + h).
+    """
+    first = len(scores) - len(hybrid_anchors)
+    pairs = []
+    for h, anchor in enumerate(hybrid_anchors):
+        hybrid, anchor = first + h, int(anchor)
+        pairs.append((hybrid, anchor) if scores[hybrid] > scores[anchor] else (anchor, hybrid))
+    return pairs
+
+
 def mine_pairs(
     case_id: str,
     masks: np.ndarray,
@@ -101,18 +124,31 @@ def mine_pairs(
     params: MiningParams,
     rng: np.random.Generator,
     true_dice: np.ndarray | None = None,
+    hybrid_anchors: np.ndarray | None = None,
 ) -> list[Pair]:
     """Mines the pairs of one case (possibly none).
 
     Args:
-        masks: ``(K, *spatial)`` proposals.
-        scores: ``(K,)`` judge scores, higher = better.
+        masks: ``(K + H, *spatial)`` proposals, the last H of them hybrids (H = 0 without hybrids).
+        scores: ``(K + H,)`` judge scores, higher = better.
         params: strategy and filters.
         rng: the strategy's randomness (``top_random``).
-        true_dice: ``(K,)`` Dice to hidden ground truth, recorded for reports when known.
+        true_dice: ``(K + H,)`` Dice to hidden ground truth, recorded for reports when known.
+        hybrid_anchors: ``(H,)`` the anchor of each hybrid; required by ``local``.
+
+    Raises:
+        ValueError: ``local`` without hybrids.
     """
+    num_hybrids = 0 if hybrid_anchors is None else len(hybrid_anchors)
+    if params.strategy == "local":
+        if hybrid_anchors is None:
+            raise ValueError("mining 'local' needs hybrids of the proposals: the trainer makes them when mining is "
+                             "'local'; the commands with --hybrids N")
+        candidates = local_candidates(scores, hybrid_anchors)
+    else:
+        candidates = candidate_pairs(scores[:len(scores) - num_hybrids], params.strategy, rng, params.tau)
     pairs = []
-    for chosen, rejected in candidate_pairs(scores, params.strategy, rng, params.tau):
+    for chosen, rejected in candidates:
         margin = float(scores[chosen] - scores[rejected])
         if margin <= 0 or margin < params.min_margin:
             continue

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from nnunetv2_rndpo.cascade import PreviousStage, previous_stage_of, require_cascade_sources
 from nnunetv2_rndpo.checkpoint import describe_trained_models, load_checkpoint_file
+from nnunetv2_rndpo.hybrids import HybridCache, HybridSettings, base_scores, generate_hybrids
 from nnunetv2_rndpo.judges import (
     agreement_scores,
     oracle_scores,
@@ -234,16 +235,18 @@ def split_cases(case_ids: list[str], num_parts: int, part_id: int) -> list[str]:
 @dataclass(frozen=True)
 class ProposalSettings:
     """What proposals to make; mirrors the config keys ``num_proposals``, ``proposal_sources``,
-    ``proposal_models`` and ``seed``."""
+    ``proposal_models`` and ``seed``, and ``hybrids`` (made when ``mining`` is ``local``; None = none)."""
 
     num_proposals: int = 8
     sources: tuple[str, ...] = ("mirror", "threshold")
     models: tuple[str, ...] = ()
     seed: int = 12345
+    hybrids: HybridSettings | None = None
 
     @classmethod
     def from_config(cls, config) -> ProposalSettings:
-        return cls(config.num_proposals, tuple(config.proposal_sources), tuple(config.proposal_models), config.seed)
+        return cls(config.num_proposals, tuple(config.proposal_sources), tuple(config.proposal_models), config.seed,
+                   HybridSettings.from_config(config))
 
 
 def proposal_cache(base: BaseModel, settings: ProposalSettings, subfolder: str = "proposals",
@@ -269,20 +272,47 @@ def ensure_proposals(
 ) -> ProposalCache:
     """Generates the proposals missing from the cache (of ``case_ids``, default all) and returns the cache.
 
-    A cache made for other settings or another base model is removed once this one is started.
+    A cache made for other settings or another base model is removed once this one is started. With
+    ``settings.hybrids`` the returned cache also holds the hybrids of those cases (:func:`ensure_hybrids`).
     """
     cache, specs, extra = proposal_cache(base, settings)
     wanted = pool.case_ids if case_ids is None else case_ids
     if cache.is_complete and all(cache.has_case(c, pool.source_digest(c)) for c in wanted):
         log(f"RN-DPO: reusing proposals from {cache.folder}")
-        return cache
+        return ensure_hybrids(cache, pool, settings, wanted, progress, log)
     for stale in cache.remove_stale():
         log(f"RN-DPO: removed stale proposals {stale}")
     generated = generate_proposals(cache, pool, base.predictor(), specs, base.label_manager, base.mirror_axes,
                                    base.device, progress, case_ids=wanted, all_case_ids=pool.case_ids,
                                    seed=settings.seed, extra_weights=extra, cascade_labels=base.cascade_labels)
     log(f"RN-DPO: generated proposals for {generated} cases in {cache.folder}")
-    return cache
+    return ensure_hybrids(cache, pool, settings, wanted, progress, log)
+
+
+def ensure_hybrids(cache: ProposalCache, pool, settings: ProposalSettings, case_ids: list[str] | None = None,
+                   progress: bool = True, log=print) -> ProposalCache | HybridCache:
+    """``cache`` itself without ``settings.hybrids``; else its :class:`~nnunetv2_rndpo.hybrids.HybridCache`, with
+    the hybrids of ``case_ids`` (default all) made where missing (no forward pass: they are cut from the
+    cached proposals)."""
+    if settings.hybrids is None:
+        return cache
+    hybrids = HybridCache(cache, settings.hybrids)
+    made = generate_hybrids(hybrids, pool, case_ids, progress=progress)
+    log(f"RN-DPO: hybrids in {hybrids.folder} ({made} cases new)")
+    return hybrids
+
+
+def cached_proposals(base: BaseModel, pool, settings: ProposalSettings, progress: bool = True,
+                     ) -> ProposalCache | HybridCache:
+    """The cached proposals of every pool case (and their hybrids, made here if missing), for the commands
+    that read proposals (judge, mine).
+
+    Raises:
+        FileNotFoundError: a case has no current proposals (run nnUNetv2_rndpo_proposals first).
+    """
+    cache = proposal_cache(base, settings)[0]
+    require_complete(cache, pool)
+    return ensure_hybrids(cache, pool, settings, progress=progress, log=lambda _: None)
 
 
 def require_complete(cache: ProposalCache, pool: PreprocessedPool) -> None:
@@ -357,8 +387,9 @@ def score_pool(
     scores = {}
     for case_id in tqdm(pool.case_ids, desc=f"judge {judge}", disable=not progress):
         masks = cache.masks(case_id)
-        if judge == "agreement":
-            scores[case_id] = agreement_scores(masks, base.classes)
+        if judge == "agreement":  # hybrids are compared with the base proposals only
+            references = cache.num_base(case_id) if isinstance(cache, HybridCache) else None
+            scores[case_id] = agreement_scores(masks, base.classes, references)
         elif judge == "uncertainty":
             scores[case_id] = uncertainty_scores(masks, cache.probabilities(case_id), base.classes,
                                                  base.label_manager.has_regions)
@@ -380,13 +411,15 @@ def mine_pool(
     """Mines every case of ``case_ids`` with one seeded generator; returns the pairs and their statistics.
 
     Statistics: :func:`~nnunetv2_rndpo.mining.pair_statistics` plus ``pairs/identical_cases`` (cases that
-    gave no pair) and, when hidden labels exist, ``judge/oracle_pair_acc``.
+    gave no pair) and, when hidden labels exist, ``judge/oracle_pair_acc``. With a
+    :class:`~nnunetv2_rndpo.hybrids.HybridCache` the hybrids' anchors go to ``local`` mining.
     """
     rng = np.random.default_rng(seed)
     pairs, empty = [], 0
     for case_id in case_ids:
+        anchors = cache.hybrids(case_id).anchors if isinstance(cache, HybridCache) else None
         mined = mine_pairs(case_id, cache.masks(case_id), scores[case_id], params, rng,
-                           None if dice is None else dice[case_id])
+                           None if dice is None else dice[case_id], anchors)
         empty += not mined
         pairs += mined
     stats = pair_statistics(pairs, len(case_ids))
@@ -474,7 +507,7 @@ def labeled_proposals(base: BaseModel, settings: ProposalSettings, progress: boo
                       ) -> tuple[LabeledPool, ProposalCache]:
     """The fold's labeled validation cases and the base model's proposals for them (generated if missing).
 
-    Cached in ``<cache_folder>/labeled_proposals/<key>``.
+    Cached in ``<cache_folder>/labeled_proposals/<key>`` (with their hybrids when ``settings.hybrids``).
 
     Raises:
         ValueError: the fold has no validation cases.
@@ -491,7 +524,7 @@ def labeled_proposals(base: BaseModel, settings: ProposalSettings, progress: boo
                                    base.device, progress, seed=settings.seed, extra_weights=extra,
                                    cascade_labels=base.cascade_labels)
     log(f"RN-DPO: proposals for {len(val_ids)} labeled validation cases in {cache.folder} ({generated} new)")
-    return pool, cache
+    return pool, ensure_hybrids(cache, pool, settings, progress=progress, log=log)
 
 
 def labeled_reliability(
@@ -519,7 +552,8 @@ def labeled_reliability(
     val_ids = pool.case_ids
     scores = score_pool(base, pool, cache, judge, progress)
     dice = hidden_true_dice(base, pool, cache)
-    report = {f"labeled/{k}": v for k, v in judge_reliability(scores, dice).items()}
+    ranked = judge_reliability(base_scores(cache, scores), base_scores(cache, dice))
+    report = {f"labeled/{k}": v for k, v in ranked.items()}
     _, stats = mine_pool(cache, val_ids, scores, mining, judge.seed, dice)
     report["labeled/mined_pairs"] = stats["pairs/count"]
     report["labeled/mined_pair_acc"] = stats.get("pairs/oracle_acc", float("nan"))

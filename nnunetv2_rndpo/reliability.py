@@ -15,6 +15,8 @@ one run (docs/toolkit.md):
                           region D where the chosen mask carries the true label. The preference loss pushes
                           every voxel of D towards the chosen mask, so this is the share of that push that
                           is right; a pair can be "right" (higher Dice) and still push half of D the wrong way.
+- ``pairs/chosen_right_where_decidable``  the same share counted only on the voxels of D where exactly one of
+                          the two masks carries the true label (elsewhere neither is right and no verdict helps).
 
 Voxels carrying nnU-Net's ignore label count neither in the true Dice nor in D.
 """
@@ -93,8 +95,10 @@ def judge_reliability(scores: dict[str, np.ndarray], dice: dict[str, np.ndarray]
 
 def mining_reliability(cache, scores: dict[str, np.ndarray], dice: dict[str, np.ndarray], seed: int,
                        tau: float = 0.05) -> dict[str, float]:
-    """``mining/<strategy>/pairs`` and ``/oracle_acc`` for every strategy, no filters, all pairs of a case."""
+    """``mining/<strategy>/pairs`` and ``/oracle_acc`` for every strategy, no filters, all pairs of a case
+    (``local`` only when ``cache`` holds hybrids)."""
     from nnunetv2_rndpo.config import MININGS
+    from nnunetv2_rndpo.hybrids import HybridCache
     from nnunetv2_rndpo.mining import MiningParams
     from nnunetv2_rndpo.pipeline import mine_pool
 
@@ -102,6 +106,8 @@ def mining_reliability(cache, scores: dict[str, np.ndarray], dice: dict[str, np.
     cases = sorted(scores)
     cap = max(len(s) for s in scores.values()) ** 2
     for strategy in MININGS:
+        if strategy == "local" and not isinstance(cache, HybridCache):
+            continue
         _, stats = mine_pool(cache, cases, scores, MiningParams(strategy, tau=tau, max_pairs_per_case=cap), seed, dice)
         result[f"mining/{strategy}/pairs"] = stats["pairs/count"]
         result[f"mining/{strategy}/oracle_acc"] = stats.get("pairs/oracle_acc", math.nan)
@@ -109,10 +115,11 @@ def mining_reliability(cache, scores: dict[str, np.ndarray], dice: dict[str, np.
 
 
 def region_label_accuracy(pairs, cache, pool, ignore_label: int | None = None) -> dict[str, float]:
-    """``pairs/chosen_right_in_region`` (see the module docstring) for ``pairs`` of ``cache``'s proposals,
-    against ``pool``'s hidden labels (preprocessed space). Voxels the label marks ``ignore_label`` are not
-    counted in D: their true label is unknown. Empty when a case has no hidden label."""
-    shares = []
+    """``pairs/chosen_right_in_region`` and ``pairs/chosen_right_where_decidable`` (see the module docstring)
+    for ``pairs`` of ``cache``'s proposals, against ``pool``'s hidden labels (preprocessed space). Voxels the
+    label marks ``ignore_label`` are not counted in D: their true label is unknown. Empty when a case has no
+    hidden label; the decidable share is the mean over the pairs with a decidable voxel."""
+    shares, decidable_shares = [], []
     for pair in pairs:
         label = pool.label(pair.case_id)
         if label is None:
@@ -123,8 +130,17 @@ def region_label_accuracy(pairs, cache, pool, ignore_label: int | None = None) -
         if ignore_label is not None:
             region &= label != ignore_label
         if region.any():
-            shares.append(float(np.mean(chosen[region] == label[region])))
-    return {"pairs/chosen_right_in_region": float(np.mean(shares))} if shares else {}
+            chosen_right, rejected_right = chosen[region] == label[region], rejected[region] == label[region]
+            shares.append(float(np.mean(chosen_right)))
+            decidable = chosen_right != rejected_right
+            if decidable.any():
+                decidable_shares.append(float(np.mean(chosen_right[decidable])))
+    if not shares:
+        return {}
+    result = {"pairs/chosen_right_in_region": float(np.mean(shares))}
+    if decidable_shares:
+        result["pairs/chosen_right_where_decidable"] = float(np.mean(decidable_shares))
+    return result
 
 
 def format_table(report: dict[str, float], title: str) -> str:

@@ -145,6 +145,8 @@ def test_invalid_inputs_error_clearly(toolkit):
     assert "Run nnUNetv2_rndpo_proposals" in other_seed.stderr
     missing = command(env, "mine", "--scores", str(root / "nope.csv"), expect_ok=False)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+    no_hybrids = command(env, "mine", "--scores", str(root / "nope.csv"), "--mining", "local", expect_ok=False)
+    assert no_hybrids.returncode == 2 and "needs --hybrids N" in no_hybrids.stderr
     no_model = command(env, "proposals", expect_ok=False, base=[a if a != "nnUNetTrainer_rndpoSmoke" else "nnUNetTrainer"
                                                                 for a in BASE])
     assert no_model.returncode == 2 and "Train the base model first" in no_model.stderr
@@ -159,8 +161,21 @@ def test_mined_pairs_and_cached_proposals_feed_the_trainer(toolkit):
     assert "pairs/oracle_acc" in stdout and "region/size_p50" in stdout
     mined = json.loads(pairs_file.read_text())
     assert mined["statistics"]["pairs/oracle_acc"] == 1.0 and len(mined["pairs"]) <= 12
+    # local pairs: hybrids are scored in the same CSV after the 4 proposals, then mined against their anchors
+    hybrid_flags = ["--hybrids", "3", "--local-part-voxels", "40", "--local-min-part-voxels", "10"]
+    command(env, "judge", "--judge", "oracle", "-o", str(root / "with_hybrids.csv"), *hybrid_flags)
+    scored = read_csv(root / "with_hybrids.csv")
+    assert {k for _, k in scored} > set(range(4)) and all(k < 7 for _, k in scored)
+    pairs_file = root / "local_pairs.json"
+    stdout = command(env, "mine", "--scores", str(root / "with_hybrids.csv"), "--mining", "local", "-o",
+                     str(pairs_file), *hybrid_flags).stdout
+    mined = json.loads(pairs_file.read_text())
+    assert mined["statistics"]["pairs/oracle_acc"] == 1.0 and "pairs/chosen_right_where_decidable" in stdout
+    assert all(max(p["chosen"], p["rejected"]) >= 4 and 10 <= p["region_size"] <= 40 for p in mined["pairs"])
+    printed = json.loads(stdout.rsplit("nnUNet_rndpo_config: ", 1)[1])
+    assert printed["mining"] == "local" and printed["mining_max_pairs_per_case"] == 3
     config = root / "from_toolkit.json"
-    config.write_text(json.dumps({"num_proposals": 4, "pairs_file": str(pairs_file), "base_trainer": "nnUNetTrainer_rndpoSmoke",
+    config.write_text(json.dumps({**printed, "base_trainer": "nnUNetTrainer_rndpoSmoke",
                                   "num_epochs": 1, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 2,
                                   "guard_num_cases": 0, "label_smoothing": "auto", "loss_type": "robust"}))
     run(["nnUNetv2_train", "994", "2d", "0", "-tr", "nnUNetTrainerRNDPO", "-device", "cpu"], env,
@@ -168,6 +183,7 @@ def test_mined_pairs_and_cached_proposals_feed_the_trainer(toolkit):
     fold = root / "results" / DATASET / "nnUNetTrainerRNDPO__nnUNetPlans__2d" / "fold_0"
     log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert f"reusing proposals from {cache}" in log and "generated proposals" not in log
+    assert f"hybrids in {cache}/hybrids_" in log
     written = json.loads((fold / "rndpo_pairs.json").read_text())
     assert written["pairs"] == mined["pairs"]
     epsilon = json.loads((fold / "rndpo_config.json").read_text())["label_smoothing"]

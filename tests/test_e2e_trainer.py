@@ -221,10 +221,14 @@ def test_a_bad_config_ends_nnunetv2_train_with_the_message_alone(tiny2d):
 
 
 def test_3d(tmp_path):
+    """3D, with ``local`` mining: the trainer makes the hybrids, judges them with the proposals and mines them."""
     env = prepare(tmp_path, 992, 3, "3d_fullres")
     run(["nnUNetv2_train", "992", "3d_fullres", "0", "-tr", "nnUNetTrainerRNDPO", "-device", "cpu"], env,
-        nnUNet_rndpo_config=write_config(tmp_path, "3d", num_epochs=1, num_proposals=8))
+        nnUNet_rndpo_config=write_config(tmp_path, "3d", num_epochs=1, num_proposals=8, mining="local",
+                                         mining_max_pairs_per_case=4, local_part_voxels=64))
     folder = fold_folder(tmp_path, "nnUNetTrainerRNDPO", "Dataset992_Tiny3D", "3d_fullres")
     assert [r["epoch"] for r in read_rows(folder)] == [0, 1]
+    pairs = json.loads((folder / "rndpo_pairs.json").read_text())["pairs"]
+    assert pairs and all(max(p["chosen"], p["rejected"]) >= 8 and 10 <= p["region_size"] <= 64 for p in pairs)
     assert 0 < predict_and_evaluate(tmp_path, env, "nnUNetTrainerRNDPO", 992, "3d_fullres", "Dataset992_Tiny3D",
                                     ".nii.gz") <= 1

@@ -55,7 +55,7 @@ def test_top_random_is_seeded_and_never_pairs_the_best_with_itself():
     assert draws == [candidate_pairs(SCORES, "top_random", np.random.default_rng(s))[0] for s in range(30)]
 
 
-@pytest.mark.parametrize("strategy", MININGS)
+@pytest.mark.parametrize("strategy", [m for m in MININGS if m != "local"])  # local: tests/test_hybrids.py
 def test_every_strategy_mines_ordered_pairs_with_both_scores(strategy):
     masks, dice = distinct_masks(5), np.array([0.3, 0.8, 0.1, 0.6, 0.5])
     params = MiningParams(strategy, tau=0.0, max_pairs_per_case=10)
@@ -203,6 +203,11 @@ def test_split_cases_is_nnunet_predicts_split():
         ("main_train_judge", ["-d", "1", "-c", "2d", "--epochs", "0"], "--epochs must be >= 1"),
         ("main_mine", ["-d", "1", "-c", "2d", "--scores", "s.csv", "--max-pairs-per-case", "0"],
          "max_pairs_per_case must be >= 1"),
+        ("main_mine", ["-d", "1", "-c", "2d", "--scores", "s.csv", "--mining", "local"], "needs --hybrids N"),
+        ("main_mine", ["-d", "1", "-c", "2d", "--scores", "s.csv", "--hybrids", "4"], "drop --hybrids"),
+        ("main_judge", ["-d", "1", "-c", "2d", "--judge", "oracle", "--hybrids", "-1"], "--hybrids must be >= 0"),
+        ("main_judge", ["-d", "1", "-c", "2d", "--judge", "oracle", "--hybrids", "4", "--local-part-voxels", "5"],
+         "local_min_part_voxels <= local_part_voxels"),
     ],
 )
 def test_commands_reject_bad_flags_before_any_work(command, argv, message, capsys):
@@ -366,9 +371,16 @@ def test_region_label_accuracy_is_the_share_of_the_push_that_is_right():
     pool = SimpleNamespace(label=lambda case: label)
     wrong = Pair("a", 0, 1, 0.9, 0.1, 2)
     half = Pair("a", 0, 2, 0.9, 0.1, 2)
-    assert region_label_accuracy([wrong], cache, pool) == {"pairs/chosen_right_in_region": 0.0}
-    assert region_label_accuracy([half], cache, pool) == {"pairs/chosen_right_in_region": 0.5}
+    assert region_label_accuracy([wrong], cache, pool) == {"pairs/chosen_right_in_region": 0.0,
+                                                           "pairs/chosen_right_where_decidable": 0.0}
+    assert region_label_accuracy([half], cache, pool) == {"pairs/chosen_right_in_region": 0.5,
+                                                          "pairs/chosen_right_where_decidable": 0.5}
     assert region_label_accuracy([wrong, half], cache, pool)["pairs/chosen_right_in_region"] == 0.25
+    # three classes: at voxel 1 the truth is 2 and the masks say 1 and 0, neither right: not decidable
+    three = SimpleNamespace(masks=lambda case: np.array([[1, 1, 0], [1, 0, 1]]))
+    truth = SimpleNamespace(label=lambda case: np.array([1, 2, 1]))
+    assert region_label_accuracy([Pair("a", 1, 0, 0.9, 0.1, 2)], three, truth) == {
+        "pairs/chosen_right_in_region": 0.5, "pairs/chosen_right_where_decidable": 1.0}
     assert region_label_accuracy([wrong], cache, SimpleNamespace(label=lambda case: None)) == {}
 
 
@@ -389,7 +401,8 @@ def test_ignore_label_voxels_count_neither_in_true_dice_nor_in_the_push():
     pool = SimpleNamespace(label=lambda case: label)
     pair = Pair("a", 1, 0, 0.9, 0.1, 3)  # D = voxels 1, 2, 3; only voxel 1 is counted, where mask 1 is right
     assert region_label_accuracy([pair], cache, pool)["pairs/chosen_right_in_region"] == 1 / 3
-    assert region_label_accuracy([pair], cache, pool, ignore_label=9) == {"pairs/chosen_right_in_region": 1.0}
+    assert region_label_accuracy([pair], cache, pool, ignore_label=9) == {"pairs/chosen_right_in_region": 1.0,
+                                                                          "pairs/chosen_right_where_decidable": 1.0}
 
 
 def test_weights_key_changes_with_any_weight_or_the_test_cases():
