@@ -209,7 +209,7 @@ def test_every_judge_scores_the_hybrids_as_proposals(tmp_path, judge):
     import torch
 
     from nnunetv2_rndpo.judges import write_scores_csv
-    from nnunetv2_rndpo.learned_judge import LearnedJudge, QualityNet
+    from nnunetv2_rndpo.learned_judge import LearnedJudge, RankingNet
     from nnunetv2_rndpo.pipeline import JudgeSettings, score_pool
 
     truth, proposals = touching_structures(num_proposals=4)
@@ -221,7 +221,7 @@ def test_every_judge_scores_the_hybrids_as_proposals(tmp_path, judge):
     settings = JudgeSettings(judge)
     if judge == "learned":
         path = tmp_path / "judge.pth"
-        LearnedJudge(QualityNet(1 + 2, 3), [1, 2], 1 + 2, 3, {}).save(path)
+        LearnedJudge(RankingNet(1 + 2 * 2, 3, 4), [1, 2], 1 + 2 * 2, 3, (8, 8, 8), 4, {}).save(path)
         settings = JudgeSettings(judge, learned_judge=str(path))
     if judge == "external":
         write_scores_csv(tmp_path / "qc.csv", {"c": np.arange(9.0)})
