@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from nnunetv2_rndpo.checkpoint import describe_trained_models, load_checkpoint_file, trained_models
-from nnunetv2_rndpo.config import RNDPOConfig
+from nnunetv2_rndpo.config import MININGS, RNDPOConfig
 from nnunetv2_rndpo.errors import TRACEBACK_ENV_VAR, _excepthook, is_user_error, user_errors
 from nnunetv2_rndpo.phase import PreferencePhase
 
@@ -136,8 +136,7 @@ def test_an_uncaught_user_error_prints_the_message_alone_and_exits_1(traceback):
     assert ("Traceback" in result.stderr) == traceback
     if not traceback:
         assert result.stderr.strip().splitlines() == [
-            "ValueError: config key 'mining': 'best' is not allowed; valid: top_bottom, top_random, margin, adjacent, "
-            "quantile"]
+            f"ValueError: config key 'mining': 'best' is not allowed; valid: {', '.join(MININGS)}"]
 
 
 def test_a_bug_keeps_its_traceback(capsys, monkeypatch):
