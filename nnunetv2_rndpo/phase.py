@@ -33,6 +33,7 @@ from nnunetv2_rndpo.distributed import barrier, broadcast_from_rank0, rank_and_w
 from nnunetv2_rndpo.evaluation import dice_on_test_set, preprocessed_test_set
 from nnunetv2_rndpo.mining import MiningParams, Pair, require_trainable_pairs
 from nnunetv2_rndpo.objective import consistency_loss
+from nnunetv2_rndpo.paths import rndpo_cache_folder
 from nnunetv2_rndpo.pipeline import (
     BaseModel,
     JudgeSettings,
@@ -151,7 +152,8 @@ class PreferencePhase:
     def cache_folder(self) -> Path:
         """``$nnUNet_preprocessed/DatasetXXX/rndpo/<plans>_<configuration>``: outside nnU-Net's own folders."""
         t = self.trainer
-        return Path(t.preprocessed_dataset_folder_base) / "rndpo" / f"{t.plans_manager.plans_name}_{t.configuration_name}"
+        return rndpo_cache_folder(Path(t.preprocessed_dataset_folder_base).parent, self.dataset_name,
+                                  t.plans_manager.plans_name, t.configuration_name)
 
     def base_checkpoint(self) -> Path:
         """The base model's checkpoint; a missing one is an error that prints the command creating it."""
