@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from test_e2e_trainer import prepare, run
 
+from nnunetv2_rndpo.paths import rndpo_cache_folder
+
 pytestmark = pytest.mark.e2e
 DATASET = "Dataset994_Tiny2D"
 BASE = ["-d", "994", "-c", "2d", "-tr", "nnUNetTrainer_rndpoSmoke", "-n", "4", "--quiet", "-device", "cpu"]
@@ -32,7 +34,11 @@ def command(env: dict, name: str, *args: str, expect_ok: bool = True, base=BASE)
 
 
 def proposals_root(preprocessed: Path) -> Path:
-    return preprocessed / DATASET / "rndpo" / "nnUNetPlans_2d" / "proposals"
+    return rndpo_cache_folder(preprocessed, DATASET, "nnUNetPlans", "2d") / "proposals"
+
+
+def base_fold(root: Path) -> Path:
+    return root / "results" / DATASET / "nnUNetTrainer_rndpoSmoke__nnUNetPlans__2d" / "fold_0"
 
 
 @pytest.fixture(scope="session")
@@ -92,17 +98,17 @@ def test_oracle_with_large_noise_is_unreliable_and_seeded(toolkit):
 def test_label_free_judges_write_the_trainers_csv(toolkit, judge):
     root, env, cache, _ = toolkit
     command(env, "judge", "--judge", judge)
-    scores = read_csv(cache / f"scores_{judge}.csv")
+    scores = read_csv(base_fold(root) / f"rndpo_scores_{judge}.csv")  # the default: per fold, not in the cache
     assert len(scores) == 6 * 4 and all(0 <= s <= 1 for s in scores.values())
 
 
 def test_learned_judge_trains_and_reports(toolkit):
     root, env, cache, _ = toolkit
     stdout = command(env, "train_judge", "--epochs", "2", "--samples-per-case", "4").stdout
-    judge_file = root / "results" / DATASET / "nnUNetTrainer_rndpoSmoke__nnUNetPlans__2d" / "fold_0" / "rndpo_judge.pth"
+    judge_file = base_fold(root) / "rndpo_judge.pth"
     assert judge_file.is_file() and "val/pairwise/accuracy" in stdout
     command(env, "judge", "--judge", "learned", "--report")
-    report = json.loads((cache / "scores_learned.report.json").read_text())
+    report = json.loads((base_fold(root) / "rndpo_scores_learned.report.json").read_text())
     assert {"spearman/per_case", "pairwise/accuracy", "top1/regret", "mining/quantile/oracle_acc"} <= set(report)
 
 
