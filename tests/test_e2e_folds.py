@@ -176,3 +176,22 @@ def test_a_failed_rerun_leaves_a_finished_fold_byte_identical(folds):
                  "checkpoint_final.pth"):
         assert after[name] == before[name], name
 
+
+def test_a_named_variant_trains_into_its_own_folder_and_predicts_and_folds_ensemble(folds):
+    root, env = folds
+    variants = root / "variants"
+    variants.mkdir()
+    (variants / "short.json").write_text(json.dumps({**SCHEDULE, "base_trainer": BASE_TRAINER, "num_proposals": 4,
+                                                     "beta": 1.0}))
+    env = {**env, "nnUNet_rndpo_variants": str(variants)}
+    result = run(["nnUNetv2_train", *train_command(0, "nnUNetTrainerRNDPO_short")[1:]], env)
+    folder = fold_folder(root, "nnUNetTrainerRNDPO_short", 0)
+    assert json.loads((folder / "rndpo_config.json").read_text())["beta"] == 1.0
+    assert (folder / "checkpoint_final.pth").is_file() and "reusing proposals" in result.stdout  # fold 0's cache
+    assert (fold_folder(root, "nnUNetTrainerRNDPO", 0) / "checkpoint_final.pth").is_file()  # the preset's fold stays
+    for trainer, folds_used in (("nnUNetTrainerRNDPO_short", ["0"]), ("nnUNetTrainerRNDPO", ["0", "1"])):
+        out = root / f"predictions_{trainer}"
+        run(["nnUNetv2_predict", "-i", str(root / "raw" / DATASET / "imagesTs"), "-o", str(out), "-d", str(DATASET_ID),
+             "-c", "2d", "-f", *folds_used, "-tr", trainer, "-device", "cpu", "-npp", "0", "-nps", "0",
+             "--disable_progress_bar"], env)
+        assert len(list(out.glob("*.png"))) == 3
