@@ -31,6 +31,7 @@ setup(
             "nnUNetv2_rndpo_judge = nnunetv2_rndpo.commands:main_judge",
             "nnUNetv2_rndpo_mine = nnunetv2_rndpo.commands:main_mine",
             "nnUNetv2_rndpo_train_judge = nnunetv2_rndpo.commands:main_train_judge",
+            "nnUNetv2_rndpo_clean = nnunetv2_rndpo.commands:main_clean",
             "nnUNetv2_rndpo_study = nnunetv2_rndpo.study:main",
         ]
     },

@@ -109,6 +109,7 @@ def main() -> None:
                   "learning_rate": args.lr, "num_proposals": 8, "proposal_sources": ["mirror", "threshold", "temperature"],
                   "judge": "oracle", "judge_sigma": 0.0, "mining": "top_bottom", "eval_every": 1, "guard_num_cases": 0,
                   "base_trainer": "nnUNetTrainer_cpuBase", "beta": 1.0,  # the default when this study ran (now 4)
+                  "overwrite_finished_fold": True,  # every arm of one trainer trains the same fold folder in turn
                   **weights}
         config_file = root / f"config_{arm.replace(' ', '_').replace('(', '').replace(')', '')}.json"
         config_file.write_text(json.dumps(config))

@@ -207,7 +207,9 @@ def proposal_worker(root: Path, configuration: str, num_cases: int, device: str)
 
 def cache_sizes(root: Path, configuration: str) -> dict:
     """Mean bytes per case: nnU-Net's preprocessed training case versus our pool image + proposals."""
-    ours_root = root / "preprocessed" / DATASET / "rndpo" / f"nnUNetPlans_{configuration}"
+    from nnunetv2_rndpo.paths import rndpo_cache_folder
+
+    ours_root = rndpo_cache_folder(root / "preprocessed", DATASET, "nnUNetPlans", configuration)
     nnunet = [p for p in (root / "preprocessed" / DATASET / f"nnUNetPlans_{configuration}").iterdir() if p.is_file()]
     n_train = len({p.name.split(".")[0].removesuffix("_seg") for p in nnunet})
     pool_images = list((ours_root / "pool").glob("*_image.npy"))

@@ -22,6 +22,7 @@ import argparse
 import json
 from dataclasses import replace
 
+from nnunetv2_rndpo.paths import rndpo_cache_folder
 from nnunetv2_rndpo.phase import BASE_TEST_DICE_FILE
 from nnunetv2_rndpo.study import Study, arms_for, sweep_arms
 
@@ -46,8 +47,8 @@ def main() -> None:
         raise SystemExit(f"{args.output} has no dataset for seed {args.seed}: run the study first")
     base_folder = study.train_base(did, study.scale.base_trainer)  # finished: nothing is trained
     scores = study.judge_scores(args.seed, arm.judge)[0] if arm.judge else None
-    cache = (study.root / "nnUNet_preprocessed" / study._raw(did).name / "rndpo"
-             / f"nnUNetPlans_{study.spec.configuration}" / BASE_TEST_DICE_FILE)
+    cache = rndpo_cache_folder(study.root / "nnUNet_preprocessed", study._raw(did).name, "nnUNetPlans",
+                               study.spec.configuration) / BASE_TEST_DICE_FILE
     cache.unlink(missing_ok=True)
 
     runs = {}

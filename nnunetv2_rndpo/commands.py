@@ -6,8 +6,9 @@ They read and write the same cache as ``nnUNetv2_train ... -tr nnUNetTrainerRNDP
     nnUNetv2_rndpo_judge     -d 4 -c 3d_fullres -f 0 --judge agreement [--report]
     nnUNetv2_rndpo_mine      -d 4 -c 3d_fullres -f 0 --scores scores.csv --mining margin --tau 0.02
     nnUNetv2_rndpo_train_judge -d 4 -c 3d_fullres -f 0
+    nnUNetv2_rndpo_clean     -d 4 [--delete]
 
-Also runnable as ``python -m nnunetv2_rndpo.commands {proposals,judge,mine,train_judge} ...``.
+Also runnable as ``python -m nnunetv2_rndpo.commands {proposals,judge,mine,train_judge,clean} ...``.
 """
 
 from __future__ import annotations
@@ -145,7 +146,8 @@ def judge_parser() -> argparse.ArgumentParser:
     parser.add_argument("--learned-judge", default=None, help="learned: judge file. Default: rndpo_judge.pth beside the base checkpoint")
     parser.add_argument("--normalize", default="none", choices=("none", "case_minmax", "case_rank"),
                         help="per-case rescaling of the scores (order unchanged). Default: none")
-    parser.add_argument("-o", default=None, help="output CSV. Default: <proposal cache>/scores_<judge>.csv")
+    parser.add_argument("-o", default=None,
+                        help="output CSV. Default: <base fold folder>/rndpo_scores_<judge>.csv (per fold, never cleaned)")
     parser.add_argument("--report", action="store_true",
                         help="reliability vs hidden labels in labelsUnlabeled/ (printed, saved as <output>.report.json)")
     parser.add_argument("--report-labeled", action="store_true",
@@ -177,7 +179,7 @@ def run_judge(args: argparse.Namespace) -> Path:
                                 "(CASE<file_ending>); without it, drop --report")
     judge = JudgeSettings(args.judge, args.judge_sigma, args.size_bias, args.scores, args.learned_judge, args.seed)
     scores = normalize_scores(score_pool(base, pool, cache, judge, progress=not args.quiet), args.normalize)
-    output = Path(args.o) if args.o else cache.folder / f"scores_{args.judge}.csv"
+    output = Path(args.o) if args.o else base.fold_folder / f"rndpo_scores_{args.judge}.csv"
     output.parent.mkdir(parents=True, exist_ok=True)
     write_scores_csv(output, scores)
     print(f"scores of {len(scores)} cases written to {output}"
@@ -237,7 +239,8 @@ def mine_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-region", type=int, default=None, help="drop pairs with larger |D| (voxels)")
     parser.add_argument("--max-pairs-per-case", type=int, default=None,
                         help=f"cap per case. Default: --hybrids for --mining local, else {DEFAULTS.mining_max_pairs_per_case}")
-    parser.add_argument("-o", default=None, help="output JSON. Default: <proposal cache>/rndpo_pairs_<mining>.json")
+    parser.add_argument("-o", default=None,
+                        help="output JSON. Default: <base fold folder>/rndpo_pairs_<mining>.json (per fold, never cleaned)")
     return parser
 
 
@@ -267,7 +270,7 @@ def run_mine(args: argparse.Namespace) -> Path:
                          "relax --min-margin/--min-region/--max-region or choose another --mining")
     if pool.has_labels:
         stats.update(region_label_accuracy(pairs, cache, pool, base.label_manager.ignore_label))
-    output = Path(args.o) if args.o else cache.folder / f"rndpo_pairs_{args.mining}.json"
+    output = Path(args.o) if args.o else base.fold_folder / f"rndpo_pairs_{args.mining}.json"
     judge_metrics = {k: stats[k] for k in ("judge/margin_mean", "pairs/identical_cases", "judge/oracle_pair_acc")
                      if k in stats}
     document = {**pairs_document(pairs, judge_metrics, cache), "statistics": stats, "mining": vars(params)}
@@ -366,6 +369,31 @@ def save_learned_judge(judge, output: Path) -> None:
         raise PermissionError(
             f"cannot write {output} ({type(error).__name__}: {error.strerror or error}); the trained judge was saved "
             f"to {rescue} instead: move it to {output}, or point learned_judge / --learned-judge at it") from None
+# ------------------------------------------------------------------------------------------- clean
+
+
+def clean_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnUNetv2_rndpo_clean",
+        description="List the proposal caches of a dataset (every fold, base model and setting keeps its own) and, "
+                    "with --delete, remove those no pairs file under $nnUNet_results refers to. Nothing is deleted "
+                    "while a preference run of the dataset is in progress.")
+    parser.add_argument("-d", required=True, help="dataset name or id, e.g. 4 or Dataset004_Hippocampus")
+    parser.add_argument("--delete", action="store_true", help="remove the removable caches (default: only list them)")
+    return parser
+
+
+def run_clean(args: argparse.Namespace) -> list[Path]:
+    """Lists (and with ``--delete`` removes) the dataset's unreferenced proposal caches."""
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    from nnunetv2_rndpo.cleanup import clean
+
+    if nnUNet_preprocessed is None or nnUNet_results is None:
+        raise RuntimeError("nnUNet_preprocessed and nnUNet_results must be set (the caches and the models that refer "
+                           "to them)")
+    return clean(Path(nnUNet_preprocessed), Path(nnUNet_results), maybe_convert_to_dataset_name(args.d), args.delete)
 
 
 # ------------------------------------------------------------------------------------------- entry points
@@ -396,7 +424,12 @@ def main_train_judge(argv: list[str] | None = None) -> None:
     _main(train_judge_parser(), run_train_judge, argv)
 
 
-COMMANDS = {"proposals": main_proposals, "judge": main_judge, "mine": main_mine, "train_judge": main_train_judge}
+def main_clean(argv: list[str] | None = None) -> None:
+    _main(clean_parser(), run_clean, argv)
+
+
+COMMANDS = {"proposals": main_proposals, "judge": main_judge, "mine": main_mine, "train_judge": main_train_judge,
+            "clean": main_clean}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:

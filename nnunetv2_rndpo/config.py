@@ -168,6 +168,10 @@ class RNDPOConfig:
         "after training, run nnU-Net's validation of the fold's validation cases as nnUNetv2_train does; false "
         "skips it (at fold 'all' those are training cases); nnUNetv2_train ... --val still runs it", default=True,
     )
+    overwrite_finished_fold: bool = _help(
+        "a fresh run (without --c) into a fold that holds checkpoint_final.pth: false = stop with an error and leave "
+        "the fold as it is; true = train it again and overwrite it (what nnU-Net itself does)", default=False,
+    )
     save_every: int = _help(
         "write checkpoint_latest.pth every N epochs, from which --c resumes; smaller loses less work when killed",
         default=5,

@@ -40,6 +40,7 @@ from nnunetv2_rndpo.evaluation import dice_on_test_set, preprocessed_test_set
 from nnunetv2_rndpo.messages import TIMED_ITERATIONS, large_case_notes, pairs_summary, schedule_summary, time_estimate
 from nnunetv2_rndpo.mining import MiningParams, Pair, require_trainable_pairs
 from nnunetv2_rndpo.objective import consistency_loss
+from nnunetv2_rndpo.paths import rndpo_cache_folder
 from nnunetv2_rndpo.pipeline import (
     BaseModel,
     JudgeSettings,
@@ -160,7 +161,8 @@ class PreferencePhase:
     def cache_folder(self) -> Path:
         """``$nnUNet_preprocessed/DatasetXXX/rndpo/<plans>_<configuration>``: outside nnU-Net's own folders."""
         t = self.trainer
-        return Path(t.preprocessed_dataset_folder_base) / "rndpo" / f"{t.plans_manager.plans_name}_{t.configuration_name}"
+        return rndpo_cache_folder(Path(t.preprocessed_dataset_folder_base).parent, self.dataset_name,
+                                  t.plans_manager.plans_name, t.configuration_name)
 
     @property
     def cascade_labels(self) -> list[int] | None:
@@ -197,11 +199,15 @@ class PreferencePhase:
     # ------------------------------------------------------------------ setup
 
     def setup(self, sampler_state: dict | None = None) -> None:
+        """Prepares everything, then writes the fold's files (config, reference, pairs, metrics row 0).
+
+        The files are written last, when nothing can fail anymore: a run that fails while preparing
+        (a bad pool case, no pairs, a missing test label) leaves the fold folder as it found it.
+        """
         t = self.trainer
         t.print_to_log_file(schedule_summary(self.config, t.__class__.__name__, self.config.batch_size or t.batch_size,
                                              os.environ.get(CONFIG_ENV_VAR)))
-        if self.rank == 0:
-            atomic_write_text(self.fold_folder / "rndpo_config.json", json.dumps(self.config.to_dict(), indent=2))
+        new_pairs = None
         self._load_policy_and_reference()
         pool = self._prepare_pool()
         if t.current_epoch == 0:
@@ -220,8 +226,7 @@ class PreferencePhase:
                 self._judge_and_mine(pool, cache)
                 if self.config.label_smoothing == "auto":
                     self.judge_metrics.update(self._measure_flip_rate())
-                atomic_write_text(pairs_file, json.dumps(pairs_document(self.pairs, self.judge_metrics, cache),
-                                                         indent=1))
+                new_pairs = pairs_document(self.pairs, self.judge_metrics, cache)
             self.pairs, self.judge_metrics = broadcast_from_rank0((self.pairs, self.judge_metrics))
         if self.config.label_smoothing == "auto":
             self._resolve_label_smoothing()
@@ -234,10 +239,12 @@ class PreferencePhase:
         self._prepare_guard(pool)
         if self.rank != 0:
             return
+        base_row = {"eval/dice": self.base_dice()} if t.current_epoch == 0 and self.test_pool is not None else {}
+        self._write_run_files(new_pairs)
         self._record_provenance(cache)
         if t.current_epoch == 0:
             (self.fold_folder / "rndpo_metrics.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh file
-            self._write_metrics_row(0, {"eval/dice": self.base_dice()} if self.test_pool is not None else {})
+            self._write_metrics_row(0, base_row)
         else:
             self._truncate_metrics(t.current_epoch)
 
@@ -268,9 +275,23 @@ class PreferencePhase:
         debug["rndpo"] = self.provenance(cache)
         atomic_write_text(path, json.dumps(debug, indent=4))
 
+    def _write_run_files(self, new_pairs: dict | None) -> None:
+        """``rndpo_config.json``, ``rndpo_reference.pth`` (fresh runs) and ``rndpo_pairs.json`` (when mined here)."""
+        atomic_write_text(self.fold_folder / "rndpo_config.json", json.dumps(self.config.to_dict(), indent=2))
+        if self._fresh_reference_weights is not None:
+            reference_file = self.fold_folder / "rndpo_reference.pth"
+            temporary = reference_file.with_name(reference_file.name + ".tmp")
+            torch.save(self._fresh_reference_weights, temporary)
+            os.replace(temporary, reference_file)
+            self._fresh_reference_weights = None
+        if new_pairs is not None:
+            atomic_write_text(self.fold_folder / "rndpo_pairs.json", json.dumps(new_pairs, indent=1))
+
     def _load_policy_and_reference(self) -> None:
+        """Fresh run: policy and reference from the base checkpoint (every rank reads it; rank 0 saves the
+        reference in :meth:`_write_run_files`). ``--c``: the reference from ``rndpo_reference.pth``."""
         t = self.trainer
-        reference_file = self.fold_folder / "rndpo_reference.pth"
+        self._fresh_reference_weights = None
         if t.current_epoch == 0:
             path = self.base_checkpoint()
             network = t.network.module if t.is_ddp else t.network
@@ -278,12 +299,12 @@ class PreferencePhase:
             weights = base_weights(load_checkpoint_file(path, t.device), path,
                                    t.configuration_name, network.state_dict(), t.label_manager.num_segmentation_heads)
             network.load_state_dict(weights)
+            reference_weights = {k: v.detach().clone() for k, v in weights.items()}
             if self.rank == 0:
-                temporary = reference_file.with_name(reference_file.name + ".tmp")
-                torch.save(weights, temporary)
-                os.replace(temporary, reference_file)
-            barrier()
-        reference_weights = torch.load(reference_file, map_location=t.device, weights_only=True)
+                self._fresh_reference_weights = reference_weights
+        else:
+            reference_weights = torch.load(self.fold_folder / "rndpo_reference.pth", map_location=t.device,
+                                           weights_only=True)
         self.reference = t.build_network_architecture(
             t.plans_manager, t.configuration_manager, t.num_input_channels,
             t.label_manager.num_segmentation_heads, enable_deep_supervision=False,
@@ -357,7 +378,6 @@ class PreferencePhase:
         epsilon = float(self.judge_metrics["judge/auto_label_smoothing"])
         self.config = dataclasses.replace(self.config, label_smoothing=epsilon)
         self.trainer.rndpo_config = self.config
-        atomic_write_text(self.fold_folder / "rndpo_config.json", json.dumps(self.config.to_dict(), indent=2))
         self.trainer.print_to_log_file(f"RN-DPO: label_smoothing 'auto' = {epsilon:.4f}")
 
     def _install_dataloader(self, pool, cache, sampler_state) -> None:

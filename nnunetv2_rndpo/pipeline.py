@@ -3,7 +3,8 @@
 :class:`BaseModel` holds what every stage needs about the dataset and the base network. The trainer
 builds it from itself (:meth:`BaseModel.from_trainer`); the ``nnUNetv2_rndpo_*`` commands load it from a
 results folder (:func:`load_base_model`). Both then call the same functions here, so they read and write
-one cache: ``$nnUNet_preprocessed/DatasetXXX/rndpo/<plans>_<configuration>/{pool,proposals}``.
+one cache: ``$nnUNet_preprocessed/DatasetXXX/rndpo/<plans>_<configuration>/{pool,proposals}``
+(:func:`~nnunetv2_rndpo.paths.rndpo_cache_folder`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from nnunetv2_rndpo.judges import (
     uncertainty_scores,
 )
 from nnunetv2_rndpo.mining import MiningParams, Pair, mine_pairs, pair_statistics
+from nnunetv2_rndpo.paths import rndpo_cache_folder
 from nnunetv2_rndpo.pool import PreprocessedPool, find_cases
 from nnunetv2_rndpo.proposals import ProposalCache, generate_proposals, plan_proposals, proposal_spec
 
@@ -88,8 +90,8 @@ class BaseModel:
 
         if nnUNet_preprocessed is None:
             raise RuntimeError("nnUNet_preprocessed is not set; export nnUNet_preprocessed=/path/to/nnUNet_preprocessed")
-        return Path(nnUNet_preprocessed) / self.dataset_name / "rndpo" / (
-            f"{self.plans_manager.plans_name}_{self.configuration_name}")
+        return rndpo_cache_folder(nnUNet_preprocessed, self.dataset_name, self.plans_manager.plans_name,
+                                  self.configuration_name)
 
     @property
     def fold_folder(self) -> Path:
@@ -263,7 +265,9 @@ def proposal_cache(base: BaseModel, settings: ProposalSettings, subfolder: str =
     extra = base.load_extra_weights(list(settings.models)) if "model" in settings.sources else {}
     spec = proposal_spec(base.weights, base.plans_manager.plans_name, base.configuration_name, specs, settings.seed,
                          extra)
-    return ProposalCache(base.cache_folder / subfolder, spec), specs, extra
+    origin = {"base_checkpoint": str(base.fold_folder / base.checkpoint_name), "dataset": base.dataset_name,
+              "fold": base.fold}
+    return ProposalCache(base.cache_folder / subfolder, spec, origin), specs, extra
 
 
 def ensure_proposals(
@@ -272,7 +276,8 @@ def ensure_proposals(
 ) -> ProposalCache:
     """Generates the proposals missing from the cache (of ``case_ids``, default all) and returns the cache.
 
-    A cache made for other settings or another base model is removed once this one is started. With
+    Caches of other folds, base models or settings are left alone: runs of several folds share the
+    cache root and may run at once (``nnUNetv2_rndpo_clean`` removes caches no model refers to). With
     ``settings.hybrids`` the returned cache also holds the hybrids of those cases (:func:`ensure_hybrids`).
     """
     cache, specs, extra = proposal_cache(base, settings)
@@ -280,8 +285,6 @@ def ensure_proposals(
     if cache.is_complete and all(cache.has_case(c, pool.source_digest(c)) for c in wanted):
         log(f"RN-DPO: reusing proposals from {cache.folder}")
         return ensure_hybrids(cache, pool, settings, wanted, progress, log)
-    for stale in cache.remove_stale():
-        log(f"RN-DPO: removed stale proposals {stale}")
     generated = generate_proposals(cache, pool, base.predictor(), specs, base.label_manager, base.mirror_axes,
                                    base.device, progress, case_ids=wanted, all_case_ids=pool.case_ids,
                                    seed=settings.seed, extra_weights=extra, cascade_labels=base.cascade_labels)

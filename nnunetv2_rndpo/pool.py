@@ -4,7 +4,8 @@ nnU-Net has no place for unlabeled cases, so the pool lives in ``$nnUNet_raw/Dat
 with nnU-Net's file naming (``CASE_0000.ext``, one file per channel). Optional hidden ground truth in
 ``labelsUnlabeled/`` is used only by the oracle judge and by reliability reports, never by training.
 Preprocessed cases are cached outside nnU-Net's preprocessed folder, in
-``$nnUNet_preprocessed/DatasetXXX/rndpo/<plans>_<configuration>/``.
+``$nnUNet_preprocessed/DatasetXXX/rndpo/<plans>_<configuration>/pool/``, shared by every fold and base model
+(each file is written atomically under a name unique to the writer, so folds may preprocess it at once).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,19 +106,32 @@ def find_cases(
     return cases
 
 
+def atomic_write(path: Path, write) -> None:
+    """Calls ``write(binary_file)`` on a temporary file beside ``path``, then renames it to ``path``.
+
+    An interrupted write never leaves a readable, truncated file, and the temporary name is unique to the
+    process (``.<name>.<pid>.<random>.tmp``), so concurrent writers of one file (two folds preprocessing the
+    shared pool) never write into each other's temporary file: the last rename wins with a whole file.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(temporary, "wb") as f:
+            write(f)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 def atomic_save(path: Path, array: np.ndarray) -> None:
-    """Saves ``array`` as .npy so that an interrupted write never leaves a readable, truncated file."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as f:
-        np.save(f, array)
-    os.replace(temporary, path)
+    """Saves ``array`` as .npy through :func:`atomic_write`."""
+    atomic_write(path, lambda f: np.save(f, array))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Writes a text file through a temporary file and a rename."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    """Writes a text file through :func:`atomic_write`."""
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _source_stamp(case: PoolCase) -> dict:

@@ -27,8 +27,9 @@ Cache: ``<cache>/proposals/<key>/<case>.npz`` with ``masks`` (uint8, ``(K, *spat
 ``probabilities`` (float16, ``(C, *spatial)``, the mean over flips), and ``<case>.source``, the digest of the
 raw files the case was preprocessed from (a replaced image gets new proposals). ``<key>`` hashes everything that
 produced them (hash of the base network's weights, plans, configuration, sources, K, seed), so a changed base model or
-config reads from a new folder and never from a stale one. Each case file is written atomically; a
-``manifest.json`` written last marks the folder complete.
+config reads from a new folder and never from a stale one. Caches of different folds, base models and settings
+coexist: nothing here deletes one (``nnUNetv2_rndpo_clean`` removes those no model refers to, when asked). Each
+case file is written atomically; a ``manifest.json`` written last marks the folder complete.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ import hashlib
 import itertools
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,7 +46,7 @@ import torch
 from tqdm import tqdm
 
 from nnunetv2_rndpo.cascade import pool_input
-from nnunetv2_rndpo.pool import atomic_write_text
+from nnunetv2_rndpo.pool import atomic_write, atomic_write_text
 
 THRESHOLD_LADDER = (2.0, 0.5, 1.5, 0.67, 3.0, 0.33, 4.0, 0.25, 6.0, 0.17)
 TEMPERATURE_LADDER = (0.5, 2.0, 0.25, 4.0, 0.75, 1.5)
@@ -246,8 +246,9 @@ def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
 class ProposalCache:
     """Proposals of one (base model, plans, configuration, sources, K, seed), one file per case."""
 
-    def __init__(self, root: str | os.PathLike, spec: dict):
+    def __init__(self, root: str | os.PathLike, spec: dict, origin: dict | None = None):
         self.spec = json.loads(json.dumps(spec))  # as read back from the manifest (tuples become lists)
+        self.origin = origin or {}
         key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
         self.root = Path(root)
         self.folder = self.root / key
@@ -272,9 +273,8 @@ class ProposalCache:
         Killed between the two writes, the old digest no longer matches and the case is made again.
         """
         self.folder.mkdir(parents=True, exist_ok=True)
-        temporary = self.folder / f"{case_id}.tmp.npz"
-        np.savez_compressed(temporary, masks=masks, probabilities=probabilities)
-        os.replace(temporary, self.folder / f"{case_id}.npz")
+        atomic_write(self.folder / f"{case_id}.npz",
+                     lambda f: np.savez_compressed(f, masks=masks, probabilities=probabilities))
         if source is not None:
             atomic_write_text(self.folder / f"{case_id}.source", source)
 
@@ -289,14 +289,10 @@ class ProposalCache:
             return f["probabilities"]
 
     def mark_complete(self, case_ids: list[str]) -> None:
-        atomic_write_text(self.folder / "manifest.json", json.dumps({"spec": self.spec, "cases": case_ids}, indent=1))
-
-    def remove_stale(self) -> list[Path]:
-        """Deletes sibling folders that belong to other specs; returns what was removed."""
-        stale = [p for p in self.root.iterdir() if p.is_dir() and p != self.folder] if self.root.is_dir() else []
-        for p in stale:
-            shutil.rmtree(p, ignore_errors=True)  # another DDP rank may be removing it too
-        return stale
+        """Writes ``manifest.json``: the spec, the cases and ``origin`` (which base model made them, for
+        ``nnUNetv2_rndpo_clean``'s listing)."""
+        atomic_write_text(self.folder / "manifest.json",
+                          json.dumps({"spec": self.spec, "cases": case_ids, "origin": self.origin}, indent=1))
 
 
 def proposal_spec(

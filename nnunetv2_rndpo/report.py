@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from nnunetv2_rndpo.metrics import curve_summary
+from nnunetv2_rndpo.paths import rndpo_cache_folder
 
 ARM_NAMES = {"base": "base", "dpo": "DPO", "rndpo": "RN-DPO"}
 TRAINERS = {"dpo": "nnUNetTrainerDPO", "rndpo": "nnUNetTrainerRNDPO"}
@@ -183,7 +184,7 @@ def write_report(root: Path, dataset_folder: Path, configuration: str, base_trai
     results = root / "nnUNet_results" / dataset_folder.name
     summaries = plot_curves(dice_curves(results, configuration), figures / "dice_curves.png")
     rndpo_fold = results / f"{TRAINERS['rndpo']}__nnUNetPlans__{configuration}" / "fold_0"
-    pool = root / "nnUNet_preprocessed" / dataset_folder.name / "rndpo" / f"nnUNetPlans_{configuration}" / "pool"
+    pool = rndpo_cache_folder(root / "nnUNet_preprocessed", dataset_folder.name, "nnUNetPlans", configuration) / "pool"
     shown_pairs = plot_pairs(rndpo_fold / "rndpo_pairs.json", pool, figures / "pairs.png")
     plot_predictions(dataset_folder, root / "predictions", ending, figures / "predictions.png")
     config = json.loads((root / "rndpo_config.json").read_text())

@@ -12,6 +12,7 @@ modules of this package. Configuration: :mod:`nnunetv2_rndpo.config`.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
@@ -24,7 +25,9 @@ import torch
 from nnunetv2_rndpo.cascade import previous_stage_of, require_cascade_sources
 from nnunetv2_rndpo.compat import require_supported_nnunet
 from nnunetv2_rndpo.config import load_config
+from nnunetv2_rndpo.distributed import rank_and_world
 from nnunetv2_rndpo.errors import user_errors
+from nnunetv2_rndpo.fold_lock import FinishedFoldError, FoldLock, FoldLockedError, refuse_finished_fold
 from nnunetv2_rndpo.metrics import region_labels
 from nnunetv2_rndpo.objective import (
     agreement_loss,
@@ -50,7 +53,11 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnUNetTrainer's exact signature)
+        logs_before = _training_logs(type(self).__name__, plans, configuration, fold)
         super().__init__(plans, configuration, fold, dataset_json, device)
+        # nnU-Net's __init__ has just started a training log; a run refused in on_train_start removes it
+        self._own_log_file = None if Path(self.log_file) in logs_before else Path(self.log_file)
+        self._fold_lock: FoldLock | None = None
         with user_errors():  # a bad config ends nnUNetv2_train with its message alone (errors.py)
             self.rndpo_config = load_config(self.preset)
         cfg = self.rndpo_config
@@ -93,7 +100,15 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
 
     # ------------------------------------------------------------------ lifecycle
 
+    def run_training(self):
+        try:
+            super().run_training()
+        finally:
+            self._release_fold()
+
     def on_train_start(self):
+        with user_errors():  # another run holds the fold, or the fold is finished: the message alone
+            self._claim_fold()
         if self.previous_stage is not None:  # before nnU-Net's loaders read the segmentations, not mid-run
             train_ids, val_ids = self.do_split()
             self.previous_stage.require(self.plans_manager.dataset_name, self.plans_manager.plans_name,
@@ -102,6 +117,29 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
         self.phase = PreferencePhase(self)
         with user_errors():  # missing base model, bad pool case, bad scores ...: the message alone (errors.py)
             self.phase.setup(sampler_state=self._resumed_sampler_state)
+
+    def _claim_fold(self) -> None:
+        """Takes the fold's lock and refuses a fresh run into a finished fold, before anything is written there.
+
+        A refused run removes the training log its ``__init__`` started, so the folder stays as it was.
+        """
+        try:
+            if rank_and_world()[0] == 0:
+                self._fold_lock = FoldLock(self.output_folder)
+                self._fold_lock.acquire(log=self.print_to_log_file)
+                atexit.register(self._fold_lock.release)  # also when a caller never reaches run_training's end
+            if self.current_epoch == 0:  # a fresh run: nothing was loaded with --c
+                refuse_finished_fold(self.output_folder, type(self).__name__,
+                                     self.rndpo_config.overwrite_finished_fold)
+        except (FoldLockedError, FinishedFoldError):
+            self._release_fold()
+            if self._own_log_file is not None:
+                self._own_log_file.unlink(missing_ok=True)
+            raise
+
+    def _release_fold(self) -> None:
+        if self._fold_lock is not None:
+            self._fold_lock.release()
 
     def on_train_end(self):
         self.phase.restore_dataloader()
@@ -260,6 +298,15 @@ def region_target(label_map: torch.Tensor, regions, ignore_label: int | None) ->
     if ignore_label is not None:
         channels.append(label_map == ignore_label)
     return torch.cat(channels, 1).to(label_map.dtype)
+def _training_logs(trainer_name: str, plans: dict, configuration: str, fold) -> set[Path]:
+    """The ``training_log_*.txt`` files already in the fold folder nnU-Net's ``__init__`` is about to use."""
+    from nnunetv2.paths import nnUNet_results
+
+    if nnUNet_results is None:
+        return set()
+    folder = (Path(nnUNet_results) / plans["dataset_name"] / f"{trainer_name}__{plans['plans_name']}__{configuration}"
+              / f"fold_{fold}")
+    return set(folder.glob("training_log_*.txt"))
 
 
 def read_pairs_file(fold_folder: str | Path) -> list[dict]:

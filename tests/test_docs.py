@@ -12,6 +12,7 @@ import pytest
 from nnunetv2_rndpo import reference
 from nnunetv2_rndpo.config import RNDPOConfig
 from nnunetv2_rndpo.phase import GUARD_KEYS, LOSS_TERMS, METRIC_KEYS
+from nnunetv2_rndpo.variants import PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
@@ -49,12 +50,14 @@ def test_docs_name_existing_commands_trainers_and_keys(path):
     import trainers.rndpo_trainers as exported  # the classes nnU-Net finds through nnUNet_extTrainer
 
     trainers = {n for n in dir(exported) if n.startswith("nnUNetTrainer")} | {"nnUNetTrainer"}
+    variant = re.compile(rf"^({'|'.join(PRESETS)})_[A-Za-z0-9_]+$")  # named variants (docs/howto.md) exist per file
     keys = {f.name for f in RNDPOConfig.__dataclass_fields__.values()}
     text = path.read_text()
     for command in set(re.findall(r"\bnnUNetv2_\w+", text)):
         assert command in ours or command in NNUNET_COMMANDS, f"{path.name} names a command that does not exist: {command}"
     for trainer in set(re.findall(r"\bnnUNetTrainer(?:_?[A-Za-z0-9])*", text)):
-        assert trainer in trainers or nnunet_has_trainer(trainer), f"{path.name} names a trainer that does not exist: {trainer}"
+        assert trainer in trainers or variant.match(trainer) or nnunet_has_trainer(trainer), (
+            f"{path.name} names a trainer that does not exist: {trainer}")
     for block in code_blocks(path):
         for candidate in re.findall(r"\{[^{}]*\}", block):  # JSON config snippets inside code blocks
             try:

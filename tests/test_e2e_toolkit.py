@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from test_e2e_trainer import prepare, run
 
+from nnunetv2_rndpo.paths import rndpo_cache_folder
+
 pytestmark = pytest.mark.e2e
 DATASET = "Dataset994_Tiny2D"
 BASE = ["-d", "994", "-c", "2d", "-tr", "nnUNetTrainer_rndpoSmoke", "-n", "4", "--quiet", "-device", "cpu"]
@@ -32,7 +34,11 @@ def command(env: dict, name: str, *args: str, expect_ok: bool = True, base=BASE)
 
 
 def proposals_root(preprocessed: Path) -> Path:
-    return preprocessed / DATASET / "rndpo" / "nnUNetPlans_2d" / "proposals"
+    return rndpo_cache_folder(preprocessed, DATASET, "nnUNetPlans", "2d") / "proposals"
+
+
+def base_fold(root: Path) -> Path:
+    return root / "results" / DATASET / "nnUNetTrainer_rndpoSmoke__nnUNetPlans__2d" / "fold_0"
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +98,7 @@ def test_oracle_with_large_noise_is_unreliable_and_seeded(toolkit):
 def test_label_free_judges_write_the_trainers_csv(toolkit, judge):
     root, env, cache, _ = toolkit
     command(env, "judge", "--judge", judge)
-    scores = read_csv(cache / f"scores_{judge}.csv")
+    scores = read_csv(base_fold(root) / f"rndpo_scores_{judge}.csv")  # the default: per fold, not in the cache
     assert len(scores) == 6 * 4 and all(0 <= s <= 1 for s in scores.values())
 
 
@@ -102,14 +108,14 @@ def test_learned_judge_trains_and_reports(toolkit):
     root, env, cache, _ = toolkit
     stdout = command(env, "train_judge", "--epochs", "3", "--samples-per-case", "4", "--crop-size", "32",
                      "--width", "4", "--weight-noise", "0.1").stdout
-    judge_file = root / "results" / DATASET / "nnUNetTrainer_rndpoSmoke__nnUNetPlans__2d" / "fold_0" / "rndpo_judge.pth"
+    judge_file = base_fold(root) / "rndpo_judge.pth"
     assert judge_file.is_file() and "val/pairwise/accuracy" in stdout and "val/agreement/pairwise/accuracy" in stdout
     saved = torch.load(judge_file, weights_only=False)
     # 6 training cases x 3 epochs (a step whose masks all agree is skipped); the 2 validation cases held out
     assert saved["metrics"]["val/cases"] == 2 and saved["metrics"]["val/held_out"] == 1
     assert 0 < saved["metrics"]["train/steps"] <= 18 and list(saved["training"]["weight_noise"]) == [0.1]
     command(env, "judge", "--judge", "learned", "--report")
-    report = json.loads((cache / "scores_learned.report.json").read_text())
+    report = json.loads((base_fold(root) / "rndpo_scores_learned.report.json").read_text())
     assert {"spearman/per_case", "pairwise/accuracy", "top1/regret", "mining/quantile/oracle_acc"} <= set(report)
 
 

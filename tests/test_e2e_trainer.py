@@ -117,7 +117,8 @@ def test_train_predict_evaluate(tiny2d, trainer):
 def test_resume_keeps_the_reference_and_predicts(tiny2d):
     root, env = tiny2d
     trainer = "nnUNetTrainerRNDPO"
-    config = write_config(root, "resume", num_epochs=1, eval_every=0)
+    # fold 0 of this trainer finished in test_train_predict_evaluate: training it again from the base is an opt-in
+    config = write_config(root, "resume", num_epochs=1, eval_every=0, overwrite_finished_fold=True)
     folder = fold_folder(root, trainer)
     base = torch.load(fold_folder(root, "nnUNetTrainer_rndpoSmoke") / "checkpoint_final.pth", map_location="cpu",
                       weights_only=False)["network_weights"]
@@ -164,7 +165,8 @@ def test_external_scores_and_proposal_cache(tiny2d):
     scores = {case: np.arange(4, dtype=float) for case in pool}
     csv_path = root / "qc_scores.csv"
     write_scores_csv(csv_path, scores)
-    config = write_config(root, "external", judge="external", judge_scores=str(csv_path), eval_every=0, num_epochs=1)
+    config = write_config(root, "external", judge="external", judge_scores=str(csv_path), eval_every=0, num_epochs=1,
+                          overwrite_finished_fold=True)  # retrains the fold of test_train_predict_evaluate
     run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu"], env, nnUNet_rndpo_config=config)
     pairs = json.loads((fold_folder(root, trainer) / "rndpo_pairs.json").read_text())["pairs"]
     assert all(p["chosen"] == 3 and p["rejected"] == 0 for p in pairs)
@@ -188,7 +190,8 @@ def test_external_scores_and_proposal_cache(tiny2d):
         if value.is_floating_point():
             value.mul_(1.01)
     torch.save(checkpoint, changed)
-    config = write_config(root, "changed", base_checkpoint=str(changed), eval_every=0, num_epochs=1)
+    config = write_config(root, "changed", base_checkpoint=str(changed), eval_every=0, num_epochs=1,
+                          overwrite_finished_fold=True)
     result = run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu"], env, nnUNet_rndpo_config=config)
     assert "generated proposals for 6 cases" in result.stdout
 

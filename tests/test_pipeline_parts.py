@@ -1,5 +1,8 @@
 """Pool discovery, proposal planning, judges, external scores, mining and patch boxes (fast, no training)."""
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -167,4 +170,24 @@ def test_proposal_cache_is_keyed_by_spec_and_complete_only_after_manifest(tmp_pa
     assert ProposalCache(tmp_path, spec).is_complete  # a new run with the same spec reuses it
     other = ProposalCache(tmp_path, {**spec, "seed": 2})
     assert other.folder != cache.folder and not other.is_complete
-    assert other.remove_stale() == [cache.folder] and not cache.folder.exists()
+    other.save_case("a", np.ones((2, 3, 3), np.uint8), np.zeros((2, 3, 3), np.float16))
+    other.mark_complete(["a"])
+    assert cache.is_complete and other.is_complete  # caches of other settings (folds, base models) coexist
+    assert cache.masks("a").sum() == 0 and other.masks("a").sum() == 18
+
+
+def test_atomic_writes_use_a_temporary_name_of_their_own_and_leave_nothing_on_failure(tmp_path):
+    from nnunetv2_rndpo.pool import atomic_write, atomic_write_text
+
+    atomic_write_text(tmp_path / "a.json", "1")
+
+    def failing(f):
+        f.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(tmp_path / "a.json", failing)
+    assert (tmp_path / "a.json").read_text() == "1" and [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    seen = []
+    atomic_write(tmp_path / "b.npy", lambda f: seen.append(Path(f.name).name) or f.write(b"x"))
+    assert seen[0].startswith(".b.npy.") and seen[0].endswith(".tmp") and str(os.getpid()) in seen[0]
