@@ -44,6 +44,9 @@ def _add_base_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"proposal sources (proposal_sources). Default: {' '.join(DEFAULTS.proposal_sources)}")
     group.add_argument("--models", nargs="*", default=[],
                        help="extra models 'FOLD/CHECKPOINT' for the 'model' source, e.g. 0/checkpoint_best.pth")
+    group.add_argument("--perturb-sigma", type=float, default=DEFAULTS.perturb_sigma,
+                       help="'perturb' source: σ of the weight noise w·(1 + σ·ε) (perturb_sigma). "
+                            f"Default: {DEFAULTS.perturb_sigma}")
     group.add_argument("--seed", type=int, default=DEFAULTS.seed, help=f"seed. Default: {DEFAULTS.seed}")
     group.add_argument("--unlabeled-dir", default=None,
                        help="folder of unlabeled images. Default: $nnUNet_raw/DatasetXXX/imagesUnlabeled")
@@ -65,19 +68,23 @@ def _load(args):
 
     if args.n < 2:
         raise ValueError(f"-n must be >= 2 (a pair needs two proposals), got {args.n}")
+    if args.perturb_sigma <= 0:
+        raise ValueError(f"--perturb-sigma must be > 0, got {args.perturb_sigma}")
     folds = [_fold(f) for f in args.f]
     models = list(args.models) + [f"{f}/{args.chk}" for f in folds[1:]]
     sources = list(dict.fromkeys(args.sources + (["model"] if models else [])))
     if "model" in sources and not models:
         raise ValueError("--sources model needs models: add folds (-f 0 1 2) or --models 0/checkpoint_best.pth")
     base = load_base_model(args.d, args.c, folds[0], args.tr, args.p, args.chk, args.device or _default_device())
-    return base, ProposalSettings(args.n, tuple(sources), tuple(models), args.seed)
+    return base, ProposalSettings(args.n, tuple(sources), tuple(models), args.seed, args.perturb_sigma)
 
 
 def _trainer_config(settings, **extra) -> str:
     keys = {"num_proposals": settings.num_proposals, "proposal_sources": list(settings.sources), "seed": settings.seed}
     if settings.models:
         keys["proposal_models"] = list(settings.models)
+    if "perturb" in settings.sources:
+        keys["perturb_sigma"] = settings.perturb_sigma
     return json.dumps({**keys, **extra})
 
 

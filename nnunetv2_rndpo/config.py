@@ -28,7 +28,7 @@ from nnunetv2_rndpo.objective import LOSS_TYPES, NORMALIZATIONS
 CONFIG_ENV_VAR = "nnUNet_rndpo_config"
 JUDGES = ("agreement", "uncertainty", "learned", "oracle", "external")
 MININGS = ("top_bottom", "top_random", "margin", "adjacent", "quantile")
-PROPOSAL_SOURCES = ("mirror", "threshold", "temperature", "intensity", "dropout", "model")
+PROPOSAL_SOURCES = ("mirror", "threshold", "temperature", "intensity", "dropout", "model", "perturb", "affine")
 OPTIMIZERS = ("adamw", "sgd")
 BAD_CASE_ACTIONS = ("stop", "skip")
 
@@ -113,6 +113,10 @@ class RNDPOConfig:
         "extra models for the 'model' source, 'FOLD/CHECKPOINT' in the base model's results folder "
         "(e.g. '1/checkpoint_final.pth', '0/checkpoint_best.pth'); one proposal each",
         default_factory=list,
+    )
+    perturb_sigma: float = _help(
+        "'perturb' source: σ of the multiplicative weight noise w·(1 + σ·ε); larger = more diverse, worse masks",
+        default=0.1,
     )
     # judge and mining
     judge: str = _help(f"who ranks the proposals: one of {JUDGES}", default="agreement")
@@ -201,6 +205,7 @@ class RNDPOConfig:
         _check_range("guard_lr_decay", self.guard_lr_decay, low=0, high=1, low_open=True)
         _check_range("disagreement_oversample", self.disagreement_oversample, low=0, high=1)
         _check_range("num_proposals", self.num_proposals, low=2)
+        _check_range("perturb_sigma", self.perturb_sigma, low=0, low_open=True)
         _check_range("judge_sigma", self.judge_sigma, low=0)
         _check_range("mining_tau", self.mining_tau, low=0)
         _check_range("mining_min_region", self.mining_min_region, low=1)

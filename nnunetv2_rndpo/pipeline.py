@@ -25,7 +25,13 @@ from nnunetv2_rndpo.judges import (
 )
 from nnunetv2_rndpo.mining import MiningParams, Pair, mine_pairs, pair_statistics
 from nnunetv2_rndpo.pool import PreprocessedPool, find_cases
-from nnunetv2_rndpo.proposals import ProposalCache, generate_proposals, plan_proposals, proposal_spec
+from nnunetv2_rndpo.proposals import (
+    DEFAULT_PERTURB_SIGMA,
+    ProposalCache,
+    generate_proposals,
+    plan_proposals,
+    proposal_spec,
+)
 
 LEARNED_JUDGE_FILE = "rndpo_judge.pth"
 
@@ -214,23 +220,25 @@ def split_cases(case_ids: list[str], num_parts: int, part_id: int) -> list[str]:
 @dataclass(frozen=True)
 class ProposalSettings:
     """What proposals to make; mirrors the config keys ``num_proposals``, ``proposal_sources``,
-    ``proposal_models`` and ``seed``."""
+    ``proposal_models``, ``seed`` and ``perturb_sigma``."""
 
     num_proposals: int = 8
     sources: tuple[str, ...] = ("mirror", "threshold")
     models: tuple[str, ...] = ()
     seed: int = 12345
+    perturb_sigma: float = DEFAULT_PERTURB_SIGMA
 
     @classmethod
     def from_config(cls, config) -> ProposalSettings:
-        return cls(config.num_proposals, tuple(config.proposal_sources), tuple(config.proposal_models), config.seed)
+        return cls(config.num_proposals, tuple(config.proposal_sources), tuple(config.proposal_models), config.seed,
+                   config.perturb_sigma)
 
 
 def proposal_cache(base: BaseModel, settings: ProposalSettings, subfolder: str = "proposals",
                    ) -> tuple[ProposalCache, list, dict]:
     """The cache for these settings (in ``<cache_folder>/<subfolder>``), the recipes and the ``model`` weights."""
     specs = plan_proposals(settings.num_proposals, list(settings.sources), base.mirror_axes, settings.seed,
-                           list(settings.models))
+                           list(settings.models), settings.perturb_sigma)
     extra = base.load_extra_weights(list(settings.models)) if "model" in settings.sources else {}
     spec = proposal_spec(base.weights, base.plans_manager.plans_name, base.configuration_name, specs, settings.seed,
                          extra)
