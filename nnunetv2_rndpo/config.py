@@ -124,6 +124,11 @@ class RNDPOConfig:
         "CSV 'case_id,proposal,score' from a QC system; required for judge='external'", default=None
     )
     judge_sigma: float = _help("Gaussian noise on the oracle judge's Dice; larger = less reliable", default=0.0)
+    judge_pair_accuracy: float | None = _help(
+        "oracle judge: calibrate its noise σ so that it orders this share of within-case proposal pairs right "
+        "(with the size bias), e.g. 0.7 for a weak judge; None = use judge_sigma",
+        default=None,
+    )
     judge_size_bias: float = _help(
         "oracle judge's size bias B: adds B·(v_k − v̄)/v̄ (v = foreground voxels, v̄ = case mean); "
         "> 0 prefers larger masks, < 0 smaller",
@@ -207,6 +212,11 @@ class RNDPOConfig:
         _check_range("num_proposals", self.num_proposals, low=2)
         _check_range("perturb_sigma", self.perturb_sigma, low=0, low_open=True)
         _check_range("judge_sigma", self.judge_sigma, low=0)
+        if self.judge_pair_accuracy is not None:
+            _check_range("judge_pair_accuracy", self.judge_pair_accuracy, low=0.5, high=1, low_open=True)
+            if self.judge_sigma:
+                raise ValueError("judge_sigma and judge_pair_accuracy both set: the oracle's σ is either given "
+                                 "(judge_sigma) or calibrated to a pair accuracy (judge_pair_accuracy); drop one")
         _check_range("mining_tau", self.mining_tau, low=0)
         _check_range("mining_min_region", self.mining_min_region, low=1)
         if self.mining_max_region is not None:

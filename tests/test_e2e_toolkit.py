@@ -131,6 +131,28 @@ def test_reliability_on_labeled_validation_cases(toolkit):
     assert (cache.parent.parent / "labeled_proposals" / cache.name / "manifest.json").is_file()
 
 
+def test_headroom_reports_of_the_new_sources_on_the_pool_and_the_labeled_cases(toolkit):
+    root, env, _, _ = toolkit
+    copy = root / "headroom"
+    shutil.copytree(root / "preprocessed", copy, ignore=shutil.ignore_patterns("rndpo"))
+    env = {**env, "nnUNet_preprocessed": str(copy)}
+    stdout = command(env, "proposals", "--sources", "mirror", "perturb", "affine", "--perturb-sigma", "0.2",
+                     "--report", "--report-labeled").stdout
+    assert "headroom/oracle_headroom" in stdout and '"perturb_sigma": 0.2' in stdout
+    (cache,) = [p for p in proposals_root(copy).iterdir() if p.is_dir()]
+    (labeled,) = [p for p in (copy / DATASET / "rndpo" / "nnUNetPlans_2d" / "labeled_proposals").iterdir()]
+    for report_file, cases in ((cache / "headroom.report.json", 6), (labeled / "headroom.labeled_report.json", 2)):
+        report = json.loads(report_file.read_text())
+        assert report["headroom/cases"] == cases and report["headroom/proposals"] == 4
+        assert report["headroom/forwards_per_case"] == 4 + 2  # 4 flips, then 1 perturb and 1 affine pass
+        assert 0 <= report["headroom/plain_dice"] <= 1 and report["headroom/within_case_sd"] >= 0
+        assert report["headroom/best_of_k"] >= report["headroom/proposal_dice_mean"]
+        assert report["headroom/oracle_headroom"] == pytest.approx(report["headroom/best_of_k"]
+                                                                   - report["headroom/plain_dice"])
+        if report["headroom/oracle_pairs"]:  # one class: every voxel of D is decidable
+            assert report["headroom/chosen_right_where_decidable"] == report["headroom/chosen_right_in_region"]
+
+
 def test_invalid_inputs_error_clearly(toolkit):
     root, env, _, _ = toolkit
     other_seed = command(env, "judge", "--judge", "agreement", "--seed", "7", expect_ok=False)

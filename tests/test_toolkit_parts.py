@@ -401,8 +401,8 @@ def test_region_label_accuracy_is_the_share_of_the_push_that_is_right():
     pool = SimpleNamespace(label=lambda case: label)
     wrong = Pair("a", 0, 1, 0.9, 0.1, 2)
     half = Pair("a", 0, 2, 0.9, 0.1, 2)
-    assert region_label_accuracy([wrong], cache, pool) == {"pairs/chosen_right_in_region": 0.0}
-    assert region_label_accuracy([half], cache, pool) == {"pairs/chosen_right_in_region": 0.5}
+    assert region_label_accuracy([wrong], cache, pool)["pairs/chosen_right_in_region"] == 0.0
+    assert region_label_accuracy([half], cache, pool)["pairs/chosen_right_in_region"] == 0.5
     assert region_label_accuracy([wrong, half], cache, pool)["pairs/chosen_right_in_region"] == 0.25
     assert region_label_accuracy([wrong], cache, SimpleNamespace(label=lambda case: None)) == {}
 
@@ -424,7 +424,7 @@ def test_ignore_label_voxels_count_neither_in_true_dice_nor_in_the_push():
     pool = SimpleNamespace(label=lambda case: label)
     pair = Pair("a", 1, 0, 0.9, 0.1, 3)  # D = voxels 1, 2, 3; only voxel 1 is counted, where mask 1 is right
     assert region_label_accuracy([pair], cache, pool)["pairs/chosen_right_in_region"] == 1 / 3
-    assert region_label_accuracy([pair], cache, pool, ignore_label=9) == {"pairs/chosen_right_in_region": 1.0}
+    assert region_label_accuracy([pair], cache, pool, ignore_label=9)["pairs/chosen_right_in_region"] == 1.0
 
 
 def test_weights_key_changes_with_any_weight_or_the_test_cases():
