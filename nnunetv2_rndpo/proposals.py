@@ -200,9 +200,16 @@ def _extra_pass(predictor, image: torch.Tensor, spec: ProposalSpec, label_manage
     # model
     if spec.parameter not in extra_weights:
         raise ValueError(f"proposal source 'model' {spec.parameter!r}: its weights were not loaded")
+    return _pass_with_weights(predictor, image, label_manager, extra_weights[spec.parameter])
+
+
+def _pass_with_weights(predictor, image: torch.Tensor, label_manager, weights: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The argmax of the network with ``weights`` loaded (all or some of its tensors); the base weights are
+    restored exactly afterwards, also on an error."""
+    network = predictor.network
     base = {k: v.detach().clone() for k, v in network.state_dict().items()}
     try:
-        network.load_state_dict(extra_weights[spec.parameter])
+        network.load_state_dict(weights, strict=set(weights) == set(base))
         return _single_pass(predictor, image, label_manager)
     finally:
         network.load_state_dict(base)
@@ -224,13 +231,7 @@ def perturbed_weights(network: torch.nn.Module, sigma: float, seed: int) -> dict
 
 def _perturbed_pass(predictor, image: torch.Tensor, label_manager, sigma: float, seed: int) -> torch.Tensor:
     """The argmax of the base network with weights w·(1 + σ·ε) (:func:`perturbed_weights`); weights restored."""
-    network = predictor.network
-    base = {k: v.detach().clone() for k, v in network.state_dict().items()}
-    try:
-        network.load_state_dict(perturbed_weights(network, sigma, seed), strict=False)
-        return _single_pass(predictor, image, label_manager)
-    finally:
-        network.load_state_dict(base)
+    return _pass_with_weights(predictor, image, label_manager, perturbed_weights(predictor.network, sigma, seed))
 
 
 def affine_theta(degrees: float, scale: float, spatial_shape: tuple[int, ...]) -> torch.Tensor:

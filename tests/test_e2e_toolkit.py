@@ -88,6 +88,18 @@ def test_oracle_with_large_noise_is_unreliable_and_seeded(toolkit):
     assert read_csv(root / "noisy.csv") == read_csv(root / "noisy2.csv")
 
 
+def test_oracle_calibrated_to_a_pair_accuracy_records_its_sigma(toolkit):
+    root, env, _, _ = toolkit
+    command(env, "judge", "--judge", "oracle", "--pair-accuracy", "0.7", "--size-bias", "0.05", "--report",
+            "-o", str(root / "weak.csv"))
+    report = json.loads((root / "weak.report.json").read_text())
+    assert report["judge/target_pair_accuracy"] == 0.7 and report["judge/size_bias"] == 0.05
+    # either noise was needed to get down to 0.7, or the size bias alone already made the judge that weak
+    assert report["judge/sigma"] > 0 or report["pairwise/accuracy"] <= 0.7
+    bad = command(env, "judge", "--judge", "oracle", "--pair-accuracy", "0.4", expect_ok=False)
+    assert bad.returncode == 2 and "--pair-accuracy must be in (0.5, 1]" in bad.stderr
+
+
 @pytest.mark.parametrize("judge", ["agreement", "uncertainty"])
 def test_label_free_judges_write_the_trainers_csv(toolkit, judge):
     root, env, cache, _ = toolkit
