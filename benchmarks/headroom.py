@@ -1,7 +1,7 @@
 """Headroom of proposal sets on a real dataset at CPU scale: what a perfect judge could gain from each set.
 
     nice -n 10 python benchmarks/headroom.py --dataset hc18 --source ../shared/data/hc18_fetal_head_us \
-        -o /tmp/headroom_hc18 --labeled 5 [--seed 0] [--sigmas 0.05 0.1 0.2]
+        -o /tmp/headroom_hc18 --labeled 5 [--seed 0] [--sigmas 0.1 0.2] [--max-cases 20]
 
 Makes the study's dataset for one seed (``nnUNetv2_rndpo_make_dataset``, the study's split and import
 arguments, ``--labeled`` cases), plans it and trains the study's CPU base model (``nnUNetTrainer_cpuBase``,
@@ -31,11 +31,11 @@ SETS = (
     ("mirror threshold (config default)", ("mirror", "threshold"), None),
     ("mirror threshold temperature (study)", ("mirror", "threshold", "temperature"), None),
     ("affine", ("affine",), None),
-    ("intensity", ("intensity",), None),
     ("perturb σ={sigma}", ("perturb",), "each"),
     ("mirror threshold temperature affine", ("mirror", "threshold", "temperature", "affine"), None),
     ("mirror threshold perturb affine (σ={sigma})", ("mirror", "threshold", "perturb", "affine"), "best"),
     ("perturb affine (σ={sigma})", ("perturb", "affine"), "best"),
+    ("intensity", ("intensity",), None),
 )
 COLUMNS = ("headroom/forwards_per_case", "seconds", "headroom/plain_dice", "headroom/best_of_k",
            "headroom/oracle_headroom", "headroom/proposal_dice_mean", "headroom/within_case_sd",
@@ -49,8 +49,10 @@ def main() -> None:
     parser.add_argument("-o", "--output", required=True, help="work folder (nnU-Net folders, results)")
     parser.add_argument("--labeled", type=int, default=5, help="labeled cases of the base model. Default: 5")
     parser.add_argument("--seed", type=int, default=0, help="the study seed (labeled draw). Default: 0")
-    parser.add_argument("--sigmas", type=float, nargs="+", default=[0.05, 0.1, 0.2], help="perturb σ values")
+    parser.add_argument("--sigmas", type=float, nargs="+", default=[0.1, 0.2], help="perturb σ values")
     parser.add_argument("-n", type=int, default=8, help="proposals per case. Default: 8")
+    parser.add_argument("--max-cases", type=int, default=None,
+                        help="measure on the first N pool cases (sorted ids) only. Default: the whole pool")
     parser.add_argument("-device", default="cpu")
     args = parser.parse_args()
 
@@ -72,11 +74,14 @@ def main() -> None:
         prepare_pool,
         proposal_cache,
     )
+    from nnunetv2_rndpo.pool import PreprocessedPool
     from nnunetv2_rndpo.proposals import generate_proposals
     from nnunetv2_rndpo.reliability import format_table
 
     base = load_base_model(dataset_id, study.spec.configuration, "all", study.scale.base_trainer, device=args.device)
     pool = prepare_pool(base)
+    if args.max_cases:
+        pool = PreprocessedPool(pool.folder, sorted(pool.cases, key=lambda c: c.case_id)[: args.max_cases])
     start = time.time()
     plain = plain_prediction_dice(base, pool)
     print(f"plain TTA prediction of {len(pool.case_ids)} pool cases: {time.time() - start:.0f} s", flush=True)

@@ -80,3 +80,33 @@ def test_judge_pair_accuracy_is_a_validated_key():
 def test_reliability_reports_put_pooled_and_per_case_rho_and_pair_accuracy_side_by_side():
     report = judge_reliability({"a": np.array([1.0, 2.0, 3.0])}, {"a": np.array([0.1, 0.2, 0.3])})
     assert list(report)[1:4] == ["spearman/pooled", "spearman/per_case", "pairwise/accuracy"]
+
+
+def test_score_pool_calibrates_the_oracle_on_the_cases_it_scores():
+    from types import SimpleNamespace
+
+    from nnunetv2_rndpo.pipeline import JudgeSettings, oracle_sigma, score_pool
+
+    rng = np.random.default_rng(1)
+    labels = {f"c{i}": (rng.random((12, 12)) < 0.4).astype(np.uint8) for i in range(30)}
+    # proposals = the label with a growing number of flipped voxels: a known order within each case
+    masks = {}
+    for c, label in labels.items():
+        flips = rng.permutation(label.size)
+        masks[c] = np.stack([np.where(np.isin(np.arange(label.size), flips[: 2 * k]).reshape(label.shape),
+                                      1 - label, label) for k in range(6)]).astype(np.uint8)
+    base = SimpleNamespace(classes=[1], label_manager=SimpleNamespace(ignore_label=None, has_regions=False))
+    pool = SimpleNamespace(case_ids=sorted(labels), has_labels=True, label=labels.__getitem__,
+                           source_digest=lambda c: None)
+    cache = SimpleNamespace(masks=masks.__getitem__, has_case=lambda c, digest=None: True)
+    weak = JudgeSettings("oracle", size_bias=0.05, pair_accuracy=0.7, seed=3)
+    sigma = oracle_sigma(base, pool, cache, weak)
+    assert sigma > 0 and oracle_sigma(base, pool, cache, JudgeSettings("oracle", sigma=0.02)) == 0.02
+    dice = {c: np.array([float(2 * (m & labels[c]).sum() / (m.sum() + labels[c].sum())) for m in masks[c]])
+            for c in labels}
+    measured = [judge_reliability(score_pool(base, pool, cache, JudgeSettings("oracle", size_bias=0.05,
+                                                                              pair_accuracy=0.7, seed=s),
+                                             progress=False), dice)["pairwise/accuracy"] for s in range(5)]
+    assert np.mean(measured) == pytest.approx(0.7, abs=0.03)
+    exact = score_pool(base, pool, cache, JudgeSettings("oracle"), progress=False)
+    assert judge_reliability(exact, dice)["pairwise/accuracy"] == 1.0
