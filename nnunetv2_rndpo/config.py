@@ -116,7 +116,7 @@ class RNDPOConfig:
     )
     perturb_sigma: float = _help(
         "'perturb' source: σ of the multiplicative weight noise w·(1 + σ·ε); larger = more diverse, worse masks",
-        default=0.1,
+        default=0.2,
     )
     # judge and mining
     judge: str = _help(f"who ranks the proposals: one of {JUDGES}", default="agreement")

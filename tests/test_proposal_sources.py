@@ -143,7 +143,7 @@ def test_cache_key_changes_with_sigma_and_the_ladder(monkeypatch):
 
     base = key(plan_proposals(4, ["perturb", "affine"], (0, 1), 0))
     assert base == key(plan_proposals(4, ["perturb", "affine"], (0, 1), 0))
-    assert base != key(plan_proposals(4, ["perturb", "affine"], (0, 1), 0, perturb_sigma=0.2))
+    assert base != key(plan_proposals(4, ["perturb", "affine"], (0, 1), 0, perturb_sigma=0.3))
     monkeypatch.setattr(proposals, "AFFINE_LADDER", ((3.0, 1.0),) + AFFINE_LADDER[1:])
     assert base != key(plan_proposals(4, ["perturb", "affine"], (0, 1), 0))
 
