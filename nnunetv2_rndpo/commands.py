@@ -45,6 +45,9 @@ def _add_base_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"proposal sources (proposal_sources). Default: {' '.join(DEFAULTS.proposal_sources)}")
     group.add_argument("--models", nargs="*", default=[],
                        help="extra models 'FOLD/CHECKPOINT' for the 'model' source, e.g. 0/checkpoint_best.pth")
+    group.add_argument("--perturb-sigma", type=float, default=DEFAULTS.perturb_sigma,
+                       help="'perturb' source: σ of the weight noise w·(1 + σ·ε) (perturb_sigma). "
+                            f"Default: {DEFAULTS.perturb_sigma}")
     group.add_argument("--seed", type=int, default=DEFAULTS.seed, help=f"seed. Default: {DEFAULTS.seed}")
     group.add_argument("--hybrids", type=int, default=0,
                        help="hybrids per case for 'local' mining (a proposal with one part of its disagreement with "
@@ -78,13 +81,15 @@ def _load(args):
     if args.hybrids < 0:
         raise ValueError(f"--hybrids must be >= 0, got {args.hybrids}")
     hybrids = HybridSettings(args.local_part_voxels, args.local_min_part_voxels, args.hybrids) if args.hybrids else None
+    if args.perturb_sigma <= 0:
+        raise ValueError(f"--perturb-sigma must be > 0, got {args.perturb_sigma}")
     folds = [_fold(f) for f in args.f]
     models = list(args.models) + [f"{f}/{args.chk}" for f in folds[1:]]
     sources = list(dict.fromkeys(args.sources + (["model"] if models else [])))
     if "model" in sources and not models:
         raise ValueError("--sources model needs models: add folds (-f 0 1 2) or --models 0/checkpoint_best.pth")
     base = load_base_model(args.d, args.c, folds[0], args.tr, args.p, args.chk, args.device or _default_device())
-    return base, ProposalSettings(args.n, tuple(sources), tuple(models), args.seed, hybrids)
+    return base, ProposalSettings(args.n, tuple(sources), tuple(models), args.seed, args.perturb_sigma, hybrids)
 
 
 def _trainer_config(settings, **extra) -> str:
@@ -95,6 +100,8 @@ def _trainer_config(settings, **extra) -> str:
         keys.update({"mining": "local", "mining_max_pairs_per_case": settings.hybrids.per_case,
                      "local_part_voxels": settings.hybrids.part_voxels,
                      "local_min_part_voxels": settings.hybrids.min_part_voxels})
+    if "perturb" in settings.sources:
+        keys["perturb_sigma"] = settings.perturb_sigma
     return json.dumps({**keys, **extra})
 
 
@@ -109,6 +116,16 @@ def proposals_parser() -> argparse.ArgumentParser:
     _add_base_arguments(parser)
     parser.add_argument("-num_parts", type=int, default=1, help="split the pool into this many parts (as nnUNetv2_predict)")
     parser.add_argument("-part_id", type=int, default=0, help="which part this run does: cases[part_id::num_parts]")
+    parser.add_argument("--report", action="store_true",
+                        help="headroom of the proposals against the hidden labels in labelsUnlabeled/: plain TTA "
+                             "prediction vs best-of-K, within-case spread, oracle pairs (printed, saved as "
+                             "rndpo_headroom_<key>.report.json in the base model's fold folder; needs every part done)")
+    parser.add_argument("--report-labeled", action="store_true",
+                        help="the same headroom on the fold's labeled validation cases (no hidden labels needed), "
+                             "saved as rndpo_headroom_<key>.labeled_report.json in the base model's fold folder")
+    parser.add_argument("--mining", default=DEFAULTS.mining, choices=MININGS,
+                        help=f"strategy of the oracle pairs in the headroom reports. Default: {DEFAULTS.mining}")
+    parser.add_argument("--tau", type=float, default=DEFAULTS.mining_tau, help="'margin' mining's tau in the reports")
     return parser
 
 
@@ -120,6 +137,9 @@ def run_proposals(args: argparse.Namespace) -> Path:
     base, settings = _load(args)
     progress = not args.quiet
     pool = prepare_pool(base, args.unlabeled_dir, args.num_parts, args.part_id, progress, args.on_bad_case)
+    if args.report and not pool.has_labels:
+        raise FileNotFoundError("--report needs hidden ground truth for every pool case in labelsUnlabeled/ "
+                                "(CASE<file_ending>); without it use --report-labeled")
     part = split_cases(pool.case_ids, args.num_parts, args.part_id)
     cache = ensure_proposals(base, pool, settings, part, progress)
     done = sum(cache.has_case(c, pool.source_digest(c)) for c in pool.case_ids)
@@ -127,7 +147,35 @@ def run_proposals(args: argparse.Namespace) -> Path:
           + ("" if cache.is_complete else " (other parts still missing)"))
     print(f"the trainer reuses them with this in $nnUNet_rndpo_config: {_trainer_config(settings)}"
           + ("" if args.chk == "checkpoint_final.pth" else f' and "base_checkpoint": "{base.fold_folder / args.chk}"'))
+    from nnunetv2_rndpo.mining import MiningParams
+
+    mining = MiningParams(args.mining, tau=args.tau)
+    if args.report:
+        write_headroom_report(base.fold_folder / f"rndpo_headroom_{cache.folder.name}.report.json", base, pool, cache, settings, mining, progress,
+                              f"headroom of {' '.join(settings.sources)} (K={settings.num_proposals}) on the pool")
+    if args.report_labeled:
+        from nnunetv2_rndpo.pipeline import labeled_proposals
+
+        labeled_pool, labeled_cache = labeled_proposals(base, settings, progress)
+        write_headroom_report(base.fold_folder / f"rndpo_headroom_{labeled_cache.folder.name}.labeled_report.json",
+                              base, labeled_pool,
+                              labeled_cache, settings, mining, progress,
+                              f"headroom of {' '.join(settings.sources)} (K={settings.num_proposals}) on the "
+                              f"labeled validation cases of fold {base.fold}")
     return cache.folder
+
+
+def write_headroom_report(path: Path, base, pool, cache, settings, mining, progress: bool, title: str) -> Path:
+    """Prints the proposals' headroom table and saves it as JSON (keys ``headroom/*``)."""
+    from nnunetv2_rndpo.pipeline import headroom_report
+    from nnunetv2_rndpo.pool import atomic_write_text
+    from nnunetv2_rndpo.reliability import format_table, report_json
+
+    report = headroom_report(base, pool, cache, settings, mining, progress)
+    print(format_table(report, title))
+    atomic_write_text(path, report_json(report))
+    print(f"headroom report saved to {path}")
+    return path
 
 
 # ------------------------------------------------------------------------------------------- judge
@@ -142,6 +190,9 @@ def judge_parser() -> argparse.ArgumentParser:
     parser.add_argument("--judge", required=True, choices=JUDGES, help="which judge (docs/toolkit.md)")
     parser.add_argument("--judge-sigma", type=float, default=0.0, help="oracle: Gaussian noise on Dice")
     parser.add_argument("--size-bias", type=float, default=0.0, help="oracle: size bias B (> 0 prefers larger masks)")
+    parser.add_argument("--pair-accuracy", type=float, default=None,
+                        help="oracle: calibrate σ so that the judge orders this share of within-case pairs right "
+                             "(with --size-bias), e.g. 0.7 (judge_pair_accuracy); instead of --judge-sigma")
     parser.add_argument("--scores", default=None, help="external: the QC system's CSV to validate and normalise")
     parser.add_argument("--learned-judge", default=None, help="learned: judge file. Default: rndpo_judge.pth beside the base checkpoint")
     parser.add_argument("--normalize", default="none", choices=("none", "case_minmax", "case_rank"),
@@ -170,6 +221,9 @@ def run_judge(args: argparse.Namespace) -> Path:
         raise ValueError("--judge external needs --scores FILE (CSV case_id,proposal,score from your QC system)")
     if args.judge_sigma < 0:
         raise ValueError(f"--judge-sigma must be >= 0, got {args.judge_sigma}")
+    if args.pair_accuracy is not None and not (0.5 < args.pair_accuracy <= 1 and args.judge_sigma == 0):
+        raise ValueError(f"--pair-accuracy must be in (0.5, 1] and replaces --judge-sigma, got {args.pair_accuracy} "
+                         f"with --judge-sigma {args.judge_sigma}")
     base, settings = _load(args)
     pool = prepare_pool(base, args.unlabeled_dir, progress=not args.quiet, on_bad_case=args.on_bad_case)
     cache = cached_proposals(base, pool, settings, not args.quiet)
@@ -177,7 +231,8 @@ def run_judge(args: argparse.Namespace) -> Path:
     if args.report and dice is None:
         raise FileNotFoundError("--report needs hidden ground truth for every pool case in labelsUnlabeled/ "
                                 "(CASE<file_ending>); without it, drop --report")
-    judge = JudgeSettings(args.judge, args.judge_sigma, args.size_bias, args.scores, args.learned_judge, args.seed)
+    judge = JudgeSettings(args.judge, args.judge_sigma, args.size_bias, args.scores, args.learned_judge, args.seed,
+                          args.pair_accuracy)
     scores = normalize_scores(score_pool(base, pool, cache, judge, progress=not args.quiet), args.normalize)
     output = Path(args.o) if args.o else base.fold_folder / f"rndpo_scores_{args.judge}.csv"
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +240,14 @@ def run_judge(args: argparse.Namespace) -> Path:
     print(f"scores of {len(scores)} cases written to {output}"
           + (" (proposals, then their hybrids)" if settings.hybrids else ""))
     if args.report:
-        write_report(output, scores, dice, cache, args.seed, args.tau, f"judge {args.judge} reliability")
+        extra = {}
+        if args.judge == "oracle":
+            from nnunetv2_rndpo.pipeline import oracle_sigma
+
+            extra = {"judge/sigma": oracle_sigma(base, pool, cache, judge), "judge/size_bias": args.size_bias}
+            if args.pair_accuracy is not None:
+                extra["judge/target_pair_accuracy"] = args.pair_accuracy
+        write_report(output, scores, dice, cache, args.seed, args.tau, f"judge {args.judge} reliability", extra)
     if args.report_labeled:
         write_labeled_report(output, base, settings, judge, MiningParams(args.mining, tau=args.tau), not args.quiet)
     return output
@@ -206,15 +268,16 @@ def write_labeled_report(scores_file: Path, base, settings, judge, mining, progr
     return path
 
 
-def write_report(scores_file: Path, scores, dice, cache, seed: int, tau: float, title: str) -> Path:
-    """Prints the reliability table and saves it as ``<scores>.report.json`` (ranking metrics over the base
-    proposals; with hybrids also ``mining/local/*``)."""
+def write_report(scores_file: Path, scores, dice, cache, seed: int, tau: float, title: str,
+                 extra: dict | None = None) -> Path:
+    """Prints the reliability table (with ``extra`` keys, e.g. the oracle's σ) and saves it as
+    ``<scores>.report.json`` (ranking metrics over the base proposals; with hybrids also ``mining/local/*``)."""
     from nnunetv2_rndpo.hybrids import base_scores
     from nnunetv2_rndpo.pool import atomic_write_text
     from nnunetv2_rndpo.reliability import format_table, judge_reliability, mining_reliability, report_json
 
     report = {**judge_reliability(base_scores(cache, scores), base_scores(cache, dice)),
-              **mining_reliability(cache, scores, dice, seed, tau)}
+              **mining_reliability(cache, scores, dice, seed, tau), **(extra or {})}
     print(format_table(report, title))
     path = scores_file.with_name(scores_file.name.removesuffix(".csv") + ".report.json")
     atomic_write_text(path, report_json(report))

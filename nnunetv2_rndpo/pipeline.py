@@ -30,7 +30,13 @@ from nnunetv2_rndpo.judges import (
 from nnunetv2_rndpo.mining import MiningParams, Pair, mine_pairs, pair_statistics
 from nnunetv2_rndpo.paths import rndpo_cache_folder
 from nnunetv2_rndpo.pool import PreprocessedPool, find_cases
-from nnunetv2_rndpo.proposals import ProposalCache, generate_proposals, plan_proposals, proposal_spec
+from nnunetv2_rndpo.proposals import (
+    DEFAULT_PERTURB_SIGMA,
+    ProposalCache,
+    generate_proposals,
+    plan_proposals,
+    proposal_spec,
+)
 
 LEARNED_JUDGE_FILE = "rndpo_judge.pth"
 
@@ -237,18 +243,26 @@ def split_cases(case_ids: list[str], num_parts: int, part_id: int) -> list[str]:
 @dataclass(frozen=True)
 class ProposalSettings:
     """What proposals to make; mirrors the config keys ``num_proposals``, ``proposal_sources``,
-    ``proposal_models`` and ``seed``, and ``hybrids`` (made when ``mining`` is ``local``; None = none)."""
+    ``proposal_models``, ``seed`` and ``perturb_sigma``, and ``hybrids`` (made when ``mining`` is ``local``;
+    None = none)."""
 
     num_proposals: int = 8
     sources: tuple[str, ...] = ("mirror", "threshold")
     models: tuple[str, ...] = ()
     seed: int = 12345
+    perturb_sigma: float = DEFAULT_PERTURB_SIGMA
     hybrids: HybridSettings | None = None
 
     @classmethod
     def from_config(cls, config) -> ProposalSettings:
         return cls(config.num_proposals, tuple(config.proposal_sources), tuple(config.proposal_models), config.seed,
-                   HybridSettings.from_config(config))
+                   perturb_sigma=config.perturb_sigma, hybrids=HybridSettings.from_config(config))
+
+
+def proposal_specs(base: BaseModel, settings: ProposalSettings) -> list:
+    """The recipes these settings make for this base model (:func:`~nnunetv2_rndpo.proposals.plan_proposals`)."""
+    return plan_proposals(settings.num_proposals, list(settings.sources), base.mirror_axes, settings.seed,
+                          list(settings.models), settings.perturb_sigma)
 
 
 def proposal_cache(base: BaseModel, settings: ProposalSettings, subfolder: str = "proposals",
@@ -260,8 +274,7 @@ def proposal_cache(base: BaseModel, settings: ProposalSettings, subfolder: str =
     """
     if base.previous_stage is not None:
         require_cascade_sources(settings.sources, base.configuration_name)
-    specs = plan_proposals(settings.num_proposals, list(settings.sources), base.mirror_axes, settings.seed,
-                           list(settings.models))
+    specs = proposal_specs(base, settings)
     extra = base.load_extra_weights(list(settings.models)) if "model" in settings.sources else {}
     spec = proposal_spec(base.weights, base.plans_manager.plans_name, base.configuration_name, specs, settings.seed,
                          extra)
@@ -335,7 +348,8 @@ def require_complete(cache: ProposalCache, pool: PreprocessedPool) -> None:
 @dataclass(frozen=True)
 class JudgeSettings:
     """Which judge and its knobs; mirrors ``judge``, ``judge_sigma``, ``judge_size_bias``,
-    ``judge_scores``, ``learned_judge`` and ``seed``."""
+    ``judge_scores``, ``learned_judge``, ``seed`` and ``judge_pair_accuracy`` (``pair_accuracy``: the oracle's
+    σ is calibrated to it on the cases it scores, see :func:`oracle_sigma`)."""
 
     judge: str = "agreement"
     sigma: float = 0.0
@@ -343,11 +357,30 @@ class JudgeSettings:
     scores_file: str | None = None
     learned_judge: str | None = None
     seed: int = 12345
+    pair_accuracy: float | None = None
 
     @classmethod
     def from_config(cls, config) -> JudgeSettings:
         return cls(config.judge, config.judge_sigma, config.judge_size_bias, config.judge_scores,
-                   config.learned_judge, config.seed)
+                   config.learned_judge, config.seed, config.judge_pair_accuracy)
+
+
+def oracle_sigma(base: BaseModel, pool, cache: ProposalCache, settings: JudgeSettings) -> float:
+    """The oracle judge's noise σ: ``settings.sigma``, or, with ``settings.pair_accuracy``, the σ at which its
+    expected within-case pair accuracy (with the size bias) on these cases is that target
+    (:func:`~nnunetv2_rndpo.reliability.calibrate_judge_sigma`; 0 if the target is above what σ = 0 reaches).
+
+    Assumption: the simulated judge is calibrated on the cases it scores (their hidden labels are what it
+    simulates anyway), so "weak judge at 0.70" means 0.70 on exactly these proposals.
+    """
+    if settings.pair_accuracy is None:
+        return settings.sigma
+    from nnunetv2_rndpo.judges import foreground_voxels
+    from nnunetv2_rndpo.reliability import calibrate_judge_sigma
+
+    dice = hidden_true_dice(base, pool, cache)
+    sizes = {c: foreground_voxels(cache.masks(c), base.classes) for c in pool.case_ids}
+    return calibrate_judge_sigma(dice, sizes, settings.pair_accuracy, settings.size_bias)
 
 
 def hidden_true_dice(base: BaseModel, pool: PreprocessedPool, cache: ProposalCache) -> dict[str, np.ndarray] | None:
@@ -387,6 +420,7 @@ def score_pool(
 
         learned = LearnedJudge.load(settings.learned_judge or base.fold_folder / LEARNED_JUDGE_FILE, base.device)
     rng = np.random.default_rng(settings.seed)
+    sigma = oracle_sigma(base, pool, cache, settings) if judge == "oracle" else settings.sigma
     scores = {}
     for case_id in tqdm(pool.case_ids, desc=f"judge {judge}", disable=not progress):
         masks = cache.masks(case_id)
@@ -399,7 +433,7 @@ def score_pool(
         elif judge == "learned":
             scores[case_id] = learned.score(np.asarray(pool.image(case_id)), masks)
         else:  # oracle
-            scores[case_id], _ = oracle_scores(masks, pool.label(case_id), base.classes, settings.sigma, rng,
+            scores[case_id], _ = oracle_scores(masks, pool.label(case_id), base.classes, sigma, rng,
                                                settings.size_bias, base.label_manager.ignore_label)
     return scores
 
@@ -579,3 +613,61 @@ def auto_label_smoothing(report: dict[str, float]) -> float:
     if math.isnan(accuracy):
         return 0.0
     return float(min(max(1.0 - accuracy, 0.0), MAX_AUTO_LABEL_SMOOTHING))
+
+
+# ---------------------------------------------------------------------------------------------- headroom
+
+
+def plain_prediction_dice(base: BaseModel, pool, progress: bool = True) -> dict[str, float]:
+    """``{case: true Dice}`` of nnU-Net's own prediction of every case of ``pool`` (which must have labels).
+
+    The prediction is what ``nnUNetv2_predict`` makes, in preprocessed space: the sliding-window logits
+    averaged over every allowed mirror flip (nnU-Net averages logits, not probabilities), then the label
+    manager's argmax or region threshold. Costs one TTA prediction per case (not cached).
+    """
+    predictor = base.predictor()
+    predictor.use_mirroring = bool(base.mirror_axes)
+    ignore = base.label_manager.ignore_label
+    dice = {}
+    with torch.inference_mode():
+        for case_id in tqdm(pool.case_ids, desc="plain TTA prediction", disable=not progress):
+            image = torch.from_numpy(np.array(pool.image(case_id))).to(base.device)
+            logits = predictor.predict_sliding_window_return_logits(image).float().cpu()
+            prediction = np.asarray(base.label_manager.convert_logits_to_segmentation(logits))
+            dice[case_id] = float(true_dice(prediction[None], pool.label(case_id), base.classes, ignore)[0])
+    return dice
+
+
+def headroom_report(base: BaseModel, pool, cache: ProposalCache, settings: ProposalSettings, mining: MiningParams,
+                    progress: bool = True, plain_dice: dict[str, float] | None = None) -> dict[str, float]:
+    """The proposals' headroom on cases with known labels (the pool's hidden ones, or labeled cases).
+
+    :func:`~nnunetv2_rndpo.reliability.headroom_summary` of the proposals' and the plain prediction's true
+    Dice, plus: ``headroom/proposals`` (K), ``headroom/forwards_per_case`` (forward passes per tile,
+    :func:`~nnunetv2_rndpo.proposals.forward_passes`), and for the pairs ``mining`` mines with a perfect
+    judge (the true Dice as scores): ``headroom/oracle_pairs``, ``headroom/region_size_mean`` (mean |D|),
+    ``headroom/chosen_right_in_region`` and ``headroom/chosen_right_where_decidable``
+    (:func:`~nnunetv2_rndpo.reliability.region_label_accuracy`). ``plain_dice``: the plain prediction's Dice
+    if already known (:func:`plain_prediction_dice`; it does not depend on the proposals).
+
+    Raises:
+        FileNotFoundError: some case has no label, or no current proposals.
+    """
+    from nnunetv2_rndpo.proposals import forward_passes
+    from nnunetv2_rndpo.reliability import headroom_summary, region_label_accuracy
+
+    require_complete(cache, pool)
+    dice = hidden_true_dice(base, pool, cache)
+    if dice is None:
+        raise FileNotFoundError("the headroom report needs the true label of every case: hidden labels in "
+                                "labelsUnlabeled/ next to the unlabeled images, or use --report-labeled")
+    report = headroom_summary(dice, plain_dice or plain_prediction_dice(base, pool, progress))
+    report["headroom/proposals"] = settings.num_proposals
+    report["headroom/forwards_per_case"] = forward_passes(proposal_specs(base, settings), base.mirror_axes)
+    pairs, _ = mine_pool(cache, pool.case_ids, dice, mining, settings.seed, dice)
+    report["headroom/oracle_pairs"] = len(pairs)
+    report["headroom/region_size_mean"] = float(np.mean([p.region_size for p in pairs])) if pairs else float("nan")
+    shares = region_label_accuracy(pairs, cache, pool, base.label_manager.ignore_label)
+    for key in ("chosen_right_in_region", "chosen_right_where_decidable"):
+        report[f"headroom/{key}"] = shares.get(f"pairs/{key}", float("nan"))
+    return report

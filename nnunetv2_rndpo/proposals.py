@@ -18,7 +18,15 @@ following costs one more (un-mirrored) forward pass per proposal:
                   (opt-in, only for networks trained with dropout: nnU-Net's default plans have none, and
                   such a network is an error here);
 - ``model``       another model of the same plans: a fold model or checkpoint (``proposal_models``,
-                  e.g. ``1/checkpoint_final.pth``, ``0/checkpoint_best.pth``), one proposal per model.
+                  e.g. ``1/checkpoint_final.pth``, ``0/checkpoint_best.pth``), one proposal per model;
+- ``perturb``     the base network with seeded multiplicative Gaussian noise on its weights,
+                  w·(1 + σ·ε), ε ~ N(0, 1) per weight, σ = ``perturb_sigma``; the weights are restored
+                  exactly afterwards;
+- ``affine``      the image under a small test-time rotation and scaling (fixed ladder ``AFFINE_LADDER``)
+                  and the logits warped back onto the case grid before the argmax (nnU-Net's TTA has
+                  mirroring only).
+
+:func:`forward_passes` counts a proposal set's cost.
 
 Masks are stored in nnU-Net's preprocessed space, so that patches of image, proposals and hidden labels
 line up.
@@ -37,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,6 +63,12 @@ TEMPERATURE_LADDER = (0.5, 2.0, 0.25, 4.0, 0.75, 1.5)
 INTENSITY_LADDER = ((1.1, 0.0), (0.9, 0.0), (1.0, 0.1), (1.0, -0.1), (1.25, 0.0), (0.8, 0.0), (1.0, 0.25),
                     (1.0, -0.25))
 MAX_DROPOUT_SAMPLES = 16
+# (rotation in degrees, scale) of the test-time affine warp; scale > 1 zooms in (structures appear larger)
+AFFINE_LADDER = ((5.0, 1.0), (-5.0, 1.0), (0.0, 1.1), (0.0, 0.9), (10.0, 1.0), (-10.0, 1.0), (5.0, 1.1),
+                 (-5.0, 0.9))
+MAX_PERTURB_SAMPLES = 16
+DEFAULT_PERTURB_SIGMA = 0.2  # docs/results/headroom_hc18_cpu.md: 0.2 gave more headroom than 0.1
+TTA_SOURCES = ("mirror", "threshold", "temperature")
 
 
 @dataclass(frozen=True)
@@ -73,13 +88,16 @@ def plan_proposals(
     mirror_axes: tuple[int, ...],
     seed: int,
     models: list[str] | tuple[str, ...] = (),
+    perturb_sigma: float = DEFAULT_PERTURB_SIGMA,
 ) -> list[ProposalSpec]:
     """Chooses ``num_proposals`` recipes from the sources, spread over them round-robin.
 
     Assumption: the K proposals are divided evenly between the sources (the mirror flips are capped at
     the number of flips, and what they cannot fill goes to the other sources); which flips are used when
     fewer than all are needed is drawn with ``seed``. The factors and temperatures are fixed ladders
-    (``THRESHOLD_LADDER``, ``TEMPERATURE_LADDER``), nearest to 1 first.
+    (``THRESHOLD_LADDER``, ``TEMPERATURE_LADDER``), nearest to 1 first. Every recipe carries all its
+    parameters (a ``perturb`` recipe is ``(sample index, σ)``, an ``affine`` one ``(degrees, scale)``), so the
+    cache key (:func:`proposal_spec`) changes with every knob.
 
     Raises:
         ValueError: the sources cannot produce ``num_proposals`` distinct recipes.
@@ -92,6 +110,8 @@ def plan_proposals(
         "intensity": [ProposalSpec("intensity", a) for a in INTENSITY_LADDER],
         "dropout": [ProposalSpec("dropout", i) for i in range(MAX_DROPOUT_SAMPLES)],
         "model": [ProposalSpec("model", m) for m in models],
+        "perturb": [ProposalSpec("perturb", (i, float(perturb_sigma))) for i in range(MAX_PERTURB_SAMPLES)],
+        "affine": [ProposalSpec("affine", a) for a in AFFINE_LADDER],
     }
     unknown = [s for s in sources if s not in available]
     if unknown:
@@ -121,6 +141,16 @@ def plan_proposals(
     return specs
 
 
+def forward_passes(specs: list[ProposalSpec], mirror_axes: tuple[int, ...]) -> int:
+    """Network forward passes per sliding-window tile that :func:`propose_case` makes for ``specs``.
+
+    The TTA pass (one per mirror flip, 2^len(mirror_axes)) always runs: it gives the ``mirror``,
+    ``threshold`` and ``temperature`` proposals and the mean probabilities stored with every case. Every
+    other recipe costs one more pass.
+    """
+    return 2 ** len(mirror_axes) + sum(s.source not in TTA_SOURCES for s in specs)
+
+
 def _flip_dims(image_ndim: int, patch_ndim: int, axes: tuple[int, ...]) -> list[int]:
     """Dims of a ``(C, *spatial)`` array that the patch axes ``axes`` refer to (2D configs skip axis 1)."""
     offset = image_ndim - patch_ndim
@@ -138,8 +168,16 @@ def _single_pass(predictor, image: torch.Tensor, label_manager) -> torch.Tensor:
 
 def _extra_pass(predictor, image: torch.Tensor, spec: ProposalSpec, label_manager, seed: int,
                 extra_weights: dict) -> torch.Tensor:
-    """One proposal of the sources that need their own forward pass (intensity, dropout, model)."""
+    """One proposal of the sources that need their own forward pass (intensity, dropout, model, perturb,
+    affine)."""
     network = predictor.network
+    if spec.source == "perturb":
+        index, sigma = spec.parameter
+        return _perturbed_pass(predictor, image, label_manager, sigma, seed * 1000 + index)
+    if spec.source == "affine":
+        degrees, scale = spec.parameter
+        patch_ndim = len(predictor.configuration_manager.patch_size)
+        return _affine_pass(predictor, image, label_manager, degrees, scale, patch_ndim)
     if spec.source == "intensity":
         scale, shift = spec.parameter
         return _single_pass(predictor, image * scale + shift, label_manager)
@@ -163,12 +201,86 @@ def _extra_pass(predictor, image: torch.Tensor, spec: ProposalSpec, label_manage
     # model
     if spec.parameter not in extra_weights:
         raise ValueError(f"proposal source 'model' {spec.parameter!r}: its weights were not loaded")
+    return _pass_with_weights(predictor, image, label_manager, extra_weights[spec.parameter])
+
+
+def _pass_with_weights(predictor, image: torch.Tensor, label_manager, weights: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The argmax of the network with ``weights`` loaded (all or some of its tensors); the base weights are
+    restored exactly afterwards, also on an error."""
+    network = predictor.network
     base = {k: v.detach().clone() for k, v in network.state_dict().items()}
     try:
-        network.load_state_dict(extra_weights[spec.parameter])
+        network.load_state_dict(weights, strict=set(weights) == set(base))
         return _single_pass(predictor, image, label_manager)
     finally:
         network.load_state_dict(base)
+
+
+def perturbed_weights(network: torch.nn.Module, sigma: float, seed: int) -> dict[str, torch.Tensor]:
+    """The network's parameters times (1 + σ·ε), ε ~ N(0, 1) per weight, drawn on the CPU from ``seed``.
+
+    Parameters are drawn in name order on the CPU, so the same seed gives the same noise on any device.
+    Buffers (e.g. running statistics) are not perturbed. Returns ``{name: perturbed tensor}``.
+    """
+    generator = torch.Generator().manual_seed(int(seed))
+    perturbed = {}
+    for name, parameter in sorted(network.named_parameters()):
+        noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float32)
+        perturbed[name] = parameter.detach() * (1 + sigma * noise.to(parameter.device, parameter.dtype))
+    return perturbed
+
+
+def _perturbed_pass(predictor, image: torch.Tensor, label_manager, sigma: float, seed: int) -> torch.Tensor:
+    """The argmax of the base network with weights w·(1 + σ·ε) (:func:`perturbed_weights`); weights restored."""
+    return _pass_with_weights(predictor, image, label_manager, perturbed_weights(predictor.network, sigma, seed))
+
+
+def affine_theta(degrees: float, scale: float, spatial_shape: tuple[int, ...]) -> torch.Tensor:
+    """``(N, N + 1)`` matrix for ``torch.nn.functional.affine_grid`` (N = 2 or 3 spatial dims) of a rotation
+    by ``degrees`` in the plane of the last two spatial axes and a zoom by ``scale`` about the centre.
+
+    ``affine_grid`` maps output to input coordinates, normalised to [−1, 1] per axis and ordered last axis
+    first. The rotation is built in voxel units (p_in = R·p_out / scale) and converted, so that it stays a
+    rotation on a non-square grid. Assumption: the last two axes of nnU-Net's preprocessed (transposed) array
+    are the in-plane ones; in 3D the first axis is left unrotated and only zoomed.
+    """
+    n = len(spatial_shape)
+    angle = math.radians(degrees)
+    rotation = torch.eye(n, dtype=torch.float64)
+    # grid order is (last axis, second-to-last, ...): rotate the first two grid coordinates
+    rotation[:2, :2] = torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    half_size = torch.tensor(list(reversed(spatial_shape)), dtype=torch.float64) / 2
+    matrix = torch.diag(1 / half_size) @ rotation @ torch.diag(half_size) / scale
+    return torch.cat([matrix, torch.zeros(n, 1, dtype=torch.float64)], 1).float()
+
+
+def warp(volume: torch.Tensor, theta: torch.Tensor, patch_ndim: int, padding_mode: str) -> torch.Tensor:
+    """``volume`` ``(C, *spatial)`` resampled (bilinear/trilinear) on the grid ``theta`` over its last
+    ``patch_ndim`` axes; a 2D configuration's leading slice axis is treated as a batch of slices."""
+    import torch.nn.functional as F
+
+    batch = volume[None] if volume.ndim == patch_ndim + 1 else volume.transpose(0, 1)  # (B, C, *spatial)
+    grid = F.affine_grid(theta.to(volume.device)[None].expand(batch.shape[0], -1, -1), list(batch.shape),
+                         align_corners=False)
+    warped = F.grid_sample(batch.float(), grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+    return warped[0] if volume.ndim == patch_ndim + 1 else warped.transpose(0, 1).contiguous()
+
+
+def _affine_pass(predictor, image: torch.Tensor, label_manager, degrees: float, scale: float,
+                 patch_ndim: int) -> torch.Tensor:
+    """Argmax of the logits of the warped image, warped back onto the case grid.
+
+    The image is sampled with reflection at the border (the network sees image-like content, not a constant
+    frame); the logits are warped back with the inverse transform and border replication (where the
+    inverse reaches past the warped field of view, the nearest predicted logits are used).
+    """
+    spatial = tuple(image.shape[-patch_ndim:])
+    theta = affine_theta(degrees, scale, spatial)
+    inverse = torch.linalg.inv(torch.cat([theta, torch.tensor([[0.0] * patch_ndim + [1.0]])]))[:-1]
+    warped_image = warp(image, theta, patch_ndim, "reflection").to(image.dtype)
+    logits = predictor.predict_sliding_window_return_logits(warped_image).float()
+    logits = warp(logits, inverse, patch_ndim, "border").cpu()
+    return torch.as_tensor(label_manager.convert_logits_to_segmentation(logits))
 
 
 @torch.inference_mode()
@@ -190,7 +302,7 @@ def propose_case(
         specs: recipes from :func:`plan_proposals`.
         label_manager: nnU-Net's ``LabelManager`` (softmax or regions).
         mirror_axes: the network's allowed mirroring axes (patch axes).
-        seed: seeds the ``dropout`` samples.
+        seed: seeds the ``dropout`` and ``perturb`` samples.
         extra_weights: ``{name: state_dict}`` of the ``model`` source's models.
 
     Returns:
@@ -220,7 +332,7 @@ def propose_case(
             masks.append(flip_masks[spec.parameter])
         elif spec.source == "temperature":
             masks.append(label_manager.convert_probabilities_to_segmentation(mean_probabilities[spec.parameter]))
-        elif spec.source in ("intensity", "dropout", "model"):
+        elif spec.source not in TTA_SOURCES:
             masks.append(_extra_pass(predictor, image, spec, label_manager, seed, extra_weights or {}))
         else:  # threshold
             scaled = probabilities.clone()

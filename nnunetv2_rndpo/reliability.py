@@ -16,7 +16,11 @@ one run (docs/toolkit.md):
                           every voxel of D towards the chosen mask, so this is the share of that push that
                           is right; a pair can be "right" (higher Dice) and still push half of D the wrong way.
 - ``pairs/chosen_right_where_decidable``  the same share counted only on the voxels of D where exactly one of
-                          the two masks carries the true label (elsewhere neither is right and no verdict helps).
+                          the two masks carries the true label (with more than one foreground class both can be
+                          wrong there, and no verdict can help); with one class every voxel of D is decidable.
+
+The proposals' headroom (:func:`headroom_summary`, ``headroom/*``): how much a perfect judge could gain over
+nnU-Net's own prediction from this proposal set, before any judge is involved.
 
 Voxels carrying nnU-Net's ignore label count neither in the true Dice nor in D.
 """
@@ -80,12 +84,14 @@ def judge_reliability(scores: dict[str, np.ndarray], dice: dict[str, np.ndarray]
         a, n = pairwise_accuracy(scores[c], dice[c])
         correct, counted = correct + a, counted + n
     regret = [float(dice[c].max() - dice[c][int(np.argmax(scores[c]))]) for c in cases]
+    # pooled and per-case Spearman and the within-case pair accuracy side by side: only the last two say how
+    # good the judge's DPO pairs are (a pooled ρ is high from differences between cases alone)
     return {
         "cases": len(cases),
-        "spearman/per_case": float(np.mean(per_case)) if per_case else math.nan,
-        "spearman/cases": len(per_case),
         "spearman/pooled": spearman(np.concatenate([scores[c] for c in cases]), np.concatenate([dice[c] for c in cases])),
+        "spearman/per_case": float(np.mean(per_case)) if per_case else math.nan,
         "pairwise/accuracy": correct / counted if counted else math.nan,
+        "spearman/cases": len(per_case),
         "pairwise/pairs": counted,
         "top1/regret": float(np.mean(regret)),
         "top1/best_dice_mean": float(np.mean([dice[c].max() for c in cases])),
@@ -114,33 +120,135 @@ def mining_reliability(cache, scores: dict[str, np.ndarray], dice: dict[str, np.
     return result
 
 
+def region_verdict_counts(chosen: np.ndarray, rejected: np.ndarray, label: np.ndarray,
+                          ignore_label: int | None = None) -> tuple[int, int, int]:
+    """``(|D|, chosen right in D, decidable voxels of D)`` of one pair against the true label.
+
+    D = voxels where ``chosen`` ≠ ``rejected`` (not ``ignore_label`` in ``label``); decidable = voxels of D
+    where exactly one of the two masks carries the true label (in D they differ, so at most one does).
+    All arrays share one shape.
+    """
+    region = chosen != rejected
+    if ignore_label is not None:
+        region &= label != ignore_label
+    chosen_right = region & (chosen == label)
+    decidable = chosen_right | (region & (rejected == label))
+    return int(region.sum()), int(chosen_right.sum()), int(decidable.sum())
+
+
 def region_label_accuracy(pairs, cache, pool, ignore_label: int | None = None) -> dict[str, float]:
     """``pairs/chosen_right_in_region`` and ``pairs/chosen_right_where_decidable`` (see the module docstring)
-    for ``pairs`` of ``cache``'s proposals, against ``pool``'s hidden labels (preprocessed space). Voxels the
-    label marks ``ignore_label`` are not counted in D: their true label is unknown. Empty when a case has no
-    hidden label; the decidable share is the mean over the pairs with a decidable voxel."""
-    shares, decidable_shares = [], []
+    for ``pairs`` of ``cache``'s proposals, against ``pool``'s hidden labels (preprocessed space): means over
+    pairs of per-pair shares (pairs with an empty D, or no decidable voxel, are left out of that mean). Voxels
+    the label marks ``ignore_label`` are not counted in D: their true label is unknown. Empty when a case has
+    no hidden label."""
+    in_region, where_decidable = [], []
     for pair in pairs:
         label = pool.label(pair.case_id)
         if label is None:
             return {}
         masks = cache.masks(pair.case_id)
-        chosen, rejected = masks[pair.chosen], masks[pair.rejected]
-        region = chosen != rejected
-        if ignore_label is not None:
-            region &= label != ignore_label
-        if region.any():
-            chosen_right, rejected_right = chosen[region] == label[region], rejected[region] == label[region]
-            shares.append(float(np.mean(chosen_right)))
-            decidable = chosen_right != rejected_right
-            if decidable.any():
-                decidable_shares.append(float(np.mean(chosen_right[decidable])))
-    if not shares:
+        region, right, decidable = region_verdict_counts(masks[pair.chosen], masks[pair.rejected], label,
+                                                         ignore_label)
+        if region:
+            in_region.append(right / region)
+        if decidable:
+            where_decidable.append(right / decidable)
+    if not in_region:
         return {}
-    result = {"pairs/chosen_right_in_region": float(np.mean(shares))}
-    if decidable_shares:
-        result["pairs/chosen_right_where_decidable"] = float(np.mean(decidable_shares))
+    result = {"pairs/chosen_right_in_region": float(np.mean(in_region))}
+    if where_decidable:
+        result["pairs/chosen_right_where_decidable"] = float(np.mean(where_decidable))
     return result
+
+
+def headroom_summary(dice: dict[str, np.ndarray], plain_dice: dict[str, float]) -> dict[str, float]:
+    """What a perfect judge could gain from a proposal set over nnU-Net's own prediction.
+
+    Means over the cases of ``dice`` of:
+    ``headroom/plain_dice`` (Dice of nnU-Net's TTA prediction), ``headroom/best_of_k`` (max_k Dice_k),
+    ``headroom/proposal_dice_mean`` (mean_k Dice_k), ``headroom/within_case_sd`` (the proposals' population
+    standard deviation within the case); ``headroom/oracle_headroom`` = best_of_k − plain_dice, and
+    ``headroom/best_above_plain`` = share of cases whose best proposal beats the plain prediction.
+
+    Args:
+        dice: ``{case: (K,) true Dice of the proposals}``.
+        plain_dice: ``{case: true Dice of the plain prediction}`` for the same cases.
+    """
+    cases = sorted(dice)
+    missing = [c for c in cases if c not in plain_dice]
+    if missing:
+        raise ValueError(f"no plain-prediction Dice for cases {missing[:5]}")
+    best = np.array([dice[c].max() for c in cases])
+    plain = np.array([plain_dice[c] for c in cases])
+    return {
+        "headroom/cases": len(cases),
+        "headroom/plain_dice": float(plain.mean()),
+        "headroom/best_of_k": float(best.mean()),
+        "headroom/oracle_headroom": float(best.mean() - plain.mean()),
+        "headroom/proposal_dice_mean": float(np.mean([dice[c].mean() for c in cases])),
+        "headroom/within_case_sd": float(np.mean([dice[c].std() for c in cases])),
+        "headroom/best_above_plain": float(np.mean(best > plain)),
+    }
+
+
+def expected_pair_accuracy(dice: dict[str, np.ndarray], sizes: dict[str, np.ndarray], sigma: float,
+                           size_bias: float = 0.0) -> float:
+    """Expected ``pairwise/accuracy`` of the oracle judge (:func:`~nnunetv2_rndpo.judges.oracle_scores`) with
+    noise ``sigma`` and size bias B on these proposals, over its noise.
+
+    The judge's score is s_k = Dice_k + B·(v_k − v̄)/v̄ + N(0, σ²); for a pair i, j of one case with
+    Dice_i ≠ Dice_j and m = sign(Dice_i − Dice_j)·(s̄_i − s̄_j) (s̄ = the score without noise), the noise
+    difference is N(0, 2σ²), so P(ordered right) = Φ(m / (σ√2)) = (1 + erf(m / 2σ)) / 2 (σ = 0: 1, 0.5, 0
+    for m > 0, = 0, < 0). The mean is over all such pairs of all cases, as ``pairwise/accuracy`` counts them.
+
+    Args:
+        dice: ``{case: (K,) true Dice}``.
+        sizes: ``{case: (K,) foreground voxels}`` (:func:`~nnunetv2_rndpo.judges.foreground_voxels`).
+    """
+    probabilities = []
+    for case in sorted(dice):
+        d, v = np.asarray(dice[case], float), np.asarray(sizes[case], float)
+        mean = d + (size_bias * (v - v.mean()) / v.mean() if size_bias and v.mean() > 0 else 0.0)
+        for i in range(len(d)):
+            for j in range(i + 1, len(d)):
+                if d[i] == d[j]:
+                    continue
+                m = np.sign(d[i] - d[j]) * (mean[i] - mean[j])
+                probabilities.append((1 + math.erf(m / (2 * sigma))) / 2 if sigma > 0 else 0.5 + 0.5 * np.sign(m))
+    return float(np.mean(probabilities)) if probabilities else math.nan
+
+
+def calibrate_judge_sigma(dice: dict[str, np.ndarray], sizes: dict[str, np.ndarray], target_accuracy: float,
+                          size_bias: float = 0.0) -> float:
+    """The noise σ at which the oracle judge with size bias B orders ``target_accuracy`` of the within-case
+    pairs right (:func:`expected_pair_accuracy`), by bisection on log σ.
+
+    This calibrates the simulated judge the way DPO uses it: every pair compares two proposals of one case,
+    so a "weak judge" is one that is right on a given share of such pairs; a pooled correlation can be high
+    from differences between cases alone. Returns 0 when even σ = 0 is not above the target (the size bias
+    alone already makes the judge that weak); the accuracy reached is then that of σ = 0.
+
+    Raises:
+        ValueError: the target is not in (0.5, 1], or no pair of any case has different Dice.
+    """
+    if not 0.5 < target_accuracy <= 1:
+        raise ValueError(f"target pair accuracy must be in (0.5, 1] (0.5 is a coin), got {target_accuracy}")
+    noiseless = expected_pair_accuracy(dice, sizes, 0.0, size_bias)
+    if math.isnan(noiseless):
+        raise ValueError("cannot calibrate the judge: no case has two proposals with different true Dice")
+    if noiseless <= target_accuracy:
+        return 0.0
+    low, high = 1e-8, 1.0
+    while expected_pair_accuracy(dice, sizes, high, size_bias) > target_accuracy and high < 1e6:
+        high *= 10
+    for _ in range(60):
+        middle = math.sqrt(low * high)
+        if expected_pair_accuracy(dice, sizes, middle, size_bias) > target_accuracy:
+            low = middle
+        else:
+            high = middle
+    return float(math.sqrt(low * high))
 
 
 def format_table(report: dict[str, float], title: str) -> str:

@@ -8,7 +8,8 @@ Per seed s (the seed draws the labeled cases; the test set is the same for every
 dataset ``Dataset<id+s>`` from ``nnUNetv2_rndpo_make_dataset`` → plan and preprocess → base model
 (``Scale.base_trainer``, fold ``all``) → proposals once (``nnUNetv2_rndpo_proposals``) → every judge's
 scores and reliability report (``nnUNetv2_rndpo_judge --report``; the weak oracle's σ is calibrated so
-that its pooled Spearman with true Dice is nearest to 0.5) → every arm, each an ``nnUNetv2_train`` run
+that it orders 70% of the within-case proposal pairs right, with a size bias; the ``uncertainty`` judge's
+reliability is reported beside the others even where no arm trains on it) → every arm, each an ``nnUNetv2_train`` run
 from the base checkpoint in its own results folder, reading the judge's scores as ``judge: external``, with
 the test Dice curve of :mod:`nnunetv2_rndpo.evaluation` after every epoch. Plus one full-label model (labeled
 and pool cases with their labels, same test set) as the upper bound.
@@ -39,9 +40,13 @@ from nnunetv2_rndpo.pool import atomic_write_text
 
 TRAINERS_FOLDER = Path(__file__).resolve().parents[1] / "trainers"
 PROPOSALS = {"num_proposals": 8, "proposal_sources": ["mirror", "threshold", "temperature"], "seed": 12345}
-WEAK_TARGET_SPEARMAN = 0.5
-WEAK_SIGMAS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.2)
+# The weak judge is calibrated the way DPO uses it: on within-case pair accuracy (results before issue 18 were
+# calibrated to a pooled Spearman of 0.5, which between-case differences alone reach: within a case that judge
+# was a coin flip, 0.50-0.56).
+WEAK_TARGET_PAIR_ACCURACY = 0.70
 WEAK_SIZE_BIAS = 0.05
+# judges whose reliability every study reports beside the scale's arm judges (cheap: no arms, no training)
+REPORTED_JUDGES = ("uncertainty",)
 
 
 @dataclass(frozen=True)
@@ -237,6 +242,11 @@ class Study:
         print(f"results: {self.results_file}; report: {self.root / 'report.md'}")
         return self.results
 
+    @property
+    def report_judges(self) -> tuple[str, ...]:
+        """Every judge whose reliability the study measures: the arm judges, then ``REPORTED_JUDGES``."""
+        return tuple(dict.fromkeys(self.scale.judges + REPORTED_JUDGES))
+
     def dataset_id(self, seed: int, full_label: bool = False) -> int:
         return self.spec.dataset_id + (50 if full_label else 0) + seed
 
@@ -281,8 +291,8 @@ class Study:
         report = csv.with_suffix(".report.json")
         if not report.is_file():
             if judge == "weak":
-                sigma = self._calibrate_weak(seed)
-                extra = ["--judge", "oracle", "--judge-sigma", str(sigma), "--size-bias", str(WEAK_SIZE_BIAS)]
+                extra = ["--judge", "oracle", "--pair-accuracy", str(WEAK_TARGET_PAIR_ACCURACY), "--size-bias",
+                         str(WEAK_SIZE_BIAS)]
             elif judge == "learned":
                 if not (self.root / "nnUNet_results" / self._raw(did).name / f"{self.scale.base_trainer}__nnUNetPlans__"
                         f"{self.spec.configuration}" / "fold_all" / "rndpo_judge.pth").is_file():
@@ -294,22 +304,6 @@ class Study:
                                          "-o", str(csv)], folder)
         return csv, json.loads(report.read_text())
 
-    def _calibrate_weak(self, seed: int) -> float:
-        """The noise σ (with size bias ``WEAK_SIZE_BIAS``) whose pooled Spearman is nearest to 0.5."""
-        did, folder = self.dataset_id(seed), self.root / f"seed_{seed}" / "weak_calibration"
-        measured = {}
-        for sigma in WEAK_SIGMAS:
-            csv = folder / f"sigma_{sigma}.csv"
-            if not csv.with_suffix(".report.json").is_file():
-                self._run(f"calibrate_sigma_{sigma}", ["nnUNetv2_rndpo_judge", *self._base_args(did), "--judge", "oracle",
-                                                       "--judge-sigma", str(sigma), "--size-bias", str(WEAK_SIZE_BIAS),
-                                                       "--report", "-o", str(csv)], folder)
-            measured[sigma] = json.loads(csv.with_suffix(".report.json").read_text())["spearman/pooled"]
-        sigma = min(measured, key=lambda s: abs((measured[s] if measured[s] is not None else 1.0) - WEAK_TARGET_SPEARMAN))
-        self.results["seeds"][str(seed)]["weak_calibration"] = {"size_bias": WEAK_SIZE_BIAS, "sigma": sigma,
-                                                                "spearman_by_sigma": measured}
-        return sigma
-
     def run_seed(self, seed: int) -> None:
         record = self.results["seeds"].setdefault(str(seed), {"arms": {}, "judges": {}})
         raw = self.make_dataset(seed)
@@ -319,6 +313,14 @@ class Study:
         manifest = raw / MANIFEST
         if manifest.is_file():
             record["splits"] = {k: len(v) for k, v in json.loads(manifest.read_text())["splits"].items()}
+        for judge in self.report_judges:
+            record["judges"][judge] = self.judge_scores(seed, judge)[1]
+        report = record["judges"].get("weak", {})
+        if "judge/target_pair_accuracy" in report:  # not in a study folder made before the pair-accuracy target
+            record["weak_calibration"] = {"size_bias": WEAK_SIZE_BIAS, "target_pair_accuracy": WEAK_TARGET_PAIR_ACCURACY,
+                                          "sigma": report.get("judge/sigma"),
+                                          "pair_accuracy": report.get("pairwise/accuracy")}
+        self._save()
         for arm in arms_for(self.scale.judges, self.scale.full_arms) + (sweep_arms() if self.sweep else []):
             if arm.name in record["arms"] and "drift" not in record["arms"][arm.name]:  # results of older runs
                 fold = self._arm_fold(seed, arm, base_folder)
@@ -499,6 +501,7 @@ def _sweep_lines(rows: list[dict]) -> list[str]:
             "| judge | method | β | seeds | Δ sustained | worst drop | drift |", "|---|---|---|---|---|---|---|", *table]
 
 
+JUDGE_ORDER = ("oracle", "weak", "agreement", "uncertainty", "learned", "external")
 DRIFT_BINS = (0.0, 0.0025, 0.005, 0.01, 0.02, 0.05, math.inf)
 
 
@@ -559,9 +562,11 @@ def write_report(all_results: list[dict], report_file: Path, figure_folder: Path
         lines += _drift_lines(results)
         keys = ("spearman/pooled", "spearman/per_case", "pairwise/accuracy", "top1/regret",
                 "mining/top_bottom/oracle_acc", "mining/top_random/oracle_acc")
-        judges = sorted({j for s in results["seeds"].values() for j in s.get("judges", {})})
+        judges = sorted({j for s in results["seeds"].values() for j in s.get("judges", {})},
+                        key=lambda j: (JUDGE_ORDER.index(j) if j in JUDGE_ORDER else len(JUDGE_ORDER), j))
         if judges:
-            lines += ["", "Judge reliability on the pool (hidden labels):", "",
+            lines += ["", "Judge reliability on the pool (hidden labels; pooled ρ can be high from differences "
+                      "between cases alone, DPO pairs depend on the per-case ρ and the within-case pair accuracy):", "",
                       "| judge | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
             for judge in judges:
                 reports = [s["judges"][judge] for s in results["seeds"].values() if judge in s.get("judges", {})]

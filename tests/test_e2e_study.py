@@ -33,9 +33,11 @@ def test_study_runs_arms_writes_report_and_resumes(tmp_path, capsys):
     assert all("final validation skipped" in log for log in logs.values())
     assert results["seeds"]["0"]["splits"]["test"] == 6
     assert results["seeds"]["0"]["judges"]["oracle"]["pairwise/accuracy"] == pytest.approx(1.0)
+    assert "pairwise/accuracy" in results["seeds"]["0"]["judges"]["uncertainty"]  # reported without arms
     assert 0 < results["full_label"]["dice"] <= 1
     report = (out / "report.md").read_text()
     assert "| RN-DPO | oracle | top_bottom |" in report and "![synthetic, judge oracle]" in report
+    assert "| uncertainty |" in report
     assert (out / "figures" / "synthetic_oracle.png").stat().st_size > 5000
 
     capsys.readouterr()

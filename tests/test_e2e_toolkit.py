@@ -94,6 +94,18 @@ def test_oracle_with_large_noise_is_unreliable_and_seeded(toolkit):
     assert read_csv(root / "noisy.csv") == read_csv(root / "noisy2.csv")
 
 
+def test_oracle_calibrated_to_a_pair_accuracy_records_its_sigma(toolkit):
+    root, env, _, _ = toolkit
+    command(env, "judge", "--judge", "oracle", "--pair-accuracy", "0.7", "--size-bias", "0.05", "--report",
+            "-o", str(root / "weak.csv"))
+    report = json.loads((root / "weak.report.json").read_text())
+    assert report["judge/target_pair_accuracy"] == 0.7 and report["judge/size_bias"] == 0.05
+    # either noise was needed to get down to 0.7, or the size bias alone already made the judge that weak
+    assert report["judge/sigma"] > 0 or report["pairwise/accuracy"] <= 0.7
+    bad = command(env, "judge", "--judge", "oracle", "--pair-accuracy", "0.4", expect_ok=False)
+    assert bad.returncode == 2 and "--pair-accuracy must be in (0.5, 1]" in bad.stderr
+
+
 @pytest.mark.parametrize("judge", ["agreement", "uncertainty"])
 def test_label_free_judges_write_the_trainers_csv(toolkit, judge):
     root, env, cache, _ = toolkit
@@ -142,6 +154,30 @@ def test_reliability_on_labeled_validation_cases(toolkit):
     report = json.loads((root / "unc.labeled_report.json").read_text())
     assert report["labeled/cases"] == 2 and 0 <= report["labeled/flip_rate"] <= 0.4
     assert (cache.parent.parent / "labeled_proposals" / cache.name / "manifest.json").is_file()
+
+
+def test_headroom_reports_of_the_new_sources_on_the_pool_and_the_labeled_cases(toolkit):
+    root, env, _, _ = toolkit
+    copy = root / "headroom"
+    shutil.copytree(root / "preprocessed", copy, ignore=shutil.ignore_patterns("rndpo"))
+    env = {**env, "nnUNet_preprocessed": str(copy)}
+    stdout = command(env, "proposals", "--sources", "mirror", "perturb", "affine", "--perturb-sigma", "0.2",
+                     "--report", "--report-labeled").stdout
+    assert "headroom/oracle_headroom" in stdout and '"perturb_sigma": 0.2' in stdout
+    (cache,) = [p for p in proposals_root(copy).iterdir() if p.is_dir()]
+    (labeled,) = [p for p in (copy / DATASET / "rndpo" / "nnUNetPlans_2d" / "labeled_proposals").iterdir()]
+    fold = base_fold(root)
+    for report_file, cases in ((fold / f"rndpo_headroom_{cache.name}.report.json", 6),
+                               (fold / f"rndpo_headroom_{labeled.name}.labeled_report.json", 2)):
+        report = json.loads(report_file.read_text())
+        assert report["headroom/cases"] == cases and report["headroom/proposals"] == 4
+        assert report["headroom/forwards_per_case"] == 4 + 2  # 4 flips, then 1 perturb and 1 affine pass
+        assert 0 <= report["headroom/plain_dice"] <= 1 and report["headroom/within_case_sd"] >= 0
+        assert report["headroom/best_of_k"] >= report["headroom/proposal_dice_mean"]
+        assert report["headroom/oracle_headroom"] == pytest.approx(report["headroom/best_of_k"]
+                                                                   - report["headroom/plain_dice"])
+        if report["headroom/oracle_pairs"]:  # one class: every voxel of D is decidable
+            assert report["headroom/chosen_right_where_decidable"] == report["headroom/chosen_right_in_region"]
 
 
 def test_invalid_inputs_error_clearly(toolkit):

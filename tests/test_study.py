@@ -218,3 +218,46 @@ def test_report_bins_runs_by_their_largest_drift():
     assert "| [0.0025, 0.005) | 1 | 0 | -0.0200 |" in text  # the DPO run: KL 0.004, lost 0.02
     assert "| [0.02, 0.05) | 1 | 1 | 0.0400 |" in text and "| [0.05, inf) | 1 | 1 | 0.0400 |" in text
     assert "control" not in text and _drift_lines({"seeds": {}}) == []
+
+
+def test_weak_judge_is_calibrated_on_pair_accuracy_and_uncertainty_is_always_reported(tmp_path, monkeypatch):
+    from nnunetv2_rndpo.commands import judge_parser
+    from nnunetv2_rndpo.study import WEAK_SIZE_BIAS, WEAK_TARGET_PAIR_ACCURACY
+
+    study = Study("synthetic", None, "cpu", tmp_path / "out")
+    assert study.report_judges == ("oracle", "weak", "agreement", "learned", "uncertainty")
+    commands = []
+    monkeypatch.setattr(study, "_run", lambda name, command, folder, **env: commands.append(command))
+    monkeypatch.setattr(study, "_raw", lambda did: tmp_path)
+    (tmp_path / "out" / "seed_0").mkdir(parents=True)
+    (tmp_path / "out" / "seed_0" / "scores_weak.report.json").write_text("{}")  # judge_scores reads it back
+    study.judge_scores(0, "weak")
+    assert not commands  # cached: not made again
+    (tmp_path / "out" / "seed_0" / "scores_weak.report.json").unlink()
+    with pytest.raises(FileNotFoundError):
+        study.judge_scores(0, "weak")
+    args = judge_parser().parse_args(commands[0][1:])
+    assert (args.judge, args.pair_accuracy, args.size_bias, args.judge_sigma) == (
+        "oracle", WEAK_TARGET_PAIR_ACCURACY, WEAK_SIZE_BIAS, 0.0)
+
+
+def test_judge_table_lists_judges_in_a_fixed_order_with_the_three_rank_measures(tmp_path):
+    results = _results()
+    for judge in ("learned", "uncertainty", "agreement", "weak"):
+        results["seeds"]["0"]["judges"][judge] = {"spearman/pooled": 0.5, "spearman/per_case": 0.1,
+                                                  "pairwise/accuracy": 0.6}
+    text = write_report([results], tmp_path / "r.md", tmp_path / "f").read_text()
+    table = text[text.index("Judge reliability"):]
+    assert "| judge | spearman/pooled | spearman/per_case | pairwise/accuracy |" in table
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "judge" not in line]
+    assert rows[:5] == ["oracle", "weak", "agreement", "uncertainty", "learned"]
+
+
+def test_committed_results_still_make_a_report(tmp_path):
+    from pathlib import Path
+
+    from nnunetv2_rndpo.study import load_results
+
+    files = sorted((Path(__file__).resolve().parents[1] / "docs" / "results").glob("study_*.json"))
+    text = write_report([load_results(f) for f in files], tmp_path / "r.md", tmp_path / "f").read_text()
+    assert text.count("Judge reliability on the pool") == len(files)
