@@ -9,7 +9,9 @@ cases (linked, not copied), nnU-Net's default plans for each configuration, a ba
 
 1. **Step cost**: seconds per iteration of ``train_step`` with the trainer's own data loading
    (``next(dataloader_train)`` included), at the planned patch and batch size, for ``nnUNetTrainer``,
-   ``nnUNetTrainerRNDPO`` with every anchor off, with ``sft_weight`` 1 only, and with the default anchors.
+   ``nnUNetTrainerRNDPO`` with every anchor off, with ``sft_weight`` 1 only, and with the default anchors
+   (the default config). ``step cost`` is the ratio of the anchors-off step (the preference step alone) to
+   nnU-Net's, ``default step cost`` the ratio of the default config's step.
    Each variant runs in its own process; the variants alternate ``--repeats`` times and the fastest
    repeat counts.
 2. **Proposal cost**: K = 8 mirror-flip proposals in 3D (4 in 2D) for ``--proposal-cases`` pool cases,
@@ -329,6 +331,7 @@ def print_tables(results: dict, args) -> None:
                     line += f"{r['peak_gpu_mb']:>13.0f}{r['peak_gpu_mb'] / base['peak_gpu_mb']:>6.2f}×"
                 emit(line)
             emit(f"step cost: {steps['RN-DPO, anchors off']['seconds_per_it'] / base['seconds_per_it']:.2f}×")
+            emit(f"default step cost: {steps['RN-DPO, default anchors']['seconds_per_it'] / base['seconds_per_it']:.2f}×")
         p = results.get(f"proposals/{configuration}")
         if p:
             emit(f"proposals, {p['cases']} cases: predict with TTA {p['tta']:.2f} s; K={p['k']} mirror "
