@@ -91,9 +91,10 @@ class RNDPOConfig:
         "weight of nnU-Net's supervised loss on labeled patches in the same step (anchor); 0 = off",
         default=1.0,
     )
-    sft_batch_fraction: float = _help(
+    sft_batch_fraction: float | None = _help(
         "share of the step's batch that is labeled samples when sft_weight > 0 (the pairs get the rest, so a step "
-        "costs about nnU-Net's); at least 1 of each", default=0.5,
+        "costs about nnU-Net's); at least 1 of each. None = a full labeled batch beside a full batch of pairs "
+        "(twice nnU-Net's batch, as before this key existed)", default=0.5,
     )
     consistency_weight: float = _help(
         "weight of KL(reference ‖ policy) averaged over voxels outside D (label-free anchor); 0 = off",
@@ -205,7 +206,8 @@ class RNDPOConfig:
         else:
             _check_range("label_smoothing", self.label_smoothing, low=0, high=0.5, high_open=True)
         _check_range("sft_weight", self.sft_weight, low=0)
-        _check_range("sft_batch_fraction", self.sft_batch_fraction, low=0, high=1, low_open=True, high_open=True)
+        if self.sft_batch_fraction is not None:
+            _check_range("sft_batch_fraction", self.sft_batch_fraction, low=0, high=1, low_open=True, high_open=True)
         _check_range("warmup_fraction", self.warmup_fraction, low=0, high=1, high_open=True)
         _check_range("consistency_weight", self.consistency_weight, low=0)
         _check_range("agreement_weight", self.agreement_weight, low=0)

@@ -21,13 +21,14 @@ class BatchSplit(NamedTuple):
     labeled: int
 
 
-def split_batch(batch_size: int, sft_weight: float, sft_batch_fraction: float) -> BatchSplit:
+def split_batch(batch_size: int, sft_weight: float, sft_batch_fraction: float | None) -> BatchSplit:
     """Splits a step's batch of ``batch_size`` samples between preference pairs and labeled samples.
 
     Args:
         batch_size: samples per step (``batch_size`` of the config, or the batch size nnU-Net planned).
         sft_weight: weight of the supervised anchor; 0 gives every sample to the pairs.
-        sft_batch_fraction: share of the batch given to labeled samples when ``sft_weight`` > 0.
+        sft_batch_fraction: share of the batch given to labeled samples when ``sft_weight`` > 0; None = no split,
+            ``batch_size`` pairs and ``batch_size`` labeled samples (twice the batch).
 
     Returns:
         ``BatchSplit(preference, labeled)`` with ``labeled = round(fraction · batch_size)`` and the rest to the
@@ -38,6 +39,8 @@ def split_batch(batch_size: int, sft_weight: float, sft_batch_fraction: float) -
     """
     if sft_weight == 0:
         return BatchSplit(batch_size, 0)
+    if sft_batch_fraction is None:
+        return BatchSplit(batch_size, batch_size)
     labeled = min(max(1, round(sft_batch_fraction * batch_size)), max(1, batch_size - 1))
     return BatchSplit(max(1, batch_size - labeled), labeled)
 

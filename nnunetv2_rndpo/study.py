@@ -86,6 +86,9 @@ class Arm:
 # The β every protocol arm was run with (the starting point, before this study): pinned, so that the committed
 # results stay reproducible when the config's defaults (set from this study, docs/study.md "Defaults") change.
 PROTOCOL_BETA = {"none": 0.01, "region": 1.0}
+# Likewise the step the committed arms ran: a full labeled batch beside the pairs (with sft_weight > 0) and no
+# learning-rate warm-up; an arm's overrides may change them.
+PROTOCOL_STEP = {"sft_batch_fraction": None, "warmup_fraction": 0.0}
 
 
 def arms_for(judges: tuple[str, ...], full: bool) -> list[Arm]:
@@ -346,7 +349,8 @@ class Study:
         s = self.scale
         config = {**PROPOSALS, "num_epochs": s.num_epochs, "num_iterations_per_epoch": s.iterations_per_epoch,
                   "num_val_iterations_per_epoch": 5, "learning_rate": s.learning_rate, "eval_every": 1,
-                  "base_trainer": s.base_trainer, "mining": arm.mining, "final_validation": False, **arm.overrides}
+                  "base_trainer": s.base_trainer, "mining": arm.mining, "final_validation": False, **PROTOCOL_STEP,
+                  **arm.overrides}
         if scores is not None:
             config.update(judge="external", judge_scores=str(scores))
         config_file = run_root / "rndpo_config.json"

@@ -22,6 +22,11 @@ def test_split_batch_keeps_the_step_at_the_planned_batch(batch, sft_weight, frac
     assert split.preference + split.labeled == max(batch, 2 if sft_weight else 1)
 
 
+def test_no_fraction_keeps_a_full_labeled_batch_beside_the_pairs():
+    assert split_batch(2, 1.0, None) == (2, 2) and split_batch(29, 0.5, None) == (29, 29)
+    assert split_batch(2, 0.0, None) == (2, 0)
+
+
 def test_warmup_is_linear_and_reaches_the_scheduled_rate():
     assert warmup_iterations(0.05, 160) == 8 and warmup_iterations(0.0, 160) == 0 and warmup_iterations(0.05, 10) == 1
     assert [warmup_factor(i, 4) for i in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
