@@ -129,14 +129,17 @@ ABLATION_JUDGES = ("oracle", "weak")
 
 def sweep_arms() -> list[Arm]:
     """The arms beyond the protocol: RN-DPO at each β of SWEEP_BETAS under the reliable and the learned judge,
-    pseudo-label without the supervised anchor under the ABLATION_JUDGES, and RN-DPO with uniformly random
-    patches (``disagreement_oversample: 0``) under the reliable judge."""
+    pseudo-label without the supervised anchor under the ABLATION_JUDGES, RN-DPO with uniformly random
+    patches (``disagreement_oversample: 0``) under the reliable judge, and RN-DPO + sft under it with the
+    default step's batch split (``sft_batch_fraction`` 0.5: nnU-Net's batch, not twice it)."""
     return ([Arm(f"RN-DPO (β {beta:g})", "nnUNetTrainerRNDPO", judge, overrides={"sft_weight": 0.0, "beta": beta})
              for beta in SWEEP_BETAS for judge in SWEEP_JUDGES]
             + [Arm("pseudo-label (no sft)", "nnUNetTrainerPseudoLabel", judge, overrides={"sft_weight": 0.0})
                for judge in ABLATION_JUDGES]
             + [Arm("RN-DPO (random patches)", "nnUNetTrainerRNDPO", "oracle",
-                   overrides={"sft_weight": 0.0, "beta": PROTOCOL_BETA["region"], "disagreement_oversample": 0.0})])
+                   overrides={"sft_weight": 0.0, "beta": PROTOCOL_BETA["region"], "disagreement_oversample": 0.0})]
+            + [Arm("RN-DPO + sft (split batch)", "nnUNetTrainerRNDPO", "oracle",
+                   overrides={"sft_weight": 1.0, "beta": PROTOCOL_BETA["region"], "sft_batch_fraction": 0.5})])
 
 
 @dataclass(frozen=True)
