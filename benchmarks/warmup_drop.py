@@ -10,6 +10,8 @@ preprocessed data and proposal cache are reused). The test
 Dice curve (``eval_every`` 1, row 0 = the base) gives the demo report's numbers: **worst drop** =
 d_0 − min_{t≥1} d_t, the epoch of the minimum, and the final Dice (``nnunetv2_rndpo.metrics.curve_summary``).
 Everything else (pairs, patches, seeds) is the same in every run, so the difference is the warm-up alone.
+The demo's own fine-tuning runs already are the runs at the default fraction (its config does not set
+``warmup_fraction``): their curves are read, not recomputed (``--rerun-default`` trains them again).
 Writes ``-o/warmup.json`` after every run (a rerun skips finished runs) and prints a Markdown table.
 """
 
@@ -23,11 +25,13 @@ import sys
 import time
 from pathlib import Path
 
+from nnunetv2_rndpo.config import RNDPOConfig
 from nnunetv2_rndpo.demo import demo_environment
 from nnunetv2_rndpo.metrics import curve_summary
 from nnunetv2_rndpo.phase import read_jsonl
 
 TRAINERS = {"RN-DPO": "nnUNetTrainerRNDPO", "DPO": "nnUNetTrainerDPO"}
+DEFAULT_FRACTION = RNDPOConfig().warmup_fraction
 
 
 def demo_layout(demo: Path) -> tuple[str, str, Path]:
@@ -38,6 +42,22 @@ def demo_layout(demo: Path) -> tuple[str, str, Path]:
     if not (base / "fold_0" / "checkpoint_final.pth").is_file():
         raise SystemExit(f"{base} has no fold_0/checkpoint_final.pth: run the demo first (nnUNetv2_rndpo_demo -o {demo})")
     return str(settings["dataset_id"]), base.name.split("__")[-1], base
+
+
+def curve_result(fold: Path) -> dict:
+    """The test-Dice curve of a finished run's fold folder and its summary (worst drop, epoch of the minimum)."""
+    curve = [r["eval/dice"] for r in read_jsonl(fold / "rndpo_metrics.jsonl") if "eval/dice" in r]
+    after = curve[1:]
+    return {"curve": curve, **curve_summary(curve), "min_epoch": 1 + after.index(min(after))}
+
+
+def demo_run(demo: Path, trainer: str) -> dict | None:
+    """The demo's own run of ``trainer`` if it finished (it used the default ``warmup_fraction``)."""
+    if "warmup_fraction" in json.loads((demo / "rndpo_config.json").read_text()):
+        return None
+    _, configuration, base = demo_layout(demo)
+    fold = base.parent / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0"
+    return {**curve_result(fold), "from": str(fold)} if (fold / "checkpoint_final.pth").is_file() else None
 
 
 def fine_tune(demo: Path, out: Path, trainer: str, fraction: float) -> dict:
@@ -60,16 +80,15 @@ def fine_tune(demo: Path, out: Path, trainer: str, fraction: float) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"nnUNetv2_train -tr {trainer} (warmup_fraction {fraction}) failed; see {log}")
     fold = results / base.parent.name / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0"
-    curve = [r["eval/dice"] for r in read_jsonl(fold / "rndpo_metrics.jsonl") if "eval/dice" in r]
-    after = curve[1:]
-    return {"curve": curve, "seconds": round(time.time() - start), **curve_summary(curve),
-            "min_epoch": 1 + after.index(min(after))}
+    return {**curve_result(fold), "seconds": round(time.time() - start)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", required=True, help="a finished nnUNetv2_rndpo_demo OUTDIR")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.05], help="warmup_fraction values")
+    parser.add_argument("--rerun-default", action="store_true",
+                        help="train the default fraction again instead of reading the demo's own runs")
     parser.add_argument("-o", "--output", help="folder of the runs and warmup.json. Default: DEMO/warmup")
     args = parser.parse_args()
     demo = Path(args.demo).resolve()
@@ -80,10 +99,12 @@ def main() -> None:
     for fraction in args.fractions:
         for name, trainer in TRAINERS.items():
             key = f"{name} | warmup_fraction {fraction:g}"
-            if key not in results:
-                print(f"{key}: fine-tuning", flush=True)
-                results[key] = fine_tune(demo, out, trainer, fraction)
-                results_file.write_text(json.dumps(results, indent=1))
+            if key in results:
+                continue
+            reused = None if args.rerun_default or fraction != DEFAULT_FRACTION else demo_run(demo, trainer)
+            print(f"{key}: " + ("the demo's own run" if reused else "fine-tuning"), flush=True)
+            results[key] = reused or fine_tune(demo, out, trainer, fraction)
+            results_file.write_text(json.dumps(results, indent=1))
     print(f"\nload average now: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)\n")
     print("| arm | warmup_fraction | d_0 | min d_t (epoch) | worst drop | final | curve |\n|---|---|---|---|---|---|---|")
     for key, r in results.items():
