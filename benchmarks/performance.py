@@ -292,7 +292,7 @@ def main() -> None:
                 if trainer != "nnUNetTrainer":
                     kw["config"] = str(rndpo_config(root, configuration, overrides, small, dim))
                 steps[name].append(run_worker(args, "step", **kw))
-        if "steps" in args.measure:
+        if "steps" in args.measure and args.repeats > 0:  # --repeats 0: print the tables of performance.json
             record(f"step/{configuration}", {name: {**min(runs, key=lambda r: r["seconds_per_it"]),
                                                     "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
                                                     "repeats": [[r["seconds_per_it"], r["load_1min"]] for r in runs]}

@@ -1,7 +1,8 @@
 """The first-epoch dip with and without the learning-rate warm-up, on a finished demo run.
 
     nnUNetv2_rndpo_demo -o /tmp/demo                      # once: dataset, base model, proposals, judges
-    python benchmarks/warmup_drop.py --demo /tmp/demo [--fractions 0 0.05] [-o /tmp/demo/warmup]
+    python benchmarks/warmup_drop.py --demo /tmp/demo [--fractions 0 0.05] [-o /tmp/demo/warmup] \
+        [--trainers RN-DPO DPO] [--extra '{"sft_batch_fraction": null}']
 
 For each ``warmup_fraction`` and each fine-tuning trainer of the demo (RN-DPO, DPO), one ``nnUNetv2_train``
 from the demo's base model with the demo's own fine-tuning config (``OUTDIR/rndpo_config.json``) plus that
@@ -11,7 +12,8 @@ Dice curve (``eval_every`` 1, row 0 = the base) gives the demo report's numbers:
 d_0 − min_{t≥1} d_t, the epoch of the minimum, and the final Dice (``nnunetv2_rndpo.metrics.curve_summary``).
 Everything else (pairs, patches, seeds) is the same in every run, so the difference is the warm-up alone.
 The demo's own fine-tuning runs already are the runs at the default fraction (its config does not set
-``warmup_fraction``): their curves are read, not recomputed (``--rerun-default`` trains them again).
+``warmup_fraction``): their curves are read, not recomputed (``--rerun-default`` trains them again, and so
+does ``--extra``, config keys added to every run, e.g. the former doubled batch).
 Writes ``-o/warmup.json`` after every run (a rerun skips finished runs) and prints a Markdown table.
 """
 
@@ -60,7 +62,7 @@ def demo_run(demo: Path, trainer: str) -> dict | None:
     return {**curve_result(fold), "from": str(fold)} if (fold / "checkpoint_final.pth").is_file() else None
 
 
-def fine_tune(demo: Path, out: Path, trainer: str, fraction: float) -> dict:
+def fine_tune(demo: Path, out: Path, trainer: str, fraction: float, extra: dict) -> dict:
     """One fine-tuning run at ``warmup_fraction`` = ``fraction``; returns its curve and summary."""
     dataset_id, configuration, base = demo_layout(demo)
     results = out / f"results_{fraction:g}"
@@ -68,7 +70,7 @@ def fine_tune(demo: Path, out: Path, trainer: str, fraction: float) -> dict:
     link = results / base.parent.name / base.name
     if not link.exists():
         os.symlink(base, link)  # the run finds its start point and writes beside it, not in the demo's folder
-    config = {**json.loads((demo / "rndpo_config.json").read_text()), "warmup_fraction": fraction}
+    config = {**json.loads((demo / "rndpo_config.json").read_text()), **extra, "warmup_fraction": fraction}
     config_file = out / f"config_{trainer}_{fraction:g}.json"
     config_file.write_text(json.dumps(config, indent=1))
     env = {**demo_environment(demo), "nnUNet_results": str(results), "nnUNet_rndpo_config": str(config_file)}
@@ -87,6 +89,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", required=True, help="a finished nnUNetv2_rndpo_demo OUTDIR")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.05], help="warmup_fraction values")
+    parser.add_argument("--trainers", nargs="+", choices=list(TRAINERS), default=list(TRAINERS))
+    parser.add_argument("--extra", type=json.loads, default={}, help="JSON object of config keys added to every run")
     parser.add_argument("--rerun-default", action="store_true",
                         help="train the default fraction again instead of reading the demo's own runs")
     parser.add_argument("-o", "--output", help="folder of the runs and warmup.json. Default: DEMO/warmup")
@@ -97,13 +101,14 @@ def main() -> None:
     results_file = out / "warmup.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     for fraction in args.fractions:
-        for name, trainer in TRAINERS.items():
+        for name in args.trainers:
+            trainer = TRAINERS[name]
             key = f"{name} | warmup_fraction {fraction:g}"
             if key in results:
                 continue
-            reused = None if args.rerun_default or fraction != DEFAULT_FRACTION else demo_run(demo, trainer)
+            reused = None if args.rerun_default or args.extra or fraction != DEFAULT_FRACTION else demo_run(demo, trainer)
             print(f"{key}: " + ("the demo's own run" if reused else "fine-tuning"), flush=True)
-            results[key] = reused or fine_tune(demo, out, trainer, fraction)
+            results[key] = reused or {**fine_tune(demo, out, trainer, fraction, args.extra), "extra": args.extra}
             results_file.write_text(json.dumps(results, indent=1))
     print(f"\nload average now: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)\n")
     print("| arm | warmup_fraction | d_0 | min d_t (epoch) | worst drop | final | curve |\n|---|---|---|---|---|---|---|")
