@@ -14,7 +14,8 @@ cases (linked, not copied), nnU-Net's default plans for each configuration, a ba
    (the default config). ``step cost`` is the ratio of the anchors-off step (the preference step alone) to
    nnU-Net's, ``default step cost`` the ratio of the default config's step.
    Each variant runs in its own process; the variants alternate ``--repeats`` times and the fastest
-   repeat counts.
+   repeat counts. Wall-clock seconds and the process's CPU seconds (all threads, ``time.process_time``) are
+   both recorded: on a shared machine the wall clock swings with the load, the CPU time much less.
 2. **Proposal cost**: K = 8 mirror-flip proposals in 3D (4 in 2D) for ``--proposal-cases`` pool cases,
    raw files → nnU-Net preprocessing → proposals in the cache, versus nnU-Net's prediction with TTA of
    the same raw files (preprocessing, prediction, export); and the same K plus 4 threshold/temperature
@@ -145,11 +146,12 @@ def step_worker(configuration: str, trainer_name: str, iterations: int, warmup: 
     for _ in range(warmup):
         trainer.train_step(next(trainer.dataloader_train))
     synchronize()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(iterations):
         trainer.train_step(next(trainer.dataloader_train))
     synchronize()
-    result = {"seconds_per_it": (time.perf_counter() - start) / iterations, "batch_size": trainer.batch_size,
+    result = {"seconds_per_it": (time.perf_counter() - start) / iterations,
+              "cpu_seconds_per_it": (time.process_time() - cpu_start) / iterations, "batch_size": trainer.batch_size,
               "load_1min": os.getloadavg()[0],
               "patch_size": list(trainer.configuration_manager.patch_size), **peaks(device)}
     if getattr(trainer, "phase", None) is not None:
@@ -292,9 +294,10 @@ def main() -> None:
                 if trainer != "nnUNetTrainer":
                     kw["config"] = str(rndpo_config(root, configuration, overrides, small, dim))
                 steps[name].append(run_worker(args, "step", **kw))
-        if "steps" in args.measure and args.repeats > 0:  # --repeats 0: print the tables of performance.json
+            # after every round of the variants: a run killed in a later round keeps the finished rounds
             record(f"step/{configuration}", {name: {**min(runs, key=lambda r: r["seconds_per_it"]),
                                                     "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+                                                    "cpu_seconds_per_it": min(r["cpu_seconds_per_it"] for r in runs),
                                                     "repeats": [[r["seconds_per_it"], r["load_1min"]] for r in runs]}
                                              for name, runs in steps.items()})
         if "proposals" in args.measure:
@@ -342,7 +345,13 @@ def print_tables(results: dict, args) -> None:
             emit(f"step cost: {steps['RN-DPO, anchors off']['seconds_per_it'] / base['seconds_per_it']:.2f}×")
             default = steps["RN-DPO, default anchors"]
             emit(f"default step cost: {default['seconds_per_it'] / base['seconds_per_it']:.2f}×")
-            if "repeats" in base:  # the ratio within each round of alternating variants, and the machine's load
+            if "cpu_seconds_per_it" in base:  # CPU time of the process (all its threads): less sensitive to the load
+                cpu = {name: r["cpu_seconds_per_it"] / base["cpu_seconds_per_it"] for name, r in steps.items()}
+                emit("CPU time per iteration (fastest repeat): " + ", ".join(
+                    f"{name} {steps[name]['cpu_seconds_per_it']:.3f} s ({ratio:.2f}×)" for name, ratio in cpu.items()))
+                emit(f"step cost (CPU time): {cpu['RN-DPO, anchors off']:.2f}×")
+                emit(f"default step cost (CPU time): {cpu['RN-DPO, default anchors']:.2f}×")
+            if "repeats" in base and len(base["repeats"]) == len(default["repeats"]):  # the ratio within each round of alternating variants, and the machine's load
                 emit("default step cost per repeat: " + ", ".join(
                     f"{d[0] / b[0]:.2f}× (load {b[1]:.1f}–{d[1]:.1f})"
                     for b, d in zip(base["repeats"], default["repeats"], strict=True)))
