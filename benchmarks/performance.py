@@ -1,7 +1,8 @@
 """Cost of the preference phase next to nnU-Net's own training and inference, measured side by side in one run.
 
     python benchmarks/performance.py --source ../shared/data/msd_task04_hippocampus -o /tmp/rndpo_perf \
-        [--device cpu|cuda] [--configurations 3d_fullres 2d] [--iterations 10] [--pool-sizes 20 200]
+        [--device cpu|cuda] [--configurations 3d_fullres 2d] [--iterations 10] [--pool-sizes 20 200] \
+        [--measure steps proposals memory cache]
 
 Dataset: MSD Task04 Hippocampus (sorted ids): 20 labeled cases, a pool of the next ``max(--pool-sizes)``
 cases (linked, not copied), nnU-Net's default plans for each configuration, a base model from
@@ -9,9 +10,12 @@ cases (linked, not copied), nnU-Net's default plans for each configuration, a ba
 
 1. **Step cost**: seconds per iteration of ``train_step`` with the trainer's own data loading
    (``next(dataloader_train)`` included), at the planned patch and batch size, for ``nnUNetTrainer``,
-   ``nnUNetTrainerRNDPO`` with every anchor off, with ``sft_weight`` 1 only, and with the default anchors.
+   ``nnUNetTrainerRNDPO`` with every anchor off, with ``sft_weight`` 1 only, and with the default anchors
+   (the default config). ``step cost`` is the ratio of the anchors-off step (the preference step alone) to
+   nnU-Net's, ``default step cost`` the ratio of the default config's step.
    Each variant runs in its own process; the variants alternate ``--repeats`` times and the fastest
-   repeat counts.
+   repeat counts. Wall-clock seconds and the process's CPU seconds (all threads, ``time.process_time``) are
+   both recorded: on a shared machine the wall clock swings with the load, the CPU time much less.
 2. **Proposal cost**: K = 8 mirror-flip proposals in 3D (4 in 2D) for ``--proposal-cases`` pool cases,
    raw files → nnU-Net preprocessing → proposals in the cache, versus nnU-Net's prediction with TTA of
    the same raw files (preprocessing, prediction, export); and the same K plus 4 threshold/temperature
@@ -44,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATASET_ID, DATASET = 990, "Dataset990_HippocampusPerf"
 NUM_LABELED = 20
 ANCHORS_OFF = {"sft_weight": 0.0, "consistency_weight": 0.0, "agreement_weight": 0.0}
+MEASUREMENTS = ("steps", "proposals", "memory", "cache")
 VARIANTS = {  # name: (trainer, config overrides)
     "nnUNetTrainer": ("nnUNetTrainer", {}),
     "RN-DPO, anchors off": ("nnUNetTrainerRNDPO", ANCHORS_OFF),
@@ -141,11 +146,13 @@ def step_worker(configuration: str, trainer_name: str, iterations: int, warmup: 
     for _ in range(warmup):
         trainer.train_step(next(trainer.dataloader_train))
     synchronize()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(iterations):
         trainer.train_step(next(trainer.dataloader_train))
     synchronize()
-    result = {"seconds_per_it": (time.perf_counter() - start) / iterations, "batch_size": trainer.batch_size,
+    result = {"seconds_per_it": (time.perf_counter() - start) / iterations,
+              "cpu_seconds_per_it": (time.process_time() - cpu_start) / iterations, "batch_size": trainer.batch_size,
+              "load_1min": os.getloadavg()[0],
               "patch_size": list(trainer.configuration_manager.patch_size), **peaks(device)}
     if getattr(trainer, "phase", None) is not None:
         result["pairs"] = len(trainer.phase.pairs)
@@ -247,6 +254,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--pool-sizes", type=int, nargs=2, default=[20, 200])
     parser.add_argument("--proposal-cases", type=int, default=10)
+    parser.add_argument("--measure", nargs="+", choices=MEASUREMENTS, default=list(MEASUREMENTS),
+                        help="which measurements to make (default: all)")
     parser.add_argument("--processes", type=int, default=2, help="processes for nnU-Net's planning/preprocessing")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -281,25 +290,30 @@ def main() -> None:
     for index, configuration in enumerate(args.configurations):
         dim = 2 if configuration == "2d" else 3
         steps: dict[str, list[dict]] = {name: [] for name in VARIANTS}
-        for _ in range(args.repeats):
+        for _ in range(args.repeats if "steps" in args.measure else 0):
             for name, (trainer, overrides) in VARIANTS.items():
                 kw = {"configuration": configuration, "trainer": trainer}
                 if trainer != "nnUNetTrainer":
                     kw["config"] = str(rndpo_config(root, configuration, overrides, small, dim))
                 steps[name].append(run_worker(args, "step", **kw))
-        record(f"step/{configuration}", {name: {**min(runs, key=lambda r: r["seconds_per_it"]),
-                                                "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
-                                         for name, runs in steps.items()})
-        record(f"proposals/{configuration}", run_worker(args, "proposals", configuration=configuration,
-                                                        cases=args.proposal_cases))
-        if index == 0:
+            # after every round of the variants: a run killed in a later round keeps the finished rounds
+            record(f"step/{configuration}", {name: {**min(runs, key=lambda r: r["seconds_per_it"]),
+                                                    "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+                                                    "cpu_seconds_per_it": min(r["cpu_seconds_per_it"] for r in runs),
+                                                    "repeats": [[r["seconds_per_it"], r["load_1min"]] for r in runs]}
+                                             for name, runs in steps.items()})
+        if "proposals" in args.measure:
+            record(f"proposals/{configuration}", run_worker(args, "proposals", configuration=configuration,
+                                                            cases=args.proposal_cases))
+        if index == 0 and "memory" in args.measure:
             memory = {}
             for pool_size in (large, small, large):  # the first large run fills the cache; it is not counted
                 config = rndpo_config(root, configuration, ANCHORS_OFF, None if pool_size == large else pool_size, dim)
                 memory[pool_size] = run_worker(args, "step", configuration=configuration,
                                                trainer="nnUNetTrainerRNDPO", config=str(config))
             record(f"memory/{configuration}", {str(k): v for k, v in memory.items()})
-        record(f"cache/{configuration}", cache_sizes(root, configuration))
+        if "cache" in args.measure:
+            record(f"cache/{configuration}", cache_sizes(root, configuration))
     print_tables(results, args)
 
 
@@ -331,6 +345,18 @@ def print_tables(results: dict, args) -> None:
                     line += f"{r['peak_gpu_mb']:>13.0f}{r['peak_gpu_mb'] / base['peak_gpu_mb']:>6.2f}×"
                 emit(line)
             emit(f"step cost: {steps['RN-DPO, anchors off']['seconds_per_it'] / base['seconds_per_it']:.2f}×")
+            default = steps["RN-DPO, default anchors"]
+            emit(f"default step cost: {default['seconds_per_it'] / base['seconds_per_it']:.2f}×")
+            if "cpu_seconds_per_it" in base:  # CPU time of the process (all its threads): less sensitive to the load
+                cpu = {name: r["cpu_seconds_per_it"] / base["cpu_seconds_per_it"] for name, r in steps.items()}
+                emit("CPU time per iteration (fastest repeat): " + ", ".join(
+                    f"{name} {steps[name]['cpu_seconds_per_it']:.3f} s ({ratio:.2f}×)" for name, ratio in cpu.items()))
+                emit(f"step cost (CPU time): {cpu['RN-DPO, anchors off']:.2f}×")
+                emit(f"default step cost (CPU time): {cpu['RN-DPO, default anchors']:.2f}×")
+            if "repeats" in base and len(base["repeats"]) == len(default["repeats"]):  # the ratio within each round of alternating variants, and the machine's load
+                emit("default step cost per repeat: " + ", ".join(
+                    f"{d[0] / b[0]:.2f}× (load {b[1]:.1f}–{d[1]:.1f})"
+                    for b, d in zip(base["repeats"], default["repeats"], strict=True)))
         p = results.get(f"proposals/{configuration}")
         if p:
             emit(f"proposals, {p['cases']} cases: predict with TTA {p['tta']:.2f} s; K={p['k']} mirror "

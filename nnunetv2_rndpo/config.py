@@ -58,7 +58,15 @@ class RNDPOConfig:
     learning_rate: float = _help("initial learning rate; larger moves further from the base model", default=1e-5)
     optimizer: str = _help(f"optimizer: one of {OPTIMIZERS}; adamw suits fine-tuning", default="adamw")
     grad_clip: float = _help("max gradient norm (nnU-Net clips at 12); smaller steps are safer", default=1.0)
-    batch_size: int | None = _help("pairs per step; None = the batch size nnU-Net planned", default=None)
+    batch_size: int | None = _help(
+        "samples per step (pairs, plus labeled samples when sft_weight > 0, see sft_batch_fraction); "
+        "None = the batch size nnU-Net planned", default=None,
+    )
+    # Assumption: a few % of the phase, linear (docs/performance.md, "Warm-up": measured on the demo)
+    warmup_fraction: float = _help(
+        "share of the phase's iterations (num_epochs × num_iterations_per_epoch) over which the learning rate "
+        "rises linearly to nnU-Net's scheduled rate, per iteration; 0 = no warm-up", default=0.05,
+    )
     # objective
     beta: float | None = _help(
         "inverse temperature; larger sharpens preferences. None = per-normalisation default "
@@ -82,6 +90,11 @@ class RNDPOConfig:
     sft_weight: float = _help(
         "weight of nnU-Net's supervised loss on labeled patches in the same step (anchor); 0 = off",
         default=1.0,
+    )
+    sft_batch_fraction: float | None = _help(
+        "share of the step's batch that is labeled samples when sft_weight > 0 (the pairs get the rest, so a step "
+        "costs about nnU-Net's); at least 1 of each. None = a full labeled batch beside a full batch of pairs "
+        "(twice nnU-Net's batch, as before this key existed)", default=0.5,
     )
     consistency_weight: float = _help(
         "weight of KL(reference ‖ policy) averaged over voxels outside D (label-free anchor); 0 = off",
@@ -216,6 +229,9 @@ class RNDPOConfig:
         else:
             _check_range("label_smoothing", self.label_smoothing, low=0, high=0.5, high_open=True)
         _check_range("sft_weight", self.sft_weight, low=0)
+        if self.sft_batch_fraction is not None:
+            _check_range("sft_batch_fraction", self.sft_batch_fraction, low=0, high=1, low_open=True, high_open=True)
+        _check_range("warmup_fraction", self.warmup_fraction, low=0, high=1, high_open=True)
         _check_range("consistency_weight", self.consistency_weight, low=0)
         _check_range("agreement_weight", self.agreement_weight, low=0)
         _check_range("guard_num_cases", self.guard_num_cases, low=0)

@@ -58,6 +58,7 @@ from nnunetv2_rndpo.pipeline import (
 from nnunetv2_rndpo.pool import PreprocessedPool, atomic_write_text
 from nnunetv2_rndpo.proposals import ProposalCache
 from nnunetv2_rndpo.sampling import PairPatchSampler, PreferenceBatchLoader
+from nnunetv2_rndpo.schedule import split_batch
 
 METRIC_KEYS = (
     "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
@@ -396,7 +397,8 @@ class PreferencePhase:
         self._labeled_loader = t.dataloader_train
         if cfg.sft_weight == 0 and hasattr(self._labeled_loader, "_finish"):
             self._labeled_loader._finish()  # no labeled batches needed: stop nnU-Net's augmentation workers
-        self._preference_loader = self._augmenter(PreferenceBatchLoader(self.sampler, cfg.batch_size or t.batch_size,
+        self.batch_split = split_batch(cfg.batch_size or t.batch_size, cfg.sft_weight, cfg.sft_batch_fraction)
+        self._preference_loader = self._augmenter(PreferenceBatchLoader(self.sampler, self.batch_split.preference,
                                                                         cfg.seed + self.rank))
         t.dataloader_train = PreferenceBatches(self._preference_loader,
                                                self._labeled_loader if cfg.sft_weight > 0 else None)

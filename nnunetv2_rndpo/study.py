@@ -91,6 +91,9 @@ class Arm:
 # The β every protocol arm was run with (the starting point, before this study): pinned, so that the committed
 # results stay reproducible when the config's defaults (set from this study, docs/study.md "Defaults") change.
 PROTOCOL_BETA = {"none": 0.01, "region": 1.0}
+# Likewise the step the committed arms ran: a full labeled batch beside the pairs (with sft_weight > 0) and no
+# learning-rate warm-up; an arm's overrides may change them.
+PROTOCOL_STEP = {"sft_batch_fraction": None, "warmup_fraction": 0.0}
 
 
 def arms_for(judges: tuple[str, ...], full: bool) -> list[Arm]:
@@ -131,14 +134,17 @@ ABLATION_JUDGES = ("oracle", "weak")
 
 def sweep_arms() -> list[Arm]:
     """The arms beyond the protocol: RN-DPO at each β of SWEEP_BETAS under the reliable and the learned judge,
-    pseudo-label without the supervised anchor under the ABLATION_JUDGES, and RN-DPO with uniformly random
-    patches (``disagreement_oversample: 0``) under the reliable judge."""
+    pseudo-label without the supervised anchor under the ABLATION_JUDGES, RN-DPO with uniformly random
+    patches (``disagreement_oversample: 0``) under the reliable judge, and RN-DPO + sft under it with the
+    default step's batch split (``sft_batch_fraction`` 0.5: nnU-Net's batch, not twice it)."""
     return ([Arm(f"RN-DPO (β {beta:g})", "nnUNetTrainerRNDPO", judge, overrides={"sft_weight": 0.0, "beta": beta})
              for beta in SWEEP_BETAS for judge in SWEEP_JUDGES]
             + [Arm("pseudo-label (no sft)", "nnUNetTrainerPseudoLabel", judge, overrides={"sft_weight": 0.0})
                for judge in ABLATION_JUDGES]
             + [Arm("RN-DPO (random patches)", "nnUNetTrainerRNDPO", "oracle",
-                   overrides={"sft_weight": 0.0, "beta": PROTOCOL_BETA["region"], "disagreement_oversample": 0.0})])
+                   overrides={"sft_weight": 0.0, "beta": PROTOCOL_BETA["region"], "disagreement_oversample": 0.0})]
+            + [Arm("RN-DPO + sft (split batch)", "nnUNetTrainerRNDPO", "oracle",
+                   overrides={"sft_weight": 1.0, "beta": PROTOCOL_BETA["region"], "sft_batch_fraction": 0.5})])
 
 
 @dataclass(frozen=True)
@@ -348,7 +354,8 @@ class Study:
         s = self.scale
         config = {**PROPOSALS, "num_epochs": s.num_epochs, "num_iterations_per_epoch": s.iterations_per_epoch,
                   "num_val_iterations_per_epoch": 5, "learning_rate": s.learning_rate, "eval_every": 1,
-                  "base_trainer": s.base_trainer, "mining": arm.mining, "final_validation": False, **arm.overrides}
+                  "base_trainer": s.base_trainer, "mining": arm.mining, "final_validation": False, **PROTOCOL_STEP,
+                  **arm.overrides}
         if scores is not None:
             config.update(judge="external", judge_scores=str(scores))
         config_file = run_root / "rndpo_config.json"

@@ -37,6 +37,7 @@ from nnunetv2_rndpo.objective import (
     preference_loss,
 )
 from nnunetv2_rndpo.phase import PreferencePhase, epoch_metrics
+from nnunetv2_rndpo.schedule import LinearWarmup, warmup_iterations
 
 # nothing above imports nnunetv2: an unsupported version gets a clear error here, not a deep traceback later
 require_supported_nnunet()
@@ -77,13 +78,15 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
             require_cascade_sources(cfg.proposal_sources, configuration)
             self.folder_with_segs_from_previous_stage = str(self.previous_stage.labeled_segmentations)
         self.phase: PreferencePhase | None = None
+        self.warmup: LinearWarmup | None = None
         self._resumed_sampler_state: dict | None = None
         self._trained_here = False  # set by on_train_end: ``final_validation`` applies after training, not to --val
 
     # ------------------------------------------------------------------ optimisation
 
     def configure_optimizers(self):
-        """AdamW (default) or SGD with momentum 0.9 at ``learning_rate``, nnU-Net's poly schedule.
+        """AdamW (default) or SGD with momentum 0.9 at ``learning_rate``, nnU-Net's poly schedule (per epoch),
+        and on top of it a linear warm-up per iteration over ``warmup_fraction`` of the phase (:meth:`optimise`).
 
         Assumption: nnU-Net's SGD with momentum 0.99 at 1e-2 trains from scratch; a fine-tuning phase
         needs smaller steps (a probe with it destroyed a real model, ../shared/STUDY_NOTES.md).
@@ -117,6 +120,21 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
         self.phase = PreferencePhase(self)
         with user_errors():  # missing base model, bad pool case, bad scores ...: the message alone (errors.py)
             self.phase.setup(sampler_state=self._resumed_sampler_state)
+        cfg, split = self.rndpo_config, self.phase.batch_split
+        warmup = warmup_iterations(cfg.warmup_fraction, self.num_epochs * self.num_iterations_per_epoch)
+        self.warmup = LinearWarmup(self.optimizer, warmup)
+        self.print_to_log_file(f"RN-DPO: each step trains on {split.preference} pairs + {split.labeled} labeled samples "
+                               f"(nnU-Net planned a batch of {self.batch_size}); learning-rate warm-up over {warmup} "
+                               "iterations")
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()  # nnU-Net's poly schedule sets this epoch's learning rate
+        self.warmup.start_epoch(self.current_epoch * self.num_iterations_per_epoch)
+
+    def optimise(self, loss: torch.Tensor) -> None:
+        """One optimizer step on ``loss`` at the warmed-up learning rate (every trainer's step ends here)."""
+        self.warmup.before_step()
+        self.phase.backward_and_step(loss)
 
     def _claim_fold(self) -> None:
         """Takes the fold's lock and refuses a fresh run into a finished fold, before anything is written there.
@@ -159,7 +177,11 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
         target = [t.to(self.device, non_blocking=True) for t in pref["target"]]
         labeled = batch.get("labeled")
         n = data.shape[0]
-        if labeled is not None:  # one forward for both batches: one DDP forward per backward, one pass of the weights
+        if labeled is not None:
+            # nnU-Net's loader yields its planned batch; the step takes its share (sft_batch_fraction) and trains
+            # on both in one forward: one DDP forward per backward, one pass of the weights
+            m = self.phase.batch_split.labeled
+            labeled = {"data": labeled["data"][:m], "target": [t[:m] for t in labeled["target"]]}
             data = torch.cat([data, labeled["data"].to(self.device, non_blocking=True)])
         self.optimizer.zero_grad(set_to_none=True)
         with self.phase.autocast():
@@ -177,7 +199,7 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
             elif self.is_ddp and isinstance(output, list):
                 # DDP needs a gradient for every parameter; the low-resolution heads get exact zeros
                 step_loss = step_loss + 0.0 * sum(o.float().mean() for o in output[1:])
-        self.phase.backward_and_step(step_loss)
+        self.optimise(step_loss)
         outputs["loss"] = step_loss.detach().cpu().numpy()
         self.phase.iteration_done()
         return outputs
@@ -336,7 +358,7 @@ class nnUNetTrainerContinuedSFT(nnUNetTrainerRNDPO):
         self.optimizer.zero_grad(set_to_none=True)
         with self.phase.autocast():
             loss = self.loss(self.network(labeled["data"].to(self.device, non_blocking=True)), target)
-        self.phase.backward_and_step(loss)
+        self.optimise(loss)
         self.phase.iteration_done()
         return {"loss": loss.detach().cpu().numpy(), "loss/sft": float(loss.detach())}
 

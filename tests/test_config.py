@@ -80,6 +80,8 @@ def test_unknown_key_suggests_the_right_one(tmp_path):
         ("min_region_voxels", 0, "config key 'min_region_voxels': 0 is out of range; must be >= 1"),
         ("label_smoothing", 0.5, "config key 'label_smoothing': 0.5 is out of range; must be >= 0 and < 0.5"),
         ("sft_weight", -0.1, "config key 'sft_weight': -0.1 is out of range; must be >= 0"),
+        ("sft_batch_fraction", 1.0, "config key 'sft_batch_fraction': 1.0 is out of range; must be > 0 and < 1"),
+        ("warmup_fraction", -0.01, "config key 'warmup_fraction': -0.01 is out of range; must be >= 0 and < 1"),
         ("consistency_weight", -1.0, "config key 'consistency_weight': -1.0 is out of range; must be >= 0"),
         ("agreement_weight", -1.0, "config key 'agreement_weight': -1.0 is out of range; must be >= 0"),
         ("num_val_iterations_per_epoch", 0, "config key 'num_val_iterations_per_epoch': 0 is out of range; must be >= 1"),

@@ -74,10 +74,10 @@ def read_rows(folder: Path) -> list[dict]:
 
 
 def predict_and_evaluate(root: Path, env: dict, trainer: str, dataset_id: int = 991, configuration: str = "2d",
-                         dataset: str = "Dataset991_Tiny2D", ending: str = ".png") -> float:
-    out = root / f"pred_{trainer}"
+                         dataset: str = "Dataset991_Tiny2D", ending: str = ".png", device: str = "cpu") -> float:
+    out = root / f"pred_{trainer}_{device}"
     run(["nnUNetv2_predict", "-i", str(root / "raw" / dataset / "imagesTs"), "-o", str(out), "-d", str(dataset_id),
-         "-c", configuration, "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "0", "-nps", "0",
+         "-c", configuration, "-f", "0", "-tr", trainer, "-device", device, "-npp", "0", "-nps", "0",
          "--disable_progress_bar"], env)
     run(["nnUNetv2_evaluate_folder", str(root / "raw" / dataset / "labelsTs"), str(out),
          "-djfile", str(out / "dataset.json"), "-pfile", str(out / "plans.json"), "-np", "1"], env)
@@ -112,6 +112,28 @@ def test_train_predict_evaluate(tiny2d, trainer):
         assert {"loss/consistency", "loss/agreement", "loss/sft", "guard/rollbacks"} <= set(rows[1])
     dice = predict_and_evaluate(root, env, trainer)
     assert 0 < dice <= 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.sh runs it on one)")
+def test_train_predict_evaluate_on_cuda(tiny2d):
+    """The CUDA paths: nnU-Net's autocast and GradScaler in the preference step, pinned memory in the
+    augmentation worker, the policy's predictor on the GPU (``eval_every``, drift guard), ``nnUNetv2_predict``."""
+    root, env = tiny2d
+    trainer = "nnUNetTrainerRNDPO"
+    base = fold_folder(root, "nnUNetTrainer_rndpoSmoke") / "checkpoint_final.pth"
+    env = {**env, "nnUNet_results": str(root / "results_cuda")}  # beside the CPU runs' folders, not over them
+    config = write_config(root, "cuda", guard_max_kl=0.5, base_checkpoint=str(base))
+    run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cuda"], env, nnUNet_rndpo_config=config,
+        nnUNet_n_proc_DA="1")
+    folder = root / "results_cuda" / "Dataset991_Tiny2D" / f"{trainer}__nnUNetPlans__2d" / "fold_0"
+    rows = read_rows(folder)
+    assert [r["epoch"] for r in rows] == [0, 1, 2] and all(0 <= r["eval/dice"] <= 1 for r in rows)
+    assert all(math.isfinite(r["loss/preference"]) and math.isfinite(r["guard/kl"]) for r in rows[1:])
+    final = torch.load(folder / "checkpoint_final.pth", weights_only=False)
+    assert next(iter(final["network_weights"].values())).is_cuda
+    scaler = final["grad_scaler_state"]  # the preference steps went through nnU-Net's grad scaler
+    assert scaler and (scaler["_growth_tracker"] > 0 or scaler["scale"] < 2.0**16), scaler
+    assert 0 < predict_and_evaluate(root, env, trainer, device="cuda") <= 1
 
 
 def test_resume_keeps_the_reference_and_predicts(tiny2d):

@@ -161,9 +161,11 @@ def test_completeness_counts_protocol_arms_only():
     names = [a.name for a in arms_for(("oracle",), full=False)]
     sweep = [a.name for a in sweep_arms()]
     assert sweep and not set(sweep) & set(names)
-    for arm in sweep_arms():  # β above the protocol's, pseudo-label without its supervised anchor, random patches
+    for arm in sweep_arms():  # β above the protocol's, pseudo-label without its supervised anchor, random patches,
+        # the split batch
         assert (arm.overrides.get("beta", 0) > 1 or arm.overrides.get("disagreement_oversample") == 0
-                or (arm.method.startswith("pseudo-label") and arm.overrides["sft_weight"] == 0))
+                or (arm.method.startswith("pseudo-label") and arm.overrides["sft_weight"] == 0)
+                or arm.overrides.get("sft_batch_fraction") == 0.5)
     seed = {"arms": {n: {} for n in names + sweep}}
     results = {"protocol": protocol, "seeds": {"0": seed, "1": {"arms": {names[0]: {}}}}}
     text = _completeness(results)
