@@ -191,7 +191,7 @@ def test_invalid_inputs_error_clearly(toolkit):
     assert no_hybrids.returncode == 2 and "needs --hybrids N" in no_hybrids.stderr
     no_model = command(env, "proposals", expect_ok=False, base=[a if a != "nnUNetTrainer_rndpoSmoke" else "nnUNetTrainer"
                                                                 for a in BASE])
-    assert no_model.returncode == 2 and "Train the base model first" in no_model.stderr
+    assert no_model.returncode == 2 and "train the base model first" in no_model.stderr
 
 
 def test_mined_pairs_and_cached_proposals_feed_the_trainer(toolkit):

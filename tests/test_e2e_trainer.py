@@ -222,7 +222,8 @@ def test_missing_base_checkpoint_prints_the_command(tiny2d, tmp_path):
     """The base model was trained with nnUNetTrainer_rndpoSmoke, the config names nnUNetTrainer: the message names
     the trainer that exists and the key to set, without a traceback."""
     root, env = tiny2d
-    config = write_config(root, "missing", base_trainer="nnUNetTrainer")
+    # the fold may be finished by an earlier test: allow the fresh run, so that the base checkpoint is what fails
+    config = write_config(root, "missing", base_trainer="nnUNetTrainer", overwrite_finished_fold=True)
     result = run(["nnUNetv2_train", "991", "2d", "0", "-tr", "nnUNetTrainerRNDPO", "-device", "cpu"], env,
                  expect_ok=False, nnUNet_rndpo_config=config)
     assert result.returncode != 0
