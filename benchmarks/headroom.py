@@ -1,131 +1,272 @@
-"""Headroom of proposal sets on a real dataset at CPU scale: what a perfect judge could gain from each set.
+"""Do the preference pairs carry information? Proposal sets × judges × minings on a real dataset, CPU scale.
 
     nice -n 10 python benchmarks/headroom.py --dataset hc18 --source ../shared/data/hc18_fetal_head_us \
-        -o /tmp/headroom_hc18 --labeled 5 [--seed 0] [--sigmas 0.1 0.2] [--max-cases 20]
+        -o /tmp/study_hc18_n5 --labeled 5 --seeds 0 1 [--max-cases 30] [--results docs/results/preferences_hc18_cpu]
 
-Makes the study's dataset for one seed (``nnUNetv2_rndpo_make_dataset``, the study's split and import
+For each seed it makes the study's dataset (``nnUNetv2_rndpo_make_dataset`` with the study's split and import
 arguments, ``--labeled`` cases), plans it and trains the study's CPU base model (``nnUNetTrainer_cpuBase``,
-fold ``all``), unless the folder has them already. Then, in this process, for each proposal set (K = 8):
-today's ``mirror threshold`` (the config default) and ``mirror threshold temperature`` (the study's),
-``perturb`` at each σ, ``affine``, ``intensity``, and combinations, it generates the pool's proposals into
-``<cache>/headroom_benchmark/<key>`` (beside, never instead of, the trainer's cache) and computes the
-headroom report of ``nnUNetv2_rndpo_proposals --report`` (nnunetv2_rndpo/pipeline.py ``headroom_report``)
-against the pool's hidden labels, with oracle ``top_bottom`` pairs. nnU-Net's plain TTA prediction is made
-once and shared by every set.
+fold ``all``) unless the folder has them already (``-o`` may be a study folder: the same base models), and the
+learned judge (``rndpo_judge.pth`` in the base model's fold folder, trained on the labeled cases with today's
+proposal set, as ``nnUNetv2_rndpo_train_judge`` does). Then, in this process, for each proposal set of SETS
+(K = 8, seed 12345) it
 
-Prints a table and writes ``<output>/headroom.json`` and ``<output>/headroom.md``: per set the forward
-passes per tile, the seconds its proposals took here, plain Dice, best-of-K, oracle headroom, the proposals'
-mean Dice and within-case sd, the oracle pairs' mean |D| and the share of D (and of its decidable part)
-where the chosen mask is right.
+- generates the pool's proposals into ``<cache>/headroom_benchmark/<key>`` (beside, never instead of, the
+  trainer's cache) and their hybrids (``local`` mining, 16 per case);
+- computes the headroom report of ``nnUNetv2_rndpo_proposals --report`` (pipeline.py ``headroom_report``)
+  against the pool's hidden labels: plain TTA Dice, best-of-K, oracle headroom, within-case sd, forwards;
+- scores the proposals (and hybrids) with every judge of JUDGES: ``oracle`` (the true Dice), ``weak`` (the
+  oracle with noise calibrated to a within-case pair accuracy of 0.70 and size bias 0.05, the study's),
+  ``agreement``, ``uncertainty``, ``learned``; reports each judge's within-case pair accuracy, per-case and
+  pooled Spearman on the K proposals;
+- mines the judge's pairs with each mining of MININGS and reports their count, mean |D|, the share whose chosen
+  mask has the higher true Dice, and the share of D (and of its decidable part: voxels where exactly one mask is
+  right) where the chosen mask is right.
+
+nnU-Net's plain TTA prediction is made once per seed and shared by every set. Results are kept per seed in
+``<output>/headroom_seed<s>.json`` (a rerun skips what is there); ``--results PREFIX`` writes the table over all
+seeds to ``PREFIX.json`` and ``PREFIX.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from pathlib import Path
 
-SETS = (
-    ("mirror threshold (config default)", ("mirror", "threshold"), None),
-    ("mirror threshold temperature (study)", ("mirror", "threshold", "temperature"), None),
-    ("affine", ("affine",), None),
-    ("perturb σ={sigma}", ("perturb",), "each"),
-    ("mirror threshold temperature affine", ("mirror", "threshold", "temperature", "affine"), None),
-    ("mirror threshold perturb affine (σ={sigma})", ("mirror", "threshold", "perturb", "affine"), "best"),
-    ("perturb affine (σ={sigma})", ("perturb", "affine"), "best"),
-    ("intensity", ("intensity",), None),
-)
-COLUMNS = ("headroom/forwards_per_case", "seconds", "headroom/plain_dice", "headroom/best_of_k",
-           "headroom/oracle_headroom", "headroom/proposal_dice_mean", "headroom/within_case_sd",
-           "headroom/region_size_mean", "headroom/chosen_right_in_region", "headroom/chosen_right_where_decidable")
+import numpy as np
+
+# K = 8 each; forwards per tile: 2D (4 flips) / 3D (8 flips) TTA pass + one per non-TTA proposal
+SETS = {
+    "today: mirror threshold temperature": ("mirror", "threshold", "temperature"),
+    "mirror threshold temperature affine": ("mirror", "threshold", "temperature", "affine"),
+    "mirror affine": ("mirror", "affine"),
+    "affine": ("affine",),
+    "perturb": ("perturb",),
+    "perturb affine": ("perturb", "affine"),
+}
+JUDGES = ("oracle", "weak", "agreement", "uncertainty", "learned")
+MININGS = ("top_bottom", "local")
+WEAK_PAIR_ACCURACY, WEAK_SIZE_BIAS = 0.70, 0.05  # the study's weak judge (nnunetv2_rndpo/study.py)
+HYBRIDS_PER_CASE = 16
+HEADROOM_KEYS = ("headroom/forwards_per_case", "headroom/plain_dice", "headroom/best_of_k",
+                 "headroom/oracle_headroom", "headroom/proposal_dice_mean", "headroom/within_case_sd")
+
+
+def judge_settings(judge: str, learned_file: Path, seed: int):
+    from nnunetv2_rndpo.pipeline import JudgeSettings
+
+    if judge == "weak":
+        return JudgeSettings("oracle", size_bias=WEAK_SIZE_BIAS, seed=seed, pair_accuracy=WEAK_PAIR_ACCURACY)
+    return JudgeSettings(judge, seed=seed, learned_judge=str(learned_file) if judge == "learned" else None)
+
+
+def pair_rows(base, pool, cache, scores: dict, dice: dict, mining: str, seed: int) -> dict[str, float]:
+    """Count, mean |D|, mask-level accuracy and region shares of the pairs ``mining`` mines from ``scores``."""
+    from nnunetv2_rndpo.mining import MiningParams
+    from nnunetv2_rndpo.pipeline import mine_pool
+    from nnunetv2_rndpo.reliability import region_label_accuracy
+
+    params = MiningParams(mining, max_pairs_per_case=HYBRIDS_PER_CASE if mining == "local" else 1)
+    pairs, stats = mine_pool(cache, pool.case_ids, scores, params, seed, dice)
+    shares = region_label_accuracy(pairs, cache, pool, base.label_manager.ignore_label)
+    return {"pairs": len(pairs),
+            "region_size_mean": float(np.mean([p.region_size for p in pairs])) if pairs else math.nan,
+            "pair_acc": stats.get("pairs/oracle_acc", math.nan),
+            "chosen_right_in_region": shares.get("pairs/chosen_right_in_region", math.nan),
+            "chosen_right_where_decidable": shares.get("pairs/chosen_right_where_decidable", math.nan)}
+
+
+def measure_seed(args, seed: int) -> dict:
+    """Every set × judge × mining of one seed (resumable: ``<output>/headroom_seed<s>.json``)."""
+    from nnunetv2_rndpo.study import Study
+
+    study = Study(args.dataset, args.source, "cpu", args.output, seeds=(seed,), device=args.device,
+                  labeled=args.labeled)
+    study.make_dataset(seed)
+    dataset_id = study.dataset_id(seed)
+    study.train_base(dataset_id, study.scale.base_trainer)
+    os.environ.update(study.env)  # before nnU-Net is imported: nnunetv2.paths reads them once (same -o: same paths)
+
+    from nnunetv2_rndpo.hybrids import HybridCache, HybridSettings, generate_hybrids
+    from nnunetv2_rndpo.learned_judge import train_learned_judge
+    from nnunetv2_rndpo.mining import MiningParams
+    from nnunetv2_rndpo.pipeline import (
+        LEARNED_JUDGE_FILE,
+        ProposalSettings,
+        headroom_report,
+        hidden_true_dice,
+        load_base_model,
+        plain_prediction_dice,
+        prepare_pool,
+        proposal_cache,
+        score_pool,
+    )
+    from nnunetv2_rndpo.pool import PreprocessedPool, atomic_write_text
+    from nnunetv2_rndpo.proposals import generate_proposals
+    from nnunetv2_rndpo.reliability import judge_reliability
+
+    results_file = Path(args.output) / f"headroom_seed{seed}.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {"seed": seed, "sets": {}}
+
+    def save() -> None:
+        atomic_write_text(results_file, json.dumps(results, indent=1))
+
+    base = load_base_model(dataset_id, study.spec.configuration, "all", study.scale.base_trainer, device=args.device)
+    pool = prepare_pool(base)
+    if args.max_cases:
+        pool = PreprocessedPool(pool.folder, sorted(pool.cases, key=lambda c: c.case_id)[: args.max_cases])
+    if "plain_dice" not in results:
+        results["plain_dice"] = plain_prediction_dice(base, pool)
+        save()
+    plain = results["plain_dice"]
+    learned_file = base.fold_folder / LEARNED_JUDGE_FILE
+    if "learned" in args.judges and not learned_file.is_file():
+        started = time.time()
+        today = ProposalSettings(8, SETS["today: mirror threshold temperature"], (), 12345)
+        judge = train_learned_judge(base, today, progress=False)
+        judge.save(learned_file)
+        print(f"learned judge trained in {time.time() - started:.0f} s: {learned_file}", flush=True)
+    results["splits"] = {"pool_cases": len(pool.case_ids), "labeled": args.labeled}
+    for name, sources in SETS.items():
+        if name not in args.sets:
+            continue
+        record = results["sets"].setdefault(name, {"sources": list(sources), "judges": {}})
+        settings = ProposalSettings(args.n, sources, (), 12345, args.sigma)
+        cache, specs, extra = proposal_cache(base, settings, "headroom_benchmark")
+        if "headroom" not in record:
+            started = time.time()
+            generate_proposals(cache, pool, base.predictor(), specs, base.label_manager, base.mirror_axes,
+                               base.device, progress=False, seed=settings.seed, extra_weights=extra)
+            seconds = time.time() - started
+            record["headroom"] = {k: v for k, v in headroom_report(
+                base, pool, cache, settings, MiningParams("top_bottom"), progress=False, plain_dice=plain).items()}
+            record["proposal_seconds"] = round(seconds, 1)
+            save()
+            print(f"[seed {seed}] {name}: headroom {record['headroom']['headroom/oracle_headroom']:+.4f} "
+                  f"({seconds:.0f} s)", flush=True)
+        hybrids = HybridCache(cache, HybridSettings(per_case=HYBRIDS_PER_CASE))
+        if "local" in args.minings:
+            generate_hybrids(hybrids, pool, progress=False)
+        dice = hidden_true_dice(base, pool, cache)
+        hybrid_dice = hidden_true_dice(base, pool, hybrids) if "local" in args.minings else None
+        for judge in args.judges:
+            if judge in record["judges"]:
+                continue
+            started = time.time()
+            settings_j = judge_settings(judge, learned_file, 12345)
+            scores = score_pool(base, pool, cache, settings_j, progress=False)
+            row = {k: v for k, v in judge_reliability(scores, dice).items()
+                   if k in ("spearman/pooled", "spearman/per_case", "pairwise/accuracy", "top1/regret")}
+            row["top_bottom"] = pair_rows(base, pool, cache, scores, dice, "top_bottom", 12345)
+            if "local" in args.minings:
+                hybrid_scores = score_pool(base, pool, hybrids, settings_j, progress=False)
+                row["local"] = pair_rows(base, pool, hybrids, hybrid_scores, hybrid_dice, "local", 12345)
+            row["seconds"] = round(time.time() - started, 1)
+            record["judges"][judge] = row
+            save()
+            print(f"[seed {seed}] {name} | {judge}: pair acc {row['pairwise/accuracy']:.3f}, per-case ρ "
+                  f"{row['spearman/per_case']:.3f}, top_bottom right in D {row['top_bottom']['chosen_right_in_region']:.3f}"
+                  + (f", local right where decidable {row['local']['chosen_right_where_decidable']:.3f}"
+                     if "local" in row else ""), flush=True)
+    return results
+
+
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def _cell(values: list[float], digits: int = 3, signed: bool = False) -> str:
+    """Mean over seeds, with the seeds' values in brackets when there are several."""
+    mean = _mean(values)
+    if math.isnan(mean):
+        return "-"
+    form = f"{{:{'+' if signed else ''}.{digits}f}}"
+    text = form.format(mean)
+    return text if len(values) < 2 else text + " (" + " / ".join(form.format(v) for v in values) + ")"
+
+
+def table(dataset: str, labeled: int, per_seed: list[dict]) -> tuple[dict, str]:
+    """The summary over seeds (JSON) and the markdown tables."""
+    seeds = [r["seed"] for r in per_seed]
+    names = [n for n in SETS if all(n in r["sets"] for r in per_seed)]
+    summary: dict = {"dataset": dataset, "labeled": labeled, "seeds": seeds,
+                     "pool_cases": [r["splits"]["pool_cases"] for r in per_seed], "sets": {}}
+    lines = [f"### {dataset}, {labeled} labels, seeds {', '.join(map(str, seeds))}: proposal sets (oracle top_bottom pairs)",
+             "", "| proposal set | forwards / tile | plain Dice | best-of-8 | oracle headroom | × today's | within-case sd |"
+             " mean \\|D\\| | right in D | right where decidable |", "|---" * 10 + "|"]
+    today = "today: mirror threshold temperature"
+    for name in names:
+        records = [r["sets"][name] for r in per_seed]
+        h = {k: [rec["headroom"][k] for rec in records] for k in records[0]["headroom"]}
+        ratio = [rec["headroom"]["headroom/oracle_headroom"] / r["sets"][today]["headroom"]["headroom/oracle_headroom"]
+                 for rec, r in zip(records, per_seed, strict=True) if today in r["sets"]]
+        summary["sets"][name] = {"sources": records[0]["sources"],
+                                 "headroom": {k: _mean(v) for k, v in h.items()},
+                                 "headroom_vs_today": _mean(ratio),
+                                 "judges": {}}
+        lines.append(f"| {name} | {int(h['headroom/forwards_per_case'][0])} | {_cell(h['headroom/plain_dice'])} | "
+                     f"{_cell(h['headroom/best_of_k'])} | {_cell(h['headroom/oracle_headroom'], signed=True)} | "
+                     f"{_cell(ratio, 2)} | {_cell(h['headroom/within_case_sd'])} | "
+                     f"{_cell(h['headroom/region_size_mean'], 0)} | {_cell(h['headroom/chosen_right_in_region'])} | "
+                     f"{_cell(h['headroom/chosen_right_where_decidable'])} |")
+    lines += ["", f"### {dataset}, {labeled} labels: judges on each set (within a case) and their pairs", "",
+              "| proposal set | judge | pair acc | per-case ρ | pooled ρ | top_bottom: mean \\|D\\| | right pairs |"
+              " right in D | local: pairs | right pairs | right in D | right where decidable |", "|---" * 12 + "|"]
+    for name in names:
+        for judge in JUDGES:
+            rows = [r["sets"][name]["judges"][judge] for r in per_seed if judge in r["sets"][name]["judges"]]
+            if len(rows) < len(per_seed):
+                continue
+            tb = {k: [row["top_bottom"][k] for row in rows] for k in rows[0]["top_bottom"]}
+            lc = {k: [row["local"][k] for row in rows] for k in rows[0].get("local", {})}
+            summary["sets"][name]["judges"][judge] = {
+                "pairwise/accuracy": _mean([row["pairwise/accuracy"] for row in rows]),
+                "spearman/per_case": _mean([row["spearman/per_case"] for row in rows]),
+                "spearman/pooled": _mean([row["spearman/pooled"] for row in rows]),
+                "top_bottom": {k: _mean(v) for k, v in tb.items()}, "local": {k: _mean(v) for k, v in lc.items()}}
+            local = (f"{_cell(lc['pairs'], 0)} | {_cell(lc['pair_acc'])} | {_cell(lc['chosen_right_in_region'])} | "
+                     f"{_cell(lc['chosen_right_where_decidable'])}") if lc else "- | - | - | -"
+            lines.append(f"| {name} | {judge} | {_cell([row['pairwise/accuracy'] for row in rows])} | "
+                         f"{_cell([row['spearman/per_case'] for row in rows])} | "
+                         f"{_cell([row['spearman/pooled'] for row in rows])} | {_cell(tb['region_size_mean'], 0)} | "
+                         f"{_cell(tb['pair_acc'])} | {_cell(tb['chosen_right_in_region'])} | {local} |")
+    return summary, "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="hc18", help="a study dataset: hc18, hippocampus, synthetic")
     parser.add_argument("--source", default=None, help="its source folder")
-    parser.add_argument("-o", "--output", required=True, help="work folder (nnU-Net folders, results)")
-    parser.add_argument("--labeled", type=int, default=5, help="labeled cases of the base model. Default: 5")
-    parser.add_argument("--seed", type=int, default=0, help="the study seed (labeled draw). Default: 0")
-    parser.add_argument("--sigmas", type=float, nargs="+", default=[0.1, 0.2], help="perturb σ values")
+    parser.add_argument("-o", "--output", required=True, help="work folder (a study folder: nnU-Net folders)")
+    parser.add_argument("--labeled", type=int, default=None, help="labeled cases of the base model. Default: the study's")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="study seeds (labeled draws). Default: 0")
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS), metavar="SET",
+                        help="proposal sets (names of SETS). Default: all")
+    parser.add_argument("--judges", nargs="+", default=list(JUDGES), choices=JUDGES)
+    parser.add_argument("--minings", nargs="+", default=list(MININGS), choices=MININGS)
+    parser.add_argument("--sigma", type=float, default=0.2, help="perturb σ. Default: 0.2 (the config default)")
     parser.add_argument("-n", type=int, default=8, help="proposals per case. Default: 8")
     parser.add_argument("--max-cases", type=int, default=None,
                         help="measure on the first N pool cases (sorted ids) only. Default: the whole pool")
+    parser.add_argument("--results", default=None, help="write the table over all seeds to PREFIX.json / PREFIX.md")
     parser.add_argument("-device", default="cpu")
     args = parser.parse_args()
+    per_seed = [measure_seed(args, seed) for seed in args.seeds]
+    from nnunetv2_rndpo.study import SCALES
 
-    from nnunetv2_rndpo.study import Study
-
-    study = Study(args.dataset, args.source, "cpu", args.output, seeds=(args.seed,), device=args.device,
-                  labeled=args.labeled)
-    study.make_dataset(args.seed)
-    dataset_id = study.dataset_id(args.seed)
-    study.train_base(dataset_id, study.scale.base_trainer)
-    os.environ.update(study.env)  # before nnU-Net is imported: nnunetv2.paths reads them once
-
-    from nnunetv2_rndpo.mining import MiningParams
-    from nnunetv2_rndpo.pipeline import (
-        ProposalSettings,
-        headroom_report,
-        load_base_model,
-        plain_prediction_dice,
-        prepare_pool,
-        proposal_cache,
-    )
-    from nnunetv2_rndpo.pool import PreprocessedPool
-    from nnunetv2_rndpo.proposals import generate_proposals
-    from nnunetv2_rndpo.reliability import format_table
-
-    base = load_base_model(dataset_id, study.spec.configuration, "all", study.scale.base_trainer, device=args.device)
-    pool = prepare_pool(base)
-    if args.max_cases:
-        pool = PreprocessedPool(pool.folder, sorted(pool.cases, key=lambda c: c.case_id)[: args.max_cases])
-    start = time.time()
-    plain = plain_prediction_dice(base, pool)
-    print(f"plain TTA prediction of {len(pool.case_ids)} pool cases: {time.time() - start:.0f} s", flush=True)
-    output = Path(args.output)
-    results_file = output / "headroom.json"
-    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
-
-    def measure(name: str, sources: tuple[str, ...], sigma: float) -> dict:
-        if name in results:
-            return results[name]
-        settings = ProposalSettings(args.n, sources, (), 12345, sigma)
-        cache, specs, extra = proposal_cache(base, settings, "headroom_benchmark")
-        started = time.time()
-        generate_proposals(cache, pool, base.predictor(), specs, base.label_manager, base.mirror_axes, base.device,
-                           seed=settings.seed, extra_weights=extra)
-        seconds = time.time() - started
-        report = headroom_report(base, pool, cache, settings, MiningParams("top_bottom"), plain_dice=plain)
-        report.update(seconds=round(seconds, 1), sources=list(sources), perturb_sigma=sigma)
-        print(format_table({k: v for k, v in report.items() if k != "sources"}, name), flush=True)
-        results[name] = report
-        output.mkdir(parents=True, exist_ok=True)
-        results_file.write_text(json.dumps(results, indent=1))
-        return report
-
-    sigmas = list(args.sigmas)
-    for title, sources, which in SETS:
-        if which == "each":
-            for sigma in sigmas:
-                measure(title.format(sigma=sigma), sources, sigma)
-        elif which == "best":  # the σ with the largest oracle headroom alone
-            best = max(sigmas, key=lambda s: results[f"perturb σ={s}"]["headroom/oracle_headroom"])
-            measure(title.format(sigma=best), sources, best)
-        else:
-            measure(title, sources, 0.1)
-    lines = [f"Headroom of proposal sets: {args.dataset}, {args.labeled} labels, seed {args.seed}, "
-             f"{len(pool.case_ids)} pool cases, K = {args.n}, oracle top_bottom pairs "
-             "(benchmarks/headroom.py).", "",
-             "| proposal set | " + " | ".join(c.removeprefix("headroom/") for c in COLUMNS) + " |",
-             "|---" * (len(COLUMNS) + 1) + "|"]
-    for name, report in results.items():
-        cells = [f"{report[c]:.4f}" if isinstance(report[c], float) else str(report[c]) for c in COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    (output / "headroom.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    labeled = args.labeled or SCALES["cpu"].num_labeled
+    summary, text = table(args.dataset, labeled, per_seed)
+    print(text)
+    if args.results:
+        prefix = Path(args.results)
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        summary["per_seed"] = per_seed
+        prefix.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+        prefix.with_suffix(".md").write_text(text)
 
 
 if __name__ == "__main__":

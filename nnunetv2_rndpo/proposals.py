@@ -231,8 +231,15 @@ def perturbed_weights(network: torch.nn.Module, sigma: float, seed: int) -> dict
 
 
 def _perturbed_pass(predictor, image: torch.Tensor, label_manager, sigma: float, seed: int) -> torch.Tensor:
-    """The argmax of the base network with weights w·(1 + σ·ε) (:func:`perturbed_weights`); weights restored."""
-    return _pass_with_weights(predictor, image, label_manager, perturbed_weights(predictor.network, sigma, seed))
+    """The argmax of the base network with weights w·(1 + σ·ε) (:func:`perturbed_weights`); weights restored.
+
+    The perturbed weights of each (σ, seed) are drawn once per predictor and kept on it for the next cases
+    (drawing noise for every weight costs more than a forward pass of a small case).
+    """
+    drawn = predictor.__dict__.setdefault("_rndpo_perturbed_weights", {})
+    if (sigma, seed) not in drawn:
+        drawn[(sigma, seed)] = perturbed_weights(predictor.network, sigma, seed)
+    return _pass_with_weights(predictor, image, label_manager, drawn[(sigma, seed)])
 
 
 def affine_theta(degrees: float, scale: float, spatial_shape: tuple[int, ...]) -> torch.Tensor:

@@ -94,6 +94,8 @@ PROTOCOL_BETA = {"none": 0.01, "region": 1.0}
 # Likewise the step the committed arms ran: a full labeled batch beside the pairs (with sft_weight > 0) and no
 # learning-rate warm-up; an arm's overrides may change them.
 PROTOCOL_STEP = {"sft_batch_fraction": None, "warmup_fraction": 0.0}
+# the warm-up the sweep's warm-up arm runs: the config default when this arm was added
+WARMUP_FRACTION = 0.05
 
 
 def arms_for(judges: tuple[str, ...], full: bool) -> list[Arm]:
@@ -136,7 +138,8 @@ def sweep_arms() -> list[Arm]:
     """The arms beyond the protocol: RN-DPO at each β of SWEEP_BETAS under the reliable and the learned judge,
     pseudo-label without the supervised anchor under the ABLATION_JUDGES, RN-DPO with uniformly random
     patches (``disagreement_oversample: 0``) under the reliable judge, and RN-DPO + sft under it with the
-    default step's batch split (``sft_batch_fraction`` 0.5: nnU-Net's batch, not twice it)."""
+    default step's batch split (``sft_batch_fraction`` 0.5: nnU-Net's batch, not twice it), without and with
+    the default learning-rate warm-up (``warmup_fraction``)."""
     return ([Arm(f"RN-DPO (β {beta:g})", "nnUNetTrainerRNDPO", judge, overrides={"sft_weight": 0.0, "beta": beta})
              for beta in SWEEP_BETAS for judge in SWEEP_JUDGES]
             + [Arm("pseudo-label (no sft)", "nnUNetTrainerPseudoLabel", judge, overrides={"sft_weight": 0.0})
@@ -144,7 +147,10 @@ def sweep_arms() -> list[Arm]:
             + [Arm("RN-DPO (random patches)", "nnUNetTrainerRNDPO", "oracle",
                    overrides={"sft_weight": 0.0, "beta": PROTOCOL_BETA["region"], "disagreement_oversample": 0.0})]
             + [Arm("RN-DPO + sft (split batch)", "nnUNetTrainerRNDPO", "oracle",
-                   overrides={"sft_weight": 1.0, "beta": PROTOCOL_BETA["region"], "sft_batch_fraction": 0.5})])
+                   overrides={"sft_weight": 1.0, "beta": PROTOCOL_BETA["region"], "sft_batch_fraction": 0.5})]
+            + [Arm("RN-DPO + sft (split batch, warm-up)", "nnUNetTrainerRNDPO", "oracle",
+                   overrides={"sft_weight": 1.0, "beta": PROTOCOL_BETA["region"], "sft_batch_fraction": 0.5,
+                              "warmup_fraction": WARMUP_FRACTION})])
 
 
 @dataclass(frozen=True)
