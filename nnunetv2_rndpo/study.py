@@ -188,7 +188,7 @@ class Study:
 
     def __init__(self, dataset: str, source: str | None, scale: str, output: str | Path, seeds: tuple[int, ...] | None = None,
                  device: str = "cpu", only_arms: list[str] | None = None, sweep: bool = False,
-                 labeled: int | None = None):
+                 labeled: int | None = None, full_label: bool = True):
         if dataset not in DATASETS:
             raise ValueError(f"unknown --dataset {dataset!r}; valid: {', '.join(DATASETS)}")
         if scale not in SCALES:
@@ -207,6 +207,7 @@ class Study:
         self.device = device
         self.only_arms = only_arms
         self.sweep = sweep
+        self.full_label = full_label
         self.results_file = self.root / "results.json"
         self.results = json.loads(self.results_file.read_text()) if self.results_file.is_file() else {}
         if self.results and self.results.get("dataset") != dataset:
@@ -249,7 +250,8 @@ class Study:
     def run(self) -> dict:
         for seed in self.seeds:
             self.run_seed(seed)
-        self.run_full_label()
+        if self.full_label:
+            self.run_full_label()
         write_report([self.results], self.root / "report.md", self.root / "figures")
         print(f"results: {self.results_file}; report: {self.root / 'report.md'}")
         return self.results
@@ -662,6 +664,8 @@ def main(argv: list[str] | None = None) -> None:
                         f"{', '.join(f'{b:g}' for b in SWEEP_BETAS)} under the {' and '.join(SWEEP_JUDGES)} judges, "
                         f"pseudo-label without the supervised anchor under the {' and '.join(ABLATION_JUDGES)} judges, "
                         "RN-DPO with random patches under the oracle")
+    parser.add_argument("--no-full-label", action="store_true",
+                        help="skip the full-label model (the upper bound; trained once per study folder)")
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--report-from", nargs="+", default=None, metavar="STUDY",
                         help="only write a report (with --report-to) from study folders or their results.json files")
@@ -675,7 +679,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.dataset and args.output):
         parser.error("--dataset and -o are required (or --report-from)")
     Study(args.dataset, args.source, args.scale, args.output, tuple(args.seeds) if args.seeds else None,
-          args.device, args.arms, args.sweep, args.labeled).run()
+          args.device, args.arms, args.sweep, args.labeled, not args.no_full_label).run()
 
 
 if __name__ == "__main__":
