@@ -42,6 +42,56 @@ def _as_label_map(label_map: torch.Tensor, logits: torch.Tensor) -> torch.Tensor
     return label_map.long()
 
 
+def log_probabilities(logits: torch.Tensor, regions: Sequence[int | Sequence[int]] | None = None) -> torch.Tensor:
+    """Per-voxel log-probabilities of a network output, float32: computed once per forward and shared by the
+    preference term and both anchors (:func:`preference_terms`).
+
+    Args:
+        logits: ``(B, C, *spatial)`` raw network output.
+        regions: nnU-Net regions (sigmoid) or None (softmax).
+
+    Returns:
+        Softmax: ``(B, C, *spatial)`` log softmax(z). Regions: ``(B, 2, R, *spatial)``: log σ(z) and log σ(−z).
+    """
+    logits = logits.float()
+    if regions is None:
+        if logits.shape[1] < 2:
+            raise ValueError(f"softmax needs at least 2 channels, got logits of shape {tuple(logits.shape)}")
+        return torch.log_softmax(logits, dim=1)
+    if len(regions) != logits.shape[1]:
+        raise ValueError(f"{len(regions)} regions but logits have {logits.shape[1]} channels")
+    return torch.stack([F.logsigmoid(logits), F.logsigmoid(-logits)], dim=1)
+
+
+def label_log_likelihood(
+    log_probs: torch.Tensor,
+    label_map: torch.Tensor,
+    *,
+    regions: Sequence[int | Sequence[int]] | None = None,
+    ignore_label: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`mask_log_likelihood` from log-probabilities already computed (:func:`log_probabilities`).
+
+    Args:
+        log_probs: ``(B, C, *spatial)`` (softmax) or ``(B, 2, R, *spatial)`` (regions).
+        label_map: ``(B, *spatial)`` integer labels (no channel axis).
+
+    Returns:
+        ``(log_likelihood, valid)``, both ``(B, *spatial)``.
+    """
+    label_map = label_map.long()
+    valid = torch.ones_like(label_map, dtype=torch.bool) if ignore_label is None else label_map != ignore_label
+    if regions is None:
+        safe_labels = torch.where(valid, label_map, torch.zeros_like(label_map))
+        log_likelihood = log_probs.gather(1, safe_labels.unsqueeze(1)).squeeze(1)
+    else:
+        membership = torch.stack(
+            [torch.isin(label_map, torch.as_tensor(region_labels(r), device=label_map.device)) for r in regions], dim=1
+        ).to(log_probs.dtype)
+        log_likelihood = (membership * log_probs[:, 0] + (1 - membership) * log_probs[:, 1]).sum(1)
+    return log_likelihood.masked_fill(~valid, 0.0), valid
+
+
 def mask_log_likelihood(
     logits: torch.Tensor,
     label_map: torch.Tensor,
@@ -70,23 +120,8 @@ def mask_log_likelihood(
         voxels) and a bool mask of the voxels that are not ignored.
     """
     label_map = _as_label_map(label_map, logits)
-    valid = torch.ones_like(label_map, dtype=torch.bool) if ignore_label is None else label_map != ignore_label
-    logits = logits.float()
-    if regions is None:
-        if logits.shape[1] < 2:
-            raise ValueError(f"softmax needs at least 2 channels, got logits of shape {tuple(logits.shape)}")
-        safe_labels = torch.where(valid, label_map, torch.zeros_like(label_map))
-        log_likelihood = torch.log_softmax(logits, dim=1).gather(1, safe_labels.unsqueeze(1)).squeeze(1)
-    else:
-        if len(regions) != logits.shape[1]:
-            raise ValueError(f"{len(regions)} regions but logits have {logits.shape[1]} channels")
-        membership = torch.stack(
-            [torch.isin(label_map, torch.as_tensor(region_labels(r), device=label_map.device)) for r in regions], dim=1
-        )
-        log_likelihood = -F.binary_cross_entropy_with_logits(
-            logits, membership.to(logits.dtype), reduction="none"
-        ).sum(1)
-    return log_likelihood.masked_fill(~valid, 0.0), valid
+    return label_log_likelihood(log_probabilities(logits, regions), label_map, regions=regions,
+                                ignore_label=ignore_label)
 
 
 def disagreement_region(
@@ -156,27 +191,82 @@ def pair_log_ratios(
     Returns:
         :class:`PairLogRatios`.
     """
+    return preference_terms(policy_logits, reference_logits, chosen, rejected, regions=regions,
+                            ignore_label=ignore_label, consistency=False, agreement=False).ratios
+
+
+class StepTerms(NamedTuple):
+    """What one preference step computes from one policy and one reference forward (:func:`preference_terms`).
+
+    Attributes:
+        ratios: :class:`PairLogRatios` over D.
+        outside: ``(P, *spatial)`` bool, the non-ignored voxels outside D: where both anchors act.
+        consistency: ``(P,)`` :func:`consistency_loss` on ``outside``, or None when not asked for.
+        agreement: ``(P,)`` :func:`agreement_loss` on ``outside``, or None when not asked for.
+    """
+
+    ratios: PairLogRatios
+    outside: torch.Tensor
+    consistency: torch.Tensor | None
+    agreement: torch.Tensor | None
+
+
+def preference_terms(
+    policy_logits: torch.Tensor,
+    reference_logits: torch.Tensor,
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    *,
+    regions: Sequence[int | Sequence[int]] | None = None,
+    ignore_label: int | None = None,
+    consistency: bool = True,
+    agreement: bool = True,
+) -> StepTerms:
+    """The log-ratio sums over D and the two anchors of one step, each quantity computed once.
+
+    D is computed once, and each network's per-voxel log-probabilities once (:func:`log_probabilities`); the
+    log-likelihoods of y⁺ and y⁻ are read from them, the consistency KL and the agreement cross-entropy reuse
+    them, and both anchors average over the same voxels ``outside`` D. Equal to :func:`pair_log_ratios`,
+    :func:`consistency_loss` and :func:`agreement_loss` called separately.
+
+    Args:
+        policy_logits: ``(P, C, *spatial)``.
+        reference_logits: ``(P, C, *spatial)`` (no gradient flows into it).
+        chosen, rejected: ``(P, *spatial)`` or ``(P, 1, *spatial)`` label maps.
+        regions, ignore_label: as in :func:`mask_log_likelihood`.
+        consistency, agreement: compute that anchor (its term is None otherwise).
+    """
     chosen = _as_label_map(chosen, policy_logits)
     rejected = _as_label_map(rejected, policy_logits)
-    region = disagreement_region(chosen, rejected, ignore_label).flatten(1)
+    region = disagreement_region(chosen, rejected, ignore_label)
     kwargs = {"regions": regions, "ignore_label": ignore_label}
-    policy_chosen, valid = mask_log_likelihood(policy_logits, chosen, **kwargs)
-    policy_rejected, _ = mask_log_likelihood(policy_logits, rejected, **kwargs)
+    policy = log_probabilities(policy_logits, regions)
     with torch.no_grad():
-        reference_chosen, _ = mask_log_likelihood(reference_logits, chosen, **kwargs)
-        reference_rejected, _ = mask_log_likelihood(reference_logits, rejected, **kwargs)
+        reference = log_probabilities(reference_logits.detach(), regions)
+        reference_chosen, _ = label_log_likelihood(reference, chosen, **kwargs)
+        reference_rejected, _ = label_log_likelihood(reference, rejected, **kwargs)
+    policy_chosen, valid = label_log_likelihood(policy, chosen, **kwargs)
+    policy_rejected, _ = label_log_likelihood(policy, rejected, **kwargs)
+    flat = region.flatten(1)
 
     def region_sum(per_voxel: torch.Tensor) -> torch.Tensor:
-        return (per_voxel.flatten(1) * region).sum(1)
+        return (per_voxel.flatten(1) * flat).sum(1)
 
     chosen_logps, rejected_logps = region_sum(policy_chosen), region_sum(policy_rejected)
-    return PairLogRatios(
+    ratios = PairLogRatios(
         chosen_logratios=chosen_logps - region_sum(reference_chosen),
         rejected_logratios=rejected_logps - region_sum(reference_rejected),
         chosen_logps=chosen_logps,
         rejected_logps=rejected_logps,
-        region_sizes=region.sum(1).float(),
+        region_sizes=flat.sum(1).float(),
         volumes=valid.flatten(1).sum(1).float(),
+    )
+    outside = valid & ~region
+    return StepTerms(
+        ratios=ratios,
+        outside=outside,
+        consistency=_mean_over(_kl(policy, reference, regions), outside) if consistency else None,
+        agreement=_mean_over(-policy_chosen, outside) if agreement else None,
     )
 
 
@@ -317,6 +407,33 @@ def preference_loss(
     )
 
 
+def preference_metrics(out: PreferenceLossOutput, ratios: PairLogRatios) -> dict[str, float]:
+    """The step's sums that the epoch metrics average (TRL's reward and log-prob names), over the pairs that
+    entered the loss (``out.used``); ``n/used`` and ``n/patches`` count them.
+
+    ``sum/logps/*`` are the policy's mean per-voxel log-likelihoods over D; ``sum/region/*`` sum |D| and
+    |D| / V over every patch.
+    """
+    used = out.used
+    per_voxel = ratios.region_sizes.clamp_min(1)
+
+    def used_sum(values: torch.Tensor) -> float:
+        return float(values.detach()[used].sum())
+
+    return {
+        "n/used": int(used.sum()),
+        "n/patches": int(used.numel()),
+        "sum/rewards/chosen": used_sum(out.chosen_rewards),
+        "sum/rewards/rejected": used_sum(out.rejected_rewards),
+        "sum/rewards/margins": used_sum(out.margins),
+        "sum/rewards/accuracies": used_sum((out.margins > 0).float()),
+        "sum/logps/chosen": used_sum(ratios.chosen_logps / per_voxel),
+        "sum/logps/rejected": used_sum(ratios.rejected_logps / per_voxel),
+        "sum/region/size_mean": float(ratios.region_sizes.sum()),
+        "sum/region/frac": float((ratios.region_sizes / ratios.volumes.clamp_min(1)).sum()),
+    }
+
+
 def _mean_over(per_voxel: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
     """Per-patch mean of ``per_voxel`` over ``region`` (both ``(P, *spatial)``); 0 where the region is empty."""
     region = region.flatten(1).float()
@@ -353,16 +470,16 @@ def consistency_loss(
     Returns:
         ``(P,)`` float32 per-patch losses (0 for a patch with no voxel outside D).
     """
-    policy_logits, reference_logits = policy_logits.float(), reference_logits.float().detach()
+    policy = log_probabilities(policy_logits, regions)
+    reference = log_probabilities(reference_logits.detach(), regions)
+    return _mean_over(_kl(policy, reference, regions), outside)
+
+
+def _kl(policy: torch.Tensor, reference: torch.Tensor, regions) -> torch.Tensor:
+    """Per-voxel KL(π_ref ‖ π_θ) ``(P, *spatial)`` from :func:`log_probabilities` of both networks."""
     if regions is None:
-        log_p = torch.log_softmax(policy_logits, 1)
-        log_q = torch.log_softmax(reference_logits, 1)
-        kl = (log_q.exp() * (log_q - log_p)).sum(1)
-    else:
-        q = torch.sigmoid(reference_logits)
-        kl = (q * (F.logsigmoid(reference_logits) - F.logsigmoid(policy_logits))
-              + (1 - q) * (F.logsigmoid(-reference_logits) - F.logsigmoid(-policy_logits))).sum(1)
-    return _mean_over(kl, outside)
+        return (reference.exp() * (reference - policy)).sum(1)
+    return (reference.exp() * (reference - policy)).sum((1, 2))  # both Bernoulli outcomes, every region
 
 
 def agreement_loss(
@@ -394,10 +511,15 @@ __all__ = [
     "NORMALIZATIONS",
     "PairLogRatios",
     "PreferenceLossOutput",
+    "StepTerms",
     "agreement_loss",
     "consistency_loss",
     "disagreement_region",
+    "label_log_likelihood",
+    "log_probabilities",
     "mask_log_likelihood",
     "pair_log_ratios",
     "preference_loss",
+    "preference_metrics",
+    "preference_terms",
 ]

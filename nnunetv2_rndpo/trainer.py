@@ -29,13 +29,7 @@ from nnunetv2_rndpo.distributed import rank_and_world
 from nnunetv2_rndpo.errors import user_errors
 from nnunetv2_rndpo.fold_lock import FinishedFoldError, FoldLock, FoldLockedError, refuse_finished_fold
 from nnunetv2_rndpo.metrics import region_labels
-from nnunetv2_rndpo.objective import (
-    agreement_loss,
-    consistency_loss,
-    disagreement_region,
-    pair_log_ratios,
-    preference_loss,
-)
+from nnunetv2_rndpo.objective import preference_loss, preference_metrics, preference_terms
 from nnunetv2_rndpo.phase import PreferencePhase, epoch_metrics
 from nnunetv2_rndpo.schedule import LinearWarmup, warmup_iterations
 
@@ -222,45 +216,26 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
         lm, cfg = self.label_manager, self.rndpo_config
         regions = lm.foreground_regions if lm.has_regions else None
         chosen, rejected = target[0][:, 0], target[0][:, 1]
-        ratios = pair_log_ratios(logits, reference_logits, chosen, rejected, regions=regions,
-                                 ignore_label=lm.ignore_label)
+        terms = preference_terms(logits, reference_logits, chosen, rejected, regions=regions,
+                                 ignore_label=lm.ignore_label, consistency=cfg.consistency_weight > 0,
+                                 agreement=cfg.agreement_weight > 0)
+        ratios = terms.ratios
         out = preference_loss(
             ratios.chosen_logratios, ratios.rejected_logratios, ratios.region_sizes, ratios.volumes,
             beta=cfg.effective_beta, loss_type=cfg.loss_type, normalization=cfg.normalization,
             label_smoothing=cfg.label_smoothing, min_region_voxels=cfg.min_region_voxels,
         )
         total = out.loss
-        terms = {"loss/preference": float(out.loss.detach())}
-        if cfg.consistency_weight > 0:
-            outside = ~disagreement_region(chosen, rejected, lm.ignore_label)
-            if lm.ignore_label is not None:
-                outside &= chosen != lm.ignore_label
-            consistency = consistency_loss(logits, reference_logits, outside, regions=regions).mean()
+        logs = {"loss/preference": float(out.loss.detach())}
+        if terms.consistency is not None:
+            consistency = terms.consistency.mean()
             total = total + cfg.consistency_weight * consistency
-            terms["loss/consistency"] = float(consistency.detach())
-        if cfg.agreement_weight > 0:
-            agreement = agreement_loss(logits, chosen, rejected, regions=regions, ignore_label=lm.ignore_label).mean()
+            logs["loss/consistency"] = float(consistency.detach())
+        if terms.agreement is not None:
+            agreement = terms.agreement.mean()
             total = total + cfg.agreement_weight * agreement
-            terms["loss/agreement"] = float(agreement.detach())
-        used = out.used
-        per_voxel = ratios.region_sizes.clamp_min(1)
-
-        def used_sum(values: torch.Tensor) -> float:
-            return float(values.detach()[used].sum())
-
-        return total, {
-            **terms,
-            "n/used": int(used.sum()),
-            "n/patches": int(used.numel()),
-            "sum/rewards/chosen": used_sum(out.chosen_rewards),
-            "sum/rewards/rejected": used_sum(out.rejected_rewards),
-            "sum/rewards/margins": used_sum(out.margins),
-            "sum/rewards/accuracies": used_sum((out.margins > 0).float()),
-            "sum/logps/chosen": used_sum(ratios.chosen_logps / per_voxel),
-            "sum/logps/rejected": used_sum(ratios.rejected_logps / per_voxel),
-            "sum/region/size_mean": float(ratios.region_sizes.sum()),
-            "sum/region/frac": float((ratios.region_sizes / ratios.volumes.clamp_min(1)).sum()),
-        }
+            logs["loss/agreement"] = float(agreement.detach())
+        return total, {**logs, **preference_metrics(out, ratios)}
 
     def on_train_epoch_end(self, train_outputs: list[dict]):
         super().on_train_epoch_end(train_outputs)

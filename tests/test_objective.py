@@ -18,6 +18,8 @@ from nnunetv2_rndpo.objective import (
     mask_log_likelihood,
     pair_log_ratios,
     preference_loss,
+    preference_metrics,
+    preference_terms,
 )
 
 
@@ -360,3 +362,71 @@ def test_agreement_is_cross_entropy_to_the_agreed_label():
     logits = torch.zeros(1, 2, 1, 2)
     chosen, rejected = torch.tensor([[[1, 0]]]), torch.tensor([[[1, 1]]])  # agree only at voxel 0 (label 1)
     assert agreement_loss(logits, chosen, rejected).item() == pytest.approx(math.log(2))
+
+
+# ---------------------------------------------------------------- one step computes each thing once
+
+
+def _step_inputs(regions):
+    g = torch.Generator().manual_seed(5)
+    channels = 2 if regions else 3
+    policy = torch.randn(3, channels, 6, 5, generator=g, requires_grad=True)
+    reference = torch.randn(3, channels, 6, 5, generator=g)
+    chosen = torch.randint(0, 3, (3, 6, 5), generator=g)
+    rejected = torch.where(torch.rand(3, 6, 5, generator=g) < 0.3, torch.randint(0, 3, (3, 6, 5), generator=g), chosen)
+    chosen[0, 0, :2] = 3  # an ignored voxel in the chosen mask
+    return policy, reference, chosen, rejected
+
+
+@pytest.mark.parametrize("regions", [None, [(1, 2), 2]])
+def test_preference_terms_equal_the_separate_functions(regions):
+    policy, reference, chosen, rejected = _step_inputs(regions)
+    terms = preference_terms(policy, reference, chosen, rejected, regions=regions, ignore_label=3)
+    separate = pair_log_ratios(policy, reference, chosen, rejected, regions=regions, ignore_label=3)
+    for a, b in zip(terms.ratios, separate, strict=True):
+        torch.testing.assert_close(a, b)
+    outside = ~disagreement_region(chosen, rejected, 3) & (chosen != 3)
+    assert torch.equal(terms.outside, outside)
+    torch.testing.assert_close(terms.consistency, consistency_loss(policy, reference, outside, regions=regions))
+    torch.testing.assert_close(terms.agreement, agreement_loss(policy, chosen, rejected, regions=regions, ignore_label=3))
+    off = preference_terms(policy, reference, chosen, rejected, regions=regions, ignore_label=3, consistency=False,
+                           agreement=False)
+    assert off.consistency is None and off.agreement is None
+
+
+def test_a_step_takes_one_log_softmax_per_network_and_one_region(monkeypatch):
+    import nnunetv2_rndpo.objective as objective
+
+    calls = {"log_softmax": 0, "region": 0}
+    log_softmax, region = torch.log_softmax, objective.disagreement_region
+
+    def counted_log_softmax(*args, **kwargs):
+        calls["log_softmax"] += 1
+        return log_softmax(*args, **kwargs)
+
+    def counted_region(*args, **kwargs):
+        calls["region"] += 1
+        return region(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "log_softmax", counted_log_softmax)
+    monkeypatch.setattr(objective, "disagreement_region", counted_region)
+    policy, reference, chosen, rejected = _step_inputs(None)
+    terms = preference_terms(policy, reference, chosen, rejected, ignore_label=3)  # what the trainer's step calls
+    assert calls == {"log_softmax": 2, "region": 1}  # policy once, reference once; D once, both anchors included
+    (terms.ratios.chosen_logratios.sum() + terms.consistency.sum() + terms.agreement.sum()).backward()
+    assert policy.grad is not None
+
+
+def test_preference_metrics_sum_over_used_pairs_only():
+    policy, reference, chosen, rejected = _step_inputs(None)
+    ratios = pair_log_ratios(policy, reference, chosen, rejected, ignore_label=3)
+    out = preference_loss(ratios.chosen_logratios, ratios.rejected_logratios, ratios.region_sizes, ratios.volumes,
+                          beta=1.0, min_region_voxels=int(ratios.region_sizes.max()))  # only the largest D is used
+    metrics = preference_metrics(out, ratios)
+    used = out.used
+    assert metrics["n/patches"] == 3 and metrics["n/used"] == int(used.sum()) >= 1
+    assert metrics["sum/rewards/margins"] == pytest.approx(float(out.margins[used].sum()))
+    assert metrics["sum/rewards/accuracies"] == float((out.margins[used] > 0).sum())
+    expected = float((ratios.chosen_logps / ratios.region_sizes.clamp_min(1))[used].sum())
+    assert metrics["sum/logps/chosen"] == pytest.approx(expected)
+    assert metrics["sum/region/size_mean"] == pytest.approx(float(ratios.region_sizes.sum()))  # every patch
