@@ -134,12 +134,27 @@ SWEEP_JUDGES = ("oracle", "learned")
 ABLATION_JUDGES = ("oracle", "weak")
 
 
+# The first look at what a better proposal set buys (benchmarks/headroom.py chose both, docs/results/preferences_*):
+# RN-DPO with the default step and the best label-free judge, on today's proposals and on the best set.
+FIRST_LOOK_JUDGE = "agreement"
+FIRST_LOOK_SOURCES = ("affine",)
+DEFAULT_STEP = {"sft_batch_fraction": 0.5, "warmup_fraction": WARMUP_FRACTION}
+
+
+def proposal_arms(judge: str = FIRST_LOOK_JUDGE, sources: tuple[str, ...] = FIRST_LOOK_SOURCES) -> list[Arm]:
+    """RN-DPO as a user runs it (the config's defaults: β, every anchor, the split batch, the warm-up) with
+    ``judge``, on the protocol's proposals and on the proposal set ``sources``: paired on the same base models."""
+    return [Arm("RN-DPO (default step)", "nnUNetTrainerRNDPO", judge, overrides=dict(DEFAULT_STEP)),
+            Arm(f"RN-DPO (default step, {' '.join(sources)} proposals)", "nnUNetTrainerRNDPO", judge,
+                overrides={**DEFAULT_STEP, "proposal_sources": list(sources)})]
+
+
 def sweep_arms() -> list[Arm]:
     """The arms beyond the protocol: RN-DPO at each β of SWEEP_BETAS under the reliable and the learned judge,
     pseudo-label without the supervised anchor under the ABLATION_JUDGES, RN-DPO with uniformly random
     patches (``disagreement_oversample: 0``) under the reliable judge, and RN-DPO + sft under it with the
     default step's batch split (``sft_batch_fraction`` 0.5: nnU-Net's batch, not twice it), without and with
-    the default learning-rate warm-up (``warmup_fraction``)."""
+    the default learning-rate warm-up (``warmup_fraction``); and :func:`proposal_arms`."""
     return ([Arm(f"RN-DPO (β {beta:g})", "nnUNetTrainerRNDPO", judge, overrides={"sft_weight": 0.0, "beta": beta})
              for beta in SWEEP_BETAS for judge in SWEEP_JUDGES]
             + [Arm("pseudo-label (no sft)", "nnUNetTrainerPseudoLabel", judge, overrides={"sft_weight": 0.0})
@@ -150,7 +165,8 @@ def sweep_arms() -> list[Arm]:
                    overrides={"sft_weight": 1.0, "beta": PROTOCOL_BETA["region"], "sft_batch_fraction": 0.5})]
             + [Arm("RN-DPO + sft (split batch, warm-up)", "nnUNetTrainerRNDPO", "oracle",
                    overrides={"sft_weight": 1.0, "beta": PROTOCOL_BETA["region"], "sft_batch_fraction": 0.5,
-                              "warmup_fraction": WARMUP_FRACTION})])
+                              "warmup_fraction": WARMUP_FRACTION})]
+            + proposal_arms())
 
 
 @dataclass(frozen=True)
@@ -292,18 +308,23 @@ class Study:
                                              "-device", self.device], self.root / "logs")
         return folder
 
-    def _base_args(self, dataset_id: int) -> list[str]:
-        """The base model and proposal settings, the same for every toolkit command (they name the cache)."""
+    def _base_args(self, dataset_id: int, sources: list[str] | None = None) -> list[str]:
+        """The base model and proposal settings, the same for every toolkit command (they name the cache).
+        ``sources``: another proposal set than the protocol's (``PROPOSALS``)."""
         return ["-d", str(dataset_id), "-c", self.spec.configuration, "-f", "all", "-tr", self.scale.base_trainer,
-                "-n", str(PROPOSALS["num_proposals"]), "--sources", *PROPOSALS["proposal_sources"],
+                "-n", str(PROPOSALS["num_proposals"]), "--sources", *(sources or PROPOSALS["proposal_sources"]),
                 "--seed", str(PROPOSALS["seed"]), "-device", self.device]
 
-    def judge_scores(self, seed: int, judge: str) -> tuple[Path, dict]:
-        """The judge's score CSV and reliability report for a seed's pool (computed once)."""
+    def judge_scores(self, seed: int, judge: str, sources: list[str] | None = None) -> tuple[Path, dict]:
+        """The judge's score CSV and reliability report for a seed's pool (computed once), on the protocol's
+        proposals or, with ``sources``, on that proposal set's (generated first if missing)."""
         did, folder = self.dataset_id(seed), self.root / f"seed_{seed}"
-        csv = folder / f"scores_{judge}.csv"
+        tag = "" if sources is None else "__" + "_".join(sources)
+        csv = folder / f"scores_{judge}{tag}.csv"
         report = csv.with_suffix(".report.json")
         if not report.is_file():
+            if sources is not None:
+                self._run(f"proposals{tag}", ["nnUNetv2_rndpo_proposals", *self._base_args(did, sources)], folder)
             if judge == "weak":
                 extra = ["--judge", "oracle", "--pair-accuracy", str(WEAK_TARGET_PAIR_ACCURACY), "--size-bias",
                          str(WEAK_SIZE_BIAS)]
@@ -314,8 +335,8 @@ class Study:
                 extra = ["--judge", "learned"]
             else:
                 extra = ["--judge", judge]
-            self._run(f"judge_{judge}", ["nnUNetv2_rndpo_judge", *self._base_args(did), *extra, "--report",
-                                         "-o", str(csv)], folder)
+            self._run(f"judge_{judge}{tag}", ["nnUNetv2_rndpo_judge", *self._base_args(did, sources), *extra,
+                                                "--report", "-o", str(csv)], folder)
         return csv, json.loads(report.read_text())
 
     def run_seed(self, seed: int) -> None:
@@ -344,8 +365,12 @@ class Study:
                 continue
             scores = None
             if arm.judge:
-                scores, report = self.judge_scores(seed, arm.judge)
-                record["judges"][arm.judge] = report
+                sources = arm.overrides.get("proposal_sources")
+                scores, report = self.judge_scores(seed, arm.judge, sources)
+                if sources is None:
+                    record["judges"][arm.judge] = report
+                else:
+                    record.setdefault("judges_by_proposals", {})[f"{arm.judge} | {' '.join(sources)}"] = report
             record["arms"][arm.name] = self.run_arm(seed, arm, base_folder, scores)
             self._save()
         self._save()

@@ -263,3 +263,19 @@ def test_committed_results_still_make_a_report(tmp_path):
     files = sorted((Path(__file__).resolve().parents[1] / "docs" / "results").glob("study_*.json"))
     text = write_report([load_results(f) for f in files], tmp_path / "r.md", tmp_path / "f").read_text()
     assert text.count("Judge reliability on the pool") == len(files)
+
+
+def test_proposal_arms_pair_the_protocol_proposals_with_another_set(tmp_path):
+    from nnunetv2_rndpo.study import DEFAULT_STEP, PROPOSALS, proposal_arms
+
+    today, other = proposal_arms("learned", ("affine", "mirror"))
+    assert today.judge == other.judge == "learned" and today.name != other.name
+    assert "proposal_sources" not in today.overrides and other.overrides["proposal_sources"] == ["affine", "mirror"]
+    assert {k: today.overrides[k] for k in DEFAULT_STEP} == {k: other.overrides[k] for k in DEFAULT_STEP} == DEFAULT_STEP
+    study = Study("synthetic", None, "smoke", tmp_path / "out")
+
+    def sources(args: list[str]) -> list[str]:
+        return args[args.index("--sources") + 1:args.index("--seed")]
+
+    assert sources(study._base_args(980, other.overrides["proposal_sources"])) == ["affine", "mirror"]
+    assert sources(study._base_args(980)) == PROPOSALS["proposal_sources"]
