@@ -137,7 +137,7 @@ ABLATION_JUDGES = ("oracle", "weak")
 # The first look at what a better proposal set buys (benchmarks/headroom.py chose both, docs/results/preferences_*):
 # RN-DPO with the default step and the best label-free judge, on today's proposals and on the best set.
 FIRST_LOOK_JUDGE = "agreement"
-FIRST_LOOK_SOURCES = ("affine",)
+FIRST_LOOK_SOURCES = ("mirror", "affine")
 DEFAULT_STEP = {"sft_batch_fraction": 0.5, "warmup_fraction": WARMUP_FRACTION}
 
 
