@@ -41,6 +41,7 @@ import numpy as np
 # K = 8 each; forwards per tile: 2D (4 flips) / 3D (8 flips) TTA pass + one per non-TTA proposal
 SETS = {
     "today: mirror threshold temperature": ("mirror", "threshold", "temperature"),
+    "config default: mirror threshold": ("mirror", "threshold"),
     "mirror threshold temperature affine": ("mirror", "threshold", "temperature", "affine"),
     "mirror affine": ("mirror", "affine"),
     "affine": ("affine",),
