@@ -24,7 +24,7 @@ proposal set, as ``nnUNetv2_rndpo_train_judge`` does). Then, in this process, fo
 
 nnU-Net's plain TTA prediction is made once per seed and shared by every set. Results are kept per seed in
 ``<output>/headroom_seed<s>.json`` (a rerun skips what is there); ``--results PREFIX`` writes the table over all
-seeds to ``PREFIX.json`` and ``PREFIX.md``.
+seeds to ``PREFIX.json`` and ``PREFIX.md`` (``--table-only``: from those files, measuring nothing).
 """
 
 from __future__ import annotations
@@ -254,9 +254,14 @@ def main() -> None:
     parser.add_argument("--max-cases", type=int, default=None,
                         help="measure on the first N pool cases (sorted ids) only. Default: the whole pool")
     parser.add_argument("--results", default=None, help="write the table over all seeds to PREFIX.json / PREFIX.md")
+    parser.add_argument("--table-only", action="store_true",
+                        help="measure nothing: build the table from the seeds' headroom_seed<s>.json in -o")
     parser.add_argument("-device", default="cpu")
     args = parser.parse_args()
-    per_seed = [measure_seed(args, seed) for seed in args.seeds]
+    if args.table_only:
+        per_seed = [json.loads((Path(args.output) / f"headroom_seed{seed}.json").read_text()) for seed in args.seeds]
+    else:
+        per_seed = [measure_seed(args, seed) for seed in args.seeds]
     from nnunetv2_rndpo.study import SCALES
 
     labeled = args.labeled or SCALES["cpu"].num_labeled
