@@ -65,8 +65,7 @@ def judge_settings(judge: str, learned_file: Path, seed: int):
 
 def pair_rows(base, pool, cache, scores: dict, dice: dict, mining: str, seed: int) -> dict[str, float]:
     """Count, mean |D|, mask-level accuracy and region shares of the pairs ``mining`` mines from ``scores``."""
-    from nnunetv2_rndpo.mining import MiningParams
-    from nnunetv2_rndpo.pipeline import mine_pool
+    from nnunetv2_rndpo.mining import MiningParams, mine_pool
     from nnunetv2_rndpo.reliability import region_label_accuracy
 
     params = MiningParams(mining, max_pairs_per_case=HYBRIDS_PER_CASE if mining == "local" else 1)
@@ -90,8 +89,9 @@ def measure_seed(args, seed: int) -> dict:
     study.train_base(dataset_id, study.scale.base_trainer)
     os.environ.update(study.env)  # before nnU-Net is imported: nnunetv2.paths reads them once (same -o: same paths)
 
+    from nnunetv2_rndpo.atomic_files import atomic_write_text
     from nnunetv2_rndpo.hybrids import HybridCache, HybridSettings, generate_hybrids
-    from nnunetv2_rndpo.learned_judge import train_learned_judge
+    from nnunetv2_rndpo.judge_training import train_learned_judge
     from nnunetv2_rndpo.mining import MiningParams
     from nnunetv2_rndpo.pipeline import (
         LEARNED_JUDGE_FILE,
@@ -104,7 +104,7 @@ def measure_seed(args, seed: int) -> dict:
         proposal_cache,
         score_pool,
     )
-    from nnunetv2_rndpo.pool import PreprocessedPool, atomic_write_text
+    from nnunetv2_rndpo.pool import PreprocessedPool
     from nnunetv2_rndpo.proposals import generate_proposals
     from nnunetv2_rndpo.reliability import judge_reliability
 

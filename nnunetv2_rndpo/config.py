@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nnunetv2_rndpo.judges import JUDGES
+from nnunetv2_rndpo.mining import MININGS
 from nnunetv2_rndpo.objective import LOSS_TYPES, NORMALIZATIONS
+from nnunetv2_rndpo.proposals import PROPOSAL_SOURCES
 
 CONFIG_ENV_VAR = "nnUNet_rndpo_config"
-JUDGES = ("agreement", "uncertainty", "learned", "oracle", "external")
-MININGS = ("top_bottom", "top_random", "margin", "adjacent", "quantile", "local")
-PROPOSAL_SOURCES = ("mirror", "threshold", "temperature", "intensity", "dropout", "model", "perturb", "affine")
 OPTIMIZERS = ("adamw", "sgd")
 BAD_CASE_ACTIONS = ("stop", "skip")
 

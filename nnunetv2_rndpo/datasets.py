@@ -19,7 +19,6 @@ never straddle splits.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -231,6 +230,11 @@ def read_manifest(dataset_folder: str | os.PathLike) -> dict:
 
 def _case_name(stem: str) -> str:
     return SAFE_NAME.sub("_", stem)
+
+
+def default_dataset_name(source: str | os.PathLike) -> str:
+    """The dataset name ``nnUNetv2_rndpo_make_dataset`` gives a source folder without ``-n``: the folder's name."""
+    return _case_name(Path(source).resolve().name)
 
 
 def find_msd_cases(source: Path, group: Callable[[str], str]) -> list[SourceCase]:
@@ -445,82 +449,9 @@ def make_dataset(
     return writer.finish(labels, {"0": "image"}, manifest)
 
 
-def parser() -> argparse.ArgumentParser:
-    """``nnUNetv2_rndpo_make_dataset``'s flags."""
-    p = argparse.ArgumentParser(
-        prog="nnUNetv2_rndpo_make_dataset",
-        description="Make a label-budget study dataset in $nnUNet_raw: N labeled cases (imagesTr/labelsTr), an "
-                    "unlabeled pool (imagesUnlabeled/, hidden labels in labelsUnlabeled/), M test cases "
-                    "(imagesTs/labelsTs), dataset.json and the split manifest rndpo_splits.json. From an MSD folder "
-                    "(imagesTr/, labelsTr/), a 2D PNG folder with masks, or the built-in synthetic generator.")
-    p.add_argument("-i", dest="source", default=None, help="source folder (MSD layout or PNG images + masks)")
-    p.add_argument("--synthetic", choices=("2d", "3d"), default=None, help="generate the built-in synthetic dataset instead")
-    p.add_argument("-d", dest="dataset_id", type=int, required=True, help="nnU-Net dataset id (1 … 999)")
-    p.add_argument("-n", dest="name", default=None, help="dataset name. Default: the source folder's name, or Synthetic2D/3D")
-    p.add_argument("-o", dest="raw_root", default=None, help="nnU-Net raw folder. Default: $nnUNet_raw")
-    p.add_argument("--labeled", type=int, required=True, help="N: labeled cases for the base model")
-    p.add_argument("--test", type=int, required=True, help="M: held-out test cases")
-    p.add_argument("--unlabeled", "--pool", dest="unlabeled", type=int, default=None,
-                   help="K: pool size. Default: every remaining case (synthetic: 3·N)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split (and of the synthetic data). Default: 0")
-    p.add_argument("--test-seed", type=int, default=None,
-                   help="seed of the test split only, so that one test set serves every --seed. Default: --seed")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset with this id")
-    png = p.add_argument_group("2D PNG folders")
-    png.add_argument("--images-dir", default=None, help="image subfolder. Default: images/ if it exists, else -i")
-    png.add_argument("--masks-dir", "--masks", dest="masks_dir", default=None, help=f"mask subfolder. Default: the first of {', '.join(MASK_FOLDERS)}")
-    png.add_argument("--mask-suffix", default=None,
-                     help="mask name = image name + suffix + .png. Default: the first of '', _mask, _Annotation, _seg, "
-                          "_label that exists")
-    png.add_argument("--resize", type=float, nargs="+", metavar="H W | F", default=None,
-                     help="resize images (bilinear) and masks (nearest) to H×W pixels, or by one factor F (e.g. 0.25)")
-    group = p.add_argument_group("group-aware splitting (cases of one group never straddle splits)")
-    group.add_argument("--group-regex", default=None, help=r"group = first capture of this regex in the name, e.g. '^(\d{3})'")
-    group.add_argument("--group-chars", type=int, default=None, help="group = the first N characters of the name")
-    return p
-
-
-def _resize_argument(values: list[float] | None) -> tuple[int, int] | float | None:
-    """``--resize H W`` (pixels) or ``--resize F`` (factor)."""
-    if values is None:
-        return None
-    if len(values) == 1 and 0 < values[0]:
-        return float(values[0])
-    if len(values) == 2 and all(v >= 1 and v == int(v) for v in values):
-        return int(values[0]), int(values[1])
-    raise ValueError(f"--resize takes H W (whole pixels) or one factor F > 0, got {values}")
-
-
-def run(args: argparse.Namespace) -> Path:
-    """Runs the command; returns the dataset folder."""
-    from nnunetv2_rndpo.synthetic import make_synthetic_dataset
-
-    raw_root = args.raw_root or os.environ.get("nnUNet_raw")
-    if not raw_root:
-        raise ValueError("no output folder: set $nnUNet_raw or pass -o RAW_FOLDER")
-    if (args.source is None) == (args.synthetic is None):
-        raise ValueError("give exactly one of -i SRC and --synthetic 2d|3d")
-    resize = _resize_argument(args.resize)
-    if args.synthetic:
-        folder = make_synthetic_dataset(raw_root, args.dataset_id, dim=int(args.synthetic[0]), num_labeled=args.labeled,
-                                        num_unlabeled=args.unlabeled or 3 * args.labeled, num_test=args.test,
-                                        seed=args.seed, name=args.name, overwrite=args.overwrite,
-                                        test_seed=args.test_seed)
-    else:
-        folder = make_dataset(args.source, raw_root, args.dataset_id, args.name or _case_name(Path(args.source).resolve().name),
-                              args.labeled, args.test, args.seed, args.unlabeled, args.group_regex, args.group_chars,
-                              args.images_dir, args.masks_dir, args.mask_suffix, resize, args.overwrite,
-                              args.test_seed)
-    counts = {k: len(v) for k, v in read_manifest(folder)["splits"].items()}
-    print(f"{folder}: {counts['labeled']} labeled, {counts['unlabeled']} unlabeled, {counts['test']} test cases"
-          + (f", {counts['unused']} unused" if counts.get("unused") else ""))
-    return folder
-
-
 def main(argv: list[str] | None = None) -> None:
-    p = parser()
-    args = p.parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        p.exit(2, f"{p.prog}: error: {error}\n")
+    """The entry point of console scripts installed before the command moved to
+    :func:`nnunetv2_rndpo.commands.main_make_dataset` (``pip install -e .`` regenerates them)."""
+    from nnunetv2_rndpo.commands import main_make_dataset
+
+    main_make_dataset(argv)

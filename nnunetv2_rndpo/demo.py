@@ -266,9 +266,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = parser()
-    args = p.parse_args(argv)
-    try:
-        run_demo(args.output, args.source, args.dim, args.device, args.quick)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        p.exit(2, f"{p.prog}: error: {error}\n")
+    from nnunetv2_rndpo.commands import run_command
+
+    run_command(parser(), lambda args: run_demo(args.output, args.source, args.dim, args.device, args.quick), argv)

@@ -33,14 +33,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from nnunetv2_rndpo.pool import atomic_write_text
+from nnunetv2_rndpo.atomic_files import atomic_write, atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -231,10 +230,9 @@ class HybridCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         offsets = np.cumsum([0, *(len(p) for p in hybrids.parts)])
         voxels = np.concatenate(hybrids.parts) if len(hybrids) else np.zeros(0, np.int64)
-        temporary = self.folder / f"{case_id}.tmp.npz"
-        np.savez_compressed(temporary, num_base=hybrids.num_base, anchors=hybrids.anchors, donors=hybrids.donors,
-                            offsets=offsets, voxels=voxels)
-        os.replace(temporary, self.folder / f"{case_id}.npz")
+        atomic_write(self.folder / f"{case_id}.npz", lambda f: np.savez_compressed(
+            f, num_base=hybrids.num_base, anchors=hybrids.anchors, donors=hybrids.donors, offsets=offsets,
+            voxels=voxels))
         if source is not None:
             atomic_write_text(self.folder / f"{case_id}.source", source)
 

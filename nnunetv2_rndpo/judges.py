@@ -15,25 +15,18 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_rndpo.metrics import dice_per_class, in_class, region_labels
+from nnunetv2_rndpo.atomic_files import atomic_write_text
+from nnunetv2_rndpo.metrics import in_class, mean_dice, rank, region_labels
 
+JUDGES = ("agreement", "uncertainty", "learned", "oracle", "external")
 CSV_HEADER = ("case_id", "proposal", "score")
-
-
-def mean_dice(a: np.ndarray, b: np.ndarray, labels_or_regions: Sequence, ignore_label: int | None = None) -> float:
-    """Mean foreground Dice of two masks, counting a class absent from both as 1 (they agree on it).
-
-    Voxels where ``b`` (the reference) carries ``ignore_label`` are not counted, as in nnU-Net's evaluation.
-    """
-    dice = dice_per_class(a, b, labels_or_regions, ignore_label=ignore_label, empty_value=1.0)
-    return float(np.mean(list(dice.values())))
 
 
 def agreement_scores(masks: np.ndarray, labels_or_regions: Sequence, num_references: int | None = None) -> np.ndarray:
@@ -204,18 +197,16 @@ def read_external_scores(path: str | Path, proposals_per_case: dict[str, int]) -
 
 def write_scores_csv(path: str | Path, scores: dict[str, np.ndarray]) -> None:
     """Writes scores in the CSV format :func:`read_external_scores` reads (atomically: temp file + rename)."""
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_HEADER)
-        for case_id in sorted(scores):
-            for index, value in enumerate(scores[case_id]):
-                writer.writerow([case_id, index, repr(float(value))])
-    os.replace(temporary, path)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(CSV_HEADER)
+    for case_id in sorted(scores):
+        for index, value in enumerate(scores[case_id]):
+            writer.writerow([case_id, index, repr(float(value))])
+    atomic_write_text(Path(path), text.getvalue())
 
 
-NORMALIZATIONS = ("none", "case_minmax", "case_rank")
+SCORE_NORMALIZATIONS = ("none", "case_minmax", "case_rank")
 
 
 def normalize_scores(scores: dict[str, np.ndarray], how: str) -> dict[str, np.ndarray]:
@@ -226,12 +217,10 @@ def normalize_scores(scores: dict[str, np.ndarray], how: str) -> dict[str, np.nd
       comparable between QC systems, so ``mining_tau``/``mining_min_margin`` mean the same.
     - ``case_rank``: rank / (K − 1) per case (ties averaged): only the order is kept.
     """
-    if how not in NORMALIZATIONS:
-        raise ValueError(f"unknown score normalisation {how!r}; valid: {', '.join(NORMALIZATIONS)}")
+    if how not in SCORE_NORMALIZATIONS:
+        raise ValueError(f"unknown score normalisation {how!r}; valid: {', '.join(SCORE_NORMALIZATIONS)}")
     if how == "none":
         return dict(scores)
-    from nnunetv2_rndpo.reliability import rank
-
     result = {}
     for case_id, values in scores.items():
         values = np.asarray(values, float)

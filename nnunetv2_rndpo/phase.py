@@ -32,13 +32,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nnunetv2_rndpo.atomic_files import atomic_write, atomic_write_text
 from nnunetv2_rndpo.cascade import pool_input
 from nnunetv2_rndpo.checkpoint import base_weights, describe_trained_models, load_checkpoint_file
 from nnunetv2_rndpo.config import CONFIG_ENV_VAR
 from nnunetv2_rndpo.distributed import barrier, broadcast_from_rank0, rank_and_world
 from nnunetv2_rndpo.evaluation import dice_on_test_set, preprocessed_test_set
 from nnunetv2_rndpo.messages import TIMED_ITERATIONS, large_case_notes, pairs_summary, schedule_summary, time_estimate
-from nnunetv2_rndpo.mining import MiningParams, Pair, require_trainable_pairs
+from nnunetv2_rndpo.mining import (
+    MiningParams,
+    Pair,
+    mine_pool,
+    pairs_document,
+    read_pairs_file,
+    require_trainable_pairs,
+)
 from nnunetv2_rndpo.objective import consistency_loss
 from nnunetv2_rndpo.paths import rndpo_cache_folder
 from nnunetv2_rndpo.pipeline import (
@@ -48,14 +56,11 @@ from nnunetv2_rndpo.pipeline import (
     ensure_proposals,
     hidden_true_dice,
     labeled_reliability,
-    mine_pool,
-    pairs_document,
     prepare_pool,
-    read_pairs_file,
     score_pool,
     split_cases,
 )
-from nnunetv2_rndpo.pool import PreprocessedPool, atomic_write_text
+from nnunetv2_rndpo.pool import PreprocessedPool
 from nnunetv2_rndpo.proposals import ProposalCache
 from nnunetv2_rndpo.sampling import PairPatchSampler, PreferenceBatchLoader
 from nnunetv2_rndpo.schedule import split_batch
@@ -280,10 +285,8 @@ class PreferencePhase:
         """``rndpo_config.json``, ``rndpo_reference.pth`` (fresh runs) and ``rndpo_pairs.json`` (when mined here)."""
         atomic_write_text(self.fold_folder / "rndpo_config.json", json.dumps(self.config.to_dict(), indent=2))
         if self._fresh_reference_weights is not None:
-            reference_file = self.fold_folder / "rndpo_reference.pth"
-            temporary = reference_file.with_name(reference_file.name + ".tmp")
-            torch.save(self._fresh_reference_weights, temporary)
-            os.replace(temporary, reference_file)
+            weights = self._fresh_reference_weights
+            atomic_write(self.fold_folder / "rndpo_reference.pth", lambda f: torch.save(weights, f))
             self._fresh_reference_weights = None
         if new_pairs is not None:
             atomic_write_text(self.fold_folder / "rndpo_pairs.json", json.dumps(new_pairs, indent=1))

@@ -9,7 +9,6 @@ one cache: ``$nnUNet_preprocessed/DatasetXXX/rndpo/<plans>_<configuration>/{pool
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,15 +20,16 @@ from nnunetv2_rndpo.cascade import PreviousStage, previous_stage_of, require_cas
 from nnunetv2_rndpo.checkpoint import describe_trained_models, load_checkpoint_file
 from nnunetv2_rndpo.hybrids import HybridCache, HybridSettings, base_scores, generate_hybrids
 from nnunetv2_rndpo.judges import (
+    JUDGES,
     agreement_scores,
     oracle_scores,
     read_external_scores,
     true_dice,
     uncertainty_scores,
 )
-from nnunetv2_rndpo.mining import MiningParams, Pair, mine_pairs, pair_statistics
+from nnunetv2_rndpo.mining import MiningParams, mine_pool
 from nnunetv2_rndpo.paths import rndpo_cache_folder
-from nnunetv2_rndpo.pool import PreprocessedPool, find_cases
+from nnunetv2_rndpo.pool import LabeledPool, PreprocessedPool, find_cases, labeled_cases
 from nnunetv2_rndpo.proposals import (
     DEFAULT_PERTURB_SIGMA,
     ProposalCache,
@@ -400,8 +400,6 @@ def score_pool(
         FileNotFoundError: oracle without hidden labels, learned judge not trained, external file missing.
         ValueError: unknown judge or an invalid external file.
     """
-    from nnunetv2_rndpo.config import JUDGES
-
     judge = settings.judge
     if judge not in JUDGES:
         raise ValueError(f"unknown judge {judge!r}; valid: {', '.join(JUDGES)}")
@@ -438,106 +436,10 @@ def score_pool(
     return scores
 
 
-# ---------------------------------------------------------------------------------------------- mining
-
-
-def mine_pool(
-    cache: ProposalCache, case_ids: list[str], scores: dict[str, np.ndarray], params: MiningParams, seed: int,
-    dice: dict[str, np.ndarray] | None = None,
-) -> tuple[list[Pair], dict[str, float]]:
-    """Mines every case of ``case_ids`` with one seeded generator; returns the pairs and their statistics.
-
-    Statistics: :func:`~nnunetv2_rndpo.mining.pair_statistics` plus ``pairs/identical_cases`` (cases that
-    gave no pair) and, when hidden labels exist, ``judge/oracle_pair_acc``. With a
-    :class:`~nnunetv2_rndpo.hybrids.HybridCache` the hybrids' anchors go to ``local`` mining.
-    """
-    rng = np.random.default_rng(seed)
-    pairs, empty = [], 0
-    for case_id in case_ids:
-        anchors = cache.hybrids(case_id).anchors if isinstance(cache, HybridCache) else None
-        mined = mine_pairs(case_id, cache.masks(case_id), scores[case_id], params, rng,
-                           None if dice is None else dice[case_id], anchors)
-        empty += not mined
-        pairs += mined
-    stats = pair_statistics(pairs, len(case_ids))
-    stats["pairs/identical_cases"] = empty
-    if "pairs/oracle_acc" in stats:
-        stats["judge/oracle_pair_acc"] = stats["pairs/oracle_acc"]
-    return pairs, stats
-
-
-def pairs_document(pairs: list[Pair], judge_metrics: dict, cache: ProposalCache | None = None) -> dict:
-    """The content of ``rndpo_pairs.json`` (what the trainer writes and ``nnUNetv2_rndpo_mine`` writes)."""
-    document = {"judge_metrics": judge_metrics, "pairs": [vars(p) for p in pairs]}
-    if cache is not None:
-        document["proposals"] = str(cache.folder)
-    return document
-
-
-def read_pairs_file(path: str | os.PathLike, pool: PreprocessedPool | None = None,
-                    cache: ProposalCache | None = None) -> tuple[list[Pair], dict]:
-    """Reads ``rndpo_pairs.json``, checking cases and proposal indices against the pool and the cache.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a pairs file, or pairs that refer to cases/proposals that do not exist, or made
-            from other proposals than ``cache``.
-    """
-    import json
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pairs file {path} does not exist; write it with nnUNetv2_rndpo_mine")
-    try:
-        document = json.loads(path.read_text())
-        pairs = [Pair(**p) for p in document["pairs"]]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"{path} is not a pairs file written by nnUNetv2_rndpo_mine ({error})") from None
-    # the key (folder name) identifies the proposals; the root may be spelled differently (symlinks, mounts)
-    if cache is not None and document.get("proposals") not in (None, str(cache.folder)) and (
-            Path(document["proposals"]).name != cache.folder.name):
-        raise ValueError(
-            f"pairs file {path} was mined from proposals {document['proposals']} but this run's proposals are "
-            f"{cache.folder} (another base model, sources, K or seed). Mine again from the current proposals.")
-    if pool is not None:
-        unknown = sorted({p.case_id for p in pairs} - set(pool.case_ids))
-        if unknown:
-            raise ValueError(f"pairs file {path} names cases not in the unlabeled pool: {unknown[:5]}")
-        if cache is not None:
-            for p in pairs:
-                k = len(cache.masks(p.case_id))
-                if not (0 <= p.chosen < k and 0 <= p.rejected < k):
-                    raise ValueError(f"pairs file {path}: case {p.case_id!r} has proposals 0 ... {k - 1}, "
-                                     f"but a pair uses {p.chosen} and {p.rejected}")
-    return pairs, document.get("judge_metrics", {})
-
-
 # ---------------------------------------------------------------------------------------------- labeled reliability
 
 # rDPO's loss needs ε < 0.5 and is flat at 0.5; an estimate from a handful of validation cases is noisy
 MAX_AUTO_LABEL_SMOOTHING = 0.4
-
-
-class LabeledPool:
-    """Labeled cases behind the interface of :class:`~nnunetv2_rndpo.pool.PreprocessedPool`."""
-
-    has_labels = True
-
-    def __init__(self, cases, case_ids: list[str]):
-        self._cases, self.case_ids = cases, list(case_ids)
-
-    def image(self, case_id: str) -> np.ndarray:
-        return self._cases[case_id][0]
-
-    def label(self, case_id: str) -> np.ndarray:
-        return self._cases[case_id][1]
-
-    def previous_stage(self, case_id: str) -> np.ndarray | None:
-        return self._cases.previous_stage(case_id)
-
-    def source_digest(self, case_id: str) -> None:
-        """Labeled cases come from nnU-Net's preprocessed folder, which nnU-Net keeps current."""
-        return None
 
 
 def labeled_proposals(base: BaseModel, settings: ProposalSettings, progress: bool = True, log=print,
@@ -549,8 +451,6 @@ def labeled_proposals(base: BaseModel, settings: ProposalSettings, progress: boo
     Raises:
         ValueError: the fold has no validation cases.
     """
-    from nnunetv2_rndpo.learned_judge import labeled_cases
-
     cases, _, val_ids = labeled_cases(base, base.fold)
     if not val_ids:
         raise ValueError(f"fold {base.fold} of {base.dataset_name} has no validation cases (splits_final.json); "

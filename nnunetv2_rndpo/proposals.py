@@ -54,8 +54,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from nnunetv2_rndpo.atomic_files import atomic_write, atomic_write_text
 from nnunetv2_rndpo.cascade import pool_input
-from nnunetv2_rndpo.pool import atomic_write, atomic_write_text
 
 THRESHOLD_LADDER = (2.0, 0.5, 1.5, 0.67, 3.0, 0.33, 4.0, 0.25, 6.0, 0.17)
 TEMPERATURE_LADDER = (0.5, 2.0, 0.25, 4.0, 0.75, 1.5)
@@ -68,6 +68,7 @@ AFFINE_LADDER = ((5.0, 1.0), (-5.0, 1.0), (0.0, 1.1), (0.0, 0.9), (10.0, 1.0), (
                  (-5.0, 0.9))
 MAX_PERTURB_SAMPLES = 16
 DEFAULT_PERTURB_SIGMA = 0.2  # docs/results/headroom_hc18_cpu.md: 0.2 gave more headroom than 0.1
+PROPOSAL_SOURCES = ("mirror", "threshold", "temperature", "intensity", "dropout", "model", "perturb", "affine")
 TTA_SOURCES = ("mirror", "threshold", "temperature")
 
 
@@ -103,19 +104,10 @@ def plan_proposals(
         ValueError: the sources cannot produce ``num_proposals`` distinct recipes.
     """
     flips = [c for r in range(len(mirror_axes) + 1) for c in itertools.combinations(mirror_axes, r)]
-    available = {
-        "mirror": [ProposalSpec("mirror", f) for f in flips],
-        "threshold": [ProposalSpec("threshold", f) for f in THRESHOLD_LADDER],
-        "temperature": [ProposalSpec("temperature", t) for t in TEMPERATURE_LADDER],
-        "intensity": [ProposalSpec("intensity", a) for a in INTENSITY_LADDER],
-        "dropout": [ProposalSpec("dropout", i) for i in range(MAX_DROPOUT_SAMPLES)],
-        "model": [ProposalSpec("model", m) for m in models],
-        "perturb": [ProposalSpec("perturb", (i, float(perturb_sigma))) for i in range(MAX_PERTURB_SAMPLES)],
-        "affine": [ProposalSpec("affine", a) for a in AFFINE_LADDER],
-    }
-    unknown = [s for s in sources if s not in available]
+    unknown = [s for s in sources if s not in PROPOSAL_SOURCES]
     if unknown:
-        raise ValueError(f"unknown proposal source(s) {unknown}; valid: {', '.join(available)}")
+        raise ValueError(f"unknown proposal source(s) {unknown}; valid: {', '.join(PROPOSAL_SOURCES)}")
+    available = {source: _recipes(source, flips, models, perturb_sigma) for source in sources}
     capacity = sum(len(available[s]) for s in sources)
     if num_proposals > capacity:
         raise ValueError(
@@ -139,6 +131,28 @@ def plan_proposals(
         else:
             specs += options[: counts[source]]
     return specs
+
+
+def _recipes(source: str, flips: list[tuple[int, ...]], models: list[str] | tuple[str, ...],
+             perturb_sigma: float) -> list[ProposalSpec]:
+    """Every recipe one source of :data:`PROPOSAL_SOURCES` can make, in the order :func:`plan_proposals` takes them."""
+    if source == "mirror":
+        return [ProposalSpec("mirror", f) for f in flips]
+    if source == "threshold":
+        return [ProposalSpec("threshold", f) for f in THRESHOLD_LADDER]
+    if source == "temperature":
+        return [ProposalSpec("temperature", t) for t in TEMPERATURE_LADDER]
+    if source == "intensity":
+        return [ProposalSpec("intensity", a) for a in INTENSITY_LADDER]
+    if source == "dropout":
+        return [ProposalSpec("dropout", i) for i in range(MAX_DROPOUT_SAMPLES)]
+    if source == "model":
+        return [ProposalSpec("model", m) for m in models]
+    if source == "perturb":
+        return [ProposalSpec("perturb", (i, float(perturb_sigma))) for i in range(MAX_PERTURB_SAMPLES)]
+    if source == "affine":
+        return [ProposalSpec("affine", a) for a in AFFINE_LADDER]
+    raise ValueError(f"unknown proposal source {source!r}; valid: {', '.join(PROPOSAL_SOURCES)}")
 
 
 def forward_passes(specs: list[ProposalSpec], mirror_axes: tuple[int, ...]) -> int:

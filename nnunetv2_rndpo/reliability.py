@@ -32,25 +32,7 @@ import math
 
 import numpy as np
 
-
-def rank(values: np.ndarray) -> np.ndarray:
-    """Ranks 0 … n−1 with ties given their average rank (as Spearman's ρ needs)."""
-    values = np.asarray(values, float)
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(len(values))
-    for value in np.unique(values):
-        tied = values == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's ρ of two ``(n,)`` arrays; NaN when either is constant."""
-    ra, rb = rank(a), rank(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return math.nan
-    return float(np.corrcoef(ra, rb)[0, 1])
+from nnunetv2_rndpo.metrics import spearman
 
 
 def pairwise_accuracy(scores: np.ndarray, dice: np.ndarray) -> tuple[float, int]:
@@ -103,10 +85,8 @@ def mining_reliability(cache, scores: dict[str, np.ndarray], dice: dict[str, np.
                        tau: float = 0.05) -> dict[str, float]:
     """``mining/<strategy>/pairs`` and ``/oracle_acc`` for every strategy, no filters, all pairs of a case
     (``local`` only when ``cache`` holds hybrids)."""
-    from nnunetv2_rndpo.config import MININGS
     from nnunetv2_rndpo.hybrids import HybridCache
-    from nnunetv2_rndpo.mining import MiningParams
-    from nnunetv2_rndpo.pipeline import mine_pool
+    from nnunetv2_rndpo.mining import MININGS, MiningParams, mine_pool
 
     result: dict[str, float] = {}
     cases = sorted(scores)

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunetv2_rndpo.atomic_files import atomic_write_text
 from nnunetv2_rndpo.datasets import MANIFEST
 from nnunetv2_rndpo.metrics import curve_summary
-from nnunetv2_rndpo.pool import atomic_write_text
 
 TRAINERS_FOLDER = Path(__file__).resolve().parents[1] / "trainers"
 PROPOSALS = {"num_proposals": 8, "proposal_sources": ["mirror", "threshold", "temperature"], "seed": 12345}

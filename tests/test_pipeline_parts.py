@@ -177,7 +177,7 @@ def test_proposal_cache_is_keyed_by_spec_and_complete_only_after_manifest(tmp_pa
 
 
 def test_atomic_writes_use_a_temporary_name_of_their_own_and_leave_nothing_on_failure(tmp_path):
-    from nnunetv2_rndpo.pool import atomic_write, atomic_write_text
+    from nnunetv2_rndpo.atomic_files import atomic_write, atomic_write_text
 
     atomic_write_text(tmp_path / "a.json", "1")
 

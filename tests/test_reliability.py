@@ -22,7 +22,7 @@ from nnunetv2_rndpo import proposals as proposals_module
 from nnunetv2_rndpo.checkpoint import base_weights
 from nnunetv2_rndpo.compat import require_supported_nnunet
 from nnunetv2_rndpo.config import RNDPOConfig
-from nnunetv2_rndpo.mining import MiningParams, Pair, require_trainable_pairs
+from nnunetv2_rndpo.mining import MiningParams, Pair, mine_pool, require_trainable_pairs
 from nnunetv2_rndpo.objective import (
     agreement_loss,
     consistency_loss,
@@ -30,7 +30,7 @@ from nnunetv2_rndpo.objective import (
     pair_log_ratios,
     preference_loss,
 )
-from nnunetv2_rndpo.pipeline import mine_pool, prepare_pool, require_complete
+from nnunetv2_rndpo.pipeline import prepare_pool, require_complete
 from nnunetv2_rndpo.pool import BadCaseError
 from nnunetv2_rndpo.proposals import ProposalCache, generate_proposals
 

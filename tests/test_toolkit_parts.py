@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from nnunetv2_rndpo.config import MININGS
 from nnunetv2_rndpo.judges import normalize_scores, oracle_scores, true_dice, uncertainty_scores
-from nnunetv2_rndpo.mining import MiningParams, Pair, candidate_pairs, mine_pair, mine_pairs, pair_statistics
+from nnunetv2_rndpo.metrics import rank, spearman
+from nnunetv2_rndpo.mining import MININGS, MiningParams, Pair, candidate_pairs, mine_pair, mine_pairs, pair_statistics
 from nnunetv2_rndpo.pipeline import split_cases
-from nnunetv2_rndpo.reliability import judge_reliability, pairwise_accuracy, rank, spearman
+from nnunetv2_rndpo.reliability import judge_reliability, pairwise_accuracy
 
 # ---------------------------------------------------------------- mining
 
@@ -334,7 +334,7 @@ def test_pairs_file_round_trip_and_errors(tmp_path):
     import json
     from types import SimpleNamespace
 
-    from nnunetv2_rndpo.pipeline import pairs_document, read_pairs_file
+    from nnunetv2_rndpo.mining import pairs_document, read_pairs_file
     from nnunetv2_rndpo.proposals import ProposalCache
 
     cache = ProposalCache(tmp_path / "proposals", {"seed": 1})

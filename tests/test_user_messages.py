@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from nnunetv2_rndpo.checkpoint import describe_trained_models, load_checkpoint_file, trained_models
-from nnunetv2_rndpo.config import MININGS, RNDPOConfig
+from nnunetv2_rndpo.config import RNDPOConfig
 from nnunetv2_rndpo.errors import TRACEBACK_ENV_VAR, _excepthook, is_user_error, user_errors
+from nnunetv2_rndpo.mining import MININGS
 from nnunetv2_rndpo.phase import PreferencePhase
 
 REPO = Path(__file__).resolve().parents[1]
