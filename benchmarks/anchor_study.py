@@ -18,14 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from nnunetv2_rndpo.atomic_files import read_jsonl
+from nnunetv2_rndpo.metrics import curve_summary
+from nnunetv2_rndpo.paths import BENCHMARK_FOLDERS, nnunet_environment, results_folder, run_logged
+
 DATASET_ID, DATASET = 951, "Dataset951_HippocampusAnchors"
 ARMS = {
     "control (continued supervised)": ("nnUNetTrainerContinuedSFT", {"sft_weight": 1.0}),
@@ -72,30 +73,23 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the arm names in the results (e.g. 'lr 1e-5')")
     args = parser.parse_args()
     root = Path(args.output).resolve()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet")}
-    env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
-               nnUNet_results=str(root / "results"), nnUNet_extTrainer=str(REPO / "trainers"),
-               nnUNet_compile="f", nnUNet_n_proc_DA="0", nnUNet_def_n_proc="1")
-    bin_folder = Path(sys.executable).parent
+    env = nnunet_environment(root, folder_names=BENCHMARK_FOLDERS)
     build_dataset(Path(args.source), root / "raw", args.test, args.pool)
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
 
     def run(name: str, command: list[str], **extra: str) -> float:
         start = time.time()
-        with open(logs / f"{name}.log", "w") as log:
-            code = subprocess.run([str(bin_folder / command[0]), *command[1:]], env={**env, **extra},
-                                  stdout=log, stderr=subprocess.STDOUT).returncode
-        if code:
+        if run_logged(command, {**env, **extra}, logs / f"{name}.log"):
             raise RuntimeError(f"{name} failed; see {logs / f'{name}.log'}")
         print(f"{name}: {time.time() - start:.0f} s", flush=True)
         return time.time() - start
 
-    results_dir = root / "results" / DATASET
     if not (root / "preprocessed" / DATASET / "nnUNetPlans.json").is_file():
         run("plan", ["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres", "-npfp", "1", "-np", "1"],
             nnUNet_n_proc_DA="1")
-    if not (results_dir / "nnUNetTrainer_cpuBase__nnUNetPlans__3d_fullres" / "fold_all" / "checkpoint_final.pth").is_file():
+    base = results_folder(root / "results", DATASET, "nnUNetTrainer_cpuBase", "nnUNetPlans", "3d_fullres", "all")
+    if not (base / "checkpoint_final.pth").is_file():
         run("base", ["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "all", "-tr", "nnUNetTrainer_cpuBase", "-device", "cpu"])
     results_file = root / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
@@ -115,9 +109,8 @@ def main() -> None:
         config_file.write_text(json.dumps(config))
         seconds = run(arm.replace(" ", "_"), ["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "all", "-tr", trainer,
                                               "-device", "cpu"], nnUNet_rndpo_config=str(config_file))
-        fold = results_dir / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_all"
-        rows = [json.loads(r) for r in (fold / "rndpo_metrics.jsonl").read_text().splitlines()]
-        from nnunetv2_rndpo.metrics import curve_summary
+        fold = results_folder(root / "results", DATASET, trainer, "nnUNetPlans", "3d_fullres", "all")
+        rows = read_jsonl(fold / "rndpo_metrics.jsonl")
 
         curve = [r["eval/dice"] for r in rows if "eval/dice" in r]
         results[arm] = {"trainer": trainer, "config": config, "curve": curve, "summary": curve_summary(curve),

@@ -91,7 +91,9 @@ def build_dataset(source: Path, raw: Path, pool_sizes: list[int]) -> None:
 
 
 def base_folder(root: Path, configuration: str) -> Path:
-    return root / "results" / DATASET / f"nnUNetTrainer_rndpoSmoke__nnUNetPlans__{configuration}"
+    from nnunetv2_rndpo.paths import results_folder
+
+    return results_folder(root / "results", DATASET, "nnUNetTrainer_rndpoSmoke", "nnUNetPlans", configuration)
 
 
 def prepare(args, root: Path) -> None:
@@ -260,11 +262,11 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     root = Path(args.output).resolve()
-    os.environ.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
-                      nnUNet_results=str(root / "results"), nnUNet_extTrainer=str(REPO / "trainers"))
-    os.environ.setdefault("nnUNet_compile", "f")
+    from nnunetv2_rndpo.paths import BENCHMARK_FOLDERS, nnunet_environment
+
     os.environ.setdefault("nnUNet_n_proc_DA", "0" if args.device == "cpu" else "8")
     os.environ.setdefault("nnUNet_def_n_proc", str(args.processes))
+    os.environ.update(nnunet_environment(root, folder_names=BENCHMARK_FOLDERS))  # keeps the two values just set
 
     if args.worker:
         job = json.loads(args.worker)

@@ -1,11 +1,15 @@
-"""Atomic file writing: a reader sees the old file or the whole new one, never a truncated one.
+"""Files a killed process cannot leave half-written, and the reader of the one file that grows line by line.
 
-Every file RN-DPO writes goes through :func:`atomic_write`; it imports nothing of the package, so writing a
-file costs no import of the pool or of nnU-Net.
+Every file RN-DPO writes whole goes through :func:`atomic_write`: a reader sees the old file or the whole new
+one, never a truncated one. The metrics log ``rndpo_metrics.jsonl`` is appended to instead, so a kill can cut
+its last line; :func:`read_jsonl` is the one reader of it and skips that line. This module imports nothing
+of the package, so writing or reading a file costs no import of the pool or of nnU-Net.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import uuid
 from pathlib import Path
@@ -39,3 +43,12 @@ def atomic_save(path: Path, array: np.ndarray) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Writes a text file through :func:`atomic_write`."""
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """One JSON object per line; a line that does not parse (the last one of a killed writer) is skipped."""
+    rows = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            rows.append(json.loads(line))
+    return rows

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import zipfile
 from pathlib import Path
 
 import torch
+
+from nnunetv2_rndpo.paths import results_folder
 
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth")
 
@@ -64,7 +67,7 @@ def describe_trained_models(dataset_results_folder: Path, plans: str, configurat
         return f"{dataset_results_folder} has no {plans} {configuration} model of any trainer.", []
 
     def fine_tuned(trainer: str) -> bool:
-        folder = dataset_results_folder / f"{trainer}__{plans}__{configuration}"
+        folder = results_folder(dataset_results_folder.parent, dataset_results_folder.name, trainer, plans, configuration)
         return any(folder.glob("fold_*/rndpo_config.json"))
 
     described = []
@@ -115,3 +118,13 @@ def base_weights(checkpoint: dict, path: Path, configuration: str, expected: dic
             f"The base checkpoint {path} does not fit this dataset's {configuration} network (e.g. {mismatched[:3]}): "
             f"was it trained with other plans? {fix}")
     return weights
+
+
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """Hex SHA-256 of a network's weights (names, shapes, dtypes and values), independent of file format."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()

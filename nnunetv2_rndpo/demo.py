@@ -20,13 +20,12 @@ import argparse
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-TRAINERS_FOLDER = Path(__file__).resolve().parents[1] / "trainers"
+from nnunetv2_rndpo.paths import nnunet_environment, run_logged
+
 ARMS = {"base": None, "dpo": "nnUNetTrainerDPO", "rndpo": "nnUNetTrainerRNDPO"}
 PROGRESS = re.compile(r"Epoch \d+$|test Dice after .*$")
 
@@ -132,35 +131,24 @@ class StageRunner:
         print(f"[{self.done}/{self.num_stages}] {name}: {' '.join(command)}", flush=True)
         start = time.time()
         log = self.root / "logs" / f"{name}.log"
-        executable = Path(sys.executable).parent / command[0]
-        with open(log, "w", buffering=1) as f, subprocess.Popen([str(executable), *command[1:]], env={**self.env, **extra_env},
-                                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as p:
-            for line in p.stdout:
-                f.write(line)
-                match = PROGRESS.search(line.strip())
-                if match:
-                    print(f"    {match.group(0)}", flush=True)
-        if p.returncode != 0:
+
+        def show_progress(line: str) -> None:
+            match = PROGRESS.search(line.strip())
+            if match:
+                print(f"    {match.group(0)}", flush=True)
+
+        code = run_logged(command, {**self.env, **extra_env}, log, show_progress)
+        if code != 0:
             tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
-            raise RuntimeError(f"stage {name} failed (exit {p.returncode}); the end of {log}:\n{tail}")
+            raise RuntimeError(f"stage {name} failed (exit {code}); the end of {log}:\n{tail}")
         self._finish(name, start)
 
 
 def demo_environment(root: Path) -> dict[str, str]:
-    """The environment of every stage: nnU-Net's folders inside ``root``, the fastest CPU settings.
-
-    The user's own ``nnUNet_*`` variables are dropped (see the module's Assumption), except that
-    ``nnUNet_n_proc_DA``, ``nnUNet_def_n_proc``, ``nnUNet_compile`` and ``OMP_WAIT_POLICY`` keep the user's
-    value if set.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet")}
-    # OpenMP threads that sleep instead of spinning while they wait: on a busy 2-core machine spinning
-    # made a training step ~9x slower (0.53 s vs 0.06 s for a small conv net, measured); idle, it costs little.
-    speed = {"nnUNet_compile": "f", "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    env.update({k: os.environ.get(k, v) for k, v in speed.items()})
-    env.update(nnUNet_raw=str(root / "nnUNet_raw"), nnUNet_preprocessed=str(root / "nnUNet_preprocessed"),
-               nnUNet_results=str(root / "nnUNet_results"), nnUNet_extTrainer=str(TRAINERS_FOLDER))
-    return env
+    """The environment of every stage: nnU-Net's folders inside ``root``, the fastest CPU settings
+    (:func:`~nnunetv2_rndpo.paths.nnunet_environment`; the user's own ``nnUNet_*`` folders are not used, see the
+    module's Assumption)."""
+    return nnunet_environment(root)
 
 
 def make_demo_dataset(settings: DemoSettings, raw_root: Path) -> Path:

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnunetv2_rndpo.atomic_files import atomic_write, atomic_write_text
+from nnunetv2_rndpo.atomic_files import atomic_write, atomic_write_text, read_jsonl
 from nnunetv2_rndpo.cascade import pool_input
-from nnunetv2_rndpo.checkpoint import base_weights, describe_trained_models, load_checkpoint_file
+from nnunetv2_rndpo.checkpoint import base_weights, describe_trained_models, load_checkpoint_file, weights_sha256
 from nnunetv2_rndpo.config import CONFIG_ENV_VAR
 from nnunetv2_rndpo.distributed import barrier, broadcast_from_rank0, rank_and_world
 from nnunetv2_rndpo.evaluation import dice_on_test_set, preprocessed_test_set
@@ -97,21 +97,9 @@ def epoch_metrics(train_outputs: list[dict]) -> dict[str, float]:
 
 def weights_key(state_dict: dict[str, torch.Tensor], case_ids: list[str]) -> str:
     """A hash of a network's weights and the cases it is evaluated on (the key of a cached test Dice)."""
-    digest = hashlib.sha256()
-    for name, tensor in state_dict.items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest = hashlib.sha256(weights_sha256(state_dict).encode())
     digest.update("\n".join(sorted(case_ids)).encode())
     return digest.hexdigest()[:16]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """One JSON object per line; a line that does not parse (the last one of a killed writer) is skipped."""
-    rows = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            rows.append(json.loads(line))
-    return rows
 
 
 class PreferenceBatches:

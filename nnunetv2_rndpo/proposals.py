@@ -56,6 +56,7 @@ from tqdm import tqdm
 
 from nnunetv2_rndpo.atomic_files import atomic_write, atomic_write_text
 from nnunetv2_rndpo.cascade import pool_input
+from nnunetv2_rndpo.checkpoint import weights_sha256
 
 THRESHOLD_LADDER = (2.0, 0.5, 1.5, 0.67, 3.0, 0.33, 4.0, 0.25, 6.0, 0.17)
 TEMPERATURE_LADDER = (0.5, 2.0, 0.25, 4.0, 0.75, 1.5)
@@ -364,16 +365,6 @@ def propose_case(
             masks.append(label_manager.convert_probabilities_to_segmentation(scaled))
     stacked = torch.stack([torch.as_tensor(m).to(torch.uint8).cpu() for m in masks]).numpy()
     return stacked, probabilities.half().cpu().numpy()
-
-
-def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
-    """Hex SHA-256 of a network's weights (names, shapes, dtypes and values), independent of file format."""
-    digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        tensor = state_dict[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
 
 
 class ProposalCache:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunetv2_rndpo.atomic_files import read_jsonl
 from nnunetv2_rndpo.metrics import curve_summary
-from nnunetv2_rndpo.paths import rndpo_cache_folder
+from nnunetv2_rndpo.paths import results_folder, rndpo_cache_folder
 
 ARM_NAMES = {"base": "base", "dpo": "DPO", "rndpo": "RN-DPO"}
 TRAINERS = {"dpo": "nnUNetTrainerDPO", "rndpo": "nnUNetTrainerRNDPO"}
@@ -38,13 +39,12 @@ def test_dice(predictions: Path, labels: dict[str, int]) -> dict[str, dict[str, 
     return result
 
 
-def dice_curves(results_folder: Path, configuration: str) -> dict[str, tuple[list[int], list[float]]]:
+def dice_curves(results_root: Path, dataset_name: str, configuration: str) -> dict[str, tuple[list[int], list[float]]]:
     """``{arm: (epochs, test Dice)}`` of the fine-tuning arms, epoch 0 = the base model."""
     curves = {}
     for arm, trainer in TRAINERS.items():
-        rows = [json.loads(line) for line in
-                (results_folder / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0" / "rndpo_metrics.jsonl")
-                .read_text().splitlines()]
+        fold = results_folder(results_root, dataset_name, trainer, "nnUNetPlans", configuration, 0)
+        rows = read_jsonl(fold / "rndpo_metrics.jsonl")
         points = [(r["epoch"], r["eval/dice"]) for r in rows if "eval/dice" in r]
         curves[arm] = ([e for e, _ in points], [d for _, d in points])
     return curves
@@ -181,9 +181,10 @@ def write_report(root: Path, dataset_folder: Path, configuration: str, base_trai
     manifest = json.loads((dataset_folder / "rndpo_splits.json").read_text())
     counts = {k: len(v) for k, v in manifest["splits"].items()}
     dice = test_dice(root / "predictions", labels)
-    results = root / "nnUNet_results" / dataset_folder.name
-    summaries = plot_curves(dice_curves(results, configuration), figures / "dice_curves.png")
-    rndpo_fold = results / f"{TRAINERS['rndpo']}__nnUNetPlans__{configuration}" / "fold_0"
+    summaries = plot_curves(dice_curves(root / "nnUNet_results", dataset_folder.name, configuration),
+                            figures / "dice_curves.png")
+    rndpo_fold = results_folder(root / "nnUNet_results", dataset_folder.name, TRAINERS["rndpo"], "nnUNetPlans",
+                                configuration, 0)
     pool = rndpo_cache_folder(root / "nnUNet_preprocessed", dataset_folder.name, "nnUNetPlans", configuration) / "pool"
     shown_pairs = plot_pairs(rndpo_fold / "rndpo_pairs.json", pool, figures / "pairs.png")
     plot_predictions(dataset_folder, root / "predictions", ending, figures / "predictions.png")

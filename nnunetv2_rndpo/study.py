@@ -34,11 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_rndpo.atomic_files import atomic_write_text
+from nnunetv2_rndpo.atomic_files import atomic_write_text, read_jsonl
 from nnunetv2_rndpo.datasets import MANIFEST
 from nnunetv2_rndpo.metrics import curve_summary
+from nnunetv2_rndpo.paths import nnunet_environment, results_folder, run_logged
 
-TRAINERS_FOLDER = Path(__file__).resolve().parents[1] / "trainers"
 PROPOSALS = {"num_proposals": 8, "proposal_sources": ["mirror", "threshold", "temperature"], "seed": 12345}
 # The weak judge is calibrated the way DPO uses it: on within-case pair accuracy (results before issue 18 were
 # calibrated to a pooled Spearman of 0.5, which between-case differences alone reach: within a case that judge
@@ -218,24 +218,16 @@ class Study:
         self.results.update(dataset=dataset, scale=scale, configuration=self.spec.configuration,
                             protocol={**asdict(self.scale), "proposals": PROPOSALS})
         self.results.setdefault("seeds", {})
-        env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
-        env.update(nnUNet_raw=str(self.root / "nnUNet_raw"), nnUNet_preprocessed=str(self.root / "nnUNet_preprocessed"),
-                   nnUNet_results=str(self.root / "nnUNet_results"), nnUNet_extTrainer=str(TRAINERS_FOLDER))
-        for key, default in (("nnUNet_compile", "f"), ("nnUNet_n_proc_DA", "0"), ("nnUNet_def_n_proc", "1")):
-            env[key] = os.environ.get(key, default)
-        self.env = env
+        self.env = nnunet_environment(self.root)
 
     # ------------------------------------------------------------------------------------------ running
 
     def _run(self, name: str, command: list[str], log_folder: Path, **extra_env: str) -> float:
         """Runs an installed console script, logging to ``log_folder/name.log``; returns seconds."""
-        log_folder.mkdir(parents=True, exist_ok=True)
         log = log_folder / f"{name}.log"
         print(f"[{name}] {' '.join(command)}", flush=True)
         start = time.time()
-        with open(log, "w") as f:
-            code = subprocess.run([str(Path(sys.executable).parent / command[0]), *command[1:]],
-                                  env={**self.env, **extra_env}, stdout=f, stderr=subprocess.STDOUT).returncode
+        code = run_logged(command, {**self.env, **extra_env}, log)
         seconds = time.time() - start
         if code:
             raise RuntimeError(f"{name} failed (exit {code}); see {log}. Rerun the same command to resume.")
@@ -284,7 +276,7 @@ class Study:
         if not plans.is_file():
             self._run(f"plan_{dataset_id}", ["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", c,
                                              "-npfp", "1", "-np", "1"], self.root / "logs", nnUNet_n_proc_DA="1")
-        folder = self.root / "nnUNet_results" / self._raw(dataset_id).name / f"{trainer}__nnUNetPlans__{c}"
+        folder = results_folder(self.root / "nnUNet_results", self._raw(dataset_id).name, trainer, "nnUNetPlans", c)
         if not (folder / "fold_all" / "checkpoint_final.pth").is_file():
             self._run(f"base_{dataset_id}", ["nnUNetv2_train", str(dataset_id), c, "all", "-tr", trainer,
                                              "-device", self.device], self.root / "logs")
@@ -306,8 +298,8 @@ class Study:
                 extra = ["--judge", "oracle", "--pair-accuracy", str(WEAK_TARGET_PAIR_ACCURACY), "--size-bias",
                          str(WEAK_SIZE_BIAS)]
             elif judge == "learned":
-                if not (self.root / "nnUNet_results" / self._raw(did).name / f"{self.scale.base_trainer}__nnUNetPlans__"
-                        f"{self.spec.configuration}" / "fold_all" / "rndpo_judge.pth").is_file():
+                if not (results_folder(self.root / "nnUNet_results", self._raw(did).name, self.scale.base_trainer,
+                                       "nnUNetPlans", self.spec.configuration, "all") / "rndpo_judge.pth").is_file():
                     self._run(f"train_judge_{did}", ["nnUNetv2_rndpo_train_judge", *self._base_args(did)], folder)
                 extra = ["--judge", "learned"]
             else:
@@ -379,8 +371,8 @@ class Study:
 
     def _arm_fold(self, seed: int, arm: Arm, base_folder: Path) -> Path:
         """``seed_<s>/runs/<arm>/nnUNet_results/<dataset>/<trainer>__nnUNetPlans__<configuration>/fold_all``."""
-        return (self.root / f"seed_{seed}" / "runs" / arm.folder_name / "nnUNet_results" / base_folder.parent.name
-                / f"{arm.trainer}__nnUNetPlans__{self.spec.configuration}" / "fold_all")
+        return results_folder(self.root / f"seed_{seed}" / "runs" / arm.folder_name / "nnUNet_results",
+                              base_folder.parent.name, arm.trainer, "nnUNetPlans", self.spec.configuration, "all")
 
     def run_full_label(self) -> None:
         """The upper bound: the base trainer on labeled + pool cases with their labels, the same test set."""
@@ -408,7 +400,7 @@ def read_arm_metrics(fold: Path) -> dict:
     """What the study keeps of a finished arm: its test-Dice curve (row 0 = base), its drift from the base per
     epoch (``guard/kl``: mean KL of the policy to the reference on the guard cases, nnunetv2_rndpo/phase.py) and
     the number of pairs it trained on."""
-    rows = [json.loads(line) for line in (fold / "rndpo_metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(fold / "rndpo_metrics.jsonl")
     pairs_file = fold / "rndpo_pairs.json"
     return {"curve": [r["eval/dice"] for r in rows if "eval/dice" in r],
             "drift": [r["guard/kl"] for r in rows if "guard/kl" in r],

@@ -36,6 +36,7 @@ from nnunetv2_rndpo.objective import (
     pair_log_ratios,
     preference_loss,
 )
+from nnunetv2_rndpo.paths import results_folder
 from nnunetv2_rndpo.phase import PreferencePhase, epoch_metrics
 from nnunetv2_rndpo.schedule import LinearWarmup, warmup_iterations
 
@@ -326,8 +327,7 @@ def _training_logs(trainer_name: str, plans: dict, configuration: str, fold) -> 
 
     if nnUNet_results is None:
         return set()
-    folder = (Path(nnUNet_results) / plans["dataset_name"] / f"{trainer_name}__{plans['plans_name']}__{configuration}"
-              / f"fold_{fold}")
+    folder = results_folder(nnUNet_results, plans["dataset_name"], trainer_name, plans["plans_name"], configuration, fold)
     return set(folder.glob("training_log_*.txt"))
 
 

@@ -416,7 +416,7 @@ def test_a_missing_nnunet_is_a_clear_error(monkeypatch):
 
 
 def test_a_metrics_line_cut_off_by_a_kill_is_skipped(tmp_path):
-    from nnunetv2_rndpo.phase import read_jsonl
+    from nnunetv2_rndpo.atomic_files import read_jsonl
 
     path = tmp_path / "rndpo_metrics.jsonl"
     path.write_text('{"epoch": 0, "loss": 1.0}\n{"epoch": 1, "loss": 0.5}\n{"epoch": 2, "lo')
