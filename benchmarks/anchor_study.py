@@ -32,7 +32,8 @@ ARMS = {
     "control (continued supervised)": ("nnUNetTrainerContinuedSFT", {"sft_weight": 1.0}),
     **{f"{name} {anchor}": (trainer, weights)
        for name, trainer in (("DPO", "nnUNetTrainerDPO"), ("RN-DPO", "nnUNetTrainerRNDPO"))
-       for anchor, weights in (("no anchor", {}), ("sft", {"sft_weight": 1.0}), ("consistency", {"consistency_weight": 1.0}),
+       for anchor, weights in (("no anchor", {}), ("sft", {"sft_weight": 1.0}),
+                               ("consistency", {"consistency_weight": 1.0}),
                                ("agreement", {"agreement_weight": 1.0}),
                                ("all", {"sft_weight": 1.0, "consistency_weight": 1.0, "agreement_weight": 1.0}))},
 }
@@ -51,7 +52,8 @@ def build_dataset(source: Path, raw: Path, num_test: int, num_pool: int) -> None
         (folder / f"images{split}").mkdir(parents=True, exist_ok=True)
         (folder / f"labels{split}").mkdir(parents=True, exist_ok=True)
         for case in cases:
-            os.symlink((source / "imagesTr" / f"{case}.nii.gz").resolve(), folder / f"images{split}" / f"{case}_0000.nii.gz")
+            os.symlink((source / "imagesTr" / f"{case}.nii.gz").resolve(),
+                       folder / f"images{split}" / f"{case}_0000.nii.gz")
             os.symlink((source / "labelsTr" / f"{case}.nii.gz").resolve(), folder / f"labels{split}" / f"{case}.nii.gz")
     (folder / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "MRI"}, "labels": {"background": 0, "Anterior": 1, "Posterior": 2},
@@ -86,11 +88,13 @@ def main() -> None:
         return time.time() - start
 
     if not (root / "preprocessed" / DATASET / "nnUNetPlans.json").is_file():
-        run("plan", ["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres", "-npfp", "1", "-np", "1"],
+        run("plan", ["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres", "-npfp", "1",
+                     "-np", "1"],
             nnUNet_n_proc_DA="1")
     base = results_folder(root / "results", DATASET, "nnUNetTrainer_cpuBase", "nnUNetPlans", "3d_fullres", "all")
     if not (base / "checkpoint_final.pth").is_file():
-        run("base", ["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "all", "-tr", "nnUNetTrainer_cpuBase", "-device", "cpu"])
+        run("base", ["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "all", "-tr", "nnUNetTrainer_cpuBase",
+                     "-device", "cpu"])
     results_file = root / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     for arm_name in args.arms:
@@ -98,9 +102,12 @@ def main() -> None:
         if arm in results:
             continue
         trainer, weights = ARMS[arm_name]
-        weights = {k: weights.get(k, 0.0) * args.weight_scale for k in ("sft_weight", "consistency_weight", "agreement_weight")}
-        config = {"num_epochs": args.epochs, "num_iterations_per_epoch": args.iterations, "num_val_iterations_per_epoch": 5,
-                  "learning_rate": args.lr, "num_proposals": 8, "proposal_sources": ["mirror", "threshold", "temperature"],
+        weights = {k: weights.get(k, 0.0) * args.weight_scale
+                   for k in ("sft_weight", "consistency_weight", "agreement_weight")}
+        config = {"num_epochs": args.epochs, "num_iterations_per_epoch": args.iterations,
+                  "num_val_iterations_per_epoch": 5,
+                  "learning_rate": args.lr, "num_proposals": 8,
+                  "proposal_sources": ["mirror", "threshold", "temperature"],
                   "judge": "oracle", "judge_sigma": 0.0, "mining": "top_bottom", "eval_every": 1, "guard_num_cases": 0,
                   "base_trainer": "nnUNetTrainer_cpuBase", "beta": 1.0,  # the default when this study ran (now 4)
                   "overwrite_finished_fold": True,  # every arm of one trainer trains the same fold folder in turn
@@ -130,12 +137,14 @@ def write_table(root: Path, results: dict, args) -> None:
     lines = [f"Test Dice (mean of the 2 classes) on {args.test} Hippocampus test cases, CPU (2 cores); base "
              "nnUNetTrainer_cpuBase on 10 labels; oracle judge σ=0, top_bottom; AdamW at the arm's learning_rate "
              f"(--lr {args.lr:g}), anchor weights {args.weight_scale:g}.", "",
-             "| arm | settings | " + " | ".join(f"it {i}" for i in iterations) + " | peak | sustained | final | worst drop | s |",
+             "| arm | settings | " + " | ".join(f"it {i}" for i in iterations)
+             + " | peak | sustained | final | worst drop | s |",
              "|---|---|" + "---|" * (len(iterations) + 5)]
     for arm, r in results.items():
         s = r["summary"]
         lines.append(f"| {arm} | {describe(r['config'])} | " + " | ".join(f"{d:.4f}" for d in r["curve"]) +
-                     f" | {s['peak']:.4f} | {s['sustained']:.4f} | {s['final']:.4f} | {s['worst_drop']:.4f} | {r['seconds']} |")
+                     f" | {s['peak']:.4f} | {s['sustained']:.4f} | {s['final']:.4f} | {s['worst_drop']:.4f} | "
+                     f"{r['seconds']} |")
     (root / "results.md").write_text("\n".join(lines) + "\n")
 
 

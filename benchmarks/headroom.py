@@ -168,7 +168,8 @@ def measure_seed(args, seed: int) -> dict:
             record["judges"][judge] = row
             save()
             print(f"[seed {seed}] {name} | {judge}: pair acc {row['pairwise/accuracy']:.3f}, per-case ρ "
-                  f"{row['spearman/per_case']:.3f}, top_bottom right in D {row['top_bottom']['chosen_right_in_region']:.3f}"
+                  f"{row['spearman/per_case']:.3f}, top_bottom right in D "
+                  f"{row['top_bottom']['chosen_right_in_region']:.3f}"
                   + (f", local right where decidable {row['local']['chosen_right_where_decidable']:.3f}"
                      if "local" in row else ""), flush=True)
     return results
@@ -195,8 +196,10 @@ def table(dataset: str, labeled: int, per_seed: list[dict]) -> tuple[dict, str]:
     names = [n for n in SETS if all(n in r["sets"] for r in per_seed)]
     summary: dict = {"dataset": dataset, "labeled": labeled, "seeds": seeds,
                      "pool_cases": [r["splits"]["pool_cases"] for r in per_seed], "sets": {}}
-    lines = [f"### {dataset}, {labeled} labels, seeds {', '.join(map(str, seeds))}: proposal sets (oracle top_bottom pairs)",
-             "", "| proposal set | forwards / tile | plain Dice | best-of-8 | oracle headroom | × today's | within-case sd |"
+    lines = [f"### {dataset}, {labeled} labels, seeds {', '.join(map(str, seeds))}: proposal sets "
+             "(oracle top_bottom pairs)",
+             "", "| proposal set | forwards / tile | plain Dice | best-of-8 | oracle headroom | × today's | "
+             "within-case sd |"
              " mean \\|D\\| | right in D | right where decidable |", "|---" * 10 + "|"]
     today = "today: mirror threshold temperature"
     for name in names:
@@ -242,7 +245,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="hc18", help="a study dataset: hc18, hippocampus, synthetic")
     parser.add_argument("--source", default=None, help="its source folder")
     parser.add_argument("-o", "--output", required=True, help="work folder (a study folder: nnU-Net folders)")
-    parser.add_argument("--labeled", type=int, default=None, help="labeled cases of the base model. Default: the study's")
+    parser.add_argument("--labeled", type=int, default=None,
+                        help="labeled cases of the base model. Default: the study's")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="study seeds (labeled draws). Default: 0")
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS), metavar="SET",
                         help="proposal sets (names of SETS). Default: all")

@@ -40,7 +40,8 @@ def demo_layout(demo: Path) -> tuple[str, str, Path]:
     (dataset,) = (demo / "nnUNet_results").glob(f"Dataset{settings['dataset_id']:03d}_*")
     (base,) = dataset.glob(f"{settings['base_trainer']}__nnUNetPlans__*")
     if not (base / "fold_0" / "checkpoint_final.pth").is_file():
-        raise SystemExit(f"{base} has no fold_0/checkpoint_final.pth: run the demo first (nnUNetv2_rndpo_demo -o {demo})")
+        raise SystemExit(f"{base} has no fold_0/checkpoint_final.pth: run the demo first "
+                         f"(nnUNetv2_rndpo_demo -o {demo})")
     return str(settings["dataset_id"]), base.name.split("__")[-1], base
 
 
@@ -101,12 +102,14 @@ def main() -> None:
             key = f"{name} | warmup_fraction {fraction:g}"
             if key in results:
                 continue
-            reused = None if args.rerun_default or args.extra or fraction != DEFAULT_FRACTION else demo_run(demo, trainer)
+            reuse = not (args.rerun_default or args.extra or fraction != DEFAULT_FRACTION)
+            reused = demo_run(demo, trainer) if reuse else None
             print(f"{key}: " + ("the demo's own run" if reused else "fine-tuning"), flush=True)
             results[key] = reused or {**fine_tune(demo, out, trainer, fraction, args.extra), "extra": args.extra}
             results_file.write_text(json.dumps(results, indent=1))
     print(f"\nload average now: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)\n")
-    print("| arm | warmup_fraction | d_0 | min d_t (epoch) | worst drop | final | curve |\n|---|---|---|---|---|---|---|")
+    print("| arm | warmup_fraction | d_0 | min d_t (epoch) | worst drop | final | curve |\n"
+          "|---|---|---|---|---|---|---|")
     for key, r in results.items():
         name, fraction = key.split(" | warmup_fraction ")
         print(f"| {name} | {fraction} | {r['base']:.4f} | {min(r['curve'][1:]):.4f} ({r['min_epoch']}) | "

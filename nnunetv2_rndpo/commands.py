@@ -42,7 +42,8 @@ def _add_base_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-c", required=True, help="configuration, e.g. 3d_fullres or 2d")
     group.add_argument("-f", nargs="+", default=["0"],
                        help="fold of the base model; further folds add their models as 'model' proposals. Default: 0")
-    group.add_argument("-tr", default=DEFAULTS.base_trainer, help=f"base model's trainer. Default: {DEFAULTS.base_trainer}")
+    group.add_argument("-tr", default=DEFAULTS.base_trainer,
+                       help=f"base model's trainer. Default: {DEFAULTS.base_trainer}")
     group.add_argument("-p", default="nnUNetPlans", help="plans identifier. Default: nnUNetPlans")
     group.add_argument("-chk", default="checkpoint_final.pth", help="base checkpoint. Default: checkpoint_final.pth")
     group.add_argument("-n", type=int, default=DEFAULTS.num_proposals,
@@ -120,7 +121,8 @@ def proposals_parser() -> argparse.ArgumentParser:
         description="Generate and cache K proposals per unlabeled case with the base model (the cache the "
                     "RN-DPO trainer reads). A rerun skips finished cases.")
     _add_base_arguments(parser)
-    parser.add_argument("-num_parts", type=int, default=1, help="split the pool into this many parts (as nnUNetv2_predict)")
+    parser.add_argument("-num_parts", type=int, default=1,
+                        help="split the pool into this many parts (as nnUNetv2_predict)")
     parser.add_argument("-part_id", type=int, default=0, help="which part this run does: cases[part_id::num_parts]")
     parser.add_argument("--report", action="store_true",
                         help="headroom of the proposals against the hidden labels in labelsUnlabeled/: plain TTA "
@@ -157,7 +159,8 @@ def run_proposals(args: argparse.Namespace) -> Path:
 
     mining = MiningParams(args.mining, tau=args.tau)
     if args.report:
-        write_headroom_report(base.fold_folder / f"rndpo_headroom_{cache.folder.name}.report.json", base, pool, cache, settings, mining, progress,
+        write_headroom_report(base.fold_folder / f"rndpo_headroom_{cache.folder.name}.report.json", base, pool, cache,
+                              settings, mining, progress,
                               f"headroom of {' '.join(settings.sources)} (K={settings.num_proposals}) on the pool")
     if args.report_labeled:
         from nnunetv2_rndpo.pipeline import labeled_proposals
@@ -200,13 +203,16 @@ def judge_parser() -> argparse.ArgumentParser:
                         help="oracle: calibrate σ so that the judge orders this share of within-case pairs right "
                              "(with --size-bias), e.g. 0.7 (judge_pair_accuracy); instead of --judge-sigma")
     parser.add_argument("--scores", default=None, help="external: the QC system's CSV to validate and normalise")
-    parser.add_argument("--learned-judge", default=None, help="learned: judge file. Default: rndpo_judge.pth beside the base checkpoint")
+    parser.add_argument("--learned-judge", default=None,
+                        help="learned: judge file. Default: rndpo_judge.pth beside the base checkpoint")
     parser.add_argument("--normalize", default="none", choices=SCORE_NORMALIZATIONS,
                         help="per-case rescaling of the scores (order unchanged). Default: none")
     parser.add_argument("-o", default=None,
-                        help="output CSV. Default: <base fold folder>/rndpo_scores_<judge>.csv (per fold, never cleaned)")
+                        help="output CSV. Default: <base fold folder>/rndpo_scores_<judge>.csv (per fold, never "
+                             "cleaned)")
     parser.add_argument("--report", action="store_true",
-                        help="reliability vs hidden labels in labelsUnlabeled/ (printed, saved as <output>.report.json)")
+                        help="reliability vs hidden labels in labelsUnlabeled/ (printed, saved as "
+                             "<output>.report.json)")
     parser.add_argument("--report-labeled", action="store_true",
                         help="reliability on the fold's labeled validation cases (proposals by this fold's base model; "
                              "no hidden labels needed), saved as <output>.labeled_report.json, with the ε that "
@@ -301,15 +307,20 @@ def mine_parser() -> argparse.ArgumentParser:
                     "(config key pairs_file) and print their statistics.")
     _add_base_arguments(parser)
     parser.add_argument("--scores", required=True, help="CSV case_id,proposal,score (nnUNetv2_rndpo_judge or your QC)")
-    parser.add_argument("--mining", default=DEFAULTS.mining, choices=MININGS, help=f"strategy. Default: {DEFAULTS.mining}")
+    parser.add_argument("--mining", default=DEFAULTS.mining, choices=MININGS,
+                        help=f"strategy. Default: {DEFAULTS.mining}")
     parser.add_argument("--tau", type=float, default=DEFAULTS.mining_tau, help="'margin': minimum score gap")
-    parser.add_argument("--min-margin", type=float, default=DEFAULTS.mining_min_margin, help="drop pairs with a smaller judge margin")
-    parser.add_argument("--min-region", type=int, default=DEFAULTS.mining_min_region, help="drop pairs with smaller |D| (voxels)")
+    parser.add_argument("--min-margin", type=float, default=DEFAULTS.mining_min_margin,
+                        help="drop pairs with a smaller judge margin")
+    parser.add_argument("--min-region", type=int, default=DEFAULTS.mining_min_region,
+                        help="drop pairs with smaller |D| (voxels)")
     parser.add_argument("--max-region", type=int, default=None, help="drop pairs with larger |D| (voxels)")
     parser.add_argument("--max-pairs-per-case", type=int, default=None,
-                        help=f"cap per case. Default: --hybrids for --mining local, else {DEFAULTS.mining_max_pairs_per_case}")
+                        help="cap per case. Default: --hybrids for --mining local, else "
+                             f"{DEFAULTS.mining_max_pairs_per_case}")
     parser.add_argument("-o", default=None,
-                        help="output JSON. Default: <base fold folder>/rndpo_pairs_<mining>.json (per fold, never cleaned)")
+                        help="output JSON. Default: <base fold folder>/rndpo_pairs_<mining>.json (per fold, never "
+                             "cleaned)")
     return parser
 
 
@@ -376,7 +387,8 @@ def train_judge_parser() -> argparse.ArgumentParser:
                         help=f"channels of the network's first layers; larger = slower. Default: {default.width}")
     parser.add_argument("--weight-noise", type=float, nargs="*", default=list(default.weight_noise),
                         help="σ of the multiplicative Gaussian weight noise, one base-model prediction per value and "
-                             f"training case (none: no such masks). Default: {' '.join(map(str, default.weight_noise))}")
+                             "training case (none: no such masks). Default: "
+                             f"{' '.join(map(str, default.weight_noise))}")
     parser.add_argument("--with-proposals", action="store_true",
                         help="also train on the fold's validation cases (their val/* metrics are then no longer "
                              "held out)")
@@ -477,9 +489,11 @@ def make_dataset_parser() -> argparse.ArgumentParser:
                     "(imagesTs/labelsTs), dataset.json and the split manifest rndpo_splits.json. From an MSD folder "
                     "(imagesTr/, labelsTr/), a 2D PNG folder with masks, or the built-in synthetic generator.")
     p.add_argument("-i", dest="source", default=None, help="source folder (MSD layout or PNG images + masks)")
-    p.add_argument("--synthetic", choices=("2d", "3d"), default=None, help="generate the built-in synthetic dataset instead")
+    p.add_argument("--synthetic", choices=("2d", "3d"), default=None,
+                   help="generate the built-in synthetic dataset instead")
     p.add_argument("-d", dest="dataset_id", type=int, required=True, help="nnU-Net dataset id (1 … 999)")
-    p.add_argument("-n", dest="name", default=None, help="dataset name. Default: the source folder's name, or Synthetic2D/3D")
+    p.add_argument("-n", dest="name", default=None,
+                   help="dataset name. Default: the source folder's name, or Synthetic2D/3D")
     p.add_argument("-o", dest="raw_root", default=None, help="nnU-Net raw folder. Default: $nnUNet_raw")
     p.add_argument("--labeled", type=int, required=True, help="N: labeled cases for the base model")
     p.add_argument("--test", type=int, required=True, help="M: held-out test cases")
@@ -491,14 +505,16 @@ def make_dataset_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset with this id")
     png = p.add_argument_group("2D PNG folders")
     png.add_argument("--images-dir", default=None, help="image subfolder. Default: images/ if it exists, else -i")
-    png.add_argument("--masks-dir", "--masks", dest="masks_dir", default=None, help=f"mask subfolder. Default: the first of {', '.join(MASK_FOLDERS)}")
+    png.add_argument("--masks-dir", "--masks", dest="masks_dir", default=None,
+                     help=f"mask subfolder. Default: the first of {', '.join(MASK_FOLDERS)}")
     png.add_argument("--mask-suffix", default=None,
                      help="mask name = image name + suffix + .png. Default: the first of '', _mask, _Annotation, _seg, "
                           "_label that exists")
     png.add_argument("--resize", type=float, nargs="+", metavar="H W | F", default=None,
                      help="resize images (bilinear) and masks (nearest) to H×W pixels, or by one factor F (e.g. 0.25)")
     group = p.add_argument_group("group-aware splitting (cases of one group never straddle splits)")
-    group.add_argument("--group-regex", default=None, help=r"group = first capture of this regex in the name, e.g. '^(\d{3})'")
+    group.add_argument("--group-regex", default=None,
+                       help=r"group = first capture of this regex in the name, e.g. '^(\d{3})'")
     group.add_argument("--group-chars", type=int, default=None, help="group = the first N characters of the name")
     return p
 

@@ -269,7 +269,8 @@ def _msd_labels(source: Path, cases: list[SourceCase]) -> dict[str, int]:
     if declared.is_file():
         labels = json.loads(declared.read_text()).get("labels", {})
         if labels and all(k.isdigit() for k in labels):
-            return {name if int(k) else "background": int(k) for k, name in sorted(labels.items(), key=lambda x: int(x[0]))}
+            ordered = sorted(labels.items(), key=lambda x: int(x[0]))
+            return {name if int(k) else "background": int(k) for k, name in ordered}
         if labels:
             return {name: int(v) for name, v in labels.items()}
     values = set()
@@ -311,7 +312,8 @@ def find_png_cases(source: Path, group: Callable[[str], str], images_dir: str | 
     Raises:
         FileNotFoundError: missing folders, no image, or an image without a mask.
     """
-    image_folder = source / images_dir if images_dir else (source / "images" if (source / "images").is_dir() else source)
+    default_images = source / "images" if (source / "images").is_dir() else source
+    image_folder = source / images_dir if images_dir else default_images
     if masks_dir:
         mask_folder = source / masks_dir
     else:
@@ -411,7 +413,8 @@ def make_dataset(
     is_msd = (source / "imagesTr").is_dir()
     if is_msd and resize is not None:
         raise ValueError("--resize is for 2D PNG folders; nnU-Net resamples NIfTI by its spacing itself")
-    cases = find_msd_cases(source, group) if is_msd else find_png_cases(source, group, images_dir, masks_dir, mask_suffix)
+    cases = (find_msd_cases(source, group) if is_msd
+             else find_png_cases(source, group, images_dir, masks_dir, mask_suffix))
     if len({c.case_id for c in cases}) != len(cases):
         raise ValueError(f"two files of {source} give the same case name after replacing unsafe characters")
     splits = split_by_group({c.case_id: c.group for c in cases}, num_labeled, num_test, seed, num_unlabeled, test_seed)
@@ -445,7 +448,8 @@ def make_dataset(
         writer.write_arrays(split_of[case.case_id], case.case_id, image, lookup[masks[case.case_id]])
     manifest["label_mapping"] = {str(k): v for k, v in mapping.items()}
     manifest["resize"] = resize if resize is None or isinstance(resize, float) else list(resize)
-    labels = {"background": 0, **{f"label_{i}" if len(mapping) > 2 else "foreground": i for i in range(1, len(mapping))}}
+    labels = {"background": 0,
+              **{f"label_{i}" if len(mapping) > 2 else "foreground": i for i in range(1, len(mapping))}}
     return writer.finish(labels, {"0": "image"}, manifest)
 
 

@@ -71,8 +71,8 @@ class DemoSettings:
 
         Assumption: the noisy oracle (σ = ``judge_sigma`` on the true Dice) ranks the proposals for
         fine-tuning, standing in for a real QC judge. σ = 0.01 because the proposals of one case differ in
-        Dice by only a few hundredths on the synthetic default: with σ = 0.1 the mined top/bottom pairs were
-        right only half of the time (measured), i.e. no signal. lr 1e-4 with the consistency anchor follows
+        Dice by only a few hundredths on the synthetic default, so a σ of 0.1 would swamp those differences and
+        the mined pairs would carry no signal. lr 1e-4 with the consistency anchor follows
         docs/results/anchors_hippocampus_cpu.md (no anchor drifts away quickly at this lr).
         """
         return {"num_epochs": self.num_epochs, "num_iterations_per_epoch": self.num_iterations_per_epoch,
@@ -102,7 +102,8 @@ class StageRunner:
         marker = self.root / "stages" / f"{name}.json"
         if marker.is_file():
             self.seconds[name] = json.loads(marker.read_text())["seconds"]
-            print(f"[{self.done}/{self.num_stages}] {name}: done in an earlier run ({self.seconds[name]:.0f} s)", flush=True)
+            print(f"[{self.done}/{self.num_stages}] {name}: done in an earlier run ({self.seconds[name]:.0f} s)",
+                  flush=True)
             return True
         return False
 
@@ -189,7 +190,7 @@ def run_demo(output_folder: str | os.PathLike, source: str = "synthetic", dim: s
         RuntimeError: a stage failed (the message names its log).
     """
     if dim not in ("2d", "3d") or device not in ("cpu", "cuda"):
-        raise ValueError(f"--dim must be 2d or 3d and --device cpu or cuda, got {dim}, {device}")
+        raise ValueError(f"--dim must be 2d or 3d and -device cpu or cuda, got {dim}, {device}")
     if source != "synthetic" and not Path(source).is_dir():
         raise FileNotFoundError(f"--source {source} is neither 'synthetic' nor a folder")
     root = Path(output_folder).resolve()
@@ -222,7 +223,8 @@ def run_demo(output_folder: str | os.PathLike, source: str = "synthetic", dim: s
     for arm, trainer in ARMS.items():
         out = root / "predictions" / arm
         runner.command(f"predict_{arm}", ["nnUNetv2_predict", "-i", str(dataset_folder / "imagesTs"), "-o", str(out),
-                                          "-d", d, "-c", configuration, "-f", "0", "-tr", trainer or settings.base_trainer,
+                                          "-d", d, "-c", configuration, "-f", "0",
+                                          "-tr", trainer or settings.base_trainer,
                                           *dev, "-npp", "0", "-nps", "0", "--disable_progress_bar"])
         runner.command(f"evaluate_{arm}", ["nnUNetv2_evaluate_folder", str(dataset_folder / "labelsTs"), str(out),
                                            "-djfile", str(out / "dataset.json"), "-pfile", str(out / "plans.json"),
@@ -248,7 +250,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="synthetic",
                    help="'synthetic' (built in) or a folder to import: MSD layout (imagesTr/, labelsTr/) or 2D PNG "
                         "images + masks. Default: synthetic")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="Default: cpu")
+    p.add_argument("-device", choices=("cpu", "cuda"), default="cpu", help="Default: cpu")
+    # the spelling before nnU-Net's -device was adopted, kept for scripts that use it
+    p.add_argument("--device", dest="device", choices=("cpu", "cuda"), default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)
     p.add_argument("--quick", action="store_true", help="a reduced run (fewer cases, shorter schedules) for CI")
     return p
 

@@ -151,10 +151,12 @@ def read_external_scores(path: str | Path, proposals_per_case: dict[str, int]) -
     except UnicodeDecodeError as error:
         raise ValueError(f"judge_scores file {path} is not UTF-8 text ({error}); save it as CSV in UTF-8") from None
     if not rows:
-        raise ValueError(f"judge_scores file {path} is empty; expected a header {','.join(CSV_HEADER)} and one row per proposal")
+        raise ValueError(f"judge_scores file {path} is empty; expected a header {','.join(CSV_HEADER)} and one row "
+                         "per proposal")
     header = tuple(c.strip() for c in rows[0])
     if header != CSV_HEADER:
-        raise ValueError(f"judge_scores file {path} has header {','.join(header)!r}; expected exactly {','.join(CSV_HEADER)!r}")
+        raise ValueError(f"judge_scores file {path} has header {','.join(header)!r}; expected exactly "
+                         f"{','.join(CSV_HEADER)!r}")
     scores: dict[str, dict[int, float]] = {}
     for line, row in enumerate(rows[1:], start=2):
         if not row:
@@ -164,14 +166,16 @@ def read_external_scores(path: str | Path, proposals_per_case: dict[str, int]) -
             raise ValueError(f"{where}: expected 3 columns case_id,proposal,score, got {row}")
         case_id, proposal, score = (c.strip() for c in row)
         if case_id not in proposals_per_case:
-            raise ValueError(f"{where}: unknown case {case_id!r}; the unlabeled pool has {sorted(proposals_per_case)[:5]} ...")
+            raise ValueError(f"{where}: unknown case {case_id!r}; the unlabeled pool has "
+                             f"{sorted(proposals_per_case)[:5]} ...")
         try:
             index = int(proposal)
         except ValueError:
             raise ValueError(f"{where}: proposal {proposal!r} is not an integer index") from None
         if not 0 <= index < proposals_per_case[case_id]:
             raise ValueError(
-                f"{where}: unknown proposal index {index} for case {case_id!r}; valid: 0 ... {proposals_per_case[case_id] - 1}"
+                f"{where}: unknown proposal index {index} for case {case_id!r}; valid: 0 ... "
+                f"{proposals_per_case[case_id] - 1}"
             )
         try:
             value = float(score)

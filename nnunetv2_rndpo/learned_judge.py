@@ -23,7 +23,8 @@ resolution, and is trained to order masks of one case, not to regress Dice acros
   (:func:`move_boundary`) and corruptions of the label (:func:`corrupt_mask`: erosion, dilation, shift, a
   removed component, an added blob, boundary noise).
 - **Reliability** (:func:`~nnunetv2_rndpo.judge_training.validation_reliability`): the base model's proposals
-  for the fold's validation cases (never trained on) are scored and compared with their true Dice: within-case pair accuracy, per-case and pooled Spearman, next to the
+  for the fold's validation cases (never trained on) are scored and compared with their true Dice: within-case
+  pair accuracy, per-case and pooled Spearman, next to the
   agreement judge on the same proposals; saved in the judge file (``metrics``) and printed.
 """
 
@@ -48,7 +49,8 @@ CROP_SIZE = {2: 128, 3: 24}
 CORRUPTIONS = ("erode", "dilate", "shift", "drop_component", "spurious_component", "boundary_noise")
 
 
-def corrupt_mask(label: np.ndarray, classes: list, rng: np.random.Generator, operations: int | None = None) -> np.ndarray:
+def corrupt_mask(label: np.ndarray, classes: list, rng: np.random.Generator,
+                 operations: int | None = None) -> np.ndarray:
     """Applies 1–3 random :data:`CORRUPTIONS` (``operations`` of them if given) to a label map ``(*spatial)``.
 
     Assumption: for region-based datasets a corruption acts on the region's highest label only.
@@ -77,11 +79,13 @@ def corrupt_mask(label: np.ndarray, classes: list, rng: np.random.Generator, ope
             grid = np.ogrid[tuple(slice(0, s) for s in mask.shape)]
             ball = sum((g - c) ** 2 for g, c in zip(grid, center, strict=True)) <= radius**2
             mask[ball & (mask == 0)] = value
-        else:  # boundary_noise
+        elif op == "boundary_noise":
             band = ndimage.binary_dilation(region) & ~ndimage.binary_erosion(region)
             flip = band & (rng.random(mask.shape) < 0.3)
             mask[flip & region] = 0
             mask[flip & ~region & (mask == 0)] = value
+        else:
+            raise ValueError(f"unknown corruption {op!r}; valid: {', '.join(CORRUPTIONS)}")
     return mask
 
 
@@ -315,7 +319,8 @@ class JudgeTraining:
         if self.crop_size is not None and self.crop_size < 8:
             raise ValueError(f"--crop-size must be >= 8 voxels, got {self.crop_size}")
         if self.width < 1 or any(s < 0 for s in self.weight_noise):
-            raise ValueError(f"--width must be >= 1 and --weight-noise values >= 0, got {self.width}, {self.weight_noise}")
+            raise ValueError(f"--width must be >= 1 and --weight-noise values >= 0, got {self.width}, "
+                             f"{self.weight_noise}")
 
 
 @torch.inference_mode()
@@ -364,8 +369,7 @@ def step_masks(label: np.ndarray, predictions: np.ndarray, classes: list, count:
 
     Assumption: this mix puts realistic small differences next to larger ones; erosions and dilations are
     equally likely, so that mask size alone does not predict the order (with one random corruption of a
-    prediction in that quarter instead, the judge scored the smaller masks of an HC18 pool's cases higher:
-    mean within-case Spearman of score and mask size −0.64, a label-free measure).
+    prediction in that quarter instead, the judge scored the smaller masks of a case higher: docs/toolkit.md).
     """
     unused = list(rng.permutation(len(predictions)))
     masks = []

@@ -124,7 +124,8 @@ class MiningParams:
                    config.mining_max_region, config.mining_max_pairs_per_case)
 
 
-def candidate_pairs(scores: np.ndarray, strategy: str, rng: np.random.Generator, tau: float = 0.05) -> list[tuple[int, int]]:
+def candidate_pairs(scores: np.ndarray, strategy: str, rng: np.random.Generator,
+                    tau: float = 0.05) -> list[tuple[int, int]]:
     """Candidate ``(chosen, rejected)`` index pairs of one case, in the strategy's order of preference.
 
     Args:
@@ -151,9 +152,10 @@ def candidate_pairs(scores: np.ndarray, strategy: str, rng: np.random.Generator,
         target = scores.mean() - 2 * scores.std()
         others = [k for k in range(len(scores)) if k != best]
         return [(best, min(others, key=lambda k: (abs(scores[k] - target), k)))]
-    # margin
-    pairs = [(i, j) for i in order for j in order if scores[i] - scores[j] >= tau and i != j]
-    return sorted(pairs, key=lambda p: (-(scores[p[0]] - scores[p[1]]), p))
+    if strategy == "margin":
+        pairs = [(i, j) for i in order for j in order if scores[i] - scores[j] >= tau and i != j]
+        return sorted(pairs, key=lambda p: (-(scores[p[0]] - scores[p[1]]), p))
+    raise ValueError(f"unknown mining {strategy!r}; valid: {', '.join(MININGS)}")
 
 
 def local_candidates(scores: np.ndarray, hybrid_anchors: np.ndarray) -> list[tuple[int, int]]:
@@ -220,21 +222,6 @@ def mine_pairs(
         if len(pairs) == params.max_pairs_per_case:
             break
     return pairs
-
-
-def mine_pair(
-    case_id: str,
-    masks: np.ndarray,
-    scores: np.ndarray,
-    mining: str,
-    rng: np.random.Generator,
-    true_dice: np.ndarray | None = None,
-) -> Pair | None:
-    """The first pair :func:`mine_pairs` finds with ``mining`` and no filters, or None (|D| = 0)."""
-    if mining not in MININGS:
-        raise ValueError(f"unknown mining {mining!r}; valid: {', '.join(MININGS)}")
-    pairs = mine_pairs(case_id, masks, scores, MiningParams(mining), rng, true_dice)
-    return pairs[0] if pairs else None
 
 
 def mine_pool(

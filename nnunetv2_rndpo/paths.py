@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 TRAINERS_FOLDER = Path(__file__).resolve().parents[1] / "trainers"
-# nnU-Net's fastest reliable CPU settings (../shared/NNUNET_NOTES.md); OMP_WAIT_POLICY=PASSIVE: OpenMP threads
-# sleep instead of spinning while they wait (the Makefile's comment has the measurement)
+# nnU-Net's fastest reliable CPU settings, as the Makefile exports them for the tests; OMP_WAIT_POLICY=PASSIVE:
+# OpenMP threads sleep instead of spinning while they wait, which a busy machine needs
 CPU_SETTINGS = {"nnUNet_compile": "f", "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 NNUNET_FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 BENCHMARK_FOLDERS = ("raw", "preprocessed", "results")  # the benchmarks' (and tests') shorter folder names

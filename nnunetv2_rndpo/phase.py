@@ -148,7 +148,8 @@ class PreferencePhase:
         from nnunetv2.paths import nnUNet_raw
 
         if nnUNet_raw is None:
-            raise RuntimeError("nnUNet_raw is not set; export nnUNet_raw=/path/to/nnUNet_raw (the unlabeled pool lives there)")
+            raise RuntimeError("nnUNet_raw is not set; export nnUNet_raw=/path/to/nnUNet_raw (the unlabeled pool "
+                               "lives there)")
         return Path(nnUNet_raw) / self.dataset_name
 
     @property
@@ -182,7 +183,8 @@ class PreferencePhase:
                                                         t.configuration_name, t.fold, exclude=(t.__class__.__name__,))
             trainer = candidates[0] if candidates else "<the base model's trainer>"
             raise FileNotFoundError(
-                f"Base checkpoint {path} not found (base_trainer {cfg.base_trainer!r}). The preference phase fine-tunes "
+                f"Base checkpoint {path} not found (base_trainer {cfg.base_trainer!r}). The preference phase "
+                f"fine-tunes "
                 f"a trained nnU-Net model.\n{found}\nIf the base model was trained with another trainer, set "
                 f"{{\"base_trainer\": \"{trainer}\"}} (or base_checkpoint: a path) in the file named by "
                 f"$nnUNet_rndpo_config; or train it first with\n  nnUNetv2_train {int(dataset_id)} "
@@ -314,7 +316,8 @@ class PreferencePhase:
         return pool
 
     def _prepare_proposals(self, pool: PreprocessedPool) -> ProposalCache:
-        base, settings, log = self._base_model(), ProposalSettings.from_config(self.config), self.trainer.print_to_log_file
+        base, settings = self._base_model(), ProposalSettings.from_config(self.config)
+        log = self.trainer.print_to_log_file
         if self.world > 1:  # each rank fills its part of the one cache (nnUNetv2_predict's split), then all read it
             ensure_proposals(base, pool, settings, case_ids=split_cases(pool.case_ids, self.world, self.rank), log=log)
             barrier()
@@ -374,7 +377,8 @@ class PreferencePhase:
 
     def _install_dataloader(self, pool, cache, sampler_state) -> None:
         t, cfg = self.trainer, self.config
-        rotation, dummy_2d, initial_patch_size, mirror_axes = t.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        rotation, dummy_2d, initial_patch_size, mirror_axes = (
+            t.configure_rotation_dummyDA_mirroring_and_inital_patch_size())
         patch_size = t.configuration_manager.patch_size
         transforms = t.get_training_transforms(
             patch_size, rotation, t._get_deep_supervision_scales(), mirror_axes, dummy_2d,
@@ -474,7 +478,8 @@ class PreferencePhase:
             if key in row:
                 self.trainer.logger.log(key, row[key], self.trainer.current_epoch)
         every = self.config.eval_every
-        if self.test_pool is not None and every and (epochs_done % every == 0 or epochs_done == self.trainer.num_epochs):
+        due = every and (epochs_done % every == 0 or epochs_done == self.trainer.num_epochs)
+        if self.test_pool is not None and due:
             row["eval/dice"] = self.evaluate()
             self.trainer.print_to_log_file(f"RN-DPO: test Dice after {epochs_done} epochs: {row['eval/dice']:.4f}")
         self._write_metrics_row(epochs_done, row)
@@ -527,7 +532,8 @@ class PreferencePhase:
         if not self.config.eval_every or self.rank != 0:  # rank 0 evaluates
             return
         t = self.trainer
-        self.test_pool = preprocessed_test_set(self.raw_folder, self.cache_folder / "test", t.plans_manager, t.configuration_manager,
+        self.test_pool = preprocessed_test_set(self.raw_folder, self.cache_folder / "test", t.plans_manager,
+                                               t.configuration_manager,
                                    t.dataset_json, progress=True, previous_stage=t.previous_stage, device=t.device,
                                    log=t.print_to_log_file)
         if self.test_pool is None:
@@ -550,7 +556,8 @@ class PreferencePhase:
         return predictor
 
     def evaluate(self) -> float:
-        """Mean foreground Dice of the current policy on imagesTs/labelsTs (:func:`~nnunetv2_rndpo.evaluation.dice_on_test_set`)."""
+        """Mean foreground Dice of the current policy on imagesTs/labelsTs
+        (:func:`~nnunetv2_rndpo.evaluation.dice_on_test_set`)."""
         dice = dice_on_test_set(self._policy_predictor(), self.test_pool, self.trainer.label_manager)
         self.trainer.network.train()
         return dice
@@ -583,7 +590,8 @@ class PreferencePhase:
             predictor = self._policy_predictor(self.reference)
             for case_id in self.guard_cases:
                 image = torch.from_numpy(pool_input(pool, case_id, self.cascade_labels))
-                self.guard_logits[case_id] = (image, predictor.predict_sliding_window_return_logits(image).cpu().clone())
+                logits = predictor.predict_sliding_window_return_logits(image).cpu().clone()
+                self.guard_logits[case_id] = (image, logits)
         self._accepted_weights = self._policy_weights()
 
     def _policy_weights(self) -> dict[str, torch.Tensor]:

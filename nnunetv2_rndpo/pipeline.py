@@ -86,7 +86,8 @@ class BaseModel:
         from nnunetv2.paths import nnUNet_raw
 
         if nnUNet_raw is None:
-            raise RuntimeError("nnUNet_raw is not set; export nnUNet_raw=/path/to/nnUNet_raw (the unlabeled pool lives there)")
+            raise RuntimeError("nnUNet_raw is not set; export nnUNet_raw=/path/to/nnUNet_raw (the unlabeled pool "
+                               "lives there)")
         return Path(nnUNet_raw) / self.dataset_name
 
     @property
@@ -95,7 +96,8 @@ class BaseModel:
         from nnunetv2.paths import nnUNet_preprocessed
 
         if nnUNet_preprocessed is None:
-            raise RuntimeError("nnUNet_preprocessed is not set; export nnUNet_preprocessed=/path/to/nnUNet_preprocessed")
+            raise RuntimeError("nnUNet_preprocessed is not set; export "
+                               "nnUNet_preprocessed=/path/to/nnUNet_preprocessed")
         return rndpo_cache_folder(nnUNet_preprocessed, self.dataset_name, self.plans_manager.plans_name,
                                   self.configuration_name)
 
@@ -406,7 +408,8 @@ def score_pool(
     require_complete(cache, pool)
     if judge == "external":
         if not settings.scores_file:
-            raise ValueError("judge 'external' needs a scores CSV (judge_scores / --scores) with columns case_id,proposal,score")
+            raise ValueError("judge 'external' needs a scores CSV (judge_scores / --scores) with columns "
+                             "case_id,proposal,score")
         return read_external_scores(settings.scores_file, {c: len(cache.masks(c)) for c in pool.case_ids})
     if judge == "oracle" and not pool.has_labels:
         raise FileNotFoundError(
@@ -430,9 +433,11 @@ def score_pool(
                                                  base.label_manager.has_regions)
         elif judge == "learned":
             scores[case_id] = learned.score(np.asarray(pool.image(case_id)), masks)
-        else:  # oracle
+        elif judge == "oracle":
             scores[case_id], _ = oracle_scores(masks, pool.label(case_id), base.classes, sigma, rng,
                                                settings.size_bias, base.label_manager.ignore_label)
+        else:
+            raise ValueError(f"judge {judge!r} has no per-case scoring here; valid: {', '.join(JUDGES)}")
     return scores
 
 

@@ -80,9 +80,6 @@ class ProposalSpec:
     source: str
     parameter: tuple[int, ...] | float | int | str
 
-    def describe(self) -> str:
-        return f"{self.source}:{self.parameter}"
-
 
 def plan_proposals(
     num_proposals: int,
@@ -113,7 +110,8 @@ def plan_proposals(
     if num_proposals > capacity:
         raise ValueError(
             f"num_proposals={num_proposals} but proposal_sources {sources} give at most {capacity} distinct "
-            f"proposals here ({len(flips)} mirror flips, {len(models)} extra models); lower num_proposals or add sources."
+            f"proposals here ({len(flips)} mirror flips, {len(models)} extra models); lower num_proposals or add "
+            "sources."
         )
     counts = dict.fromkeys(sources, 0)
     remaining = num_proposals
@@ -213,10 +211,12 @@ def _extra_pass(predictor, image: torch.Tensor, spec: ProposalSpec, label_manage
             for hook in hooks:
                 hook.remove()
             network.eval()
-    # model
-    if spec.parameter not in extra_weights:
-        raise ValueError(f"proposal source 'model' {spec.parameter!r}: its weights were not loaded")
-    return _pass_with_weights(predictor, image, label_manager, extra_weights[spec.parameter])
+    if spec.source == "model":
+        if spec.parameter not in extra_weights:
+            raise ValueError(f"proposal source 'model' {spec.parameter!r}: its weights were not loaded")
+        return _pass_with_weights(predictor, image, label_manager, extra_weights[spec.parameter])
+    raise ValueError(f"proposal source {spec.source!r} makes no forward pass of its own; valid: "
+                     f"{', '.join(s for s in PROPOSAL_SOURCES if s not in TTA_SOURCES)}")
 
 
 def _pass_with_weights(predictor, image: torch.Tensor, label_manager, weights: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -346,7 +346,8 @@ def propose_case(
         if ProposalSpec("mirror", flip) in specs:
             flip_masks[flip] = torch.as_tensor(label_manager.convert_logits_to_segmentation(logits)).to(torch.uint8)
         for t in temperatures:
-            mean_probabilities[t] = mean_probabilities[t] + label_manager.apply_inference_nonlin(logits / t) / len(flips)
+            probabilities_t = label_manager.apply_inference_nonlin(logits / t)
+            mean_probabilities[t] = mean_probabilities[t] + probabilities_t / len(flips)
     probabilities = mean_probabilities[1.0]
     masks = []
     for spec in specs:
@@ -356,13 +357,15 @@ def propose_case(
             masks.append(label_manager.convert_probabilities_to_segmentation(mean_probabilities[spec.parameter]))
         elif spec.source not in TTA_SOURCES:
             masks.append(_extra_pass(predictor, image, spec, label_manager, seed, extra_weights or {}))
-        else:  # threshold
+        elif spec.source == "threshold":
             scaled = probabilities.clone()
             if label_manager.has_regions:
                 scaled = (scaled / spec.parameter).clamp(0, 1)
             else:
                 scaled[0] *= spec.parameter
             masks.append(label_manager.convert_probabilities_to_segmentation(scaled))
+        else:
+            raise ValueError(f"unknown proposal source {spec.source!r}; valid: {', '.join(PROPOSAL_SOURCES)}")
     stacked = torch.stack([torch.as_tensor(m).to(torch.uint8).cpu() for m in masks]).numpy()
     return stacked, probabilities.half().cpu().numpy()
 

@@ -58,7 +58,8 @@ def judge_reliability(scores: dict[str, np.ndarray], dice: dict[str, np.ndarray]
     cases = sorted(scores)
     missing = [c for c in cases if c not in dice]
     if missing:
-        raise ValueError(f"no true Dice for cases {missing[:5]}: a reliability report needs ground truth for every case")
+        raise ValueError(f"no true Dice for cases {missing[:5]}: a reliability report needs ground truth for every "
+                         "case")
     per_case = [spearman(scores[c], dice[c]) for c in cases]
     per_case = [r for r in per_case if not math.isnan(r)]
     correct = counted = 0
@@ -70,7 +71,8 @@ def judge_reliability(scores: dict[str, np.ndarray], dice: dict[str, np.ndarray]
     # good the judge's DPO pairs are (a pooled ρ is high from differences between cases alone)
     return {
         "cases": len(cases),
-        "spearman/pooled": spearman(np.concatenate([scores[c] for c in cases]), np.concatenate([dice[c] for c in cases])),
+        "spearman/pooled": spearman(np.concatenate([scores[c] for c in cases]),
+                                    np.concatenate([dice[c] for c in cases])),
         "spearman/per_case": float(np.mean(per_case)) if per_case else math.nan,
         "pairwise/accuracy": correct / counted if counted else math.nan,
         "spearman/cases": len(per_case),

@@ -77,7 +77,8 @@ def test_intensity_proposals_on_a_cascade_are_refused_at_start():
     from nnunetv2_rndpo.pipeline import ProposalSettings, proposal_cache
 
     base = SimpleNamespace(previous_stage=object(), configuration_name="3d_cascade_fullres")
-    with pytest.raises(ValueError, match="'intensity' is not supported for the cascade configuration 3d_cascade_fullres"):
+    with pytest.raises(ValueError,
+                       match="'intensity' is not supported for the cascade configuration 3d_cascade_fullres"):
         proposal_cache(base, ProposalSettings(sources=("mirror", "intensity")))
 
 

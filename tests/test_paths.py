@@ -33,7 +33,8 @@ def test_results_folder_is_nnunets_output_folder_under_any_root(tmp_path):
 
 def test_rndpo_cache_folder_is_inside_the_datasets_cache_root(tmp_path):
     assert rndpo_cache_folder(tmp_path, "Dataset004_X", "nnUNetPlans", "2d") == \
-        rndpo_cache_root(tmp_path, "Dataset004_X") / "nnUNetPlans_2d" == tmp_path / "Dataset004_X" / "rndpo" / "nnUNetPlans_2d"
+        rndpo_cache_root(tmp_path, "Dataset004_X") / "nnUNetPlans_2d" == \
+        tmp_path / "Dataset004_X" / "rndpo" / "nnUNetPlans_2d"
 
 
 def test_nnunet_environment_stays_inside_root_and_keeps_the_users_cpu_settings(tmp_path, monkeypatch):
