@@ -227,7 +227,7 @@ def run_judge(args: argparse.Namespace) -> Path:
     """Writes the scores CSV (and the report); returns the CSV's path."""
     from nnunetv2_rndpo.judges import normalize_scores, write_scores_csv
     from nnunetv2_rndpo.mining import MiningParams
-    from nnunetv2_rndpo.pipeline import JudgeSettings, cached_proposals, hidden_true_dice, prepare_pool, score_pool
+    from nnunetv2_rndpo.pipeline import JudgeSettings, hidden_true_dice, open_pool, score_pool
 
     if args.judge == "external" and not args.scores:
         raise ValueError("--judge external needs --scores FILE (CSV case_id,proposal,score from your QC system)")
@@ -237,29 +237,29 @@ def run_judge(args: argparse.Namespace) -> Path:
         raise ValueError(f"--pair-accuracy must be in (0.5, 1] and replaces --judge-sigma, got {args.pair_accuracy} "
                          f"with --judge-sigma {args.judge_sigma}")
     base, settings = _load(args)
-    pool = prepare_pool(base, args.unlabeled_dir, progress=not args.quiet, on_bad_case=args.on_bad_case)
-    cache = cached_proposals(base, pool, settings, not args.quiet)
-    dice = hidden_true_dice(base, pool, cache) if args.report else None
-    if args.report and dice is None:
-        raise FileNotFoundError("--report needs hidden ground truth for every pool case in labelsUnlabeled/ "
-                                "(CASE<file_ending>); without it, drop --report")
-    judge = JudgeSettings(args.judge, args.judge_sigma, args.size_bias, args.scores, args.learned_judge, args.seed,
-                          args.pair_accuracy)
-    scores = normalize_scores(score_pool(base, pool, cache, judge, progress=not args.quiet), args.normalize)
-    output = Path(args.o) if args.o else base.fold_folder / f"rndpo_scores_{args.judge}.csv"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    write_scores_csv(output, scores)
-    print(f"scores of {len(scores)} cases written to {output}"
-          + (" (proposals, then their hybrids)" if settings.hybrids else ""))
-    if args.report:
-        extra = {}
-        if args.judge == "oracle":
-            from nnunetv2_rndpo.pipeline import oracle_sigma
+    pool, cache = open_pool(base, settings, args.unlabeled_dir, progress=not args.quiet, on_bad_case=args.on_bad_case)
+    with cache.remembering():
+        dice = hidden_true_dice(base, pool, cache) if args.report or args.judge == "oracle" else None
+        if args.report and dice is None:
+            raise FileNotFoundError("--report needs hidden ground truth for every pool case in labelsUnlabeled/ "
+                                    "(CASE<file_ending>); without it, drop --report")
+        judge = JudgeSettings(args.judge, args.judge_sigma, args.size_bias, args.scores, args.learned_judge, args.seed,
+                              args.pair_accuracy)
+        scores = normalize_scores(score_pool(base, pool, cache, judge, not args.quiet, dice), args.normalize)
+        output = Path(args.o) if args.o else base.fold_folder / f"rndpo_scores_{args.judge}.csv"
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_scores_csv(output, scores)
+        print(f"scores of {len(scores)} cases written to {output}"
+              + (" (proposals, then their hybrids)" if settings.hybrids else ""))
+        if args.report:
+            extra = {}
+            if args.judge == "oracle":
+                from nnunetv2_rndpo.pipeline import oracle_sigma
 
-            extra = {"judge/sigma": oracle_sigma(base, pool, cache, judge), "judge/size_bias": args.size_bias}
-            if args.pair_accuracy is not None:
-                extra["judge/target_pair_accuracy"] = args.pair_accuracy
-        write_report(output, scores, dice, cache, args.seed, args.tau, f"judge {args.judge} reliability", extra)
+                extra = {"judge/sigma": oracle_sigma(base, pool, cache, judge, dice), "judge/size_bias": args.size_bias}
+                if args.pair_accuracy is not None:
+                    extra["judge/target_pair_accuracy"] = args.pair_accuracy
+            write_report(output, scores, dice, cache, args.seed, args.tau, f"judge {args.judge} reliability", extra)
     if args.report_labeled:
         write_labeled_report(output, base, settings, judge, MiningParams(args.mining, tau=args.tau), not args.quiet)
     return output
@@ -329,7 +329,7 @@ def run_mine(args: argparse.Namespace) -> Path:
     from nnunetv2_rndpo.atomic_files import atomic_write_text
     from nnunetv2_rndpo.judges import read_external_scores
     from nnunetv2_rndpo.mining import MiningParams, mine_pool, pairs_document
-    from nnunetv2_rndpo.pipeline import cached_proposals, hidden_true_dice, prepare_pool
+    from nnunetv2_rndpo.pipeline import hidden_true_dice, open_pool
     from nnunetv2_rndpo.reliability import format_table, region_label_accuracy
 
     if (args.mining == "local") != bool(args.hybrids):
@@ -341,15 +341,15 @@ def run_mine(args: argparse.Namespace) -> Path:
         max_pairs = args.hybrids if args.mining == "local" else DEFAULTS.mining_max_pairs_per_case
     params = MiningParams(args.mining, args.tau, args.min_margin, args.min_region, args.max_region, max_pairs)
     base, settings = _load(args)
-    pool = prepare_pool(base, args.unlabeled_dir, progress=not args.quiet, on_bad_case=args.on_bad_case)
-    cache = cached_proposals(base, pool, settings, not args.quiet)
-    scores = read_external_scores(args.scores, {c: len(cache.masks(c)) for c in pool.case_ids})
-    pairs, stats = mine_pool(cache, pool.case_ids, scores, params, args.seed, hidden_true_dice(base, pool, cache))
-    if not pairs:
-        raise ValueError(f"no pairs: every case's candidate pairs were identical or filtered out ({params}); "
-                         "relax --min-margin/--min-region/--max-region or choose another --mining")
-    if pool.has_labels:
-        stats.update(region_label_accuracy(pairs, cache, pool, base.label_manager.ignore_label))
+    pool, cache = open_pool(base, settings, args.unlabeled_dir, progress=not args.quiet, on_bad_case=args.on_bad_case)
+    with cache.remembering():
+        scores = read_external_scores(args.scores, {c: len(cache.masks(c)) for c in pool.case_ids})
+        pairs, stats = mine_pool(cache, pool.case_ids, scores, params, args.seed, hidden_true_dice(base, pool, cache))
+        if not pairs:
+            raise ValueError(f"no pairs: every case's candidate pairs were identical or filtered out ({params}); "
+                             "relax --min-margin/--min-region/--max-region or choose another --mining")
+        if pool.has_labels:
+            stats.update(region_label_accuracy(pairs, cache, pool, base.label_manager.ignore_label))
     output = Path(args.o) if args.o else base.fold_folder / f"rndpo_pairs_{args.mining}.json"
     judge_metrics = {k: stats[k] for k in ("judge/margin_mean", "pairs/identical_cases", "judge/oracle_pair_acc")
                      if k in stats}

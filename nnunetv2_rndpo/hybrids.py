@@ -40,6 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nnunetv2_rndpo.atomic_files import atomic_write, atomic_write_text
+from nnunetv2_rndpo.proposals import RemembersMasks
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,7 @@ def hybrid_masks(masks: np.ndarray, hybrids: HybridSet) -> np.ndarray:
     return result.reshape((len(hybrids), *masks.shape[1:]))
 
 
-class HybridCache:
+class HybridCache(RemembersMasks):
     """The base proposals of a :class:`~nnunetv2_rndpo.proposals.ProposalCache` followed by their hybrids.
 
     Reads like a proposal cache (``masks``, ``probabilities``, ``has_case``, ``is_complete``, ``folder``), so
@@ -217,7 +218,7 @@ class HybridCache:
         with np.load(self.folder / f"{case_id}.npz") as f:
             return int(f["num_base"])
 
-    def masks(self, case_id: str) -> np.ndarray:
+    def _read_masks(self, case_id: str) -> np.ndarray:
         """uint8 ``(K + H, *spatial)``: the base proposals, then the hybrids."""
         masks = self.proposals.masks(case_id)
         return np.concatenate([masks, hybrid_masks(masks, self.hybrids(case_id))])

@@ -70,6 +70,7 @@ def oracle_scores(
     rng: np.random.Generator,
     size_bias: float = 0.0,
     ignore_label: int | None = None,
+    dice: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A simulated noisy and biased judge.
 
@@ -84,11 +85,13 @@ def oracle_scores(
         rng: draws the noise.
         size_bias: B; > 0 prefers larger masks, < 0 smaller.
         ignore_label: voxels the label marks with it are not counted in Dice_k.
+        dice: ``(K,)`` Dice_k if already known (:func:`true_dice` of the same masks and label), else computed.
 
     Returns:
         ``(scores, true_dice)``, both ``(K,)``.
     """
-    dice = true_dice(masks, label, labels_or_regions, ignore_label)
+    if dice is None:
+        dice = true_dice(masks, label, labels_or_regions, ignore_label)
     scores = dice + rng.normal(0.0, sigma, size=dice.shape)
     if size_bias:
         sizes = foreground_voxels(masks, labels_or_regions)

@@ -333,6 +333,43 @@ def cached_proposals(base: BaseModel, pool, settings: ProposalSettings, progress
     return ensure_hybrids(cache, pool, settings, progress=progress, log=lambda _: None)
 
 
+def open_pool(
+    base: BaseModel, settings: ProposalSettings, unlabeled_dir: str | None = None, *, generate: bool = False,
+    num_parts: int = 1, part_id: int = 0, progress: bool = True, on_bad_case: str = "stop", log=print,
+    barrier=lambda: None, name_large_cases: bool = False,
+) -> tuple[PreprocessedPool, ProposalCache | HybridCache]:
+    """The unlabeled pool (preprocessed where missing) and its proposals: the one way the commands that read
+    proposals and the preference phase open them.
+
+    Args:
+        generate: make the proposals (and hybrids) that are missing, as the trainer does; without it they must
+            exist (``nnUNetv2_rndpo_judge`` and ``_mine`` read what ``nnUNetv2_rndpo_proposals`` made).
+        num_parts, part_id: preprocess and generate only this part (:func:`split_cases`; one part per DDP rank);
+            ``barrier()`` is called after each step whose parts the next step reads (``torch.distributed``'s
+            barrier under DDP, nothing in one process).
+        on_bad_case, log: as for :func:`prepare_pool`.
+        name_large_cases: name the cases of unusually large images in ``log`` before their proposals are made
+            (:func:`~nnunetv2_rndpo.messages.large_case_notes`).
+
+    Raises:
+        FileNotFoundError: without ``generate``, a case has no current proposals.
+    """
+    from nnunetv2_rndpo.messages import large_case_notes
+
+    pool = prepare_pool(base, unlabeled_dir, num_parts, part_id, progress, on_bad_case, log)
+    barrier()
+    if not generate:
+        return pool, cached_proposals(base, pool, settings, progress)
+    if name_large_cases:
+        shapes = {c: tuple(pool.image(c).shape[1:]) for c in pool.case_ids}
+        for note in large_case_notes(shapes, tuple(base.configuration_manager.patch_size)):
+            log(note)
+    if num_parts > 1:  # each part fills its share of the one cache (nnUNetv2_predict's split), then all read it
+        ensure_proposals(base, pool, settings, split_cases(pool.case_ids, num_parts, part_id), progress, log)
+        barrier()
+    return pool, ensure_proposals(base, pool, settings, progress=progress, log=log)
+
+
 def require_complete(cache: ProposalCache, pool: PreprocessedPool) -> None:
     """Raises a clear error if some pool case has no proposals yet."""
     missing = [c for c in pool.case_ids if not cache.has_case(c, pool.source_digest(c))]
@@ -367,20 +404,22 @@ class JudgeSettings:
                    config.learned_judge, config.seed, config.judge_pair_accuracy)
 
 
-def oracle_sigma(base: BaseModel, pool, cache: ProposalCache, settings: JudgeSettings) -> float:
+def oracle_sigma(base: BaseModel, pool, cache: ProposalCache, settings: JudgeSettings,
+                 dice: dict[str, np.ndarray] | None = None) -> float:
     """The oracle judge's noise σ: ``settings.sigma``, or, with ``settings.pair_accuracy``, the σ at which its
     expected within-case pair accuracy (with the size bias) on these cases is that target
     (:func:`~nnunetv2_rndpo.reliability.calibrate_judge_sigma`; 0 if the target is above what σ = 0 reaches).
 
     Assumption: the simulated judge is calibrated on the cases it scores (their hidden labels are what it
-    simulates anyway), so "weak judge at 0.70" means 0.70 on exactly these proposals.
+    simulates anyway), so "weak judge at 0.70" means 0.70 on exactly these proposals. ``dice``: the cases' true
+    Dice if already known (:func:`hidden_true_dice`).
     """
     if settings.pair_accuracy is None:
         return settings.sigma
     from nnunetv2_rndpo.judges import foreground_voxels
     from nnunetv2_rndpo.reliability import calibrate_judge_sigma
 
-    dice = hidden_true_dice(base, pool, cache)
+    dice = hidden_true_dice(base, pool, cache) if dice is None else dice
     sizes = {c: foreground_voxels(cache.masks(c), base.classes) for c in pool.case_ids}
     return calibrate_judge_sigma(dice, sizes, settings.pair_accuracy, settings.size_bias)
 
@@ -395,8 +434,12 @@ def hidden_true_dice(base: BaseModel, pool: PreprocessedPool, cache: ProposalCac
 
 def score_pool(
     base: BaseModel, pool: PreprocessedPool, cache: ProposalCache, settings: JudgeSettings, progress: bool = True,
+    dice: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """``{case: (K,) scores}`` of every pool case from the chosen judge (higher = better).
+
+    ``dice``: the cases' true Dice if the caller already has it (:func:`hidden_true_dice`); the oracle uses it
+    instead of computing it again.
 
     Raises:
         FileNotFoundError: oracle without hidden labels, learned judge not trained, external file missing.
@@ -421,7 +464,7 @@ def score_pool(
 
         learned = LearnedJudge.load(settings.learned_judge or base.fold_folder / LEARNED_JUDGE_FILE, base.device)
     rng = np.random.default_rng(settings.seed)
-    sigma = oracle_sigma(base, pool, cache, settings) if judge == "oracle" else settings.sigma
+    sigma = oracle_sigma(base, pool, cache, settings, dice) if judge == "oracle" else settings.sigma
     scores = {}
     for case_id in tqdm(pool.case_ids, desc=f"judge {judge}", disable=not progress):
         masks = cache.masks(case_id)
@@ -435,7 +478,8 @@ def score_pool(
             scores[case_id] = learned.score(np.asarray(pool.image(case_id)), masks)
         elif judge == "oracle":
             scores[case_id], _ = oracle_scores(masks, pool.label(case_id), base.classes, sigma, rng,
-                                               settings.size_bias, base.label_manager.ignore_label)
+                                               settings.size_bias, base.label_manager.ignore_label,
+                                               None if dice is None else dice[case_id])
         else:
             raise ValueError(f"judge {judge!r} has no per-case scoring here; valid: {', '.join(JUDGES)}")
     return scores
@@ -492,11 +536,12 @@ def labeled_reliability(
                          "--report on a pool with hidden labels, or set label_smoothing to a number")
     pool, cache = labeled_proposals(base, settings, progress, log)
     val_ids = pool.case_ids
-    scores = score_pool(base, pool, cache, judge, progress)
-    dice = hidden_true_dice(base, pool, cache)
+    with cache.remembering():
+        dice = hidden_true_dice(base, pool, cache)
+        scores = score_pool(base, pool, cache, judge, progress, dice)
+        _, stats = mine_pool(cache, val_ids, scores, mining, judge.seed, dice)
     ranked = judge_reliability(base_scores(cache, scores), base_scores(cache, dice))
     report = {f"labeled/{k}": v for k, v in ranked.items()}
-    _, stats = mine_pool(cache, val_ids, scores, mining, judge.seed, dice)
     report["labeled/mined_pairs"] = stats["pairs/count"]
     report["labeled/mined_pair_acc"] = stats.get("pairs/oracle_acc", float("nan"))
     report["labeled/flip_rate"] = auto_label_smoothing(report)
@@ -562,17 +607,18 @@ def headroom_report(base: BaseModel, pool, cache: ProposalCache, settings: Propo
     from nnunetv2_rndpo.reliability import headroom_summary, region_label_accuracy
 
     require_complete(cache, pool)
-    dice = hidden_true_dice(base, pool, cache)
-    if dice is None:
-        raise FileNotFoundError("the headroom report needs the true label of every case: hidden labels in "
-                                "labelsUnlabeled/ next to the unlabeled images, or use --report-labeled")
+    with cache.remembering():
+        dice = hidden_true_dice(base, pool, cache)
+        if dice is None:
+            raise FileNotFoundError("the headroom report needs the true label of every case: hidden labels in "
+                                    "labelsUnlabeled/ next to the unlabeled images, or use --report-labeled")
+        pairs, _ = mine_pool(cache, pool.case_ids, dice, mining, settings.seed, dice)
+        shares = region_label_accuracy(pairs, cache, pool, base.label_manager.ignore_label)
     report = headroom_summary(dice, plain_dice or plain_prediction_dice(base, pool, progress))
     report["headroom/proposals"] = settings.num_proposals
     report["headroom/forwards_per_case"] = forward_passes(proposal_specs(base, settings), base.mirror_axes)
-    pairs, _ = mine_pool(cache, pool.case_ids, dice, mining, settings.seed, dice)
     report["headroom/oracle_pairs"] = len(pairs)
     report["headroom/region_size_mean"] = float(np.mean([p.region_size for p in pairs])) if pairs else float("nan")
-    shares = region_label_accuracy(pairs, cache, pool, base.label_manager.ignore_label)
     for key in ("chosen_right_in_region", "chosen_right_where_decidable"):
         report[f"headroom/{key}"] = shares.get(f"pairs/{key}", float("nan"))
     return report

@@ -42,6 +42,8 @@ case file is written atomically; a ``manifest.json`` written last marks the fold
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import hashlib
 import itertools
 import json
@@ -370,7 +372,48 @@ def propose_case(
     return stacked, probabilities.half().cpu().numpy()
 
 
-class ProposalCache:
+# what a cache keeps of the masks it read inside ``remembering()``: enough for a pool of small cases, and a bound
+# for large 3D ones (the oldest case read goes first)
+MASK_MEMORY_BYTES = 512 * 2**20
+
+
+class RemembersMasks:
+    """``masks(case)`` read from disk once inside ``with cache.remembering():``, not once per pass.
+
+    The commands and the phase read every case's masks in several passes (true Dice, the judge, mining, the
+    reports); decompressing a case costs more than keeping it. Outside the block (the patch sampler, which
+    reads one case per sample in every data-loading worker) nothing is kept.
+    """
+
+    _remembered: collections.OrderedDict | None = None
+
+    def masks(self, case_id: str) -> np.ndarray:
+        if self._remembered is None:
+            return self._read_masks(case_id)
+        if case_id not in self._remembered:
+            masks = self._read_masks(case_id)
+            masks.flags.writeable = False  # shared by every later reader: none may change it
+            self._remembered[case_id] = masks
+            while len(self._remembered) > 1 and sum(m.nbytes for m in self._remembered.values()) > MASK_MEMORY_BYTES:
+                self._remembered.popitem(last=False)
+        self._remembered.move_to_end(case_id)
+        return self._remembered[case_id]
+
+    def _read_masks(self, case_id: str) -> np.ndarray:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def remembering(self):
+        """Keeps the masks read inside the block (up to :data:`MASK_MEMORY_BYTES`); forgets them at its end."""
+        outer = self._remembered
+        self._remembered = collections.OrderedDict() if outer is None else outer
+        try:
+            yield self
+        finally:
+            self._remembered = outer
+
+
+class ProposalCache(RemembersMasks):
     """Proposals of one (base model, plans, configuration, sources, K, seed), one file per case."""
 
     def __init__(self, root: str | os.PathLike, spec: dict, origin: dict | None = None):
@@ -405,7 +448,7 @@ class ProposalCache:
         if source is not None:
             atomic_write_text(self.folder / f"{case_id}.source", source)
 
-    def masks(self, case_id: str) -> np.ndarray:
+    def _read_masks(self, case_id: str) -> np.ndarray:
         """uint8 ``(K, *spatial)``."""
         with np.load(self.folder / f"{case_id}.npz") as f:
             return f["masks"]
