@@ -26,7 +26,7 @@ setup(
     entry_points={
         "console_scripts": [
             "nnUNetv2_rndpo_demo = nnunetv2_rndpo.demo:main",
-            "nnUNetv2_rndpo_make_dataset = nnunetv2_rndpo.datasets:main",
+            "nnUNetv2_rndpo_make_dataset = nnunetv2_rndpo.commands:main_make_dataset",
             "nnUNetv2_rndpo_proposals = nnunetv2_rndpo.commands:main_proposals",
             "nnUNetv2_rndpo_judge = nnunetv2_rndpo.commands:main_judge",
             "nnUNetv2_rndpo_mine = nnunetv2_rndpo.commands:main_mine",

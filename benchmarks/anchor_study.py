@@ -18,20 +18,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from nnunetv2_rndpo.atomic_files import read_jsonl
+from nnunetv2_rndpo.metrics import curve_summary
+from nnunetv2_rndpo.paths import BENCHMARK_FOLDERS, nnunet_environment, results_folder, run_logged
+
 DATASET_ID, DATASET = 951, "Dataset951_HippocampusAnchors"
 ARMS = {
     "control (continued supervised)": ("nnUNetTrainerContinuedSFT", {"sft_weight": 1.0}),
     **{f"{name} {anchor}": (trainer, weights)
        for name, trainer in (("DPO", "nnUNetTrainerDPO"), ("RN-DPO", "nnUNetTrainerRNDPO"))
-       for anchor, weights in (("no anchor", {}), ("sft", {"sft_weight": 1.0}), ("consistency", {"consistency_weight": 1.0}),
+       for anchor, weights in (("no anchor", {}), ("sft", {"sft_weight": 1.0}),
+                               ("consistency", {"consistency_weight": 1.0}),
                                ("agreement", {"agreement_weight": 1.0}),
                                ("all", {"sft_weight": 1.0, "consistency_weight": 1.0, "agreement_weight": 1.0}))},
 }
@@ -50,7 +52,8 @@ def build_dataset(source: Path, raw: Path, num_test: int, num_pool: int) -> None
         (folder / f"images{split}").mkdir(parents=True, exist_ok=True)
         (folder / f"labels{split}").mkdir(parents=True, exist_ok=True)
         for case in cases:
-            os.symlink((source / "imagesTr" / f"{case}.nii.gz").resolve(), folder / f"images{split}" / f"{case}_0000.nii.gz")
+            os.symlink((source / "imagesTr" / f"{case}.nii.gz").resolve(),
+                       folder / f"images{split}" / f"{case}_0000.nii.gz")
             os.symlink((source / "labelsTr" / f"{case}.nii.gz").resolve(), folder / f"labels{split}" / f"{case}.nii.gz")
     (folder / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "MRI"}, "labels": {"background": 0, "Anterior": 1, "Posterior": 2},
@@ -72,31 +75,26 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the arm names in the results (e.g. 'lr 1e-5')")
     args = parser.parse_args()
     root = Path(args.output).resolve()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet")}
-    env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
-               nnUNet_results=str(root / "results"), nnUNet_extTrainer=str(REPO / "trainers"),
-               nnUNet_compile="f", nnUNet_n_proc_DA="0", nnUNet_def_n_proc="1")
-    bin_folder = Path(sys.executable).parent
+    env = nnunet_environment(root, folder_names=BENCHMARK_FOLDERS)
     build_dataset(Path(args.source), root / "raw", args.test, args.pool)
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
 
     def run(name: str, command: list[str], **extra: str) -> float:
         start = time.time()
-        with open(logs / f"{name}.log", "w") as log:
-            code = subprocess.run([str(bin_folder / command[0]), *command[1:]], env={**env, **extra},
-                                  stdout=log, stderr=subprocess.STDOUT).returncode
-        if code:
+        if run_logged(command, {**env, **extra}, logs / f"{name}.log"):
             raise RuntimeError(f"{name} failed; see {logs / f'{name}.log'}")
         print(f"{name}: {time.time() - start:.0f} s", flush=True)
         return time.time() - start
 
-    results_dir = root / "results" / DATASET
     if not (root / "preprocessed" / DATASET / "nnUNetPlans.json").is_file():
-        run("plan", ["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres", "-npfp", "1", "-np", "1"],
+        run("plan", ["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres", "-npfp", "1",
+                     "-np", "1"],
             nnUNet_n_proc_DA="1")
-    if not (results_dir / "nnUNetTrainer_cpuBase__nnUNetPlans__3d_fullres" / "fold_all" / "checkpoint_final.pth").is_file():
-        run("base", ["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "all", "-tr", "nnUNetTrainer_cpuBase", "-device", "cpu"])
+    base = results_folder(root / "results", DATASET, "nnUNetTrainer_cpuBase", "nnUNetPlans", "3d_fullres", "all")
+    if not (base / "checkpoint_final.pth").is_file():
+        run("base", ["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "all", "-tr", "nnUNetTrainer_cpuBase",
+                     "-device", "cpu"])
     results_file = root / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     for arm_name in args.arms:
@@ -104,9 +102,12 @@ def main() -> None:
         if arm in results:
             continue
         trainer, weights = ARMS[arm_name]
-        weights = {k: weights.get(k, 0.0) * args.weight_scale for k in ("sft_weight", "consistency_weight", "agreement_weight")}
-        config = {"num_epochs": args.epochs, "num_iterations_per_epoch": args.iterations, "num_val_iterations_per_epoch": 5,
-                  "learning_rate": args.lr, "num_proposals": 8, "proposal_sources": ["mirror", "threshold", "temperature"],
+        weights = {k: weights.get(k, 0.0) * args.weight_scale
+                   for k in ("sft_weight", "consistency_weight", "agreement_weight")}
+        config = {"num_epochs": args.epochs, "num_iterations_per_epoch": args.iterations,
+                  "num_val_iterations_per_epoch": 5,
+                  "learning_rate": args.lr, "num_proposals": 8,
+                  "proposal_sources": ["mirror", "threshold", "temperature"],
                   "judge": "oracle", "judge_sigma": 0.0, "mining": "top_bottom", "eval_every": 1, "guard_num_cases": 0,
                   "base_trainer": "nnUNetTrainer_cpuBase", "beta": 1.0,  # the default when this study ran (now 4)
                   "overwrite_finished_fold": True,  # every arm of one trainer trains the same fold folder in turn
@@ -115,9 +116,8 @@ def main() -> None:
         config_file.write_text(json.dumps(config))
         seconds = run(arm.replace(" ", "_"), ["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "all", "-tr", trainer,
                                               "-device", "cpu"], nnUNet_rndpo_config=str(config_file))
-        fold = results_dir / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_all"
-        rows = [json.loads(r) for r in (fold / "rndpo_metrics.jsonl").read_text().splitlines()]
-        from nnunetv2_rndpo.metrics import curve_summary
+        fold = results_folder(root / "results", DATASET, trainer, "nnUNetPlans", "3d_fullres", "all")
+        rows = read_jsonl(fold / "rndpo_metrics.jsonl")
 
         curve = [r["eval/dice"] for r in rows if "eval/dice" in r]
         results[arm] = {"trainer": trainer, "config": config, "curve": curve, "summary": curve_summary(curve),
@@ -137,12 +137,14 @@ def write_table(root: Path, results: dict, args) -> None:
     lines = [f"Test Dice (mean of the 2 classes) on {args.test} Hippocampus test cases, CPU (2 cores); base "
              "nnUNetTrainer_cpuBase on 10 labels; oracle judge σ=0, top_bottom; AdamW at the arm's learning_rate "
              f"(--lr {args.lr:g}), anchor weights {args.weight_scale:g}.", "",
-             "| arm | settings | " + " | ".join(f"it {i}" for i in iterations) + " | peak | sustained | final | worst drop | s |",
+             "| arm | settings | " + " | ".join(f"it {i}" for i in iterations)
+             + " | peak | sustained | final | worst drop | s |",
              "|---|---|" + "---|" * (len(iterations) + 5)]
     for arm, r in results.items():
         s = r["summary"]
         lines.append(f"| {arm} | {describe(r['config'])} | " + " | ".join(f"{d:.4f}" for d in r["curve"]) +
-                     f" | {s['peak']:.4f} | {s['sustained']:.4f} | {s['final']:.4f} | {s['worst_drop']:.4f} | {r['seconds']} |")
+                     f" | {s['peak']:.4f} | {s['sustained']:.4f} | {s['final']:.4f} | {s['worst_drop']:.4f} | "
+                     f"{r['seconds']} |")
     (root / "results.md").write_text("\n".join(lines) + "\n")
 
 

@@ -66,8 +66,7 @@ def judge_settings(judge: str, learned_file: Path, seed: int):
 
 def pair_rows(base, pool, cache, scores: dict, dice: dict, mining: str, seed: int) -> dict[str, float]:
     """Count, mean |D|, mask-level accuracy and region shares of the pairs ``mining`` mines from ``scores``."""
-    from nnunetv2_rndpo.mining import MiningParams
-    from nnunetv2_rndpo.pipeline import mine_pool
+    from nnunetv2_rndpo.mining import MiningParams, mine_pool
     from nnunetv2_rndpo.reliability import region_label_accuracy
 
     params = MiningParams(mining, max_pairs_per_case=HYBRIDS_PER_CASE if mining == "local" else 1)
@@ -91,8 +90,9 @@ def measure_seed(args, seed: int) -> dict:
     study.train_base(dataset_id, study.scale.base_trainer)
     os.environ.update(study.env)  # before nnU-Net is imported: nnunetv2.paths reads them once (same -o: same paths)
 
+    from nnunetv2_rndpo.atomic_files import atomic_write_text
     from nnunetv2_rndpo.hybrids import HybridCache, HybridSettings, generate_hybrids
-    from nnunetv2_rndpo.learned_judge import train_learned_judge
+    from nnunetv2_rndpo.judge_training import train_learned_judge
     from nnunetv2_rndpo.mining import MiningParams
     from nnunetv2_rndpo.pipeline import (
         LEARNED_JUDGE_FILE,
@@ -105,7 +105,7 @@ def measure_seed(args, seed: int) -> dict:
         proposal_cache,
         score_pool,
     )
-    from nnunetv2_rndpo.pool import PreprocessedPool, atomic_write_text
+    from nnunetv2_rndpo.pool import PreprocessedPool
     from nnunetv2_rndpo.proposals import generate_proposals
     from nnunetv2_rndpo.reliability import judge_reliability
 
@@ -169,7 +169,8 @@ def measure_seed(args, seed: int) -> dict:
             record["judges"][judge] = row
             save()
             print(f"[seed {seed}] {name} | {judge}: pair acc {row['pairwise/accuracy']:.3f}, per-case ρ "
-                  f"{row['spearman/per_case']:.3f}, top_bottom right in D {row['top_bottom']['chosen_right_in_region']:.3f}"
+                  f"{row['spearman/per_case']:.3f}, top_bottom right in D "
+                  f"{row['top_bottom']['chosen_right_in_region']:.3f}"
                   + (f", local right where decidable {row['local']['chosen_right_where_decidable']:.3f}"
                      if "local" in row else ""), flush=True)
     return results
@@ -196,8 +197,10 @@ def table(dataset: str, labeled: int, per_seed: list[dict]) -> tuple[dict, str]:
     names = [n for n in SETS if all(n in r["sets"] for r in per_seed)]
     summary: dict = {"dataset": dataset, "labeled": labeled, "seeds": seeds,
                      "pool_cases": [r["splits"]["pool_cases"] for r in per_seed], "sets": {}}
-    lines = [f"### {dataset}, {labeled} labels, seeds {', '.join(map(str, seeds))}: proposal sets (oracle top_bottom pairs)",
-             "", "| proposal set | forwards / tile | plain Dice | best-of-8 | oracle headroom | × today's | within-case sd |"
+    lines = [f"### {dataset}, {labeled} labels, seeds {', '.join(map(str, seeds))}: proposal sets "
+             "(oracle top_bottom pairs)",
+             "", "| proposal set | forwards / tile | plain Dice | best-of-8 | oracle headroom | × today's | "
+             "within-case sd |"
              " mean \\|D\\| | right in D | right where decidable |", "|---" * 10 + "|"]
     today = "today: mirror threshold temperature"
     for name in names:
@@ -243,7 +246,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="hc18", help="a study dataset: hc18, hippocampus, synthetic")
     parser.add_argument("--source", default=None, help="its source folder")
     parser.add_argument("-o", "--output", required=True, help="work folder (a study folder: nnU-Net folders)")
-    parser.add_argument("--labeled", type=int, default=None, help="labeled cases of the base model. Default: the study's")
+    parser.add_argument("--labeled", type=int, default=None,
+                        help="labeled cases of the base model. Default: the study's")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="study seeds (labeled draws). Default: 0")
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS), metavar="SET",
                         help="proposal sets (names of SETS). Default: all")

@@ -1,7 +1,7 @@
 """Cost of the preference phase next to nnU-Net's own training and inference, measured side by side in one run.
 
     python benchmarks/performance.py --source ../shared/data/msd_task04_hippocampus -o /tmp/rndpo_perf \
-        [--device cpu|cuda] [--configurations 3d_fullres 2d] [--iterations 10] [--pool-sizes 20 200] \
+        [-device cpu|cuda] [--configurations 3d_fullres 2d] [--iterations 10] [--pool-sizes 20 200] \
         [--measure steps proposals memory cache]
 
 Dataset: MSD Task04 Hippocampus (sorted ids): 20 labeled cases, a pool of the next ``max(--pool-sizes)``
@@ -63,8 +63,10 @@ VARIANTS = {  # name: (trainer, config overrides)
 def nnunet_command(name: str, *args: str, **env_extra: str) -> None:
     """Runs an ``nnUNetv2_*`` console script through its entry point (works with ``pip install --target`` too)."""
     (entry,) = [e for e in entry_points(group="console_scripts") if e.name == name]
-    code = f"import sys; from {entry.module} import {entry.attr}; sys.argv = {[name, *args]!r}; sys.exit({entry.attr}())"
-    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env_extra}, capture_output=True, text=True)
+    code = (f"import sys; from {entry.module} import {entry.attr}; sys.argv = {[name, *args]!r}; "
+            f"sys.exit({entry.attr}())")
+    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env_extra}, capture_output=True,
+                            text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{name} {' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
 
@@ -76,7 +78,8 @@ def build_dataset(source: Path, raw: Path, pool_sizes: list[int]) -> None:
         return
     ids = sorted(p.name[: -len(".nii.gz")] for p in (source / "imagesTr").glob("*.nii.gz"))
     if len(ids) < NUM_LABELED + max(pool_sizes):
-        raise SystemExit(f"{source} has {len(ids)} cases; --pool-sizes {max(pool_sizes)} needs {NUM_LABELED + max(pool_sizes)}")
+        raise SystemExit(f"{source} has {len(ids)} cases; --pool-sizes {max(pool_sizes)} needs "
+                         f"{NUM_LABELED + max(pool_sizes)}")
     labeled, pool = ids[:NUM_LABELED], ids[NUM_LABELED: NUM_LABELED + max(pool_sizes)]
     links = [("imagesTr", "imagesTr", c, "_0000") for c in labeled] + [("labelsTr", "labelsTr", c, "") for c in labeled]
     for size in pool_sizes:
@@ -91,7 +94,9 @@ def build_dataset(source: Path, raw: Path, pool_sizes: list[int]) -> None:
 
 
 def base_folder(root: Path, configuration: str) -> Path:
-    return root / "results" / DATASET / f"nnUNetTrainer_rndpoSmoke__nnUNetPlans__{configuration}"
+    from nnunetv2_rndpo.paths import results_folder
+
+    return results_folder(root / "results", DATASET, "nnUNetTrainer_rndpoSmoke", "nnUNetPlans", configuration)
 
 
 def prepare(args, root: Path) -> None:
@@ -229,7 +234,7 @@ def cache_sizes(root: Path, configuration: str) -> dict:
 def run_worker(args, kind: str, **kw) -> dict:
     """Runs one measurement in a fresh process (so its peak memory is its own) and returns its JSON."""
     command = [sys.executable, __file__, "--worker", json.dumps({"kind": kind, **kw}), "-o", args.output,
-               "--device", args.device]
+               "-device", args.device]
     env = dict(os.environ)
     if "config" in kw:
         env["nnUNet_rndpo_config"] = kw["config"]
@@ -247,7 +252,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default=str(REPO.parent / "shared" / "data" / "msd_task04_hippocampus"))
     parser.add_argument("-o", "--output", default="/tmp/rndpo_perf")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("-device", "--device", dest="device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--configurations", nargs="+", default=["3d_fullres", "2d"])
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
@@ -260,11 +265,11 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     root = Path(args.output).resolve()
-    os.environ.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
-                      nnUNet_results=str(root / "results"), nnUNet_extTrainer=str(REPO / "trainers"))
-    os.environ.setdefault("nnUNet_compile", "f")
+    from nnunetv2_rndpo.paths import BENCHMARK_FOLDERS, nnunet_environment
+
     os.environ.setdefault("nnUNet_n_proc_DA", "0" if args.device == "cpu" else "8")
     os.environ.setdefault("nnUNet_def_n_proc", str(args.processes))
+    os.environ.update(nnunet_environment(root, folder_names=BENCHMARK_FOLDERS))  # keeps the two values just set
 
     if args.worker:
         job = json.loads(args.worker)
@@ -353,7 +358,8 @@ def print_tables(results: dict, args) -> None:
                     f"{name} {steps[name]['cpu_seconds_per_it']:.3f} s ({ratio:.2f}×)" for name, ratio in cpu.items()))
                 emit(f"step cost (CPU time): {cpu['RN-DPO, anchors off']:.2f}×")
                 emit(f"default step cost (CPU time): {cpu['RN-DPO, default anchors']:.2f}×")
-            if "repeats" in base and len(base["repeats"]) == len(default["repeats"]):  # the ratio within each round of alternating variants, and the machine's load
+            # the ratio within each round of alternating variants, and the machine's load
+            if "repeats" in base and len(base["repeats"]) == len(default["repeats"]):
                 emit("default step cost per repeat: " + ", ".join(
                     f"{d[0] / b[0]:.2f}× (load {b[1]:.1f}–{d[1]:.1f})"
                     for b, d in zip(base["repeats"], default["repeats"], strict=True)))

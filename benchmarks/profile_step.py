@@ -18,7 +18,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from performance import DATASET_ID, REPO, VARIANTS, rndpo_config  # noqa: E402
+from performance import DATASET_ID, VARIANTS, rndpo_config  # noqa: E402
+
+from nnunetv2_rndpo.paths import BENCHMARK_FOLDERS, nnunet_environment  # noqa: E402
 
 
 def timed(name: str, function):
@@ -41,10 +43,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=25)
     args = parser.parse_args()
     root = Path(args.output).resolve()
-    os.environ.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
-                      nnUNet_results=str(root / "results"), nnUNet_extTrainer=str(REPO / "trainers"))
-    for key, value in (("nnUNet_compile", "f"), ("nnUNet_n_proc_DA", "0"), ("nnUNet_def_n_proc", "1")):
-        os.environ.setdefault(key, value)
+    os.environ.update(nnunet_environment(root, folder_names=BENCHMARK_FOLDERS))
     trainer_name, overrides = VARIANTS[args.variant]
     if trainer_name != "nnUNetTrainer":
         os.environ["nnUNet_rndpo_config"] = str(rndpo_config(root, args.configuration, overrides, 20,

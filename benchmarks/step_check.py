@@ -39,8 +39,8 @@ def rows(results: dict) -> tuple[list[dict], list[dict]]:
             reference = arms[REFERENCE]["summary"]
             for label, arm in arms.items():
                 if label != REFERENCE:
-                    paired.append({"seed": int(seed), "step": label,
-                                   "delta_final_minus_doubled": arm["summary"]["delta_final"] - reference["delta_final"],
+                    delta = arm["summary"]["delta_final"] - reference["delta_final"]
+                    paired.append({"seed": int(seed), "step": label, "delta_final_minus_doubled": delta,
                                    "worst_drop_minus_doubled": arm["summary"]["worst_drop"] - reference["worst_drop"],
                                    "seconds_ratio": arm["seconds"] / arms[REFERENCE]["seconds"]})
     return table, paired

@@ -22,15 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from nnunetv2_rndpo.atomic_files import read_jsonl
 from nnunetv2_rndpo.config import RNDPOConfig
-from nnunetv2_rndpo.demo import demo_environment
 from nnunetv2_rndpo.metrics import curve_summary
-from nnunetv2_rndpo.phase import read_jsonl
+from nnunetv2_rndpo.paths import nnunet_environment, results_folder, run_logged
 
 TRAINERS = {"RN-DPO": "nnUNetTrainerRNDPO", "DPO": "nnUNetTrainerDPO"}
 DEFAULT_FRACTION = RNDPOConfig().warmup_fraction
@@ -42,7 +40,8 @@ def demo_layout(demo: Path) -> tuple[str, str, Path]:
     (dataset,) = (demo / "nnUNet_results").glob(f"Dataset{settings['dataset_id']:03d}_*")
     (base,) = dataset.glob(f"{settings['base_trainer']}__nnUNetPlans__*")
     if not (base / "fold_0" / "checkpoint_final.pth").is_file():
-        raise SystemExit(f"{base} has no fold_0/checkpoint_final.pth: run the demo first (nnUNetv2_rndpo_demo -o {demo})")
+        raise SystemExit(f"{base} has no fold_0/checkpoint_final.pth: run the demo first "
+                         f"(nnUNetv2_rndpo_demo -o {demo})")
     return str(settings["dataset_id"]), base.name.split("__")[-1], base
 
 
@@ -58,7 +57,7 @@ def demo_run(demo: Path, trainer: str) -> dict | None:
     if "warmup_fraction" in json.loads((demo / "rndpo_config.json").read_text()):
         return None
     _, configuration, base = demo_layout(demo)
-    fold = base.parent / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0"
+    fold = results_folder(base.parent.parent, base.parent.name, trainer, "nnUNetPlans", configuration, 0)
     return {**curve_result(fold), "from": str(fold)} if (fold / "checkpoint_final.pth").is_file() else None
 
 
@@ -73,15 +72,12 @@ def fine_tune(demo: Path, out: Path, trainer: str, fraction: float, extra: dict)
     config = {**json.loads((demo / "rndpo_config.json").read_text()), **extra, "warmup_fraction": fraction}
     config_file = out / f"config_{trainer}_{fraction:g}.json"
     config_file.write_text(json.dumps(config, indent=1))
-    env = {**demo_environment(demo), "nnUNet_results": str(results), "nnUNet_rndpo_config": str(config_file)}
+    env = nnunet_environment(demo, {"nnUNet_results": str(results), "nnUNet_rndpo_config": str(config_file)})
     log = out / f"train_{trainer}_{fraction:g}.log"
     start = time.time()
-    with open(log, "w") as f:
-        done = subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_train"), dataset_id, configuration, "0",
-                               "-tr", trainer, "-device", "cpu"], env=env, stdout=f, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
+    if run_logged(["nnUNetv2_train", dataset_id, configuration, "0", "-tr", trainer, "-device", "cpu"], env, log):
         raise SystemExit(f"nnUNetv2_train -tr {trainer} (warmup_fraction {fraction}) failed; see {log}")
-    fold = results / base.parent.name / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0"
+    fold = results_folder(results, base.parent.name, trainer, "nnUNetPlans", configuration, 0)
     return {**curve_result(fold), "seconds": round(time.time() - start)}
 
 
@@ -106,12 +102,14 @@ def main() -> None:
             key = f"{name} | warmup_fraction {fraction:g}"
             if key in results:
                 continue
-            reused = None if args.rerun_default or args.extra or fraction != DEFAULT_FRACTION else demo_run(demo, trainer)
+            reuse = not (args.rerun_default or args.extra or fraction != DEFAULT_FRACTION)
+            reused = demo_run(demo, trainer) if reuse else None
             print(f"{key}: " + ("the demo's own run" if reused else "fine-tuning"), flush=True)
             results[key] = reused or {**fine_tune(demo, out, trainer, fraction, args.extra), "extra": args.extra}
             results_file.write_text(json.dumps(results, indent=1))
     print(f"\nload average now: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)\n")
-    print("| arm | warmup_fraction | d_0 | min d_t (epoch) | worst drop | final | curve |\n|---|---|---|---|---|---|---|")
+    print("| arm | warmup_fraction | d_0 | min d_t (epoch) | worst drop | final | curve |\n"
+          "|---|---|---|---|---|---|---|")
     for key, r in results.items():
         name, fraction = key.split(" | warmup_fraction ")
         print(f"| {name} | {fraction} | {r['base']:.4f} | {min(r['curve'][1:]):.4f} ({r['min_epoch']}) | "

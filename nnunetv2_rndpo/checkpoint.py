@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import zipfile
 from pathlib import Path
 
 import torch
+
+from nnunetv2_rndpo.paths import results_folder
 
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth")
 
@@ -64,13 +67,15 @@ def describe_trained_models(dataset_results_folder: Path, plans: str, configurat
         return f"{dataset_results_folder} has no {plans} {configuration} model of any trainer.", []
 
     def fine_tuned(trainer: str) -> bool:
-        folder = dataset_results_folder / f"{trainer}__{plans}__{configuration}"
+        folder = results_folder(dataset_results_folder.parent, dataset_results_folder.name, trainer, plans,
+                                configuration)
         return any(folder.glob("fold_*/rndpo_config.json"))
 
     described = []
     for trainer, folds in models.items():
         checkpoints = "; ".join(f"{name}: {', '.join(files) or 'no checkpoint'}" for name, files in folds.items())
-        described.append(f"{trainer} ({checkpoints or 'no fold'}{'; RN-DPO fine-tuned' if fine_tuned(trainer) else ''})")
+        fine_tuned_note = "; RN-DPO fine-tuned" if fine_tuned(trainer) else ""
+        described.append(f"{trainer} ({checkpoints or 'no fold'}{fine_tuned_note})")
     candidates = [trainer for trainer, folds in models.items()
                   if "checkpoint_final.pth" in folds.get(f"fold_{fold}", []) and not fine_tuned(trainer)]
     return f"Trained {plans} {configuration} models in {dataset_results_folder}: {'; '.join(described)}.", candidates
@@ -97,11 +102,13 @@ def base_weights(checkpoint: dict, path: Path, configuration: str, expected: dic
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
         raise ValueError(f"The base checkpoint {path} is not an nnU-Net checkpoint (no 'network_weights'); point "
                          "base_checkpoint at a checkpoint_final.pth or checkpoint_best.pth written by nnUNetv2_train.")
-    fix = "Point base_checkpoint in the file named by $nnUNet_rndpo_config at a model of this dataset and configuration."
+    fix = ("Point base_checkpoint in the file named by $nnUNet_rndpo_config at a model of this dataset and "
+           "configuration.")
     trained_for = (checkpoint.get("init_args") or {}).get("configuration")
     if trained_for is not None and trained_for != configuration:
         raise ValueError(f"The base checkpoint {path} was trained for configuration {trained_for!r}, but this run "
-                         f"is {configuration!r}. Train with the base model's configuration, or {fix[0].lower()}{fix[1:]}")
+                         f"is {configuration!r}. Train with the base model's configuration, or "
+                         f"{fix[0].lower()}{fix[1:]}")
     weights = {k.removeprefix("module."): v for k, v in checkpoint["network_weights"].items()}
     heads = [k for k in expected if ".seg_layers." in k and k.endswith(".weight")]
     if heads and heads[-1] in weights and weights[heads[-1]].shape[0] != num_segmentation_heads:
@@ -115,3 +122,13 @@ def base_weights(checkpoint: dict, path: Path, configuration: str, expected: dic
             f"The base checkpoint {path} does not fit this dataset's {configuration} network (e.g. {mismatched[:3]}): "
             f"was it trained with other plans? {fix}")
     return weights
+
+
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """Hex SHA-256 of a network's weights (names, shapes, dtypes and values), independent of file format."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnunetv2_rndpo.fold_lock import LOCK_FILE, describe_lock, lock_is_live, read_lock
+from nnunetv2_rndpo.paths import rndpo_cache_root
 
 CACHE_KINDS = ("proposals", "labeled_proposals")
 RECENT_SECONDS = 3600
@@ -93,7 +94,7 @@ def clean(preprocessed_root: Path, results_root: Path, dataset_name: str, delete
     Raises:
         RuntimeError: ``delete`` while a preference run of the dataset holds a fold lock.
     """
-    cache_root = Path(preprocessed_root) / dataset_name / "rndpo"
+    cache_root = rndpo_cache_root(preprocessed_root, dataset_name)
     results_dataset = Path(results_root) / dataset_name
     entries = list_caches(cache_root, results_dataset)
     removable = [e for e in entries if not e.kept_because]

@@ -7,18 +7,24 @@ They read and write the same cache as ``nnUNetv2_train ... -tr nnUNetTrainerRNDP
     nnUNetv2_rndpo_mine      -d 4 -c 3d_fullres -f 0 --scores scores.csv --mining margin --tau 0.02
     nnUNetv2_rndpo_train_judge -d 4 -c 3d_fullres -f 0
     nnUNetv2_rndpo_clean     -d 4 [--delete]
+    nnUNetv2_rndpo_make_dataset -i SRC -d ID --labeled N --test M   (over :mod:`nnunetv2_rndpo.datasets`)
 
-Also runnable as ``python -m nnunetv2_rndpo.commands {proposals,judge,mine,train_judge,clean} ...``.
+Also runnable as ``python -m nnunetv2_rndpo.commands {proposals,judge,mine,train_judge,clean,make_dataset} ...``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from nnunetv2_rndpo.config import BAD_CASE_ACTIONS, JUDGES, MININGS, PROPOSAL_SOURCES, RNDPOConfig
+from nnunetv2_rndpo.config import BAD_CASE_ACTIONS, RNDPOConfig
+from nnunetv2_rndpo.datasets import MASK_FOLDERS
+from nnunetv2_rndpo.judges import JUDGES, SCORE_NORMALIZATIONS
+from nnunetv2_rndpo.mining import MININGS
+from nnunetv2_rndpo.proposals import PROPOSAL_SOURCES
 
 DEFAULTS = RNDPOConfig()
 
@@ -36,7 +42,8 @@ def _add_base_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-c", required=True, help="configuration, e.g. 3d_fullres or 2d")
     group.add_argument("-f", nargs="+", default=["0"],
                        help="fold of the base model; further folds add their models as 'model' proposals. Default: 0")
-    group.add_argument("-tr", default=DEFAULTS.base_trainer, help=f"base model's trainer. Default: {DEFAULTS.base_trainer}")
+    group.add_argument("-tr", default=DEFAULTS.base_trainer,
+                       help=f"base model's trainer. Default: {DEFAULTS.base_trainer}")
     group.add_argument("-p", default="nnUNetPlans", help="plans identifier. Default: nnUNetPlans")
     group.add_argument("-chk", default="checkpoint_final.pth", help="base checkpoint. Default: checkpoint_final.pth")
     group.add_argument("-n", type=int, default=DEFAULTS.num_proposals,
@@ -114,7 +121,8 @@ def proposals_parser() -> argparse.ArgumentParser:
         description="Generate and cache K proposals per unlabeled case with the base model (the cache the "
                     "RN-DPO trainer reads). A rerun skips finished cases.")
     _add_base_arguments(parser)
-    parser.add_argument("-num_parts", type=int, default=1, help="split the pool into this many parts (as nnUNetv2_predict)")
+    parser.add_argument("-num_parts", type=int, default=1,
+                        help="split the pool into this many parts (as nnUNetv2_predict)")
     parser.add_argument("-part_id", type=int, default=0, help="which part this run does: cases[part_id::num_parts]")
     parser.add_argument("--report", action="store_true",
                         help="headroom of the proposals against the hidden labels in labelsUnlabeled/: plain TTA "
@@ -151,7 +159,8 @@ def run_proposals(args: argparse.Namespace) -> Path:
 
     mining = MiningParams(args.mining, tau=args.tau)
     if args.report:
-        write_headroom_report(base.fold_folder / f"rndpo_headroom_{cache.folder.name}.report.json", base, pool, cache, settings, mining, progress,
+        write_headroom_report(base.fold_folder / f"rndpo_headroom_{cache.folder.name}.report.json", base, pool, cache,
+                              settings, mining, progress,
                               f"headroom of {' '.join(settings.sources)} (K={settings.num_proposals}) on the pool")
     if args.report_labeled:
         from nnunetv2_rndpo.pipeline import labeled_proposals
@@ -167,8 +176,8 @@ def run_proposals(args: argparse.Namespace) -> Path:
 
 def write_headroom_report(path: Path, base, pool, cache, settings, mining, progress: bool, title: str) -> Path:
     """Prints the proposals' headroom table and saves it as JSON (keys ``headroom/*``)."""
+    from nnunetv2_rndpo.atomic_files import atomic_write_text
     from nnunetv2_rndpo.pipeline import headroom_report
-    from nnunetv2_rndpo.pool import atomic_write_text
     from nnunetv2_rndpo.reliability import format_table, report_json
 
     report = headroom_report(base, pool, cache, settings, mining, progress)
@@ -194,13 +203,16 @@ def judge_parser() -> argparse.ArgumentParser:
                         help="oracle: calibrate σ so that the judge orders this share of within-case pairs right "
                              "(with --size-bias), e.g. 0.7 (judge_pair_accuracy); instead of --judge-sigma")
     parser.add_argument("--scores", default=None, help="external: the QC system's CSV to validate and normalise")
-    parser.add_argument("--learned-judge", default=None, help="learned: judge file. Default: rndpo_judge.pth beside the base checkpoint")
-    parser.add_argument("--normalize", default="none", choices=("none", "case_minmax", "case_rank"),
+    parser.add_argument("--learned-judge", default=None,
+                        help="learned: judge file. Default: rndpo_judge.pth beside the base checkpoint")
+    parser.add_argument("--normalize", default="none", choices=SCORE_NORMALIZATIONS,
                         help="per-case rescaling of the scores (order unchanged). Default: none")
     parser.add_argument("-o", default=None,
-                        help="output CSV. Default: <base fold folder>/rndpo_scores_<judge>.csv (per fold, never cleaned)")
+                        help="output CSV. Default: <base fold folder>/rndpo_scores_<judge>.csv (per fold, never "
+                             "cleaned)")
     parser.add_argument("--report", action="store_true",
-                        help="reliability vs hidden labels in labelsUnlabeled/ (printed, saved as <output>.report.json)")
+                        help="reliability vs hidden labels in labelsUnlabeled/ (printed, saved as "
+                             "<output>.report.json)")
     parser.add_argument("--report-labeled", action="store_true",
                         help="reliability on the fold's labeled validation cases (proposals by this fold's base model; "
                              "no hidden labels needed), saved as <output>.labeled_report.json, with the ε that "
@@ -215,7 +227,7 @@ def run_judge(args: argparse.Namespace) -> Path:
     """Writes the scores CSV (and the report); returns the CSV's path."""
     from nnunetv2_rndpo.judges import normalize_scores, write_scores_csv
     from nnunetv2_rndpo.mining import MiningParams
-    from nnunetv2_rndpo.pipeline import JudgeSettings, cached_proposals, hidden_true_dice, prepare_pool, score_pool
+    from nnunetv2_rndpo.pipeline import JudgeSettings, hidden_true_dice, open_pool, score_pool
 
     if args.judge == "external" and not args.scores:
         raise ValueError("--judge external needs --scores FILE (CSV case_id,proposal,score from your QC system)")
@@ -225,29 +237,29 @@ def run_judge(args: argparse.Namespace) -> Path:
         raise ValueError(f"--pair-accuracy must be in (0.5, 1] and replaces --judge-sigma, got {args.pair_accuracy} "
                          f"with --judge-sigma {args.judge_sigma}")
     base, settings = _load(args)
-    pool = prepare_pool(base, args.unlabeled_dir, progress=not args.quiet, on_bad_case=args.on_bad_case)
-    cache = cached_proposals(base, pool, settings, not args.quiet)
-    dice = hidden_true_dice(base, pool, cache) if args.report else None
-    if args.report and dice is None:
-        raise FileNotFoundError("--report needs hidden ground truth for every pool case in labelsUnlabeled/ "
-                                "(CASE<file_ending>); without it, drop --report")
-    judge = JudgeSettings(args.judge, args.judge_sigma, args.size_bias, args.scores, args.learned_judge, args.seed,
-                          args.pair_accuracy)
-    scores = normalize_scores(score_pool(base, pool, cache, judge, progress=not args.quiet), args.normalize)
-    output = Path(args.o) if args.o else base.fold_folder / f"rndpo_scores_{args.judge}.csv"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    write_scores_csv(output, scores)
-    print(f"scores of {len(scores)} cases written to {output}"
-          + (" (proposals, then their hybrids)" if settings.hybrids else ""))
-    if args.report:
-        extra = {}
-        if args.judge == "oracle":
-            from nnunetv2_rndpo.pipeline import oracle_sigma
+    pool, cache = open_pool(base, settings, args.unlabeled_dir, progress=not args.quiet, on_bad_case=args.on_bad_case)
+    with cache.remembering():
+        dice = hidden_true_dice(base, pool, cache) if args.report or args.judge == "oracle" else None
+        if args.report and dice is None:
+            raise FileNotFoundError("--report needs hidden ground truth for every pool case in labelsUnlabeled/ "
+                                    "(CASE<file_ending>); without it, drop --report")
+        judge = JudgeSettings(args.judge, args.judge_sigma, args.size_bias, args.scores, args.learned_judge, args.seed,
+                              args.pair_accuracy)
+        scores = normalize_scores(score_pool(base, pool, cache, judge, not args.quiet, dice), args.normalize)
+        output = Path(args.o) if args.o else base.fold_folder / f"rndpo_scores_{args.judge}.csv"
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_scores_csv(output, scores)
+        print(f"scores of {len(scores)} cases written to {output}"
+              + (" (proposals, then their hybrids)" if settings.hybrids else ""))
+        if args.report:
+            extra = {}
+            if args.judge == "oracle":
+                from nnunetv2_rndpo.pipeline import oracle_sigma
 
-            extra = {"judge/sigma": oracle_sigma(base, pool, cache, judge), "judge/size_bias": args.size_bias}
-            if args.pair_accuracy is not None:
-                extra["judge/target_pair_accuracy"] = args.pair_accuracy
-        write_report(output, scores, dice, cache, args.seed, args.tau, f"judge {args.judge} reliability", extra)
+                extra = {"judge/sigma": oracle_sigma(base, pool, cache, judge, dice), "judge/size_bias": args.size_bias}
+                if args.pair_accuracy is not None:
+                    extra["judge/target_pair_accuracy"] = args.pair_accuracy
+            write_report(output, scores, dice, cache, args.seed, args.tau, f"judge {args.judge} reliability", extra)
     if args.report_labeled:
         write_labeled_report(output, base, settings, judge, MiningParams(args.mining, tau=args.tau), not args.quiet)
     return output
@@ -255,8 +267,8 @@ def run_judge(args: argparse.Namespace) -> Path:
 
 def write_labeled_report(scores_file: Path, base, settings, judge, mining, progress: bool) -> Path:
     """Prints the judge's reliability on the fold's labeled validation cases and saves it beside the scores."""
+    from nnunetv2_rndpo.atomic_files import atomic_write_text
     from nnunetv2_rndpo.pipeline import labeled_reliability
-    from nnunetv2_rndpo.pool import atomic_write_text
     from nnunetv2_rndpo.reliability import format_table, report_json
 
     report = labeled_reliability(base, settings, judge, mining, progress)
@@ -272,8 +284,8 @@ def write_report(scores_file: Path, scores, dice, cache, seed: int, tau: float, 
                  extra: dict | None = None) -> Path:
     """Prints the reliability table (with ``extra`` keys, e.g. the oracle's σ) and saves it as
     ``<scores>.report.json`` (ranking metrics over the base proposals; with hybrids also ``mining/local/*``)."""
+    from nnunetv2_rndpo.atomic_files import atomic_write_text
     from nnunetv2_rndpo.hybrids import base_scores
-    from nnunetv2_rndpo.pool import atomic_write_text
     from nnunetv2_rndpo.reliability import format_table, judge_reliability, mining_reliability, report_json
 
     report = {**judge_reliability(base_scores(cache, scores), base_scores(cache, dice)),
@@ -295,24 +307,29 @@ def mine_parser() -> argparse.ArgumentParser:
                     "(config key pairs_file) and print their statistics.")
     _add_base_arguments(parser)
     parser.add_argument("--scores", required=True, help="CSV case_id,proposal,score (nnUNetv2_rndpo_judge or your QC)")
-    parser.add_argument("--mining", default=DEFAULTS.mining, choices=MININGS, help=f"strategy. Default: {DEFAULTS.mining}")
+    parser.add_argument("--mining", default=DEFAULTS.mining, choices=MININGS,
+                        help=f"strategy. Default: {DEFAULTS.mining}")
     parser.add_argument("--tau", type=float, default=DEFAULTS.mining_tau, help="'margin': minimum score gap")
-    parser.add_argument("--min-margin", type=float, default=DEFAULTS.mining_min_margin, help="drop pairs with a smaller judge margin")
-    parser.add_argument("--min-region", type=int, default=DEFAULTS.mining_min_region, help="drop pairs with smaller |D| (voxels)")
+    parser.add_argument("--min-margin", type=float, default=DEFAULTS.mining_min_margin,
+                        help="drop pairs with a smaller judge margin")
+    parser.add_argument("--min-region", type=int, default=DEFAULTS.mining_min_region,
+                        help="drop pairs with smaller |D| (voxels)")
     parser.add_argument("--max-region", type=int, default=None, help="drop pairs with larger |D| (voxels)")
     parser.add_argument("--max-pairs-per-case", type=int, default=None,
-                        help=f"cap per case. Default: --hybrids for --mining local, else {DEFAULTS.mining_max_pairs_per_case}")
+                        help="cap per case. Default: --hybrids for --mining local, else "
+                             f"{DEFAULTS.mining_max_pairs_per_case}")
     parser.add_argument("-o", default=None,
-                        help="output JSON. Default: <base fold folder>/rndpo_pairs_<mining>.json (per fold, never cleaned)")
+                        help="output JSON. Default: <base fold folder>/rndpo_pairs_<mining>.json (per fold, never "
+                             "cleaned)")
     return parser
 
 
 def run_mine(args: argparse.Namespace) -> Path:
     """Writes the pairs file; returns its path."""
+    from nnunetv2_rndpo.atomic_files import atomic_write_text
     from nnunetv2_rndpo.judges import read_external_scores
-    from nnunetv2_rndpo.mining import MiningParams
-    from nnunetv2_rndpo.pipeline import cached_proposals, hidden_true_dice, mine_pool, pairs_document, prepare_pool
-    from nnunetv2_rndpo.pool import atomic_write_text
+    from nnunetv2_rndpo.mining import MiningParams, mine_pool, pairs_document
+    from nnunetv2_rndpo.pipeline import hidden_true_dice, open_pool
     from nnunetv2_rndpo.reliability import format_table, region_label_accuracy
 
     if (args.mining == "local") != bool(args.hybrids):
@@ -324,15 +341,15 @@ def run_mine(args: argparse.Namespace) -> Path:
         max_pairs = args.hybrids if args.mining == "local" else DEFAULTS.mining_max_pairs_per_case
     params = MiningParams(args.mining, args.tau, args.min_margin, args.min_region, args.max_region, max_pairs)
     base, settings = _load(args)
-    pool = prepare_pool(base, args.unlabeled_dir, progress=not args.quiet, on_bad_case=args.on_bad_case)
-    cache = cached_proposals(base, pool, settings, not args.quiet)
-    scores = read_external_scores(args.scores, {c: len(cache.masks(c)) for c in pool.case_ids})
-    pairs, stats = mine_pool(cache, pool.case_ids, scores, params, args.seed, hidden_true_dice(base, pool, cache))
-    if not pairs:
-        raise ValueError(f"no pairs: every case's candidate pairs were identical or filtered out ({params}); "
-                         "relax --min-margin/--min-region/--max-region or choose another --mining")
-    if pool.has_labels:
-        stats.update(region_label_accuracy(pairs, cache, pool, base.label_manager.ignore_label))
+    pool, cache = open_pool(base, settings, args.unlabeled_dir, progress=not args.quiet, on_bad_case=args.on_bad_case)
+    with cache.remembering():
+        scores = read_external_scores(args.scores, {c: len(cache.masks(c)) for c in pool.case_ids})
+        pairs, stats = mine_pool(cache, pool.case_ids, scores, params, args.seed, hidden_true_dice(base, pool, cache))
+        if not pairs:
+            raise ValueError(f"no pairs: every case's candidate pairs were identical or filtered out ({params}); "
+                             "relax --min-margin/--min-region/--max-region or choose another --mining")
+        if pool.has_labels:
+            stats.update(region_label_accuracy(pairs, cache, pool, base.label_manager.ignore_label))
     output = Path(args.o) if args.o else base.fold_folder / f"rndpo_pairs_{args.mining}.json"
     judge_metrics = {k: stats[k] for k in ("judge/margin_mean", "pairs/identical_cases", "judge/oracle_pair_acc")
                      if k in stats}
@@ -370,7 +387,8 @@ def train_judge_parser() -> argparse.ArgumentParser:
                         help=f"channels of the network's first layers; larger = slower. Default: {default.width}")
     parser.add_argument("--weight-noise", type=float, nargs="*", default=list(default.weight_noise),
                         help="σ of the multiplicative Gaussian weight noise, one base-model prediction per value and "
-                             f"training case (none: no such masks). Default: {' '.join(map(str, default.weight_noise))}")
+                             "training case (none: no such masks). Default: "
+                             f"{' '.join(map(str, default.weight_noise))}")
     parser.add_argument("--with-proposals", action="store_true",
                         help="also train on the fold's validation cases (their val/* metrics are then no longer "
                              "held out)")
@@ -380,7 +398,8 @@ def train_judge_parser() -> argparse.ArgumentParser:
 
 def run_train_judge(args: argparse.Namespace) -> Path:
     """Trains and saves the learned judge; returns its path."""
-    from nnunetv2_rndpo.learned_judge import JudgeTraining, train_learned_judge
+    from nnunetv2_rndpo.judge_training import train_learned_judge
+    from nnunetv2_rndpo.learned_judge import JudgeTraining
     from nnunetv2_rndpo.pipeline import LEARNED_JUDGE_FILE
     from nnunetv2_rndpo.reliability import format_table
 
@@ -421,7 +440,6 @@ def save_learned_judge(judge, output: Path) -> None:
     Raises:
         PermissionError: ``output`` could not be written (the judge is then in the file the message names).
     """
-    import os
     import tempfile
 
     try:
@@ -459,40 +477,127 @@ def run_clean(args: argparse.Namespace) -> list[Path]:
     return clean(Path(nnUNet_preprocessed), Path(nnUNet_results), maybe_convert_to_dataset_name(args.d), args.delete)
 
 
+# ------------------------------------------------------------------------------------------- make_dataset
+
+
+def make_dataset_parser() -> argparse.ArgumentParser:
+    """``nnUNetv2_rndpo_make_dataset``'s flags."""
+    p = argparse.ArgumentParser(
+        prog="nnUNetv2_rndpo_make_dataset",
+        description="Make a label-budget study dataset in $nnUNet_raw: N labeled cases (imagesTr/labelsTr), an "
+                    "unlabeled pool (imagesUnlabeled/, hidden labels in labelsUnlabeled/), M test cases "
+                    "(imagesTs/labelsTs), dataset.json and the split manifest rndpo_splits.json. From an MSD folder "
+                    "(imagesTr/, labelsTr/), a 2D PNG folder with masks, or the built-in synthetic generator.")
+    p.add_argument("-i", dest="source", default=None, help="source folder (MSD layout or PNG images + masks)")
+    p.add_argument("--synthetic", choices=("2d", "3d"), default=None,
+                   help="generate the built-in synthetic dataset instead")
+    p.add_argument("-d", dest="dataset_id", type=int, required=True, help="nnU-Net dataset id (1 … 999)")
+    p.add_argument("-n", dest="name", default=None,
+                   help="dataset name. Default: the source folder's name, or Synthetic2D/3D")
+    p.add_argument("-o", dest="raw_root", default=None, help="nnU-Net raw folder. Default: $nnUNet_raw")
+    p.add_argument("--labeled", type=int, required=True, help="N: labeled cases for the base model")
+    p.add_argument("--test", type=int, required=True, help="M: held-out test cases")
+    p.add_argument("--unlabeled", "--pool", dest="unlabeled", type=int, default=None,
+                   help="K: pool size. Default: every remaining case (synthetic: 3·N)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (and of the synthetic data). Default: 0")
+    p.add_argument("--test-seed", type=int, default=None,
+                   help="seed of the test split only, so that one test set serves every --seed. Default: --seed")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset with this id")
+    png = p.add_argument_group("2D PNG folders")
+    png.add_argument("--images-dir", default=None, help="image subfolder. Default: images/ if it exists, else -i")
+    png.add_argument("--masks-dir", "--masks", dest="masks_dir", default=None,
+                     help=f"mask subfolder. Default: the first of {', '.join(MASK_FOLDERS)}")
+    png.add_argument("--mask-suffix", default=None,
+                     help="mask name = image name + suffix + .png. Default: the first of '', _mask, _Annotation, _seg, "
+                          "_label that exists")
+    png.add_argument("--resize", type=float, nargs="+", metavar="H W | F", default=None,
+                     help="resize images (bilinear) and masks (nearest) to H×W pixels, or by one factor F (e.g. 0.25)")
+    group = p.add_argument_group("group-aware splitting (cases of one group never straddle splits)")
+    group.add_argument("--group-regex", default=None,
+                       help=r"group = first capture of this regex in the name, e.g. '^(\d{3})'")
+    group.add_argument("--group-chars", type=int, default=None, help="group = the first N characters of the name")
+    return p
+
+
+def _resize_argument(values: list[float] | None) -> tuple[int, int] | float | None:
+    """``--resize H W`` (pixels) or ``--resize F`` (factor)."""
+    if values is None:
+        return None
+    if len(values) == 1 and 0 < values[0]:
+        return float(values[0])
+    if len(values) == 2 and all(v >= 1 and v == int(v) for v in values):
+        return int(values[0]), int(values[1])
+    raise ValueError(f"--resize takes H W (whole pixels) or one factor F > 0, got {values}")
+
+
+def run_make_dataset(args: argparse.Namespace) -> Path:
+    """Makes the dataset; returns its folder."""
+    from nnunetv2_rndpo.datasets import default_dataset_name, make_dataset, read_manifest
+    from nnunetv2_rndpo.synthetic import make_synthetic_dataset
+
+    raw_root = args.raw_root or os.environ.get("nnUNet_raw")
+    if not raw_root:
+        raise ValueError("no output folder: set $nnUNet_raw or pass -o RAW_FOLDER")
+    if (args.source is None) == (args.synthetic is None):
+        raise ValueError("give exactly one of -i SRC and --synthetic 2d|3d")
+    resize = _resize_argument(args.resize)
+    if args.synthetic:
+        folder = make_synthetic_dataset(raw_root, args.dataset_id, dim=int(args.synthetic[0]), num_labeled=args.labeled,
+                                        num_unlabeled=args.unlabeled or 3 * args.labeled, num_test=args.test,
+                                        seed=args.seed, name=args.name, overwrite=args.overwrite,
+                                        test_seed=args.test_seed)
+    else:
+        folder = make_dataset(args.source, raw_root, args.dataset_id, args.name or default_dataset_name(args.source),
+                              args.labeled, args.test, args.seed, args.unlabeled, args.group_regex, args.group_chars,
+                              args.images_dir, args.masks_dir, args.mask_suffix, resize, args.overwrite,
+                              args.test_seed)
+    counts = {k: len(v) for k, v in read_manifest(folder)["splits"].items()}
+    print(f"{folder}: {counts['labeled']} labeled, {counts['unlabeled']} unlabeled, {counts['test']} test cases"
+          + (f", {counts['unused']} unused" if counts.get("unused") else ""))
+    return folder
+
+
 # ------------------------------------------------------------------------------------------- entry points
 
 
-def _main(parser: argparse.ArgumentParser, run, argv: list[str] | None) -> None:
+def run_command(parser: argparse.ArgumentParser, run, argv: list[str] | None) -> None:
+    """Parses ``argv`` and calls ``run(args)``; a user error exits 2 with ``<prog>: error: <message>``, as argparse
+    does for bad flags, instead of a traceback. Every ``nnUNetv2_rndpo_*`` command goes through here."""
     args = parser.parse_args(argv)
     try:
         run(args)
-    # nnU-Net raises RuntimeError for unknown datasets; PermissionError: an output that cannot be written
-    except (ValueError, FileNotFoundError, PermissionError, RuntimeError) as error:
+    # nnU-Net raises RuntimeError for unknown datasets; PermissionError: an output that cannot be written;
+    # FileExistsError: a dataset that exists without --overwrite
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, RuntimeError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 
 def main_proposals(argv: list[str] | None = None) -> None:
-    _main(proposals_parser(), run_proposals, argv)
+    run_command(proposals_parser(), run_proposals, argv)
 
 
 def main_judge(argv: list[str] | None = None) -> None:
-    _main(judge_parser(), run_judge, argv)
+    run_command(judge_parser(), run_judge, argv)
 
 
 def main_mine(argv: list[str] | None = None) -> None:
-    _main(mine_parser(), run_mine, argv)
+    run_command(mine_parser(), run_mine, argv)
 
 
 def main_train_judge(argv: list[str] | None = None) -> None:
-    _main(train_judge_parser(), run_train_judge, argv)
+    run_command(train_judge_parser(), run_train_judge, argv)
 
 
 def main_clean(argv: list[str] | None = None) -> None:
-    _main(clean_parser(), run_clean, argv)
+    run_command(clean_parser(), run_clean, argv)
+
+
+def main_make_dataset(argv: list[str] | None = None) -> None:
+    run_command(make_dataset_parser(), run_make_dataset, argv)
 
 
 COMMANDS = {"proposals": main_proposals, "judge": main_judge, "mine": main_mine, "train_judge": main_train_judge,
-            "clean": main_clean}
+            "clean": main_clean, "make_dataset": main_make_dataset}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:

@@ -23,21 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nnunetv2_rndpo.judges import JUDGES
+from nnunetv2_rndpo.mining import MININGS
 from nnunetv2_rndpo.objective import LOSS_TYPES, NORMALIZATIONS
+from nnunetv2_rndpo.proposals import PROPOSAL_SOURCES
 
 CONFIG_ENV_VAR = "nnUNet_rndpo_config"
-JUDGES = ("agreement", "uncertainty", "learned", "oracle", "external")
-MININGS = ("top_bottom", "top_random", "margin", "adjacent", "quantile", "local")
-PROPOSAL_SOURCES = ("mirror", "threshold", "temperature", "intensity", "dropout", "model", "perturb", "affine")
 OPTIMIZERS = ("adamw", "sgd")
 BAD_CASE_ACTIONS = ("stop", "skip")
 
 # Assumption: β's scale depends on the normaliser (Δ sums |D| voxels under "none" but is a per-voxel
 # mean under "region"); these defaults make h = β·u of order 1 for a typical disagreement of a few
 # hundred voxels in a patch of ~10^4-10^5 voxels with per-voxel log-ratio gaps of order 0.1-1.
-# "region" is 4, set by the study (docs/study.md, "Defaults"): at 1, RN-DPO drifted 2-5x further from its
-# base than DPO at 0.01 and lost more under the learned judge (HC18) and under the oracle (Hippocampus);
-# at 4 its drift matched DPO's and its losses shrank to DPO's level or below.
+# "region" is 4, set by the study (docs/study.md, "Defaults"; docs/objective.md): at 1, RN-DPO drifted further
+# from its base than DPO at 0.01 and lost more; at 4 its drift matched DPO's.
 DEFAULT_BETA = {"none": 0.01, "region": 4.0, "sqrt_region": 0.1, "volume": 100.0}
 
 
@@ -152,7 +151,8 @@ class RNDPOConfig:
         default=None,
     )
     mining: str = _help(f"how pairs are mined from scores: one of {MININGS}", default="top_bottom")
-    mining_tau: float = _help("'margin' mining: minimum score gap of a pair; larger = fewer, clearer pairs", default=0.05)
+    mining_tau: float = _help("'margin' mining: minimum score gap of a pair; larger = fewer, clearer pairs",
+                              default=0.05)
     mining_min_margin: float = _help("drop pairs whose judge margin is below this (every strategy)", default=0.0)
     mining_min_region: int = _help("drop pairs whose masks differ in fewer voxels (whole case)", default=1)
     mining_max_region: int | None = _help(
@@ -312,7 +312,8 @@ def _check_range(
     if too_low or too_high:
         lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
         hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
-        raise ValueError(f"config key {key!r}: {value!r} is out of range; must be {' and '.join(filter(None, (lo, hi)))}")
+        bounds = " and ".join(filter(None, (lo, hi)))
+        raise ValueError(f"config key {key!r}: {value!r} is out of range; must be {bounds}")
 
 
 def _check_type(key: str, value: Any, annotation: str) -> None:

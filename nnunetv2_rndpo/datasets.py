@@ -19,7 +19,6 @@ never straddle splits.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -233,6 +232,11 @@ def _case_name(stem: str) -> str:
     return SAFE_NAME.sub("_", stem)
 
 
+def default_dataset_name(source: str | os.PathLike) -> str:
+    """The dataset name ``nnUNetv2_rndpo_make_dataset`` gives a source folder without ``-n``: the folder's name."""
+    return _case_name(Path(source).resolve().name)
+
+
 def find_msd_cases(source: Path, group: Callable[[str], str]) -> list[SourceCase]:
     """Cases of a Medical Segmentation Decathlon folder: ``imagesTr/NAME.nii.gz`` + ``labelsTr/NAME.nii.gz``.
 
@@ -265,7 +269,8 @@ def _msd_labels(source: Path, cases: list[SourceCase]) -> dict[str, int]:
     if declared.is_file():
         labels = json.loads(declared.read_text()).get("labels", {})
         if labels and all(k.isdigit() for k in labels):
-            return {name if int(k) else "background": int(k) for k, name in sorted(labels.items(), key=lambda x: int(x[0]))}
+            ordered = sorted(labels.items(), key=lambda x: int(x[0]))
+            return {name if int(k) else "background": int(k) for k, name in ordered}
         if labels:
             return {name: int(v) for name, v in labels.items()}
     values = set()
@@ -307,7 +312,8 @@ def find_png_cases(source: Path, group: Callable[[str], str], images_dir: str | 
     Raises:
         FileNotFoundError: missing folders, no image, or an image without a mask.
     """
-    image_folder = source / images_dir if images_dir else (source / "images" if (source / "images").is_dir() else source)
+    default_images = source / "images" if (source / "images").is_dir() else source
+    image_folder = source / images_dir if images_dir else default_images
     if masks_dir:
         mask_folder = source / masks_dir
     else:
@@ -407,7 +413,8 @@ def make_dataset(
     is_msd = (source / "imagesTr").is_dir()
     if is_msd and resize is not None:
         raise ValueError("--resize is for 2D PNG folders; nnU-Net resamples NIfTI by its spacing itself")
-    cases = find_msd_cases(source, group) if is_msd else find_png_cases(source, group, images_dir, masks_dir, mask_suffix)
+    cases = (find_msd_cases(source, group) if is_msd
+             else find_png_cases(source, group, images_dir, masks_dir, mask_suffix))
     if len({c.case_id for c in cases}) != len(cases):
         raise ValueError(f"two files of {source} give the same case name after replacing unsafe characters")
     splits = split_by_group({c.case_id: c.group for c in cases}, num_labeled, num_test, seed, num_unlabeled, test_seed)
@@ -441,86 +448,14 @@ def make_dataset(
         writer.write_arrays(split_of[case.case_id], case.case_id, image, lookup[masks[case.case_id]])
     manifest["label_mapping"] = {str(k): v for k, v in mapping.items()}
     manifest["resize"] = resize if resize is None or isinstance(resize, float) else list(resize)
-    labels = {"background": 0, **{f"label_{i}" if len(mapping) > 2 else "foreground": i for i in range(1, len(mapping))}}
+    labels = {"background": 0,
+              **{f"label_{i}" if len(mapping) > 2 else "foreground": i for i in range(1, len(mapping))}}
     return writer.finish(labels, {"0": "image"}, manifest)
 
 
-def parser() -> argparse.ArgumentParser:
-    """``nnUNetv2_rndpo_make_dataset``'s flags."""
-    p = argparse.ArgumentParser(
-        prog="nnUNetv2_rndpo_make_dataset",
-        description="Make a label-budget study dataset in $nnUNet_raw: N labeled cases (imagesTr/labelsTr), an "
-                    "unlabeled pool (imagesUnlabeled/, hidden labels in labelsUnlabeled/), M test cases "
-                    "(imagesTs/labelsTs), dataset.json and the split manifest rndpo_splits.json. From an MSD folder "
-                    "(imagesTr/, labelsTr/), a 2D PNG folder with masks, or the built-in synthetic generator.")
-    p.add_argument("-i", dest="source", default=None, help="source folder (MSD layout or PNG images + masks)")
-    p.add_argument("--synthetic", choices=("2d", "3d"), default=None, help="generate the built-in synthetic dataset instead")
-    p.add_argument("-d", dest="dataset_id", type=int, required=True, help="nnU-Net dataset id (1 … 999)")
-    p.add_argument("-n", dest="name", default=None, help="dataset name. Default: the source folder's name, or Synthetic2D/3D")
-    p.add_argument("-o", dest="raw_root", default=None, help="nnU-Net raw folder. Default: $nnUNet_raw")
-    p.add_argument("--labeled", type=int, required=True, help="N: labeled cases for the base model")
-    p.add_argument("--test", type=int, required=True, help="M: held-out test cases")
-    p.add_argument("--unlabeled", "--pool", dest="unlabeled", type=int, default=None,
-                   help="K: pool size. Default: every remaining case (synthetic: 3·N)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split (and of the synthetic data). Default: 0")
-    p.add_argument("--test-seed", type=int, default=None,
-                   help="seed of the test split only, so that one test set serves every --seed. Default: --seed")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset with this id")
-    png = p.add_argument_group("2D PNG folders")
-    png.add_argument("--images-dir", default=None, help="image subfolder. Default: images/ if it exists, else -i")
-    png.add_argument("--masks-dir", "--masks", dest="masks_dir", default=None, help=f"mask subfolder. Default: the first of {', '.join(MASK_FOLDERS)}")
-    png.add_argument("--mask-suffix", default=None,
-                     help="mask name = image name + suffix + .png. Default: the first of '', _mask, _Annotation, _seg, "
-                          "_label that exists")
-    png.add_argument("--resize", type=float, nargs="+", metavar="H W | F", default=None,
-                     help="resize images (bilinear) and masks (nearest) to H×W pixels, or by one factor F (e.g. 0.25)")
-    group = p.add_argument_group("group-aware splitting (cases of one group never straddle splits)")
-    group.add_argument("--group-regex", default=None, help=r"group = first capture of this regex in the name, e.g. '^(\d{3})'")
-    group.add_argument("--group-chars", type=int, default=None, help="group = the first N characters of the name")
-    return p
-
-
-def _resize_argument(values: list[float] | None) -> tuple[int, int] | float | None:
-    """``--resize H W`` (pixels) or ``--resize F`` (factor)."""
-    if values is None:
-        return None
-    if len(values) == 1 and 0 < values[0]:
-        return float(values[0])
-    if len(values) == 2 and all(v >= 1 and v == int(v) for v in values):
-        return int(values[0]), int(values[1])
-    raise ValueError(f"--resize takes H W (whole pixels) or one factor F > 0, got {values}")
-
-
-def run(args: argparse.Namespace) -> Path:
-    """Runs the command; returns the dataset folder."""
-    from nnunetv2_rndpo.synthetic import make_synthetic_dataset
-
-    raw_root = args.raw_root or os.environ.get("nnUNet_raw")
-    if not raw_root:
-        raise ValueError("no output folder: set $nnUNet_raw or pass -o RAW_FOLDER")
-    if (args.source is None) == (args.synthetic is None):
-        raise ValueError("give exactly one of -i SRC and --synthetic 2d|3d")
-    resize = _resize_argument(args.resize)
-    if args.synthetic:
-        folder = make_synthetic_dataset(raw_root, args.dataset_id, dim=int(args.synthetic[0]), num_labeled=args.labeled,
-                                        num_unlabeled=args.unlabeled or 3 * args.labeled, num_test=args.test,
-                                        seed=args.seed, name=args.name, overwrite=args.overwrite,
-                                        test_seed=args.test_seed)
-    else:
-        folder = make_dataset(args.source, raw_root, args.dataset_id, args.name or _case_name(Path(args.source).resolve().name),
-                              args.labeled, args.test, args.seed, args.unlabeled, args.group_regex, args.group_chars,
-                              args.images_dir, args.masks_dir, args.mask_suffix, resize, args.overwrite,
-                              args.test_seed)
-    counts = {k: len(v) for k, v in read_manifest(folder)["splits"].items()}
-    print(f"{folder}: {counts['labeled']} labeled, {counts['unlabeled']} unlabeled, {counts['test']} test cases"
-          + (f", {counts['unused']} unused" if counts.get("unused") else ""))
-    return folder
-
-
 def main(argv: list[str] | None = None) -> None:
-    p = parser()
-    args = p.parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        p.exit(2, f"{p.prog}: error: {error}\n")
+    """The entry point of console scripts installed before the command moved to
+    :func:`nnunetv2_rndpo.commands.main_make_dataset` (``pip install -e .`` regenerates them)."""
+    from nnunetv2_rndpo.commands import main_make_dataset
+
+    main_make_dataset(argv)

@@ -20,13 +20,12 @@ import argparse
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-TRAINERS_FOLDER = Path(__file__).resolve().parents[1] / "trainers"
+from nnunetv2_rndpo.paths import nnunet_environment, run_logged
+
 ARMS = {"base": None, "dpo": "nnUNetTrainerDPO", "rndpo": "nnUNetTrainerRNDPO"}
 PROGRESS = re.compile(r"Epoch \d+$|test Dice after .*$")
 
@@ -72,8 +71,8 @@ class DemoSettings:
 
         Assumption: the noisy oracle (σ = ``judge_sigma`` on the true Dice) ranks the proposals for
         fine-tuning, standing in for a real QC judge. σ = 0.01 because the proposals of one case differ in
-        Dice by only a few hundredths on the synthetic default: with σ = 0.1 the mined top/bottom pairs were
-        right only half of the time (measured), i.e. no signal. lr 1e-4 with the consistency anchor follows
+        Dice by only a few hundredths on the synthetic default, so a σ of 0.1 would swamp those differences and
+        the mined pairs would carry no signal. lr 1e-4 with the consistency anchor follows
         docs/results/anchors_hippocampus_cpu.md (no anchor drifts away quickly at this lr).
         """
         return {"num_epochs": self.num_epochs, "num_iterations_per_epoch": self.num_iterations_per_epoch,
@@ -103,7 +102,8 @@ class StageRunner:
         marker = self.root / "stages" / f"{name}.json"
         if marker.is_file():
             self.seconds[name] = json.loads(marker.read_text())["seconds"]
-            print(f"[{self.done}/{self.num_stages}] {name}: done in an earlier run ({self.seconds[name]:.0f} s)", flush=True)
+            print(f"[{self.done}/{self.num_stages}] {name}: done in an earlier run ({self.seconds[name]:.0f} s)",
+                  flush=True)
             return True
         return False
 
@@ -132,35 +132,24 @@ class StageRunner:
         print(f"[{self.done}/{self.num_stages}] {name}: {' '.join(command)}", flush=True)
         start = time.time()
         log = self.root / "logs" / f"{name}.log"
-        executable = Path(sys.executable).parent / command[0]
-        with open(log, "w", buffering=1) as f, subprocess.Popen([str(executable), *command[1:]], env={**self.env, **extra_env},
-                                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as p:
-            for line in p.stdout:
-                f.write(line)
-                match = PROGRESS.search(line.strip())
-                if match:
-                    print(f"    {match.group(0)}", flush=True)
-        if p.returncode != 0:
+
+        def show_progress(line: str) -> None:
+            match = PROGRESS.search(line.strip())
+            if match:
+                print(f"    {match.group(0)}", flush=True)
+
+        code = run_logged(command, {**self.env, **extra_env}, log, show_progress)
+        if code != 0:
             tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
-            raise RuntimeError(f"stage {name} failed (exit {p.returncode}); the end of {log}:\n{tail}")
+            raise RuntimeError(f"stage {name} failed (exit {code}); the end of {log}:\n{tail}")
         self._finish(name, start)
 
 
 def demo_environment(root: Path) -> dict[str, str]:
-    """The environment of every stage: nnU-Net's folders inside ``root``, the fastest CPU settings.
-
-    The user's own ``nnUNet_*`` variables are dropped (see the module's Assumption), except that
-    ``nnUNet_n_proc_DA``, ``nnUNet_def_n_proc``, ``nnUNet_compile`` and ``OMP_WAIT_POLICY`` keep the user's
-    value if set.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet")}
-    # OpenMP threads that sleep instead of spinning while they wait: on a busy 2-core machine spinning
-    # made a training step ~9x slower (0.53 s vs 0.06 s for a small conv net, measured); idle, it costs little.
-    speed = {"nnUNet_compile": "f", "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    env.update({k: os.environ.get(k, v) for k, v in speed.items()})
-    env.update(nnUNet_raw=str(root / "nnUNet_raw"), nnUNet_preprocessed=str(root / "nnUNet_preprocessed"),
-               nnUNet_results=str(root / "nnUNet_results"), nnUNet_extTrainer=str(TRAINERS_FOLDER))
-    return env
+    """The environment of every stage: nnU-Net's folders inside ``root``, the fastest CPU settings
+    (:func:`~nnunetv2_rndpo.paths.nnunet_environment`; the user's own ``nnUNet_*`` folders are not used, see the
+    module's Assumption)."""
+    return nnunet_environment(root)
 
 
 def make_demo_dataset(settings: DemoSettings, raw_root: Path) -> Path:
@@ -201,7 +190,7 @@ def run_demo(output_folder: str | os.PathLike, source: str = "synthetic", dim: s
         RuntimeError: a stage failed (the message names its log).
     """
     if dim not in ("2d", "3d") or device not in ("cpu", "cuda"):
-        raise ValueError(f"--dim must be 2d or 3d and --device cpu or cuda, got {dim}, {device}")
+        raise ValueError(f"--dim must be 2d or 3d and -device cpu or cuda, got {dim}, {device}")
     if source != "synthetic" and not Path(source).is_dir():
         raise FileNotFoundError(f"--source {source} is neither 'synthetic' nor a folder")
     root = Path(output_folder).resolve()
@@ -234,7 +223,8 @@ def run_demo(output_folder: str | os.PathLike, source: str = "synthetic", dim: s
     for arm, trainer in ARMS.items():
         out = root / "predictions" / arm
         runner.command(f"predict_{arm}", ["nnUNetv2_predict", "-i", str(dataset_folder / "imagesTs"), "-o", str(out),
-                                          "-d", d, "-c", configuration, "-f", "0", "-tr", trainer or settings.base_trainer,
+                                          "-d", d, "-c", configuration, "-f", "0",
+                                          "-tr", trainer or settings.base_trainer,
                                           *dev, "-npp", "0", "-nps", "0", "--disable_progress_bar"])
         runner.command(f"evaluate_{arm}", ["nnUNetv2_evaluate_folder", str(dataset_folder / "labelsTs"), str(out),
                                            "-djfile", str(out / "dataset.json"), "-pfile", str(out / "plans.json"),
@@ -260,15 +250,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="synthetic",
                    help="'synthetic' (built in) or a folder to import: MSD layout (imagesTr/, labelsTr/) or 2D PNG "
                         "images + masks. Default: synthetic")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="Default: cpu")
+    p.add_argument("-device", choices=("cpu", "cuda"), default="cpu", help="Default: cpu")
+    # the spelling before nnU-Net's -device was adopted, kept for scripts that use it
+    p.add_argument("--device", dest="device", choices=("cpu", "cuda"), default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)
     p.add_argument("--quick", action="store_true", help="a reduced run (fewer cases, shorter schedules) for CI")
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = parser()
-    args = p.parse_args(argv)
-    try:
-        run_demo(args.output, args.source, args.dim, args.device, args.quick)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        p.exit(2, f"{p.prog}: error: {error}\n")
+    from nnunetv2_rndpo.commands import run_command
+
+    run_command(parser(), lambda args: run_demo(args.output, args.source, args.dim, args.device, args.quick), argv)

@@ -3,8 +3,8 @@
 One definition for every number we compare (the trainer's ``eval/dice`` curve, the study's base and
 full-label models): mean over test cases of the foreground-mean Dice (:func:`~nnunetv2_rndpo.metrics.
 foreground_mean`), predicted by nnU-Net's sliding window without test-time mirroring, in nnU-Net's
-preprocessed space. On the study datasets this reproduced ``nnUNetv2_evaluate_folder`` to the printed
-digits (../shared/STUDY_NOTES.md); it avoids exporting every prediction at every evaluation.
+preprocessed space: ``nnUNetv2_evaluate_folder``'s per-case definition, without exporting every prediction
+at every evaluation.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from nnunetv2_rndpo.metrics import dice_per_class, foreground_mean
 from nnunetv2_rndpo.pool import PreprocessedPool, find_cases
 
 
-def preprocessed_test_set(raw_folder: Path, cache_folder: Path, plans_manager, configuration_manager, dataset_json: dict,
+def preprocessed_test_set(raw_folder: Path, cache_folder: Path, plans_manager, configuration_manager,
+                          dataset_json: dict,
               progress: bool = False, previous_stage=None, device="cpu", log=print) -> PreprocessedPool | None:
     """The preprocessed ``imagesTs`` cases that have a label in ``labelsTs`` (cached in ``cache_folder``).
 
@@ -33,7 +34,8 @@ def preprocessed_test_set(raw_folder: Path, cache_folder: Path, plans_manager, c
                        what="test set", fix="add imagesTs/labelsTs to the raw dataset")
     cases = [c for c in cases if c.label_file]
     if previous_stage is not None:
-        cases = previous_stage.with_segmentations(cases, Path(cache_folder) / "previous_stage", dataset_json["file_ending"])
+        cases = previous_stage.with_segmentations(cases, Path(cache_folder) / "previous_stage",
+                                                  dataset_json["file_ending"])
         previous_stage.predict(cases, device, log)
     pool = PreprocessedPool(cache_folder, cases)
     pool.preprocess(plans_manager, configuration_manager, dataset_json, progress=progress)
@@ -66,7 +68,8 @@ def model_dice_on_test_set(dataset: str | int, configuration: str, fold: int | s
     from nnunetv2_rndpo.pipeline import load_base_model
 
     model = load_base_model(dataset, configuration, fold, trainer, plans, checkpoint, device)
-    pool = preprocessed_test_set(model.raw_folder, model.cache_folder / "test", model.plans_manager, model.configuration_manager,
+    pool = preprocessed_test_set(model.raw_folder, model.cache_folder / "test", model.plans_manager,
+                                 model.configuration_manager,
                      model.dataset_json, previous_stage=model.previous_stage, device=device)
     if pool is None:
         raise FileNotFoundError(f"{model.raw_folder} has no imagesTs/labelsTs: no test Dice without test labels")

@@ -119,7 +119,8 @@ class FoldLock:
             except FileExistsError:
                 pass
             aside.unlink(missing_ok=True)
-            raise FoldLockedError(f"another run took this fold just now: {describe_lock(moved or {'pid': '?', 'host': '?'})}")
+            holder = describe_lock(moved or {'pid': '?', 'host': '?'})
+            raise FoldLockedError(f"another run took this fold just now: {holder}")
         aside.unlink(missing_ok=True)
         what = describe_lock(other) if other else "an unreadable lock older than a minute"
         log(f"RN-DPO WARNING: taking over the lock {self.path} of a run that no longer runs: {what}")
@@ -136,8 +137,8 @@ class FoldLock:
 def refuse_finished_fold(fold_folder: str | os.PathLike, trainer_name: str, overwrite: bool) -> None:
     """Stops a fresh run (without ``--c``) into a fold that holds a finished model.
 
-    nnU-Net itself (2.8.1) starts such a run and overwrites the model's checkpoints as it trains
-    (../shared/NNUNET_NOTES.md, gotcha 15); a preference run that then failed had already replaced the
+    nnU-Net itself (2.8.1) starts such a run and overwrites the model's checkpoints as it trains; a
+    preference run that then failed had already replaced the
     fold's ``rndpo_config.json`` and reference, so the folder described a run that never trained. Here the
     folder is left as it is unless ``overwrite_finished_fold`` is set.
 

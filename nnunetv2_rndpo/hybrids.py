@@ -33,14 +33,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from nnunetv2_rndpo.pool import atomic_write_text
+from nnunetv2_rndpo.atomic_files import atomic_write, atomic_write_text
+from nnunetv2_rndpo.proposals import RemembersMasks
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ def hybrid_masks(masks: np.ndarray, hybrids: HybridSet) -> np.ndarray:
     return result.reshape((len(hybrids), *masks.shape[1:]))
 
 
-class HybridCache:
+class HybridCache(RemembersMasks):
     """The base proposals of a :class:`~nnunetv2_rndpo.proposals.ProposalCache` followed by their hybrids.
 
     Reads like a proposal cache (``masks``, ``probabilities``, ``has_case``, ``is_complete``, ``folder``), so
@@ -218,7 +218,7 @@ class HybridCache:
         with np.load(self.folder / f"{case_id}.npz") as f:
             return int(f["num_base"])
 
-    def masks(self, case_id: str) -> np.ndarray:
+    def _read_masks(self, case_id: str) -> np.ndarray:
         """uint8 ``(K + H, *spatial)``: the base proposals, then the hybrids."""
         masks = self.proposals.masks(case_id)
         return np.concatenate([masks, hybrid_masks(masks, self.hybrids(case_id))])
@@ -231,10 +231,9 @@ class HybridCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         offsets = np.cumsum([0, *(len(p) for p in hybrids.parts)])
         voxels = np.concatenate(hybrids.parts) if len(hybrids) else np.zeros(0, np.int64)
-        temporary = self.folder / f"{case_id}.tmp.npz"
-        np.savez_compressed(temporary, num_base=hybrids.num_base, anchors=hybrids.anchors, donors=hybrids.donors,
-                            offsets=offsets, voxels=voxels)
-        os.replace(temporary, self.folder / f"{case_id}.npz")
+        atomic_write(self.folder / f"{case_id}.npz", lambda f: np.savez_compressed(
+            f, num_base=hybrids.num_base, anchors=hybrids.anchors, donors=hybrids.donors, offsets=offsets,
+            voxels=voxels))
         if source is not None:
             atomic_write_text(self.folder / f"{case_id}.source", source)
 

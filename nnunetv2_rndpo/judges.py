@@ -15,25 +15,18 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_rndpo.metrics import dice_per_class, in_class, region_labels
+from nnunetv2_rndpo.atomic_files import atomic_write_text
+from nnunetv2_rndpo.metrics import in_class, mean_dice, rank, region_labels
 
+JUDGES = ("agreement", "uncertainty", "learned", "oracle", "external")
 CSV_HEADER = ("case_id", "proposal", "score")
-
-
-def mean_dice(a: np.ndarray, b: np.ndarray, labels_or_regions: Sequence, ignore_label: int | None = None) -> float:
-    """Mean foreground Dice of two masks, counting a class absent from both as 1 (they agree on it).
-
-    Voxels where ``b`` (the reference) carries ``ignore_label`` are not counted, as in nnU-Net's evaluation.
-    """
-    dice = dice_per_class(a, b, labels_or_regions, ignore_label=ignore_label, empty_value=1.0)
-    return float(np.mean(list(dice.values())))
 
 
 def agreement_scores(masks: np.ndarray, labels_or_regions: Sequence, num_references: int | None = None) -> np.ndarray:
@@ -77,6 +70,7 @@ def oracle_scores(
     rng: np.random.Generator,
     size_bias: float = 0.0,
     ignore_label: int | None = None,
+    dice: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A simulated noisy and biased judge.
 
@@ -91,11 +85,13 @@ def oracle_scores(
         rng: draws the noise.
         size_bias: B; > 0 prefers larger masks, < 0 smaller.
         ignore_label: voxels the label marks with it are not counted in Dice_k.
+        dice: ``(K,)`` Dice_k if already known (:func:`true_dice` of the same masks and label), else computed.
 
     Returns:
         ``(scores, true_dice)``, both ``(K,)``.
     """
-    dice = true_dice(masks, label, labels_or_regions, ignore_label)
+    if dice is None:
+        dice = true_dice(masks, label, labels_or_regions, ignore_label)
     scores = dice + rng.normal(0.0, sigma, size=dice.shape)
     if size_bias:
         sizes = foreground_voxels(masks, labels_or_regions)
@@ -158,10 +154,12 @@ def read_external_scores(path: str | Path, proposals_per_case: dict[str, int]) -
     except UnicodeDecodeError as error:
         raise ValueError(f"judge_scores file {path} is not UTF-8 text ({error}); save it as CSV in UTF-8") from None
     if not rows:
-        raise ValueError(f"judge_scores file {path} is empty; expected a header {','.join(CSV_HEADER)} and one row per proposal")
+        raise ValueError(f"judge_scores file {path} is empty; expected a header {','.join(CSV_HEADER)} and one row "
+                         "per proposal")
     header = tuple(c.strip() for c in rows[0])
     if header != CSV_HEADER:
-        raise ValueError(f"judge_scores file {path} has header {','.join(header)!r}; expected exactly {','.join(CSV_HEADER)!r}")
+        raise ValueError(f"judge_scores file {path} has header {','.join(header)!r}; expected exactly "
+                         f"{','.join(CSV_HEADER)!r}")
     scores: dict[str, dict[int, float]] = {}
     for line, row in enumerate(rows[1:], start=2):
         if not row:
@@ -171,14 +169,16 @@ def read_external_scores(path: str | Path, proposals_per_case: dict[str, int]) -
             raise ValueError(f"{where}: expected 3 columns case_id,proposal,score, got {row}")
         case_id, proposal, score = (c.strip() for c in row)
         if case_id not in proposals_per_case:
-            raise ValueError(f"{where}: unknown case {case_id!r}; the unlabeled pool has {sorted(proposals_per_case)[:5]} ...")
+            raise ValueError(f"{where}: unknown case {case_id!r}; the unlabeled pool has "
+                             f"{sorted(proposals_per_case)[:5]} ...")
         try:
             index = int(proposal)
         except ValueError:
             raise ValueError(f"{where}: proposal {proposal!r} is not an integer index") from None
         if not 0 <= index < proposals_per_case[case_id]:
             raise ValueError(
-                f"{where}: unknown proposal index {index} for case {case_id!r}; valid: 0 ... {proposals_per_case[case_id] - 1}"
+                f"{where}: unknown proposal index {index} for case {case_id!r}; valid: 0 ... "
+                f"{proposals_per_case[case_id] - 1}"
             )
         try:
             value = float(score)
@@ -204,18 +204,16 @@ def read_external_scores(path: str | Path, proposals_per_case: dict[str, int]) -
 
 def write_scores_csv(path: str | Path, scores: dict[str, np.ndarray]) -> None:
     """Writes scores in the CSV format :func:`read_external_scores` reads (atomically: temp file + rename)."""
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_HEADER)
-        for case_id in sorted(scores):
-            for index, value in enumerate(scores[case_id]):
-                writer.writerow([case_id, index, repr(float(value))])
-    os.replace(temporary, path)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(CSV_HEADER)
+    for case_id in sorted(scores):
+        for index, value in enumerate(scores[case_id]):
+            writer.writerow([case_id, index, repr(float(value))])
+    atomic_write_text(Path(path), text.getvalue())
 
 
-NORMALIZATIONS = ("none", "case_minmax", "case_rank")
+SCORE_NORMALIZATIONS = ("none", "case_minmax", "case_rank")
 
 
 def normalize_scores(scores: dict[str, np.ndarray], how: str) -> dict[str, np.ndarray]:
@@ -226,12 +224,10 @@ def normalize_scores(scores: dict[str, np.ndarray], how: str) -> dict[str, np.nd
       comparable between QC systems, so ``mining_tau``/``mining_min_margin`` mean the same.
     - ``case_rank``: rank / (K − 1) per case (ties averaged): only the order is kept.
     """
-    if how not in NORMALIZATIONS:
-        raise ValueError(f"unknown score normalisation {how!r}; valid: {', '.join(NORMALIZATIONS)}")
+    if how not in SCORE_NORMALIZATIONS:
+        raise ValueError(f"unknown score normalisation {how!r}; valid: {', '.join(SCORE_NORMALIZATIONS)}")
     if how == "none":
         return dict(scores)
-    from nnunetv2_rndpo.reliability import rank
-
     result = {}
     for case_id, values in scores.items():
         values = np.asarray(values, float)

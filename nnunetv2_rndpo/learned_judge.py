@@ -16,24 +16,23 @@ resolution, and is trained to order masks of one case, not to regress Dice acros
 - **Objective** (:func:`pairwise_ranking_loss`): RankNet's pairwise logistic loss on pairs of masks of one crop
   ordered by their true Dice inside the crop; a pair's margin is the mean of g_i − g_j over the voxels where
   the two masks differ (:func:`pairwise_margins`).
-- **Training masks**, from the labeled training cases alone (:func:`training_masks`): the base model's
-  proposals for them (the same generator as for the pool), predictions of the base network with seeded
-  multiplicative Gaussian noise on its weights (``weight_noise``), and, drawn fresh at every step, those
-  predictions with their boundary moved (:func:`move_boundary`) and corruptions of the label
-  (:func:`corrupt_mask`: erosion, dilation, shift, a removed component, an added blob, boundary noise).
-- **Reliability**: the base model's proposals for the fold's validation cases (never trained on) are scored
-  and compared with their true Dice: within-case pair accuracy, per-case and pooled Spearman, next to the
+- **Training masks**, from the labeled training cases alone (:func:`~nnunetv2_rndpo.judge_training.training_masks`;
+  the training loop is :mod:`nnunetv2_rndpo.judge_training`): the base model's proposals for them (the same
+  generator as for the pool), predictions of the base network with seeded multiplicative Gaussian noise on its
+  weights (``weight_noise``), and, drawn fresh at every step, those predictions with their boundary moved
+  (:func:`move_boundary`) and corruptions of the label (:func:`corrupt_mask`: erosion, dilation, shift, a
+  removed component, an added blob, boundary noise).
+- **Reliability** (:func:`~nnunetv2_rndpo.judge_training.validation_reliability`): the base model's proposals
+  for the fold's validation cases (never trained on) are scored and compared with their true Dice: within-case
+  pair accuracy, per-case and pooled Spearman, next to the
   agreement judge on the same proposals; saved in the judge file (``metrics``) and printed.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +40,8 @@ import torch
 from scipy import ndimage
 from tqdm import tqdm
 
-from nnunetv2_rndpo.judges import mean_dice
-from nnunetv2_rndpo.metrics import in_class, region_labels
+from nnunetv2_rndpo.atomic_files import atomic_write
+from nnunetv2_rndpo.metrics import in_class, mean_dice, region_labels
 
 # the judge file's format; files of the earlier whole-case Dice regressor have no such key
 JUDGE_FORMAT = "within-case-ranking-1"
@@ -50,7 +49,8 @@ CROP_SIZE = {2: 128, 3: 24}
 CORRUPTIONS = ("erode", "dilate", "shift", "drop_component", "spurious_component", "boundary_noise")
 
 
-def corrupt_mask(label: np.ndarray, classes: list, rng: np.random.Generator, operations: int | None = None) -> np.ndarray:
+def corrupt_mask(label: np.ndarray, classes: list, rng: np.random.Generator,
+                 operations: int | None = None) -> np.ndarray:
     """Applies 1–3 random :data:`CORRUPTIONS` (``operations`` of them if given) to a label map ``(*spatial)``.
 
     Assumption: for region-based datasets a corruption acts on the region's highest label only.
@@ -79,11 +79,13 @@ def corrupt_mask(label: np.ndarray, classes: list, rng: np.random.Generator, ope
             grid = np.ogrid[tuple(slice(0, s) for s in mask.shape)]
             ball = sum((g - c) ** 2 for g, c in zip(grid, center, strict=True)) <= radius**2
             mask[ball & (mask == 0)] = value
-        else:  # boundary_noise
+        elif op == "boundary_noise":
             band = ndimage.binary_dilation(region) & ~ndimage.binary_erosion(region)
             flip = band & (rng.random(mask.shape) < 0.3)
             mask[flip & region] = 0
             mask[flip & ~region & (mask == 0)] = value
+        else:
+            raise ValueError(f"unknown corruption {op!r}; valid: {', '.join(CORRUPTIONS)}")
     return mask
 
 
@@ -220,7 +222,7 @@ def pairwise_ranking_loss(margins: torch.Tensor, targets: torch.Tensor, min_gap:
 # ---------------------------------------------------------------------------------------------- the judge
 
 
-def _spatial(image: np.ndarray, masks: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+def drop_2d_axis(image: np.ndarray, masks: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Drops the singleton first spatial axis of nnU-Net's 2D configurations: ``(C, 1, X, Y)`` → ``(C, X, Y)``."""
     if masks.ndim - 1 == dim + 1:
         if masks.shape[1] != 1:
@@ -247,7 +249,7 @@ class LearnedJudge:
         """``(K,)`` scores (higher = better; comparable within the case only) of masks ``(K, *spatial)`` of one
         image ``(C_img, *spatial)``: the mean of g over D, tiled with :func:`tile_windows`. All 0 when the
         masks agree everywhere."""
-        image, masks = _spatial(np.asarray(image, np.float32), np.asarray(masks), self.dim)
+        image, masks = drop_2d_axis(np.asarray(image, np.float32), np.asarray(masks), self.dim)
         device = next(self.network.parameters()).device
         total, count = torch.zeros(len(masks), device=device), 0
         for start, core in tile_windows(disagreement_region(masks), self.crop_size):
@@ -258,12 +260,10 @@ class LearnedJudge:
         return (total / max(count, 1)).float().cpu().numpy().astype(float)
 
     def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        temporary = path.with_name(path.name + ".tmp")
-        torch.save({"format": JUDGE_FORMAT, "state_dict": self.network.state_dict(), "classes": self.classes,
-                    "in_channels": self.in_channels, "dim": self.dim, "crop_size": list(self.crop_size),
-                    "width": self.width, "metrics": self.metrics, "training": self.training}, temporary)
-        os.replace(temporary, path)
+        content = {"format": JUDGE_FORMAT, "state_dict": self.network.state_dict(), "classes": self.classes,
+                   "in_channels": self.in_channels, "dim": self.dim, "crop_size": list(self.crop_size),
+                   "width": self.width, "metrics": self.metrics, "training": self.training}
+        atomic_write(Path(path), lambda f: torch.save(content, f))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> LearnedJudge:
@@ -288,59 +288,6 @@ class LearnedJudge:
 
 
 # ---------------------------------------------------------------------------------------------- labeled cases
-
-
-class LabeledCases(Mapping):
-    """Preprocessed labeled cases ``{id: (image (C, *sp) float32, label (*sp) int16)}``, loaded on first use."""
-
-    def __init__(self, dataset, identifiers: list[str]):
-        self._dataset, self._ids, self._loaded, self._previous = dataset, list(identifiers), {}, {}
-
-    def __getitem__(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        if key not in self._loaded:
-            data, seg, previous, _ = self._dataset.load_case(key)
-            self._loaded[key] = (np.asarray(data[:], np.float32), np.maximum(np.asarray(seg[:])[0], 0).astype(np.int16))
-            if previous is not None:  # cascades: the previous stage's segmentation (nnU-Net's dataset class reads it)
-                previous = np.asarray(previous[:])
-                # predicted_next_stage holds (*spatial) label maps; a (1, *spatial) one is accepted too
-                previous = previous[0] if previous.ndim == self._loaded[key][0].ndim else previous
-                self._previous[key] = np.maximum(previous, 0).astype(np.int16)
-        return self._loaded[key]
-
-    def previous_stage(self, key: str) -> np.ndarray | None:
-        """``(*spatial)`` previous-stage segmentation of a case (cascades only), or None."""
-        self[key]
-        return self._previous.get(key)
-
-    def __iter__(self):
-        return iter(self._ids)
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-
-def labeled_cases(base, fold: int | str) -> tuple[LabeledCases, list[str], list[str]]:
-    """The preprocessed labeled cases (lazily loaded) and the fold's train/val ids.
-
-    The split is nnU-Net's ``splits_final.json`` (fold ``all``: train = val = every case); without that file
-    every case trains and none validates.
-    """
-    from nnunetv2.paths import nnUNet_preprocessed
-    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-
-    folder = Path(nnUNet_preprocessed) / base.dataset_name / base.configuration_manager.data_identifier
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} does not exist: run nnUNetv2_plan_and_preprocess -d ... -c "
-                                f"{base.configuration_name} first")
-    previous = None if base.previous_stage is None else str(base.previous_stage.labeled_segmentations)
-    dataset = infer_dataset_class(str(folder))(str(folder), folder_with_segs_from_previous_stage=previous)
-    cases = LabeledCases(dataset, sorted(dataset.identifiers))
-    splits_file = folder.parent / "splits_final.json"
-    if str(fold) == "all" or not splits_file.is_file():
-        return cases, sorted(cases), [] if str(fold) != "all" else sorted(cases)
-    splits = json.loads(splits_file.read_text())
-    split = splits[int(fold)] if int(fold) < len(splits) else {"train": sorted(cases), "val": []}
-    return cases, sorted(split["train"]), sorted(split["val"])
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -372,7 +319,8 @@ class JudgeTraining:
         if self.crop_size is not None and self.crop_size < 8:
             raise ValueError(f"--crop-size must be >= 8 voxels, got {self.crop_size}")
         if self.width < 1 or any(s < 0 for s in self.weight_noise):
-            raise ValueError(f"--width must be >= 1 and --weight-noise values >= 0, got {self.width}, {self.weight_noise}")
+            raise ValueError(f"--width must be >= 1 and --weight-noise values >= 0, got {self.width}, "
+                             f"{self.weight_noise}")
 
 
 @torch.inference_mode()
@@ -400,22 +348,6 @@ def perturbed_predictions(base, pool, case_ids: list[str], noise: tuple[float, .
     return masks
 
 
-def training_masks(base, settings, cases, case_ids: list[str], training: JudgeTraining, progress: bool = True,
-                   ) -> dict[str, np.ndarray]:
-    """``{case: (M, *spatial) uint8}``: the base model's proposals for labeled cases (``settings``, cached
-    with the validation cases' in ``<cache_folder>/labeled_proposals``) and its weight-noise predictions."""
-    from nnunetv2_rndpo.pipeline import LabeledPool, proposal_cache
-    from nnunetv2_rndpo.proposals import generate_proposals
-
-    pool = LabeledPool(cases, case_ids)
-    cache, specs, extra = proposal_cache(base, settings, "labeled_proposals")
-    generate_proposals(cache, pool, base.predictor(), specs, base.label_manager, base.mirror_axes, base.device,
-                       progress, seed=settings.seed, extra_weights=extra, cascade_labels=base.cascade_labels)
-    noisy = perturbed_predictions(base, pool, case_ids, training.weight_noise, training.seed, progress)
-    return {c: np.concatenate([cache.masks(c), np.stack(noisy[c]).reshape(-1, *cache.masks(c).shape[1:])])
-            if noisy[c] else cache.masks(c) for c in case_ids}
-
-
 def move_boundary(mask: np.ndarray, classes: list, rng: np.random.Generator) -> np.ndarray:
     """The mask with one random class eroded or dilated (equally likely) by 1–2 voxels: the kind of
     difference the ``threshold`` and ``temperature`` proposals of one case have."""
@@ -437,8 +369,7 @@ def step_masks(label: np.ndarray, predictions: np.ndarray, classes: list, count:
 
     Assumption: this mix puts realistic small differences next to larger ones; erosions and dilations are
     equally likely, so that mask size alone does not predict the order (with one random corruption of a
-    prediction in that quarter instead, the judge scored the smaller masks of an HC18 pool's cases higher:
-    mean within-case Spearman of score and mask size −0.64, a label-free measure).
+    prediction in that quarter instead, the judge scored the smaller masks of a case higher: docs/toolkit.md).
     """
     unused = list(rng.permutation(len(predictions)))
     masks = []
@@ -481,74 +412,3 @@ def ranking_step(network, optimizer, image, label, masks, classes, size, ignore_
     loss.backward()
     optimizer.step()
     return float(loss.detach())
-
-
-def validation_reliability(judge: LearnedJudge, base, settings, progress: bool = True, log=print) -> dict:
-    """``val/*``: the judge's and the agreement judge's reliability on the base model's proposals for the
-    fold's validation cases (:func:`~nnunetv2_rndpo.reliability.judge_reliability`)."""
-    from nnunetv2_rndpo.judges import agreement_scores, true_dice
-    from nnunetv2_rndpo.pipeline import labeled_proposals
-    from nnunetv2_rndpo.reliability import judge_reliability
-
-    pool, cache = labeled_proposals(base, settings, progress, log)
-    ignore = base.label_manager.ignore_label
-    dice = {c: true_dice(cache.masks(c), pool.label(c), base.classes, ignore) for c in pool.case_ids}
-    learned = {c: judge.score(pool.image(c), cache.masks(c)) for c in pool.case_ids}
-    agreement = {c: agreement_scores(cache.masks(c), base.classes) for c in pool.case_ids}
-    metrics = {f"val/{k}": v for k, v in judge_reliability(learned, dice).items()}
-    metrics.update({f"val/agreement/{k}": v for k, v in judge_reliability(agreement, dice).items()
-                    if k.startswith(("spearman/per_case", "spearman/pooled", "pairwise/accuracy", "top1/regret"))})
-    return metrics
-
-
-def train_learned_judge(base, settings, training: JudgeTraining = JudgeTraining(), progress: bool = True,  # noqa: B008
-                        with_validation_cases: bool = False, log=print) -> LearnedJudge:
-    """Trains a :class:`LearnedJudge` on the fold's labeled training cases; reliability on its validation cases.
-
-    Args:
-        base: the base model (:class:`~nnunetv2_rndpo.pipeline.BaseModel`).
-        settings: the proposal settings (:class:`~nnunetv2_rndpo.pipeline.ProposalSettings`), the same as
-            the pool's, so the judge learns on masks made like the ones it will rank.
-        with_validation_cases: also train on the validation cases; their ``val/*`` metrics then no longer
-            measure unseen cases (``val/held_out`` is 0).
-
-    Raises:
-        ValueError: no labeled training cases in the split.
-    """
-    cases, train_ids, val_ids = labeled_cases(base, base.fold)
-    if not train_ids:
-        raise ValueError(f"fold {base.fold} of {base.dataset_name} has no labeled training cases to train a judge on")
-    if with_validation_cases:
-        train_ids = sorted(set(train_ids) | set(val_ids))
-    classes, ignore_label = base.classes, base.label_manager.ignore_label
-    dim = len(base.configuration_manager.patch_size)
-    size = (training.crop_size or CROP_SIZE[dim],) * dim
-    began = time.monotonic()
-    predictions = training_masks(base, settings, cases, train_ids, training, progress)
-    some_image = cases[train_ids[0]][0]
-    in_channels = some_image.shape[0] + 2 * len(classes)
-    rng = np.random.default_rng(training.seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(training.seed)
-        network = RankingNet(in_channels, dim, training.width)
-        optimizer = torch.optim.Adam(network.parameters(), lr=training.learning_rate)
-        losses, steps = [], 0
-        for _ in tqdm(range(training.epochs), desc="training learned judge", disable=not progress):
-            losses = []
-            for case_id in rng.permutation(train_ids):
-                image, label = cases[case_id]
-                masks = predictions[case_id]
-                image, masks = _spatial(image, masks, dim)
-                label = label[0] if label.ndim == dim + 1 else label
-                chosen = step_masks(label, masks, classes, training.masks_per_step, rng)
-                loss = ranking_step(network, optimizer, image, label, chosen, classes, size, ignore_label, rng)
-                if loss is not None:
-                    losses.append(loss)
-                    steps += 1
-    judge = LearnedJudge(network.eval(), classes, in_channels, dim, size, training.width, {
-        "train/steps": steps, "train/loss_last_epoch": float(np.mean(losses)) if losses else math.nan,
-        "train/cases": len(train_ids), "train/seconds": round(time.monotonic() - began, 1)}, asdict(training))
-    judge.metrics["val/held_out"] = int(not with_validation_cases and str(base.fold) != "all")
-    if val_ids:
-        judge.metrics.update(validation_reliability(judge, base, settings, progress, log))
-    return judge

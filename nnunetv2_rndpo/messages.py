@@ -26,10 +26,12 @@ def schedule_summary(config, trainer_name: str, batch_size: int, config_file: st
     return (
         f"RN-DPO: {trainer_name}: {cfg.num_epochs} epochs × {cfg.num_iterations_per_epoch} iterations of {batch_size} "
         f"pairs (and {cfg.num_val_iterations_per_epoch} validation iterations per epoch), {cfg.optimizer} at learning "
-        f"rate {cfg.learning_rate:g}; loss {cfg.loss_type}, normalization {cfg.normalization}, β {cfg.effective_beta:g}; "
+        f"rate {cfg.learning_rate:g}; loss {cfg.loss_type}, normalization {cfg.normalization}, "
+        f"β {cfg.effective_beta:g}; "
         f"{judged}; proposals: {cfg.num_proposals} per case from {', '.join(cfg.proposal_sources)}; anchors: sft "
         f"{cfg.sft_weight:g}, consistency {cfg.consistency_weight:g}, agreement {cfg.agreement_weight:g}. Config: "
-        + (config_file if config_file else "the defaults ($nnUNet_rndpo_config is not set; docs/reference.md lists the keys)"))
+        + (config_file if config_file
+           else "the defaults ($nnUNet_rndpo_config is not set; docs/reference.md lists the keys)"))
 
 
 def pairs_summary(pairs: list[Pair], num_cases: int, source: str) -> str:
@@ -66,6 +68,8 @@ def large_case_notes(shapes: dict[str, tuple[int, ...]], patch_size: tuple[int, 
         return []
     voxels = {case: math.prod(shape) for case, shape in shapes.items()}
     median, patch = float(np.median(list(voxels.values()))), math.prod(patch_size)
-    return [f"RN-DPO: pool case {case!r} is {'×'.join(map(str, shapes[case]))} voxels after preprocessing, ~{n / median:.0f}× "
-            f"the pool median and ~{n / patch:.0f}× the patch ({'×'.join(map(str, patch_size))}); its proposals take a while"
+    return [f"RN-DPO: pool case {case!r} is {'×'.join(map(str, shapes[case]))} voxels after preprocessing, "
+            f"~{n / median:.0f}× "
+            f"the pool median and ~{n / patch:.0f}× the patch ({'×'.join(map(str, patch_size))}); its proposals "
+            "take a while"
             for case, n in voxels.items() if n >= factor * median and n > patch]

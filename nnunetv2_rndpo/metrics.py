@@ -1,4 +1,5 @@
-"""Evaluation metrics: Dice per class as nnU-Net reports it, and reducers over an evaluation curve.
+"""Evaluation metrics: Dice per class as nnU-Net reports it, the mean Dice of two masks, Spearman's ρ, and
+reducers over an evaluation curve.
 
 The curve vocabulary (docs/objective.md, "Evaluation"): a fine-tuning run is evaluated on held-out
 labeled cases at evenly spaced points d_0 … d_T, where d_0 is the base model before fine-tuning.
@@ -93,6 +94,35 @@ def foreground_mean(per_class: dict[str, float]) -> float:
     """
     values = [v for v in per_class.values() if not math.isnan(v)]
     return float(np.mean(values)) if values else math.nan
+
+
+def mean_dice(a: np.ndarray, b: np.ndarray, labels_or_regions: Sequence, ignore_label: int | None = None) -> float:
+    """Mean foreground Dice of two masks, counting a class absent from both as 1 (they agree on it).
+
+    Voxels where ``b`` (the reference) carries ``ignore_label`` are not counted, as in nnU-Net's evaluation.
+    """
+    dice = dice_per_class(a, b, labels_or_regions, ignore_label=ignore_label, empty_value=1.0)
+    return float(np.mean(list(dice.values())))
+
+
+def rank(values: np.ndarray) -> np.ndarray:
+    """Ranks 0 … n−1 with ties given their average rank (as Spearman's ρ needs)."""
+    values = np.asarray(values, float)
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values))
+    for value in np.unique(values):
+        tied = values == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's ρ of two ``(n,)`` arrays; NaN when either is constant."""
+    ra, rb = rank(a), rank(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return math.nan
+    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def curve_summary(curve: Sequence[float]) -> dict[str, float]:

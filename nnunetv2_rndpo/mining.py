@@ -1,6 +1,6 @@
 """Pair mining: (chosen, rejected) proposals per case from the judge's scores.
 
-Strategies (one validated string, :data:`nnunetv2_rndpo.config.MININGS`):
+Strategies (one validated string, :data:`MININGS`):
 
 - ``top_bottom``  the judge's best versus its worst proposal (one pair per case).
 - ``top_random``  the judge's best versus a uniformly drawn other proposal (one pair per case).
@@ -22,12 +22,22 @@ always dropped), then at most ``max_pairs_per_case`` pairs. Ties in scores go to
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nnunetv2_rndpo.config import MININGS
+from nnunetv2_rndpo.hybrids import HybridCache
+
+if TYPE_CHECKING:  # type hints only: proposals imports torch
+    from nnunetv2_rndpo.pool import PreprocessedPool
+    from nnunetv2_rndpo.proposals import ProposalCache
+
+MININGS = ("top_bottom", "top_random", "margin", "adjacent", "quantile", "local")
 
 
 @dataclass
@@ -42,6 +52,50 @@ class Pair:
     region_size: int
     chosen_dice: float | None = None
     rejected_dice: float | None = None
+
+
+def pairs_document(pairs: list[Pair], judge_metrics: dict, cache: ProposalCache | None = None) -> dict:
+    """The content of ``rndpo_pairs.json`` (what the trainer writes and ``nnUNetv2_rndpo_mine`` writes)."""
+    document = {"judge_metrics": judge_metrics, "pairs": [vars(p) for p in pairs]}
+    if cache is not None:
+        document["proposals"] = str(cache.folder)
+    return document
+
+
+def read_pairs_file(path: str | os.PathLike, pool: PreprocessedPool | None = None,
+                    cache: ProposalCache | None = None) -> tuple[list[Pair], dict]:
+    """Reads ``rndpo_pairs.json``, checking cases and proposal indices against the pool and the cache.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a pairs file, or pairs that refer to cases/proposals that do not exist, or made
+            from other proposals than ``cache``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pairs file {path} does not exist; write it with nnUNetv2_rndpo_mine")
+    try:
+        document = json.loads(path.read_text())
+        pairs = [Pair(**p) for p in document["pairs"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is not a pairs file written by nnUNetv2_rndpo_mine ({error})") from None
+    # the key (folder name) identifies the proposals; the root may be spelled differently (symlinks, mounts)
+    if cache is not None and document.get("proposals") not in (None, str(cache.folder)) and (
+            Path(document["proposals"]).name != cache.folder.name):
+        raise ValueError(
+            f"pairs file {path} was mined from proposals {document['proposals']} but this run's proposals are "
+            f"{cache.folder} (another base model, sources, K or seed). Mine again from the current proposals.")
+    if pool is not None:
+        unknown = sorted({p.case_id for p in pairs} - set(pool.case_ids))
+        if unknown:
+            raise ValueError(f"pairs file {path} names cases not in the unlabeled pool: {unknown[:5]}")
+        if cache is not None:
+            for p in pairs:
+                k = len(cache.masks(p.case_id))
+                if not (0 <= p.chosen < k and 0 <= p.rejected < k):
+                    raise ValueError(f"pairs file {path}: case {p.case_id!r} has proposals 0 ... {k - 1}, "
+                                     f"but a pair uses {p.chosen} and {p.rejected}")
+    return pairs, document.get("judge_metrics", {})
 
 
 @dataclass(frozen=True)
@@ -70,12 +124,13 @@ class MiningParams:
                    config.mining_max_region, config.mining_max_pairs_per_case)
 
 
-def candidate_pairs(scores: np.ndarray, strategy: str, rng: np.random.Generator, tau: float = 0.05) -> list[tuple[int, int]]:
+def candidate_pairs(scores: np.ndarray, strategy: str, rng: np.random.Generator,
+                    tau: float = 0.05) -> list[tuple[int, int]]:
     """Candidate ``(chosen, rejected)`` index pairs of one case, in the strategy's order of preference.
 
     Args:
         scores: ``(K,)`` judge scores, higher = better.
-        strategy: one of :data:`nnunetv2_rndpo.config.MININGS`.
+        strategy: one of :data:`MININGS`.
         rng: draws the partner for ``top_random``.
         tau: minimum score gap for ``margin``.
     """
@@ -97,9 +152,10 @@ def candidate_pairs(scores: np.ndarray, strategy: str, rng: np.random.Generator,
         target = scores.mean() - 2 * scores.std()
         others = [k for k in range(len(scores)) if k != best]
         return [(best, min(others, key=lambda k: (abs(scores[k] - target), k)))]
-    # margin
-    pairs = [(i, j) for i in order for j in order if scores[i] - scores[j] >= tau and i != j]
-    return sorted(pairs, key=lambda p: (-(scores[p[0]] - scores[p[1]]), p))
+    if strategy == "margin":
+        pairs = [(i, j) for i in order for j in order if scores[i] - scores[j] >= tau and i != j]
+        return sorted(pairs, key=lambda p: (-(scores[p[0]] - scores[p[1]]), p))
+    raise ValueError(f"unknown mining {strategy!r}; valid: {', '.join(MININGS)}")
 
 
 def local_candidates(scores: np.ndarray, hybrid_anchors: np.ndarray) -> list[tuple[int, int]]:
@@ -168,19 +224,29 @@ def mine_pairs(
     return pairs
 
 
-def mine_pair(
-    case_id: str,
-    masks: np.ndarray,
-    scores: np.ndarray,
-    mining: str,
-    rng: np.random.Generator,
-    true_dice: np.ndarray | None = None,
-) -> Pair | None:
-    """The first pair :func:`mine_pairs` finds with ``mining`` and no filters, or None (|D| = 0)."""
-    if mining not in MININGS:
-        raise ValueError(f"unknown mining {mining!r}; valid: {', '.join(MININGS)}")
-    pairs = mine_pairs(case_id, masks, scores, MiningParams(mining), rng, true_dice)
-    return pairs[0] if pairs else None
+def mine_pool(
+    cache: ProposalCache, case_ids: list[str], scores: dict[str, np.ndarray], params: MiningParams, seed: int,
+    dice: dict[str, np.ndarray] | None = None,
+) -> tuple[list[Pair], dict[str, float]]:
+    """Mines every case of ``case_ids`` with one seeded generator; returns the pairs and their statistics.
+
+    Statistics: :func:`~nnunetv2_rndpo.mining.pair_statistics` plus ``pairs/identical_cases`` (cases that
+    gave no pair) and, when hidden labels exist, ``judge/oracle_pair_acc``. With a
+    :class:`~nnunetv2_rndpo.hybrids.HybridCache` the hybrids' anchors go to ``local`` mining.
+    """
+    rng = np.random.default_rng(seed)
+    pairs, empty = [], 0
+    for case_id in case_ids:
+        anchors = cache.hybrids(case_id).anchors if isinstance(cache, HybridCache) else None
+        mined = mine_pairs(case_id, cache.masks(case_id), scores[case_id], params, rng,
+                           None if dice is None else dice[case_id], anchors)
+        empty += not mined
+        pairs += mined
+    stats = pair_statistics(pairs, len(case_ids))
+    stats["pairs/identical_cases"] = empty
+    if "pairs/oracle_acc" in stats:
+        stats["judge/oracle_pair_acc"] = stats["pairs/oracle_acc"]
+    return pairs, stats
 
 
 def pair_statistics(pairs: list[Pair], num_cases: int) -> dict[str, float]:

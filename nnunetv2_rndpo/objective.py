@@ -372,8 +372,10 @@ def preference_loss(
         normaliser = torch.where(used, region_sizes, ones)
     elif normalization == "sqrt_region":
         normaliser = torch.where(used, region_sizes, ones).sqrt()
-    else:  # volume
+    elif normalization == "volume":
         normaliser = torch.where(used, volumes.float().clamp_min(1.0), ones)
+    else:
+        raise ValueError(f"unknown normalization {normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
 
     # Skipped pairs enter as exact zeros so that neither the loss nor its gradient can be NaN.
     chosen_normalised = torch.where(used, chosen_logratios / normaliser, torch.zeros_like(normaliser))
@@ -387,8 +389,10 @@ def preference_loss(
         losses = (gap - 1 / (2 * beta)) ** 2
     elif loss_type == "hinge":
         losses = torch.relu(1 - h)
-    else:  # robust
+    elif loss_type == "robust":
         losses = ((1 - eps) * -F.logsigmoid(h) + eps * F.logsigmoid(-h)) / (1 - 2 * eps)
+    else:
+        raise ValueError(f"unknown loss_type {loss_type!r}; valid: {', '.join(LOSS_TYPES)}")
     losses = torch.where(used, losses, torch.zeros_like(losses))
 
     num_used = int(used.sum())

@@ -32,30 +32,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nnunetv2_rndpo.atomic_files import atomic_write, atomic_write_text, read_jsonl
 from nnunetv2_rndpo.cascade import pool_input
-from nnunetv2_rndpo.checkpoint import base_weights, describe_trained_models, load_checkpoint_file
+from nnunetv2_rndpo.checkpoint import base_weights, describe_trained_models, load_checkpoint_file, weights_sha256
 from nnunetv2_rndpo.config import CONFIG_ENV_VAR
 from nnunetv2_rndpo.distributed import barrier, broadcast_from_rank0, rank_and_world
 from nnunetv2_rndpo.evaluation import dice_on_test_set, preprocessed_test_set
-from nnunetv2_rndpo.messages import TIMED_ITERATIONS, large_case_notes, pairs_summary, schedule_summary, time_estimate
-from nnunetv2_rndpo.mining import MiningParams, Pair, require_trainable_pairs
+from nnunetv2_rndpo.messages import TIMED_ITERATIONS, pairs_summary, schedule_summary, time_estimate
+from nnunetv2_rndpo.mining import (
+    MiningParams,
+    Pair,
+    mine_pool,
+    pairs_document,
+    read_pairs_file,
+    require_trainable_pairs,
+)
 from nnunetv2_rndpo.objective import consistency_loss
-from nnunetv2_rndpo.paths import rndpo_cache_folder
+from nnunetv2_rndpo.paths import results_folder
 from nnunetv2_rndpo.pipeline import (
     BaseModel,
     JudgeSettings,
     ProposalSettings,
-    ensure_proposals,
     hidden_true_dice,
     labeled_reliability,
-    mine_pool,
-    pairs_document,
-    prepare_pool,
-    read_pairs_file,
+    open_pool,
     score_pool,
-    split_cases,
 )
-from nnunetv2_rndpo.pool import PreprocessedPool, atomic_write_text
+from nnunetv2_rndpo.pool import PreprocessedPool
 from nnunetv2_rndpo.proposals import ProposalCache
 from nnunetv2_rndpo.sampling import PairPatchSampler, PreferenceBatchLoader
 from nnunetv2_rndpo.schedule import split_batch
@@ -92,21 +95,9 @@ def epoch_metrics(train_outputs: list[dict]) -> dict[str, float]:
 
 def weights_key(state_dict: dict[str, torch.Tensor], case_ids: list[str]) -> str:
     """A hash of a network's weights and the cases it is evaluated on (the key of a cached test Dice)."""
-    digest = hashlib.sha256()
-    for name, tensor in state_dict.items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest = hashlib.sha256(weights_sha256(state_dict).encode())
     digest.update("\n".join(sorted(case_ids)).encode())
     return digest.hexdigest()[:16]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """One JSON object per line; a line that does not parse (the last one of a killed writer) is skipped."""
-    rows = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            rows.append(json.loads(line))
-    return rows
 
 
 class PreferenceBatches:
@@ -132,6 +123,7 @@ class PreferencePhase:
         self.trainer = trainer
         self.rank, self.world = rank_and_world()
         self.config = trainer.rndpo_config
+        self.base: BaseModel | None = None  # built in setup, once the reference network exists
         self.fold_folder = Path(trainer.output_folder)
         self.reference: torch.nn.Module | None = None
         self.pairs: list[Pair] = []
@@ -147,25 +139,6 @@ class PreferencePhase:
     # ------------------------------------------------------------------ paths
 
     @property
-    def dataset_name(self) -> str:
-        return self.trainer.plans_manager.dataset_name
-
-    @property
-    def raw_folder(self) -> Path:
-        from nnunetv2.paths import nnUNet_raw
-
-        if nnUNet_raw is None:
-            raise RuntimeError("nnUNet_raw is not set; export nnUNet_raw=/path/to/nnUNet_raw (the unlabeled pool lives there)")
-        return Path(nnUNet_raw) / self.dataset_name
-
-    @property
-    def cache_folder(self) -> Path:
-        """``$nnUNet_preprocessed/DatasetXXX/rndpo/<plans>_<configuration>``: outside nnU-Net's own folders."""
-        t = self.trainer
-        return rndpo_cache_folder(Path(t.preprocessed_dataset_folder_base).parent, self.dataset_name,
-                                  t.plans_manager.plans_name, t.configuration_name)
-
-    @property
     def cascade_labels(self) -> list[int] | None:
         """For a cascade, the labels of the previous-stage one-hot input channels (:mod:`nnunetv2_rndpo.cascade`)."""
         t = self.trainer
@@ -177,20 +150,22 @@ class PreferencePhase:
         if cfg.base_checkpoint:
             path = Path(cfg.base_checkpoint)
         else:
-            folder = f"{cfg.base_trainer}__{t.plans_manager.plans_name}__{t.configuration_name}"
-            path = Path(t.output_folder_base).parent / folder / f"fold_{t.fold}" / "checkpoint_final.pth"
+            dataset_results = Path(t.output_folder_base).parent
+            path = results_folder(dataset_results.parent, dataset_results.name, cfg.base_trainer,
+                                  t.plans_manager.plans_name, t.configuration_name, t.fold) / "checkpoint_final.pth"
         if cfg.base_checkpoint and not path.is_file():
             raise FileNotFoundError(f"base_checkpoint {path} (in the file named by $nnUNet_rndpo_config) "
                                     f"{'is a directory' if path.is_dir() else 'does not exist'}; point it at a "
                                     "checkpoint_final.pth written by nnUNetv2_train, or remove it to use base_trainer")
         if not path.is_file():
-            dataset_id = self.dataset_name.split("_")[0].replace("Dataset", "")
+            dataset_id = t.plans_manager.dataset_name.split("_")[0].replace("Dataset", "")
             found, candidates = describe_trained_models(Path(t.output_folder_base).parent, t.plans_manager.plans_name,
                                                         t.configuration_name, t.fold, exclude=(t.__class__.__name__,))
             trainer = candidates[0] if candidates else "<the base model's trainer>"
             raise FileNotFoundError(
-                f"Base checkpoint {path} not found (base_trainer {cfg.base_trainer!r}). The preference phase fine-tunes "
-                f"a trained nnU-Net model.\n{found}\nIf the base model was trained with another trainer, set "
+                f"Base checkpoint {path} not found (base_trainer {cfg.base_trainer!r}). The preference phase "
+                f"fine-tunes a trained nnU-Net model.\n{found}\nIf the base model was trained with another trainer, "
+                "set "
                 f"{{\"base_trainer\": \"{trainer}\"}} (or base_checkpoint: a path) in the file named by "
                 f"$nnUNet_rndpo_config; or train it first with\n  nnUNetv2_train {int(dataset_id)} "
                 f"{t.configuration_name} {t.fold} -tr {cfg.base_trainer} -p {t.plans_manager.plans_name}"
@@ -210,12 +185,11 @@ class PreferencePhase:
                                              os.environ.get(CONFIG_ENV_VAR)))
         new_pairs = None
         self._load_policy_and_reference()
-        pool = self._prepare_pool()
-        if t.current_epoch == 0:
-            shapes = {c: tuple(pool.image(c).shape[1:]) for c in pool.case_ids}
-            for note in large_case_notes(shapes, tuple(t.configuration_manager.patch_size)):
-                t.print_to_log_file(note)
-        cache = self._prepare_proposals(pool)
+        self.base = BaseModel.from_trainer(t, self.reference, self.base_checkpoint())
+        pool, cache = open_pool(self.base, ProposalSettings.from_config(self.config), self.config.unlabeled_dir,
+                                generate=True, num_parts=self.world, part_id=self.rank, progress=True,
+                                on_bad_case=self.config.on_bad_case, log=t.print_to_log_file, barrier=barrier,
+                                name_large_cases=t.current_epoch == 0)
         self.guard_cases = self._choose_guard_cases(pool)
         pairs_file = self.fold_folder / "rndpo_pairs.json"
         if t.current_epoch > 0 and pairs_file.is_file():
@@ -280,10 +254,8 @@ class PreferencePhase:
         """``rndpo_config.json``, ``rndpo_reference.pth`` (fresh runs) and ``rndpo_pairs.json`` (when mined here)."""
         atomic_write_text(self.fold_folder / "rndpo_config.json", json.dumps(self.config.to_dict(), indent=2))
         if self._fresh_reference_weights is not None:
-            reference_file = self.fold_folder / "rndpo_reference.pth"
-            temporary = reference_file.with_name(reference_file.name + ".tmp")
-            torch.save(self._fresh_reference_weights, temporary)
-            os.replace(temporary, reference_file)
+            weights = self._fresh_reference_weights
+            atomic_write(self.fold_folder / "rndpo_reference.pth", lambda f: torch.save(weights, f))
             self._fresh_reference_weights = None
         if new_pairs is not None:
             atomic_write_text(self.fold_folder / "rndpo_pairs.json", json.dumps(new_pairs, indent=1))
@@ -313,22 +285,6 @@ class PreferencePhase:
         self.reference.load_state_dict(reference_weights)
         self.reference.eval().requires_grad_(False)
 
-    def _base_model(self) -> BaseModel:
-        return BaseModel.from_trainer(self.trainer, self.reference, self.base_checkpoint())
-
-    def _prepare_pool(self) -> PreprocessedPool:
-        pool = prepare_pool(self._base_model(), self.config.unlabeled_dir, num_parts=self.world, part_id=self.rank,
-                            on_bad_case=self.config.on_bad_case, log=self.trainer.print_to_log_file)
-        barrier()  # under DDP each rank preprocessed its part of the pool
-        return pool
-
-    def _prepare_proposals(self, pool: PreprocessedPool) -> ProposalCache:
-        base, settings, log = self._base_model(), ProposalSettings.from_config(self.config), self.trainer.print_to_log_file
-        if self.world > 1:  # each rank fills its part of the one cache (nnUNetv2_predict's split), then all read it
-            ensure_proposals(base, pool, settings, case_ids=split_cases(pool.case_ids, self.world, self.rank), log=log)
-            barrier()
-        return ensure_proposals(base, pool, settings, log=log)
-
     def _choose_guard_cases(self, pool: PreprocessedPool) -> list[str]:
         """``guard_num_cases`` pool cases drawn with the seed and held out of mining (none if the pool is small)."""
         n = self.config.guard_num_cases
@@ -347,11 +303,11 @@ class PreferencePhase:
             pairs, self.judge_metrics = read_pairs_file(cfg.pairs_file, pool, cache)
             self.pairs = [p for p in pairs if p.case_id not in self.guard_cases]
         else:
-            base = self._base_model()
-            scores = score_pool(base, pool, cache, JudgeSettings.from_config(cfg), progress=False)
-            cases = [c for c in pool.case_ids if c not in self.guard_cases]
-            self.pairs, stats = mine_pool(cache, cases, scores, MiningParams.from_config(cfg), cfg.seed,
-                                          hidden_true_dice(base, pool, cache))
+            with cache.remembering():
+                dice = hidden_true_dice(self.base, pool, cache)
+                scores = score_pool(self.base, pool, cache, JudgeSettings.from_config(cfg), progress=False, dice=dice)
+                cases = [c for c in pool.case_ids if c not in self.guard_cases]
+                self.pairs, stats = mine_pool(cache, cases, scores, MiningParams.from_config(cfg), cfg.seed, dice)
             self.judge_metrics = {k: stats[k] for k in ("judge/margin_mean", "pairs/identical_cases",
                                                          "judge/oracle_pair_acc") if k in stats}
         no_pair = int(self.judge_metrics.get("pairs/identical_cases", 0))
@@ -365,7 +321,7 @@ class PreferencePhase:
     def _measure_flip_rate(self) -> dict[str, float]:
         """``label_smoothing: "auto"``: the judge's flip rate on the fold's labeled validation cases."""
         cfg = self.config
-        report = labeled_reliability(self._base_model(), ProposalSettings.from_config(cfg),
+        report = labeled_reliability(self.base, ProposalSettings.from_config(cfg),
                                      JudgeSettings.from_config(cfg), MiningParams.from_config(cfg), progress=False,
                                      log=self.trainer.print_to_log_file)
         self.trainer.print_to_log_file(f"RN-DPO: judge reliability on labeled validation cases: {report}")
@@ -383,7 +339,8 @@ class PreferencePhase:
 
     def _install_dataloader(self, pool, cache, sampler_state) -> None:
         t, cfg = self.trainer, self.config
-        rotation, dummy_2d, initial_patch_size, mirror_axes = t.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        rotation, dummy_2d, initial_patch_size, mirror_axes = (
+            t.configure_rotation_dummyDA_mirroring_and_inital_patch_size())
         patch_size = t.configuration_manager.patch_size
         transforms = t.get_training_transforms(
             patch_size, rotation, t._get_deep_supervision_scales(), mirror_axes, dummy_2d,
@@ -483,7 +440,8 @@ class PreferencePhase:
             if key in row:
                 self.trainer.logger.log(key, row[key], self.trainer.current_epoch)
         every = self.config.eval_every
-        if self.test_pool is not None and every and (epochs_done % every == 0 or epochs_done == self.trainer.num_epochs):
+        due = every and (epochs_done % every == 0 or epochs_done == self.trainer.num_epochs)
+        if self.test_pool is not None and due:
             row["eval/dice"] = self.evaluate()
             self.trainer.print_to_log_file(f"RN-DPO: test Dice after {epochs_done} epochs: {row['eval/dice']:.4f}")
         self._write_metrics_row(epochs_done, row)
@@ -536,11 +494,13 @@ class PreferencePhase:
         if not self.config.eval_every or self.rank != 0:  # rank 0 evaluates
             return
         t = self.trainer
-        self.test_pool = preprocessed_test_set(self.raw_folder, self.cache_folder / "test", t.plans_manager, t.configuration_manager,
+        self.test_pool = preprocessed_test_set(self.base.raw_folder, self.base.cache_folder / "test", t.plans_manager,
+                                               t.configuration_manager,
                                    t.dataset_json, progress=True, previous_stage=t.previous_stage, device=t.device,
                                    log=t.print_to_log_file)
         if self.test_pool is None:
-            t.print_to_log_file(f"RN-DPO: eval_every > 0 but {self.raw_folder} has no imagesTs/labelsTs; no test curve")
+            t.print_to_log_file(f"RN-DPO: eval_every > 0 but {self.base.raw_folder} has no imagesTs/labelsTs; no test "
+                                "curve")
 
     def _policy_predictor(self, network: torch.nn.Module | None = None):
         """An nnU-Net predictor (no TTA) over a copy of the current policy, or over ``network``."""
@@ -559,7 +519,8 @@ class PreferencePhase:
         return predictor
 
     def evaluate(self) -> float:
-        """Mean foreground Dice of the current policy on imagesTs/labelsTs (:func:`~nnunetv2_rndpo.evaluation.dice_on_test_set`)."""
+        """Mean foreground Dice of the current policy on imagesTs/labelsTs
+        (:func:`~nnunetv2_rndpo.evaluation.dice_on_test_set`)."""
         dice = dice_on_test_set(self._policy_predictor(), self.test_pool, self.trainer.label_manager)
         self.trainer.network.train()
         return dice
@@ -571,7 +532,7 @@ class PreferencePhase:
         ``<cache>/base_test_dice.json`` keyed by a hash of the reference weights and the test case ids, so a
         second arm from that base does not predict the test set again.
         """
-        path = self.cache_folder / BASE_TEST_DICE_FILE
+        path = self.base.cache_folder / BASE_TEST_DICE_FILE
         key = weights_key(self.reference.state_dict(), self.test_pool.case_ids)
         known = json.loads(path.read_text()) if path.is_file() else {}
         if key not in known:
@@ -592,7 +553,8 @@ class PreferencePhase:
             predictor = self._policy_predictor(self.reference)
             for case_id in self.guard_cases:
                 image = torch.from_numpy(pool_input(pool, case_id, self.cascade_labels))
-                self.guard_logits[case_id] = (image, predictor.predict_sliding_window_return_logits(image).cpu().clone())
+                logits = predictor.predict_sliding_window_return_logits(image).cpu().clone()
+                self.guard_logits[case_id] = (image, logits)
         self._accepted_weights = self._policy_weights()
 
     def _policy_weights(self) -> dict[str, torch.Tensor]:

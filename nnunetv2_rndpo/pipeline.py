@@ -9,7 +9,6 @@ one cache: ``$nnUNet_preprocessed/DatasetXXX/rndpo/<plans>_<configuration>/{pool
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,15 +20,16 @@ from nnunetv2_rndpo.cascade import PreviousStage, previous_stage_of, require_cas
 from nnunetv2_rndpo.checkpoint import describe_trained_models, load_checkpoint_file
 from nnunetv2_rndpo.hybrids import HybridCache, HybridSettings, base_scores, generate_hybrids
 from nnunetv2_rndpo.judges import (
+    JUDGES,
     agreement_scores,
     oracle_scores,
     read_external_scores,
     true_dice,
     uncertainty_scores,
 )
-from nnunetv2_rndpo.mining import MiningParams, Pair, mine_pairs, pair_statistics
+from nnunetv2_rndpo.mining import MiningParams, mine_pool
 from nnunetv2_rndpo.paths import rndpo_cache_folder
-from nnunetv2_rndpo.pool import PreprocessedPool, find_cases
+from nnunetv2_rndpo.pool import LabeledPool, PreprocessedPool, find_cases, labeled_cases
 from nnunetv2_rndpo.proposals import (
     DEFAULT_PERTURB_SIGMA,
     ProposalCache,
@@ -86,7 +86,8 @@ class BaseModel:
         from nnunetv2.paths import nnUNet_raw
 
         if nnUNet_raw is None:
-            raise RuntimeError("nnUNet_raw is not set; export nnUNet_raw=/path/to/nnUNet_raw (the unlabeled pool lives there)")
+            raise RuntimeError("nnUNet_raw is not set; export nnUNet_raw=/path/to/nnUNet_raw (the unlabeled pool "
+                               "lives there)")
         return Path(nnUNet_raw) / self.dataset_name
 
     @property
@@ -95,7 +96,8 @@ class BaseModel:
         from nnunetv2.paths import nnUNet_preprocessed
 
         if nnUNet_preprocessed is None:
-            raise RuntimeError("nnUNet_preprocessed is not set; export nnUNet_preprocessed=/path/to/nnUNet_preprocessed")
+            raise RuntimeError("nnUNet_preprocessed is not set; export "
+                               "nnUNet_preprocessed=/path/to/nnUNet_preprocessed")
         return rndpo_cache_folder(nnUNet_preprocessed, self.dataset_name, self.plans_manager.plans_name,
                                   self.configuration_name)
 
@@ -331,6 +333,43 @@ def cached_proposals(base: BaseModel, pool, settings: ProposalSettings, progress
     return ensure_hybrids(cache, pool, settings, progress=progress, log=lambda _: None)
 
 
+def open_pool(
+    base: BaseModel, settings: ProposalSettings, unlabeled_dir: str | None = None, *, generate: bool = False,
+    num_parts: int = 1, part_id: int = 0, progress: bool = True, on_bad_case: str = "stop", log=print,
+    barrier=lambda: None, name_large_cases: bool = False,
+) -> tuple[PreprocessedPool, ProposalCache | HybridCache]:
+    """The unlabeled pool (preprocessed where missing) and its proposals: the one way the commands that read
+    proposals and the preference phase open them.
+
+    Args:
+        generate: make the proposals (and hybrids) that are missing, as the trainer does; without it they must
+            exist (``nnUNetv2_rndpo_judge`` and ``_mine`` read what ``nnUNetv2_rndpo_proposals`` made).
+        num_parts, part_id: preprocess and generate only this part (:func:`split_cases`; one part per DDP rank);
+            ``barrier()`` is called after each step whose parts the next step reads (``torch.distributed``'s
+            barrier under DDP, nothing in one process).
+        on_bad_case, log: as for :func:`prepare_pool`.
+        name_large_cases: name the cases of unusually large images in ``log`` before their proposals are made
+            (:func:`~nnunetv2_rndpo.messages.large_case_notes`).
+
+    Raises:
+        FileNotFoundError: without ``generate``, a case has no current proposals.
+    """
+    from nnunetv2_rndpo.messages import large_case_notes
+
+    pool = prepare_pool(base, unlabeled_dir, num_parts, part_id, progress, on_bad_case, log)
+    barrier()
+    if not generate:
+        return pool, cached_proposals(base, pool, settings, progress)
+    if name_large_cases:
+        shapes = {c: tuple(pool.image(c).shape[1:]) for c in pool.case_ids}
+        for note in large_case_notes(shapes, tuple(base.configuration_manager.patch_size)):
+            log(note)
+    if num_parts > 1:  # each part fills its share of the one cache (nnUNetv2_predict's split), then all read it
+        ensure_proposals(base, pool, settings, split_cases(pool.case_ids, num_parts, part_id), progress, log)
+        barrier()
+    return pool, ensure_proposals(base, pool, settings, progress=progress, log=log)
+
+
 def require_complete(cache: ProposalCache, pool: PreprocessedPool) -> None:
     """Raises a clear error if some pool case has no proposals yet."""
     missing = [c for c in pool.case_ids if not cache.has_case(c, pool.source_digest(c))]
@@ -365,20 +404,22 @@ class JudgeSettings:
                    config.learned_judge, config.seed, config.judge_pair_accuracy)
 
 
-def oracle_sigma(base: BaseModel, pool, cache: ProposalCache, settings: JudgeSettings) -> float:
+def oracle_sigma(base: BaseModel, pool, cache: ProposalCache, settings: JudgeSettings,
+                 dice: dict[str, np.ndarray] | None = None) -> float:
     """The oracle judge's noise σ: ``settings.sigma``, or, with ``settings.pair_accuracy``, the σ at which its
     expected within-case pair accuracy (with the size bias) on these cases is that target
     (:func:`~nnunetv2_rndpo.reliability.calibrate_judge_sigma`; 0 if the target is above what σ = 0 reaches).
 
     Assumption: the simulated judge is calibrated on the cases it scores (their hidden labels are what it
-    simulates anyway), so "weak judge at 0.70" means 0.70 on exactly these proposals.
+    simulates anyway), so "weak judge at 0.70" means 0.70 on exactly these proposals. ``dice``: the cases' true
+    Dice if already known (:func:`hidden_true_dice`).
     """
     if settings.pair_accuracy is None:
         return settings.sigma
     from nnunetv2_rndpo.judges import foreground_voxels
     from nnunetv2_rndpo.reliability import calibrate_judge_sigma
 
-    dice = hidden_true_dice(base, pool, cache)
+    dice = hidden_true_dice(base, pool, cache) if dice is None else dice
     sizes = {c: foreground_voxels(cache.masks(c), base.classes) for c in pool.case_ids}
     return calibrate_judge_sigma(dice, sizes, settings.pair_accuracy, settings.size_bias)
 
@@ -393,22 +434,25 @@ def hidden_true_dice(base: BaseModel, pool: PreprocessedPool, cache: ProposalCac
 
 def score_pool(
     base: BaseModel, pool: PreprocessedPool, cache: ProposalCache, settings: JudgeSettings, progress: bool = True,
+    dice: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """``{case: (K,) scores}`` of every pool case from the chosen judge (higher = better).
+
+    ``dice``: the cases' true Dice if the caller already has it (:func:`hidden_true_dice`); the oracle uses it
+    instead of computing it again.
 
     Raises:
         FileNotFoundError: oracle without hidden labels, learned judge not trained, external file missing.
         ValueError: unknown judge or an invalid external file.
     """
-    from nnunetv2_rndpo.config import JUDGES
-
     judge = settings.judge
     if judge not in JUDGES:
         raise ValueError(f"unknown judge {judge!r}; valid: {', '.join(JUDGES)}")
     require_complete(cache, pool)
     if judge == "external":
         if not settings.scores_file:
-            raise ValueError("judge 'external' needs a scores CSV (judge_scores / --scores) with columns case_id,proposal,score")
+            raise ValueError("judge 'external' needs a scores CSV (judge_scores / --scores) with columns "
+                             "case_id,proposal,score")
         return read_external_scores(settings.scores_file, {c: len(cache.masks(c)) for c in pool.case_ids})
     if judge == "oracle" and not pool.has_labels:
         raise FileNotFoundError(
@@ -420,7 +464,7 @@ def score_pool(
 
         learned = LearnedJudge.load(settings.learned_judge or base.fold_folder / LEARNED_JUDGE_FILE, base.device)
     rng = np.random.default_rng(settings.seed)
-    sigma = oracle_sigma(base, pool, cache, settings) if judge == "oracle" else settings.sigma
+    sigma = oracle_sigma(base, pool, cache, settings, dice) if judge == "oracle" else settings.sigma
     scores = {}
     for case_id in tqdm(pool.case_ids, desc=f"judge {judge}", disable=not progress):
         masks = cache.masks(case_id)
@@ -432,112 +476,19 @@ def score_pool(
                                                  base.label_manager.has_regions)
         elif judge == "learned":
             scores[case_id] = learned.score(np.asarray(pool.image(case_id)), masks)
-        else:  # oracle
+        elif judge == "oracle":
             scores[case_id], _ = oracle_scores(masks, pool.label(case_id), base.classes, sigma, rng,
-                                               settings.size_bias, base.label_manager.ignore_label)
+                                               settings.size_bias, base.label_manager.ignore_label,
+                                               None if dice is None else dice[case_id])
+        else:
+            raise ValueError(f"judge {judge!r} has no per-case scoring here; valid: {', '.join(JUDGES)}")
     return scores
-
-
-# ---------------------------------------------------------------------------------------------- mining
-
-
-def mine_pool(
-    cache: ProposalCache, case_ids: list[str], scores: dict[str, np.ndarray], params: MiningParams, seed: int,
-    dice: dict[str, np.ndarray] | None = None,
-) -> tuple[list[Pair], dict[str, float]]:
-    """Mines every case of ``case_ids`` with one seeded generator; returns the pairs and their statistics.
-
-    Statistics: :func:`~nnunetv2_rndpo.mining.pair_statistics` plus ``pairs/identical_cases`` (cases that
-    gave no pair) and, when hidden labels exist, ``judge/oracle_pair_acc``. With a
-    :class:`~nnunetv2_rndpo.hybrids.HybridCache` the hybrids' anchors go to ``local`` mining.
-    """
-    rng = np.random.default_rng(seed)
-    pairs, empty = [], 0
-    for case_id in case_ids:
-        anchors = cache.hybrids(case_id).anchors if isinstance(cache, HybridCache) else None
-        mined = mine_pairs(case_id, cache.masks(case_id), scores[case_id], params, rng,
-                           None if dice is None else dice[case_id], anchors)
-        empty += not mined
-        pairs += mined
-    stats = pair_statistics(pairs, len(case_ids))
-    stats["pairs/identical_cases"] = empty
-    if "pairs/oracle_acc" in stats:
-        stats["judge/oracle_pair_acc"] = stats["pairs/oracle_acc"]
-    return pairs, stats
-
-
-def pairs_document(pairs: list[Pair], judge_metrics: dict, cache: ProposalCache | None = None) -> dict:
-    """The content of ``rndpo_pairs.json`` (what the trainer writes and ``nnUNetv2_rndpo_mine`` writes)."""
-    document = {"judge_metrics": judge_metrics, "pairs": [vars(p) for p in pairs]}
-    if cache is not None:
-        document["proposals"] = str(cache.folder)
-    return document
-
-
-def read_pairs_file(path: str | os.PathLike, pool: PreprocessedPool | None = None,
-                    cache: ProposalCache | None = None) -> tuple[list[Pair], dict]:
-    """Reads ``rndpo_pairs.json``, checking cases and proposal indices against the pool and the cache.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a pairs file, or pairs that refer to cases/proposals that do not exist, or made
-            from other proposals than ``cache``.
-    """
-    import json
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pairs file {path} does not exist; write it with nnUNetv2_rndpo_mine")
-    try:
-        document = json.loads(path.read_text())
-        pairs = [Pair(**p) for p in document["pairs"]]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"{path} is not a pairs file written by nnUNetv2_rndpo_mine ({error})") from None
-    # the key (folder name) identifies the proposals; the root may be spelled differently (symlinks, mounts)
-    if cache is not None and document.get("proposals") not in (None, str(cache.folder)) and (
-            Path(document["proposals"]).name != cache.folder.name):
-        raise ValueError(
-            f"pairs file {path} was mined from proposals {document['proposals']} but this run's proposals are "
-            f"{cache.folder} (another base model, sources, K or seed). Mine again from the current proposals.")
-    if pool is not None:
-        unknown = sorted({p.case_id for p in pairs} - set(pool.case_ids))
-        if unknown:
-            raise ValueError(f"pairs file {path} names cases not in the unlabeled pool: {unknown[:5]}")
-        if cache is not None:
-            for p in pairs:
-                k = len(cache.masks(p.case_id))
-                if not (0 <= p.chosen < k and 0 <= p.rejected < k):
-                    raise ValueError(f"pairs file {path}: case {p.case_id!r} has proposals 0 ... {k - 1}, "
-                                     f"but a pair uses {p.chosen} and {p.rejected}")
-    return pairs, document.get("judge_metrics", {})
 
 
 # ---------------------------------------------------------------------------------------------- labeled reliability
 
 # rDPO's loss needs ε < 0.5 and is flat at 0.5; an estimate from a handful of validation cases is noisy
 MAX_AUTO_LABEL_SMOOTHING = 0.4
-
-
-class LabeledPool:
-    """Labeled cases behind the interface of :class:`~nnunetv2_rndpo.pool.PreprocessedPool`."""
-
-    has_labels = True
-
-    def __init__(self, cases, case_ids: list[str]):
-        self._cases, self.case_ids = cases, list(case_ids)
-
-    def image(self, case_id: str) -> np.ndarray:
-        return self._cases[case_id][0]
-
-    def label(self, case_id: str) -> np.ndarray:
-        return self._cases[case_id][1]
-
-    def previous_stage(self, case_id: str) -> np.ndarray | None:
-        return self._cases.previous_stage(case_id)
-
-    def source_digest(self, case_id: str) -> None:
-        """Labeled cases come from nnU-Net's preprocessed folder, which nnU-Net keeps current."""
-        return None
 
 
 def labeled_proposals(base: BaseModel, settings: ProposalSettings, progress: bool = True, log=print,
@@ -549,8 +500,6 @@ def labeled_proposals(base: BaseModel, settings: ProposalSettings, progress: boo
     Raises:
         ValueError: the fold has no validation cases.
     """
-    from nnunetv2_rndpo.learned_judge import labeled_cases
-
     cases, _, val_ids = labeled_cases(base, base.fold)
     if not val_ids:
         raise ValueError(f"fold {base.fold} of {base.dataset_name} has no validation cases (splits_final.json); "
@@ -587,11 +536,12 @@ def labeled_reliability(
                          "--report on a pool with hidden labels, or set label_smoothing to a number")
     pool, cache = labeled_proposals(base, settings, progress, log)
     val_ids = pool.case_ids
-    scores = score_pool(base, pool, cache, judge, progress)
-    dice = hidden_true_dice(base, pool, cache)
+    with cache.remembering():
+        dice = hidden_true_dice(base, pool, cache)
+        scores = score_pool(base, pool, cache, judge, progress, dice)
+        _, stats = mine_pool(cache, val_ids, scores, mining, judge.seed, dice)
     ranked = judge_reliability(base_scores(cache, scores), base_scores(cache, dice))
     report = {f"labeled/{k}": v for k, v in ranked.items()}
-    _, stats = mine_pool(cache, val_ids, scores, mining, judge.seed, dice)
     report["labeled/mined_pairs"] = stats["pairs/count"]
     report["labeled/mined_pair_acc"] = stats.get("pairs/oracle_acc", float("nan"))
     report["labeled/flip_rate"] = auto_label_smoothing(report)
@@ -657,17 +607,18 @@ def headroom_report(base: BaseModel, pool, cache: ProposalCache, settings: Propo
     from nnunetv2_rndpo.reliability import headroom_summary, region_label_accuracy
 
     require_complete(cache, pool)
-    dice = hidden_true_dice(base, pool, cache)
-    if dice is None:
-        raise FileNotFoundError("the headroom report needs the true label of every case: hidden labels in "
-                                "labelsUnlabeled/ next to the unlabeled images, or use --report-labeled")
+    with cache.remembering():
+        dice = hidden_true_dice(base, pool, cache)
+        if dice is None:
+            raise FileNotFoundError("the headroom report needs the true label of every case: hidden labels in "
+                                    "labelsUnlabeled/ next to the unlabeled images, or use --report-labeled")
+        pairs, _ = mine_pool(cache, pool.case_ids, dice, mining, settings.seed, dice)
+        shares = region_label_accuracy(pairs, cache, pool, base.label_manager.ignore_label)
     report = headroom_summary(dice, plain_dice or plain_prediction_dice(base, pool, progress))
     report["headroom/proposals"] = settings.num_proposals
     report["headroom/forwards_per_case"] = forward_passes(proposal_specs(base, settings), base.mirror_axes)
-    pairs, _ = mine_pool(cache, pool.case_ids, dice, mining, settings.seed, dice)
     report["headroom/oracle_pairs"] = len(pairs)
     report["headroom/region_size_mean"] = float(np.mean([p.region_size for p in pairs])) if pairs else float("nan")
-    shares = region_label_accuracy(pairs, cache, pool, base.label_manager.ignore_label)
     for key in ("chosen_right_in_region", "chosen_right_where_decidable"):
         report[f"headroom/{key}"] = shares.get(f"pairs/{key}", float("nan"))
     return report

@@ -15,13 +15,15 @@ import hashlib
 import json
 import os
 import re
-import uuid
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
+from nnunetv2_rndpo.atomic_files import atomic_save, atomic_write_text
 
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -104,34 +106,6 @@ def find_cases(
             label = str(candidate) if candidate.is_file() else None
         cases.append(PoolCase(case_id, tuple(by_channel[c] for c in range(num_channels)), label))
     return cases
-
-
-def atomic_write(path: Path, write) -> None:
-    """Calls ``write(binary_file)`` on a temporary file beside ``path``, then renames it to ``path``.
-
-    An interrupted write never leaves a readable, truncated file, and the temporary name is unique to the
-    process (``.<name>.<pid>.<random>.tmp``), so concurrent writers of one file (two folds preprocessing the
-    shared pool) never write into each other's temporary file: the last rename wins with a whole file.
-    """
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(temporary, "wb") as f:
-            write(f)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def atomic_save(path: Path, array: np.ndarray) -> None:
-    """Saves ``array`` as .npy through :func:`atomic_write`."""
-    atomic_write(path, lambda f: np.save(f, array))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Writes a text file through :func:`atomic_write`."""
-    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _source_stamp(case: PoolCase) -> dict:
@@ -363,3 +337,78 @@ class PreprocessedPool:
     @property
     def has_labels(self) -> bool:
         return all(c.label_file is not None for c in self.cases)
+
+
+class LabeledCases(Mapping):
+    """Preprocessed labeled cases ``{id: (image (C, *sp) float32, label (*sp) int16)}``, loaded on first use."""
+
+    def __init__(self, dataset, identifiers: list[str]):
+        self._dataset, self._ids, self._loaded, self._previous = dataset, list(identifiers), {}, {}
+
+    def __getitem__(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        if key not in self._loaded:
+            data, seg, previous, _ = self._dataset.load_case(key)
+            self._loaded[key] = (np.asarray(data[:], np.float32), np.maximum(np.asarray(seg[:])[0], 0).astype(np.int16))
+            if previous is not None:  # cascades: the previous stage's segmentation (nnU-Net's dataset class reads it)
+                previous = np.asarray(previous[:])
+                # predicted_next_stage holds (*spatial) label maps; a (1, *spatial) one is accepted too
+                previous = previous[0] if previous.ndim == self._loaded[key][0].ndim else previous
+                self._previous[key] = np.maximum(previous, 0).astype(np.int16)
+        return self._loaded[key]
+
+    def previous_stage(self, key: str) -> np.ndarray | None:
+        """``(*spatial)`` previous-stage segmentation of a case (cascades only), or None."""
+        self[key]
+        return self._previous.get(key)
+
+    def __iter__(self):
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+def labeled_cases(base, fold: int | str) -> tuple[LabeledCases, list[str], list[str]]:
+    """The preprocessed labeled cases (lazily loaded) and the fold's train/val ids.
+
+    The split is nnU-Net's ``splits_final.json`` (fold ``all``: train = val = every case); without that file
+    every case trains and none validates.
+    """
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+    folder = Path(nnUNet_preprocessed) / base.dataset_name / base.configuration_manager.data_identifier
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist: run nnUNetv2_plan_and_preprocess -d ... -c "
+                                f"{base.configuration_name} first")
+    previous = None if base.previous_stage is None else str(base.previous_stage.labeled_segmentations)
+    dataset = infer_dataset_class(str(folder))(str(folder), folder_with_segs_from_previous_stage=previous)
+    cases = LabeledCases(dataset, sorted(dataset.identifiers))
+    splits_file = folder.parent / "splits_final.json"
+    if str(fold) == "all" or not splits_file.is_file():
+        return cases, sorted(cases), [] if str(fold) != "all" else sorted(cases)
+    splits = json.loads(splits_file.read_text())
+    split = splits[int(fold)] if int(fold) < len(splits) else {"train": sorted(cases), "val": []}
+    return cases, sorted(split["train"]), sorted(split["val"])
+
+
+class LabeledPool:
+    """Labeled cases behind the interface of :class:`~nnunetv2_rndpo.pool.PreprocessedPool`."""
+
+    has_labels = True
+
+    def __init__(self, cases, case_ids: list[str]):
+        self._cases, self.case_ids = cases, list(case_ids)
+
+    def image(self, case_id: str) -> np.ndarray:
+        return self._cases[case_id][0]
+
+    def label(self, case_id: str) -> np.ndarray:
+        return self._cases[case_id][1]
+
+    def previous_stage(self, case_id: str) -> np.ndarray | None:
+        return self._cases.previous_stage(case_id)
+
+    def source_digest(self, case_id: str) -> None:
+        """Labeled cases come from nnU-Net's preprocessed folder, which nnU-Net keeps current."""
+        return None

@@ -42,6 +42,8 @@ case file is written atomically; a ``manifest.json`` written last marks the fold
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import hashlib
 import itertools
 import json
@@ -54,8 +56,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from nnunetv2_rndpo.atomic_files import atomic_write, atomic_write_text
 from nnunetv2_rndpo.cascade import pool_input
-from nnunetv2_rndpo.pool import atomic_write, atomic_write_text
+from nnunetv2_rndpo.checkpoint import weights_sha256
 
 THRESHOLD_LADDER = (2.0, 0.5, 1.5, 0.67, 3.0, 0.33, 4.0, 0.25, 6.0, 0.17)
 TEMPERATURE_LADDER = (0.5, 2.0, 0.25, 4.0, 0.75, 1.5)
@@ -68,6 +71,7 @@ AFFINE_LADDER = ((5.0, 1.0), (-5.0, 1.0), (0.0, 1.1), (0.0, 0.9), (10.0, 1.0), (
                  (-5.0, 0.9))
 MAX_PERTURB_SAMPLES = 16
 DEFAULT_PERTURB_SIGMA = 0.2  # docs/results/headroom_hc18_cpu.md: 0.2 gave more headroom than 0.1
+PROPOSAL_SOURCES = ("mirror", "threshold", "temperature", "intensity", "dropout", "model", "perturb", "affine")
 TTA_SOURCES = ("mirror", "threshold", "temperature")
 
 
@@ -77,9 +81,6 @@ class ProposalSpec:
 
     source: str
     parameter: tuple[int, ...] | float | int | str
-
-    def describe(self) -> str:
-        return f"{self.source}:{self.parameter}"
 
 
 def plan_proposals(
@@ -103,24 +104,16 @@ def plan_proposals(
         ValueError: the sources cannot produce ``num_proposals`` distinct recipes.
     """
     flips = [c for r in range(len(mirror_axes) + 1) for c in itertools.combinations(mirror_axes, r)]
-    available = {
-        "mirror": [ProposalSpec("mirror", f) for f in flips],
-        "threshold": [ProposalSpec("threshold", f) for f in THRESHOLD_LADDER],
-        "temperature": [ProposalSpec("temperature", t) for t in TEMPERATURE_LADDER],
-        "intensity": [ProposalSpec("intensity", a) for a in INTENSITY_LADDER],
-        "dropout": [ProposalSpec("dropout", i) for i in range(MAX_DROPOUT_SAMPLES)],
-        "model": [ProposalSpec("model", m) for m in models],
-        "perturb": [ProposalSpec("perturb", (i, float(perturb_sigma))) for i in range(MAX_PERTURB_SAMPLES)],
-        "affine": [ProposalSpec("affine", a) for a in AFFINE_LADDER],
-    }
-    unknown = [s for s in sources if s not in available]
+    unknown = [s for s in sources if s not in PROPOSAL_SOURCES]
     if unknown:
-        raise ValueError(f"unknown proposal source(s) {unknown}; valid: {', '.join(available)}")
+        raise ValueError(f"unknown proposal source(s) {unknown}; valid: {', '.join(PROPOSAL_SOURCES)}")
+    available = {source: _recipes(source, flips, models, perturb_sigma) for source in sources}
     capacity = sum(len(available[s]) for s in sources)
     if num_proposals > capacity:
         raise ValueError(
             f"num_proposals={num_proposals} but proposal_sources {sources} give at most {capacity} distinct "
-            f"proposals here ({len(flips)} mirror flips, {len(models)} extra models); lower num_proposals or add sources."
+            f"proposals here ({len(flips)} mirror flips, {len(models)} extra models); lower num_proposals or add "
+            "sources."
         )
     counts = dict.fromkeys(sources, 0)
     remaining = num_proposals
@@ -139,6 +132,28 @@ def plan_proposals(
         else:
             specs += options[: counts[source]]
     return specs
+
+
+def _recipes(source: str, flips: list[tuple[int, ...]], models: list[str] | tuple[str, ...],
+             perturb_sigma: float) -> list[ProposalSpec]:
+    """Every recipe one source of :data:`PROPOSAL_SOURCES` can make, in the order :func:`plan_proposals` takes them."""
+    if source == "mirror":
+        return [ProposalSpec("mirror", f) for f in flips]
+    if source == "threshold":
+        return [ProposalSpec("threshold", f) for f in THRESHOLD_LADDER]
+    if source == "temperature":
+        return [ProposalSpec("temperature", t) for t in TEMPERATURE_LADDER]
+    if source == "intensity":
+        return [ProposalSpec("intensity", a) for a in INTENSITY_LADDER]
+    if source == "dropout":
+        return [ProposalSpec("dropout", i) for i in range(MAX_DROPOUT_SAMPLES)]
+    if source == "model":
+        return [ProposalSpec("model", m) for m in models]
+    if source == "perturb":
+        return [ProposalSpec("perturb", (i, float(perturb_sigma))) for i in range(MAX_PERTURB_SAMPLES)]
+    if source == "affine":
+        return [ProposalSpec("affine", a) for a in AFFINE_LADDER]
+    raise ValueError(f"unknown proposal source {source!r}; valid: {', '.join(PROPOSAL_SOURCES)}")
 
 
 def forward_passes(specs: list[ProposalSpec], mirror_axes: tuple[int, ...]) -> int:
@@ -198,10 +213,12 @@ def _extra_pass(predictor, image: torch.Tensor, spec: ProposalSpec, label_manage
             for hook in hooks:
                 hook.remove()
             network.eval()
-    # model
-    if spec.parameter not in extra_weights:
-        raise ValueError(f"proposal source 'model' {spec.parameter!r}: its weights were not loaded")
-    return _pass_with_weights(predictor, image, label_manager, extra_weights[spec.parameter])
+    if spec.source == "model":
+        if spec.parameter not in extra_weights:
+            raise ValueError(f"proposal source 'model' {spec.parameter!r}: its weights were not loaded")
+        return _pass_with_weights(predictor, image, label_manager, extra_weights[spec.parameter])
+    raise ValueError(f"proposal source {spec.source!r} makes no forward pass of its own; valid: "
+                     f"{', '.join(s for s in PROPOSAL_SOURCES if s not in TTA_SOURCES)}")
 
 
 def _pass_with_weights(predictor, image: torch.Tensor, label_manager, weights: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -331,7 +348,8 @@ def propose_case(
         if ProposalSpec("mirror", flip) in specs:
             flip_masks[flip] = torch.as_tensor(label_manager.convert_logits_to_segmentation(logits)).to(torch.uint8)
         for t in temperatures:
-            mean_probabilities[t] = mean_probabilities[t] + label_manager.apply_inference_nonlin(logits / t) / len(flips)
+            probabilities_t = label_manager.apply_inference_nonlin(logits / t)
+            mean_probabilities[t] = mean_probabilities[t] + probabilities_t / len(flips)
     probabilities = mean_probabilities[1.0]
     masks = []
     for spec in specs:
@@ -341,28 +359,61 @@ def propose_case(
             masks.append(label_manager.convert_probabilities_to_segmentation(mean_probabilities[spec.parameter]))
         elif spec.source not in TTA_SOURCES:
             masks.append(_extra_pass(predictor, image, spec, label_manager, seed, extra_weights or {}))
-        else:  # threshold
+        elif spec.source == "threshold":
             scaled = probabilities.clone()
             if label_manager.has_regions:
                 scaled = (scaled / spec.parameter).clamp(0, 1)
             else:
                 scaled[0] *= spec.parameter
             masks.append(label_manager.convert_probabilities_to_segmentation(scaled))
+        else:
+            raise ValueError(f"unknown proposal source {spec.source!r}; valid: {', '.join(PROPOSAL_SOURCES)}")
     stacked = torch.stack([torch.as_tensor(m).to(torch.uint8).cpu() for m in masks]).numpy()
     return stacked, probabilities.half().cpu().numpy()
 
 
-def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
-    """Hex SHA-256 of a network's weights (names, shapes, dtypes and values), independent of file format."""
-    digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        tensor = state_dict[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
+# what a cache keeps of the masks it read inside ``remembering()``: enough for a pool of small cases, and a bound
+# for large 3D ones (the oldest case read goes first)
+MASK_MEMORY_BYTES = 512 * 2**20
 
 
-class ProposalCache:
+class RemembersMasks:
+    """``masks(case)`` read from disk once inside ``with cache.remembering():``, not once per pass.
+
+    The commands and the phase read every case's masks in several passes (true Dice, the judge, mining, the
+    reports); decompressing a case costs more than keeping it. Outside the block (the patch sampler, which
+    reads one case per sample in every data-loading worker) nothing is kept.
+    """
+
+    _remembered: collections.OrderedDict | None = None
+
+    def masks(self, case_id: str) -> np.ndarray:
+        if self._remembered is None:
+            return self._read_masks(case_id)
+        if case_id not in self._remembered:
+            masks = self._read_masks(case_id)
+            masks.flags.writeable = False  # shared by every later reader: none may change it
+            self._remembered[case_id] = masks
+            while len(self._remembered) > 1 and sum(m.nbytes for m in self._remembered.values()) > MASK_MEMORY_BYTES:
+                self._remembered.popitem(last=False)
+        self._remembered.move_to_end(case_id)
+        return self._remembered[case_id]
+
+    def _read_masks(self, case_id: str) -> np.ndarray:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def remembering(self):
+        """Keeps the masks read inside the block (up to :data:`MASK_MEMORY_BYTES`); forgets them at its end."""
+        outer = self._remembered
+        self._remembered = collections.OrderedDict() if outer is None else outer
+        try:
+            yield self
+        finally:
+            self._remembered = outer
+
+
+class ProposalCache(RemembersMasks):
     """Proposals of one (base model, plans, configuration, sources, K, seed), one file per case."""
 
     def __init__(self, root: str | os.PathLike, spec: dict, origin: dict | None = None):
@@ -397,7 +448,7 @@ class ProposalCache:
         if source is not None:
             atomic_write_text(self.folder / f"{case_id}.source", source)
 
-    def masks(self, case_id: str) -> np.ndarray:
+    def _read_masks(self, case_id: str) -> np.ndarray:
         """uint8 ``(K, *spatial)``."""
         with np.load(self.folder / f"{case_id}.npz") as f:
             return f["masks"]

@@ -40,7 +40,8 @@ def config_reference() -> str:
     for f in dataclasses.fields(RNDPOConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        rows.append(f"| `{f.name}` | `{_cell(type_name)}` | `{_cell(repr(default))}` | {_cell(f.metadata.get('help', ''))} |")
+        help_text = _cell(f.metadata.get("help", ""))
+        rows.append(f"| `{f.name}` | `{_cell(type_name)}` | `{_cell(repr(default))}` | {help_text} |")
     return "\n".join(rows)
 
 

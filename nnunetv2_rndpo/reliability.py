@@ -32,25 +32,7 @@ import math
 
 import numpy as np
 
-
-def rank(values: np.ndarray) -> np.ndarray:
-    """Ranks 0 … n−1 with ties given their average rank (as Spearman's ρ needs)."""
-    values = np.asarray(values, float)
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(len(values))
-    for value in np.unique(values):
-        tied = values == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's ρ of two ``(n,)`` arrays; NaN when either is constant."""
-    ra, rb = rank(a), rank(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return math.nan
-    return float(np.corrcoef(ra, rb)[0, 1])
+from nnunetv2_rndpo.metrics import spearman
 
 
 def pairwise_accuracy(scores: np.ndarray, dice: np.ndarray) -> tuple[float, int]:
@@ -76,7 +58,8 @@ def judge_reliability(scores: dict[str, np.ndarray], dice: dict[str, np.ndarray]
     cases = sorted(scores)
     missing = [c for c in cases if c not in dice]
     if missing:
-        raise ValueError(f"no true Dice for cases {missing[:5]}: a reliability report needs ground truth for every case")
+        raise ValueError(f"no true Dice for cases {missing[:5]}: a reliability report needs ground truth for every "
+                         "case")
     per_case = [spearman(scores[c], dice[c]) for c in cases]
     per_case = [r for r in per_case if not math.isnan(r)]
     correct = counted = 0
@@ -88,7 +71,8 @@ def judge_reliability(scores: dict[str, np.ndarray], dice: dict[str, np.ndarray]
     # good the judge's DPO pairs are (a pooled ρ is high from differences between cases alone)
     return {
         "cases": len(cases),
-        "spearman/pooled": spearman(np.concatenate([scores[c] for c in cases]), np.concatenate([dice[c] for c in cases])),
+        "spearman/pooled": spearman(np.concatenate([scores[c] for c in cases]),
+                                    np.concatenate([dice[c] for c in cases])),
         "spearman/per_case": float(np.mean(per_case)) if per_case else math.nan,
         "pairwise/accuracy": correct / counted if counted else math.nan,
         "spearman/cases": len(per_case),
@@ -103,10 +87,8 @@ def mining_reliability(cache, scores: dict[str, np.ndarray], dice: dict[str, np.
                        tau: float = 0.05) -> dict[str, float]:
     """``mining/<strategy>/pairs`` and ``/oracle_acc`` for every strategy, no filters, all pairs of a case
     (``local`` only when ``cache`` holds hybrids)."""
-    from nnunetv2_rndpo.config import MININGS
     from nnunetv2_rndpo.hybrids import HybridCache
-    from nnunetv2_rndpo.mining import MiningParams
-    from nnunetv2_rndpo.pipeline import mine_pool
+    from nnunetv2_rndpo.mining import MININGS, MiningParams, mine_pool
 
     result: dict[str, float] = {}
     cases = sorted(scores)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunetv2_rndpo.atomic_files import read_jsonl
 from nnunetv2_rndpo.metrics import curve_summary
-from nnunetv2_rndpo.paths import rndpo_cache_folder
+from nnunetv2_rndpo.paths import results_folder, rndpo_cache_folder
 
 ARM_NAMES = {"base": "base", "dpo": "DPO", "rndpo": "RN-DPO"}
 TRAINERS = {"dpo": "nnUNetTrainerDPO", "rndpo": "nnUNetTrainerRNDPO"}
@@ -38,13 +39,12 @@ def test_dice(predictions: Path, labels: dict[str, int]) -> dict[str, dict[str, 
     return result
 
 
-def dice_curves(results_folder: Path, configuration: str) -> dict[str, tuple[list[int], list[float]]]:
+def dice_curves(results_root: Path, dataset_name: str, configuration: str) -> dict[str, tuple[list[int], list[float]]]:
     """``{arm: (epochs, test Dice)}`` of the fine-tuning arms, epoch 0 = the base model."""
     curves = {}
     for arm, trainer in TRAINERS.items():
-        rows = [json.loads(line) for line in
-                (results_folder / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0" / "rndpo_metrics.jsonl")
-                .read_text().splitlines()]
+        fold = results_folder(results_root, dataset_name, trainer, "nnUNetPlans", configuration, 0)
+        rows = read_jsonl(fold / "rndpo_metrics.jsonl")
         points = [(r["epoch"], r["eval/dice"]) for r in rows if "eval/dice" in r]
         curves[arm] = ([e for e, _ in points], [d for _, d in points])
     return curves
@@ -119,12 +119,14 @@ def plot_pairs(pairs_file: Path, pool_folder: Path, path: Path, num_cases: int =
         region = (chosen != rejected).astype(np.uint8)
         index = _best_slice(region)
         dice = {k: pair.get(f"{k}_dice") for k in ("chosen", "rejected")}
-        _show(row[0], _slice(image, index), None if label is None else _slice(label, index), f"{pair['case_id']}: hidden label")
+        _show(row[0], _slice(image, index), None if label is None else _slice(label, index),
+              f"{pair['case_id']}: hidden label")
         _show(row[1], _slice(image, index), _slice(chosen, index),
               f"chosen: score {pair['chosen_score']:.2f}, Dice {_number(dice['chosen'])[:4]}")
         _show(row[2], _slice(image, index), _slice(rejected, index),
               f"rejected: score {pair['rejected_score']:.2f}, Dice {_number(dice['rejected'])[:4]}")
-        _show(row[3], _slice(image, index), _slice(region, index), f"disagreement D, |D| = {pair['region_size']}", "autumn")
+        _show(row[3], _slice(image, index), _slice(region, index), f"disagreement D, |D| = {pair['region_size']}",
+              "autumn")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -181,9 +183,10 @@ def write_report(root: Path, dataset_folder: Path, configuration: str, base_trai
     manifest = json.loads((dataset_folder / "rndpo_splits.json").read_text())
     counts = {k: len(v) for k, v in manifest["splits"].items()}
     dice = test_dice(root / "predictions", labels)
-    results = root / "nnUNet_results" / dataset_folder.name
-    summaries = plot_curves(dice_curves(results, configuration), figures / "dice_curves.png")
-    rndpo_fold = results / f"{TRAINERS['rndpo']}__nnUNetPlans__{configuration}" / "fold_0"
+    summaries = plot_curves(dice_curves(root / "nnUNet_results", dataset_folder.name, configuration),
+                            figures / "dice_curves.png")
+    rndpo_fold = results_folder(root / "nnUNet_results", dataset_folder.name, TRAINERS["rndpo"], "nnUNetPlans",
+                                configuration, 0)
     pool = rndpo_cache_folder(root / "nnUNet_preprocessed", dataset_folder.name, "nnUNetPlans", configuration) / "pool"
     shown_pairs = plot_pairs(rndpo_fold / "rndpo_pairs.json", pool, figures / "pairs.png")
     plot_predictions(dataset_folder, root / "predictions", ending, figures / "predictions.png")
@@ -191,15 +194,19 @@ def write_report(root: Path, dataset_folder: Path, configuration: str, base_trai
 
     names = [n for n, v in labels.items() if v]
     lines = [f"# RN-DPO demo report: {dataset_folder.name}", "",
-             f"Dataset: {counts['labeled']} labeled, {counts['unlabeled']} unlabeled (pool), {counts['test']} test cases "
+             f"Dataset: {counts['labeled']} labeled, {counts['unlabeled']} unlabeled (pool), {counts['test']} "
+             "test cases "
              f"(source: {manifest['source']}, seed {manifest['seed']}); nnU-Net configuration `{configuration}`; base "
-             f"model `{base_trainer}`; fine-tuning {config['num_epochs']} epochs × {config['num_iterations_per_epoch']} "
-             f"iterations, judge `{config['judge']}` (σ = {config.get('judge_sigma', 0)}), lr {config['learning_rate']}, "
+             f"model `{base_trainer}`; fine-tuning {config['num_epochs']} epochs × "
+             f"{config['num_iterations_per_epoch']} "
+             f"iterations, judge `{config['judge']}` (σ = {config.get('judge_sigma', 0)}), "
+             f"lr {config['learning_rate']}, "
              f"consistency anchor {config.get('consistency_weight', 0)}.", "",
              "## Test Dice (`nnUNetv2_predict` + `nnUNetv2_evaluate_folder` on imagesTs)", "",
              "| model | " + " | ".join(names) + " | mean |", "|---|" + "---|" * (len(names) + 1)]
     for arm, values in dice.items():
-        lines.append(f"| {ARM_NAMES[arm]} | " + " | ".join(_number(values[n]) for n in names) + f" | {_number(values['mean'])} |")
+        cells = " | ".join(_number(values[n]) for n in names)
+        lines.append(f"| {ARM_NAMES[arm]} | {cells} | {_number(values['mean'])} |")
     lines += ["", "## Test Dice over fine-tuning", "",
               "Evaluated by the trainer after every epoch (epoch 0 = the base model), in nnU-Net's preprocessed "
               "space without test-time augmentation, so it can differ slightly from the table above.", "",
@@ -210,7 +217,8 @@ def write_report(root: Path, dataset_folder: Path, configuration: str, base_trai
                      f"{_number(s['final'])} | {_number(s['worst_drop'])} |")
     lines += ["", "## Judge reliability on the unlabeled pool (against the hidden labels)", "",
               "| metric | " + " | ".join(j for j in ("agreement", "oracle")) + " |", "|---|---|---|"]
-    reports = {j: json.loads((root / "judges" / f"scores_{j}.report.json").read_text()) for j in ("agreement", "oracle")}
+    reports = {j: json.loads((root / "judges" / f"scores_{j}.report.json").read_text())
+               for j in ("agreement", "oracle")}
     for key in JUDGE_KEYS:
         lines.append(f"| `{key}` | " + " | ".join(_number(reports[j].get(key)) for j in reports) + " |")
     lines += ["", "`pairwise/accuracy` is the chance that a mined pair is ordered correctly; `top1/regret` the Dice "

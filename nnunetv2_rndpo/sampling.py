@@ -89,7 +89,8 @@ class PairPatchSampler:
             out = self.transforms(image=image_patch, segmentation=mask_patch)
             image_patch, mask_patch = out["image"], out["segmentation"]
         elif self.cascade_labels is not None:
-            image_patch = torch.from_numpy(network_input(image_patch.numpy(), mask_patch[1].numpy(), self.cascade_labels))
+            image_patch = torch.from_numpy(network_input(image_patch.numpy(), mask_patch[1].numpy(),
+                                                         self.cascade_labels))
             mask_patch = mask_patch[[0, 2]]
         return image_patch, mask_patch
 
@@ -97,8 +98,8 @@ class PairPatchSampler:
         """A batch of pairs drawn uniformly with replacement.
 
         Returns:
-            ``{"data": (B, C, *patch), "target": [(B, 2, *patch_s) per scale], "pair_index": (B,)}``; channel 0
-            of a target is the chosen mask, channel 1 the rejected one; scale 0 is full resolution.
+            ``{"data": (B, C, *patch), "target": [(B, 2, *patch_s) per scale]}``; channel 0 of a target is the
+            chosen mask, channel 1 the rejected one; scale 0 is full resolution.
         """
         indices = self.rng.integers(len(self.pairs), size=batch_size)
         # as nnU-Net's own loader (nnUNetDataLoader.generate_train_batch): no autograd, one thread per worker;
@@ -110,7 +111,7 @@ class PairPatchSampler:
             else:
                 target = [torch.stack(masks)]
             data = torch.stack(images)
-        return {"data": data, "target": target, "pair_index": torch.from_numpy(indices)}
+        return {"data": data, "target": target}
 
 
 class PreferenceBatchLoader:

@@ -1,7 +1,7 @@
 """``nnUNetv2_rndpo_study``: the study on real data — every arm under every judge, resumable, with a report.
 
-    nnUNetv2_rndpo_study --dataset hippocampus --source ../shared/data/msd_task04_hippocampus --scale cpu -o OUT
-    nnUNetv2_rndpo_study --dataset hc18 --source ../shared/data/hc18_fetal_head_us --scale cpu -o OUT2
+    nnUNetv2_rndpo_study --dataset hippocampus --source /path/to/msd_task04_hippocampus --scale cpu -o OUT
+    nnUNetv2_rndpo_study --dataset hc18 --source /path/to/hc18_fetal_head_us --scale cpu -o OUT2
     nnUNetv2_rndpo_study --report-from OUT OUT2 --report-to docs/results.md   # or the results.json files
 
 Per seed s (the seed draws the labeled cases; the test set is the same for every seed):
@@ -34,15 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunetv2_rndpo.atomic_files import atomic_write_text, read_jsonl
 from nnunetv2_rndpo.datasets import MANIFEST
 from nnunetv2_rndpo.metrics import curve_summary
-from nnunetv2_rndpo.pool import atomic_write_text
+from nnunetv2_rndpo.paths import nnunet_environment, results_folder, run_logged
 
-TRAINERS_FOLDER = Path(__file__).resolve().parents[1] / "trainers"
 PROPOSALS = {"num_proposals": 8, "proposal_sources": ["mirror", "threshold", "temperature"], "seed": 12345}
-# The weak judge is calibrated the way DPO uses it: on within-case pair accuracy (results before issue 18 were
-# calibrated to a pooled Spearman of 0.5, which between-case differences alone reach: within a case that judge
-# was a coin flip, 0.50-0.56).
+# The weak judge is calibrated the way DPO uses it: on within-case pair accuracy, not on a pooled Spearman,
+# which differences between cases alone reach (docs/study.md says what that did to the earlier results).
 WEAK_TARGET_PAIR_ACCURACY = 0.70
 WEAK_SIZE_BIAS = 0.05
 # judges whose reliability every study reports beside the scale's arm judges (cheap: no arms, no training)
@@ -62,7 +61,7 @@ class StudyDataset:
 
 DATASETS = {
     "hippocampus": StudyDataset(960, "HippocampusStudy", "3d_fullres", 60),
-    # HC18: split by exam id (the number before the first "_"); images at ~1/4 size (../shared/STUDY_NOTES.md).
+    # HC18: split by exam id (the number before the first "_"); images at 1/4 size (docs/study.md).
     "hc18": StudyDataset(970, "HC18Study", "2d", 50,
                          ("--masks", "masks_filled", "--group-regex", r"^(\d+)_", "--resize", "0.25")),
     "synthetic": StudyDataset(980, "SyntheticStudy", "2d", 6, ("--synthetic", "2d")),
@@ -107,8 +106,7 @@ def arms_for(judges: tuple[str, ...], full: bool) -> list[Arm]:
     trains on a labeled batch beside the pseudo-labeled one, as self-training does), so its fair preference
     counterpart is "RN-DPO + sft"; the ablation arm "pseudo-label (no sft)" (``--sweep``) drops it.
     ``full=False`` (cpu scale) runs the mining comparison and pseudo-label only under the oracle and weak
-    judges, and RN-DPO + sft only under the oracle, to keep a dataset within a few hours on 2 cores
-    (measured: docs/study.md, Time).
+    judges, and RN-DPO + sft only under the oracle, to keep a dataset's CPU run short (docs/study.md, Time).
     """
     dpo = {"sft_weight": 0.0, "beta": PROTOCOL_BETA["none"]}
     rn_dpo = {"sft_weight": 0.0, "beta": PROTOCOL_BETA["region"]}
@@ -125,9 +123,9 @@ def arms_for(judges: tuple[str, ...], full: bool) -> list[Arm]:
     return arms
 
 
-# Why does RN-DPO move further than DPO? At the default β (region: 1; none: 0.01) and a median |D| of a few
-# hundred voxels, RN-DPO's sigmoid saturates only at a ~|D|·0.01 times larger mean log-ratio gap than DPO's.
-# β = 4 matches DPO's saturation point at |D| ≈ 400 (HC18's median). ``--sweep`` adds these arms to a study.
+# Why does RN-DPO move further than DPO? At the protocol's β (PROTOCOL_BETA) RN-DPO's sigmoid saturates only at
+# a ~|D|·0.01 times larger mean log-ratio gap than DPO's; β = 4 matches DPO's saturation point at HC18's median
+# |D| (docs/study.md, "Defaults"). ``--sweep`` adds these arms to a study.
 SWEEP_BETAS = (4.0,)
 SWEEP_JUDGES = ("oracle", "learned")
 # Does pseudo-label gain from the judge's masks or from the labeled batches it trains on beside them?
@@ -185,11 +183,10 @@ class Scale:
 
 
 SCALES = {
-    # 2 quiet CPU cores: HC18 measured 1.1 h (5 labels, 2 seeds); Hippocampus projected from its measured stages
-    # ~2.5 h (docs/study.md, Time). Learning rate
-    # 1e-5, the config default: at 1e-4 the label-free anchors alone let the model fall by up to 0.08 test Dice
-    # before it recovered (docs/results/anchors_hippocampus_cpu.md); at 1e-5 RN-DPO with every anchor (sft too)
-    # stayed above its base, while the study arms without sft fell on Hippocampus (docs/study.md).
+    # its time per dataset: docs/study.md, "Time". Learning rate 1e-5, the config default: at 1e-4 the label-free
+    # anchors alone let the model fall before it recovered (docs/results/anchors_hippocampus_cpu.md); at 1e-5
+    # RN-DPO with every anchor (sft too) stayed above its base, while the study arms without sft fell on
+    # Hippocampus (docs/study.md).
     "cpu": Scale("nnUNetTrainer_cpuBase", 5, 20, 1e-5, (0, 1), ("oracle", "weak", "agreement", "learned"), max_pool=60),
     # paper-sized: nnU-Net's 250-epoch schedule for the base, 3 seeds, every arm under every judge.
     "gpu": Scale("nnUNetTrainer_250epochs", 10, 100, 1e-5, (0, 1, 2), ("oracle", "weak", "agreement", "learned"),
@@ -202,7 +199,8 @@ SCALES = {
 class Study:
     """Runs one dataset's study into ``output`` (see the module docstring)."""
 
-    def __init__(self, dataset: str, source: str | None, scale: str, output: str | Path, seeds: tuple[int, ...] | None = None,
+    def __init__(self, dataset: str, source: str | None, scale: str, output: str | Path,
+                 seeds: tuple[int, ...] | None = None,
                  device: str = "cpu", only_arms: list[str] | None = None, sweep: bool = False,
                  labeled: int | None = None, full_label: bool = True):
         if dataset not in DATASETS:
@@ -211,7 +209,7 @@ class Study:
             raise ValueError(f"unknown --scale {scale!r}; valid: {', '.join(SCALES)}")
         if dataset != "synthetic" and not (source and Path(source).is_dir()):
             raise FileNotFoundError(f"--source {source!r} is not a folder; point it at the dataset, e.g. "
-                                    "../shared/data/msd_task04_hippocampus")
+                                    "/path/to/msd_task04_hippocampus (imagesTr/, labelsTr/)")
         if labeled is not None and labeled < 1:
             raise ValueError(f"--labeled {labeled}: the labeled budget must be at least 1 case")
         self.dataset, self.spec, self.scale_name, self.scale = dataset, DATASETS[dataset], scale, SCALES[scale]
@@ -235,24 +233,16 @@ class Study:
         self.results.update(dataset=dataset, scale=scale, configuration=self.spec.configuration,
                             protocol={**asdict(self.scale), "proposals": PROPOSALS})
         self.results.setdefault("seeds", {})
-        env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
-        env.update(nnUNet_raw=str(self.root / "nnUNet_raw"), nnUNet_preprocessed=str(self.root / "nnUNet_preprocessed"),
-                   nnUNet_results=str(self.root / "nnUNet_results"), nnUNet_extTrainer=str(TRAINERS_FOLDER))
-        for key, default in (("nnUNet_compile", "f"), ("nnUNet_n_proc_DA", "0"), ("nnUNet_def_n_proc", "1")):
-            env[key] = os.environ.get(key, default)
-        self.env = env
+        self.env = nnunet_environment(self.root)
 
     # ------------------------------------------------------------------------------------------ running
 
     def _run(self, name: str, command: list[str], log_folder: Path, **extra_env: str) -> float:
         """Runs an installed console script, logging to ``log_folder/name.log``; returns seconds."""
-        log_folder.mkdir(parents=True, exist_ok=True)
         log = log_folder / f"{name}.log"
         print(f"[{name}] {' '.join(command)}", flush=True)
         start = time.time()
-        with open(log, "w") as f:
-            code = subprocess.run([str(Path(sys.executable).parent / command[0]), *command[1:]],
-                                  env={**self.env, **extra_env}, stdout=f, stderr=subprocess.STDOUT).returncode
+        code = run_logged(command, {**self.env, **extra_env}, log)
         seconds = time.time() - start
         if code:
             raise RuntimeError(f"{name} failed (exit {code}); see {log}. Rerun the same command to resume.")
@@ -291,8 +281,10 @@ class Study:
             pool = ["--pool", str(self.scale.max_pool)] if self.scale.max_pool else []
             # the test set is drawn with --test-seed 0 for every seed: one fixed held-out set
             self._run(f"make_dataset_{did}", ["nnUNetv2_rndpo_make_dataset", *source, "-d", str(did),
-                                              "-n", f"{self.spec.name}Seed{seed}", "--labeled", str(self.scale.num_labeled),
-                                              "--test", str(self.spec.num_test), "--seed", str(seed), "--test-seed", "0",
+                                              "-n", f"{self.spec.name}Seed{seed}",
+                                              "--labeled", str(self.scale.num_labeled),
+                                              "--test", str(self.spec.num_test), "--seed", str(seed),
+                                              "--test-seed", "0",
                                               *pool, *args], self.root / "logs")
         return self._raw(did)
 
@@ -302,7 +294,7 @@ class Study:
         if not plans.is_file():
             self._run(f"plan_{dataset_id}", ["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", c,
                                              "-npfp", "1", "-np", "1"], self.root / "logs", nnUNet_n_proc_DA="1")
-        folder = self.root / "nnUNet_results" / self._raw(dataset_id).name / f"{trainer}__nnUNetPlans__{c}"
+        folder = results_folder(self.root / "nnUNet_results", self._raw(dataset_id).name, trainer, "nnUNetPlans", c)
         if not (folder / "fold_all" / "checkpoint_final.pth").is_file():
             self._run(f"base_{dataset_id}", ["nnUNetv2_train", str(dataset_id), c, "all", "-tr", trainer,
                                              "-device", self.device], self.root / "logs")
@@ -329,8 +321,8 @@ class Study:
                 extra = ["--judge", "oracle", "--pair-accuracy", str(WEAK_TARGET_PAIR_ACCURACY), "--size-bias",
                          str(WEAK_SIZE_BIAS)]
             elif judge == "learned":
-                if not (self.root / "nnUNet_results" / self._raw(did).name / f"{self.scale.base_trainer}__nnUNetPlans__"
-                        f"{self.spec.configuration}" / "fold_all" / "rndpo_judge.pth").is_file():
+                if not (results_folder(self.root / "nnUNet_results", self._raw(did).name, self.scale.base_trainer,
+                                       "nnUNetPlans", self.spec.configuration, "all") / "rndpo_judge.pth").is_file():
                     self._run(f"train_judge_{did}", ["nnUNetv2_rndpo_train_judge", *self._base_args(did)], folder)
                 extra = ["--judge", "learned"]
             else:
@@ -352,7 +344,8 @@ class Study:
             record["judges"][judge] = self.judge_scores(seed, judge)[1]
         report = record["judges"].get("weak", {})
         if "judge/target_pair_accuracy" in report:  # not in a study folder made before the pair-accuracy target
-            record["weak_calibration"] = {"size_bias": WEAK_SIZE_BIAS, "target_pair_accuracy": WEAK_TARGET_PAIR_ACCURACY,
+            record["weak_calibration"] = {"size_bias": WEAK_SIZE_BIAS,
+                                          "target_pair_accuracy": WEAK_TARGET_PAIR_ACCURACY,
                                           "sigma": report.get("judge/sigma"),
                                           "pair_accuracy": report.get("pairwise/accuracy")}
         self._save()
@@ -400,14 +393,15 @@ class Study:
         iterations = [i * s.iterations_per_epoch for i in range(len(metrics["curve"]))]  # eval_every = 1, row 0 = base
         for checkpoint in fold.glob("checkpoint_*.pth"):  # the curve is what the study keeps; weights are large
             checkpoint.unlink()
-        return {"method": arm.method, "judge": arm.judge, "mining": arm.mining, "trainer": arm.trainer, "config": config,
+        return {"method": arm.method, "judge": arm.judge, "mining": arm.mining, "trainer": arm.trainer,
+                "config": config,
                 "iterations": iterations, "summary": curve_summary(metrics["curve"]), "seconds": round(seconds),
                 **metrics}
 
     def _arm_fold(self, seed: int, arm: Arm, base_folder: Path) -> Path:
         """``seed_<s>/runs/<arm>/nnUNet_results/<dataset>/<trainer>__nnUNetPlans__<configuration>/fold_all``."""
-        return (self.root / f"seed_{seed}" / "runs" / arm.folder_name / "nnUNet_results" / base_folder.parent.name
-                / f"{arm.trainer}__nnUNetPlans__{self.spec.configuration}" / "fold_all")
+        return results_folder(self.root / f"seed_{seed}" / "runs" / arm.folder_name / "nnUNet_results",
+                              base_folder.parent.name, arm.trainer, "nnUNetPlans", self.spec.configuration, "all")
 
     def run_full_label(self) -> None:
         """The upper bound: the base trainer on labeled + pool cases with their labels, the same test set."""
@@ -435,7 +429,7 @@ def read_arm_metrics(fold: Path) -> dict:
     """What the study keeps of a finished arm: its test-Dice curve (row 0 = base), its drift from the base per
     epoch (``guard/kl``: mean KL of the policy to the reference on the guard cases, nnunetv2_rndpo/phase.py) and
     the number of pairs it trained on."""
-    rows = [json.loads(line) for line in (fold / "rndpo_metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(fold / "rndpo_metrics.jsonl")
     pairs_file = fold / "rndpo_pairs.json"
     return {"curve": [r["eval/dice"] for r in rows if "eval/dice" in r],
             "drift": [r["guard/kl"] for r in rows if "guard/kl" in r],
@@ -497,7 +491,8 @@ def arm_table(results: dict) -> list[dict]:
         gap = [(x["sustained"] - x["base"]) / (full - x["base"]) for x in s if full is not None and full != x["base"]]
         rows.append({"arm": name, "method": runs[0]["method"], "judge": runs[0]["judge"], "mining": runs[0]["mining"],
                      "seeds": len(runs), **{k: [x[k] for x in s] for k in ("base", "peak", "sustained", "final",
-                                                                           "worst_drop", "delta_peak", "delta_sustained",
+                                                                           "worst_drop", "delta_peak",
+                                                                           "delta_sustained",
                                                                            "delta_final")},
                      "gap_share": gap, "drift": [float(np.mean(r["drift"])) for r in runs if r.get("drift")]})
     return rows
@@ -513,7 +508,8 @@ def _completeness(results: dict) -> str:
     done = [f"seed {s}: {n}/{expected} arms" for s, n in finished.items()]
     state = "complete" if expected and all(n == expected for n in finished.values()) and "full_label" in results \
         else "INCOMPLETE"
-    return f"Protocol {state}: {'; '.join(done) or 'no seeds'}; full-label model {'done' if 'full_label' in results else 'missing'}."
+    full_label = "done" if "full_label" in results else "missing"
+    return f"Protocol {state}: {'; '.join(done) or 'no seeds'}; full-label model {full_label}."
 
 
 def _sweep_lines(rows: list[dict]) -> list[str]:
@@ -538,7 +534,8 @@ def _sweep_lines(rows: list[dict]) -> list[str]:
     return ["", f"β sweep (`top_bottom`; the config's default β for `region` is {DEFAULT_BETA['region']:g}, set from "
             f"this table; the protocol arms above run DPO at β {PROTOCOL_BETA['none']:g} and RN-DPO at β "
             f"{PROTOCOL_BETA['region']:g}):", "",
-            "| judge | method | β | seeds | Δ sustained | worst drop | drift |", "|---|---|---|---|---|---|---|", *table]
+            "| judge | method | β | seeds | Δ sustained | worst drop | drift |", "|---|---|---|---|---|---|---|",
+            *table]
 
 
 JUDGE_ORDER = ("oracle", "weak", "agreement", "uncertainty", "learned", "external")
@@ -554,7 +551,8 @@ def _drift_lines(results: dict) -> list[str]:
     for low, high in itertools.pairwise(DRIFT_BINS):
         deltas = [d for kl, d in runs if low <= kl < high]
         if deltas:
-            table.append(f"| [{low:g}, {high:g}) | {len(deltas)} | {sum(d > 0 for d in deltas)} | {np.mean(deltas):.4f} |")
+            table.append(f"| [{low:g}, {high:g}) | {len(deltas)} | {sum(d > 0 for d in deltas)} | "
+                         f"{np.mean(deltas):.4f} |")
     if not table:
         return []
     return ["", "Drift and outcome (every run with a judge, per seed; largest guard KL over its epochs):", "",
@@ -577,18 +575,21 @@ def write_report(all_results: list[dict], report_file: Path, figure_folder: Path
         rows = arm_table(results)
         labels = results["protocol"]["num_labeled"]
         title = f"{results['dataset']} ({results['configuration']}, scale {results['scale']}, {labels} labels)"
-        tag = results["dataset"] if labels == SCALES[results["scale"]].num_labeled else f"{results['dataset']}_n{labels}"
+        default_budget = labels == SCALES[results["scale"]].num_labeled
+        tag = results["dataset"] if default_budget else f"{results['dataset']}_n{labels}"
         full = results.get("full_label", {}).get("dice")
         base = [a["summary"]["base"] for s in results["seeds"].values() for a in list(s["arms"].values())[:1]]
         lines += [f"## {title}", "",
                   f"Base ({labels} labels): {_mean_sd(base)}; full-label upper bound: "
                   f"{'-' if full is None else f'{full:.4f}'}; seeds: {', '.join(results['seeds'])}.", "",
                   _completeness(results), "",
-                  "| method | judge | mining | seeds | peak | sustained | final | worst drop | Δ sustained | gap share | drift |",
+                  "| method | judge | mining | seeds | peak | sustained | final | worst drop | Δ sustained | "
+                  "gap share | drift |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             judge, mining = (r["judge"], r["mining"]) if r["judge"] else ("–", "–")
-            lines.append(f"| {r['method']} | {judge} | {mining} | {r['seeds']} | {_mean_sd(r['peak'])} | {_mean_sd(r['sustained'])} | "
+            lines.append(f"| {r['method']} | {judge} | {mining} | {r['seeds']} | {_mean_sd(r['peak'])} | "
+                         f"{_mean_sd(r['sustained'])} | "
                          f"{_mean_sd(r['final'])} | {_mean_sd(r['worst_drop'])} | {_mean_sd(r['delta_sustained'])} | "
                          f"{_mean_sd(r['gap_share'])} | {_mean_sd(r['drift'])} |")
         mining = [r for r in rows if r["method"] in ("DPO", "RN-DPO") and r["judge"] in ("oracle", "weak")]
@@ -678,10 +679,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", choices=list(DATASETS), help="which study dataset")
     parser.add_argument("--source", help="the dataset's source folder (not needed for 'synthetic')")
     parser.add_argument("--scale", choices=list(SCALES), default="cpu",
-                        help="cpu (2 seeds; on 2 quiet cores HC18 ~1.1 h measured, Hippocampus ~2.5 h projected), "
+                        help="cpu (2 seeds, CPU-sized; its time: docs/study.md, 'Time'), "
                         "gpu (paper-sized), smoke (minutes, synthetic). Default: cpu")
     parser.add_argument("-o", "--output", help="study folder (results.json, report.md, nnU-Net folders)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (labeled draws). Default: the scale's")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="seeds (labeled draws). Default: the scale's")
     parser.add_argument("--arms", nargs="+", default=None, help="run only these arm names (as in results.json)")
     parser.add_argument("--labeled", type=int, default=None, help="labeled budget N (cases drawn per seed). "
                         "Default: the scale's (10 at cpu/gpu scale); another N needs its own -o")

@@ -13,7 +13,6 @@ modules of this package. Configuration: :mod:`nnunetv2_rndpo.config`.
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import random
 from pathlib import Path
@@ -30,6 +29,7 @@ from nnunetv2_rndpo.errors import user_errors
 from nnunetv2_rndpo.fold_lock import FinishedFoldError, FoldLock, FoldLockedError, refuse_finished_fold
 from nnunetv2_rndpo.metrics import region_labels
 from nnunetv2_rndpo.objective import preference_loss, preference_metrics, preference_terms
+from nnunetv2_rndpo.paths import results_folder
 from nnunetv2_rndpo.phase import PreferencePhase, epoch_metrics
 from nnunetv2_rndpo.schedule import LinearWarmup, warmup_iterations
 
@@ -66,7 +66,8 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         # a cascade's labeled cases take the base trainer's previous-stage segmentations, as its base model did
-        self.previous_stage = previous_stage_of(self.configuration_manager, configuration, self.plans_manager.dataset_name,
+        self.previous_stage = previous_stage_of(self.configuration_manager, configuration,
+                                                self.plans_manager.dataset_name,
                                                 cfg.base_trainer, self.plans_manager.plans_name, fold)
         if self.previous_stage is not None:
             require_cascade_sources(cfg.proposal_sources, configuration)
@@ -83,7 +84,7 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
         and on top of it a linear warm-up per iteration over ``warmup_fraction`` of the phase (:meth:`optimise`).
 
         Assumption: nnU-Net's SGD with momentum 0.99 at 1e-2 trains from scratch; a fine-tuning phase
-        needs smaller steps (a probe with it destroyed a real model, ../shared/STUDY_NOTES.md).
+        needs smaller steps.
         """
         from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 
@@ -117,7 +118,8 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
         cfg, split = self.rndpo_config, self.phase.batch_split
         warmup = warmup_iterations(cfg.warmup_fraction, self.num_epochs * self.num_iterations_per_epoch)
         self.warmup = LinearWarmup(self.optimizer, warmup)
-        self.print_to_log_file(f"RN-DPO: each step trains on {split.preference} pairs + {split.labeled} labeled samples "
+        self.print_to_log_file(f"RN-DPO: each step trains on {split.preference} pairs + {split.labeled} labeled "
+                               "samples "
                                f"(nnU-Net planned a batch of {self.batch_size}); learning-rate warm-up over {warmup} "
                                "iterations")
 
@@ -301,14 +303,9 @@ def _training_logs(trainer_name: str, plans: dict, configuration: str, fold) -> 
 
     if nnUNet_results is None:
         return set()
-    folder = (Path(nnUNet_results) / plans["dataset_name"] / f"{trainer_name}__{plans['plans_name']}__{configuration}"
-              / f"fold_{fold}")
+    folder = results_folder(nnUNet_results, plans["dataset_name"], trainer_name, plans["plans_name"], configuration,
+                            fold)
     return set(folder.glob("training_log_*.txt"))
-
-
-def read_pairs_file(fold_folder: str | Path) -> list[dict]:
-    """The pairs a run trained on (``rndpo_pairs.json`` in its fold folder)."""
-    return json.loads((Path(fold_folder) / "rndpo_pairs.json").read_text())["pairs"]
 
 
 class nnUNetTrainerContinuedSFT(nnUNetTrainerRNDPO):
@@ -348,7 +345,7 @@ class nnUNetTrainer_rndpoSmoke(nnUNetTrainer):
 
 
 class nnUNetTrainer_cpuBase(nnUNetTrainer):
-    """Plain supervised nnU-Net on the CPU-scale study schedule (20 epochs × 25 iterations, ../shared/STUDY_NOTES.md)."""
+    """Plain supervised nnU-Net on the CPU-scale study schedule (20 epochs × 25 iterations, docs/study.md)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnUNetTrainer's exact signature)

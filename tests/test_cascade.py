@@ -77,12 +77,13 @@ def test_intensity_proposals_on_a_cascade_are_refused_at_start():
     from nnunetv2_rndpo.pipeline import ProposalSettings, proposal_cache
 
     base = SimpleNamespace(previous_stage=object(), configuration_name="3d_cascade_fullres")
-    with pytest.raises(ValueError, match="'intensity' is not supported for the cascade configuration 3d_cascade_fullres"):
+    with pytest.raises(ValueError,
+                       match="'intensity' is not supported for the cascade configuration 3d_cascade_fullres"):
         proposal_cache(base, ProposalSettings(sources=("mirror", "intensity")))
 
 
 def test_labeled_cases_read_the_previous_stage_as_nnunets_dataset_gives_it():
-    from nnunetv2_rndpo.learned_judge import LabeledCases
+    from nnunetv2_rndpo.pool import LabeledCases
 
     data, seg = np.zeros((1, 2, 3, 4), np.float32), np.ones((1, 2, 3, 4), np.int8)
     previous = np.full((2, 3, 4), 2, np.int8)  # predicted_next_stage: a (*spatial) label map

@@ -57,7 +57,8 @@ def test_not_an_object(tmp_path):
 
 
 def test_unknown_key_suggests_the_right_one(tmp_path):
-    with pytest.raises(ValueError, match="unknown config key\\(s\\) 'betta' \\(did you mean 'beta'\\?\\) in .*; valid keys: num_epochs"):
+    with pytest.raises(ValueError, match="unknown config key\\(s\\) 'betta' \\(did you mean 'beta'\\?\\) in .*; "
+                                         "valid keys: num_epochs"):
         load_config(None, write(tmp_path, {"betta": 0.1}))
 
 
@@ -65,8 +66,10 @@ def test_unknown_key_suggests_the_right_one(tmp_path):
     "key, value, message",
     [
         ("loss_type", "kto", "config key 'loss_type': 'kto' is not allowed; valid: sigmoid, ipo, hinge, robust"),
-        ("normalization", "mean", "config key 'normalization': 'mean' is not allowed; valid: none, region, sqrt_region, volume"),
-        ("judge", "gpt", "config key 'judge': 'gpt' is not allowed; valid: agreement, uncertainty, learned, oracle, external"),
+        ("normalization", "mean",
+         "config key 'normalization': 'mean' is not allowed; valid: none, region, sqrt_region, volume"),
+        ("judge", "gpt",
+         "config key 'judge': 'gpt' is not allowed; valid: agreement, uncertainty, learned, oracle, external"),
         ("mining", "all", "config key 'mining': 'all' is not allowed; valid: top_bottom, top_random"),
         ("optimizer", "lion", "config key 'optimizer': 'lion' is not allowed; valid: adamw, sgd"),
         ("proposal_sources", ["mirror", "ensemble"], "config key 'proposal_sources': 'ensemble' is not allowed"),
@@ -84,11 +87,13 @@ def test_unknown_key_suggests_the_right_one(tmp_path):
         ("warmup_fraction", -0.01, "config key 'warmup_fraction': -0.01 is out of range; must be >= 0 and < 1"),
         ("consistency_weight", -1.0, "config key 'consistency_weight': -1.0 is out of range; must be >= 0"),
         ("agreement_weight", -1.0, "config key 'agreement_weight': -1.0 is out of range; must be >= 0"),
-        ("num_val_iterations_per_epoch", 0, "config key 'num_val_iterations_per_epoch': 0 is out of range; must be >= 1"),
+        ("num_val_iterations_per_epoch", 0,
+         "config key 'num_val_iterations_per_epoch': 0 is out of range; must be >= 1"),
         ("guard_num_cases", -1, "config key 'guard_num_cases': -1 is out of range; must be >= 0"),
         ("guard_max_kl", 0.0, "config key 'guard_max_kl': 0.0 is out of range; must be > 0"),
         ("guard_lr_decay", 1.5, "config key 'guard_lr_decay': 1.5 is out of range; must be > 0 and <= 1"),
-        ("disagreement_oversample", 1.5, "config key 'disagreement_oversample': 1.5 is out of range; must be >= 0 and <= 1"),
+        ("disagreement_oversample", 1.5,
+         "config key 'disagreement_oversample': 1.5 is out of range; must be >= 0 and <= 1"),
         ("num_proposals", 1, "config key 'num_proposals': 1 is out of range; must be >= 2"),
         ("judge_sigma", -0.1, "config key 'judge_sigma': -0.1 is out of range; must be >= 0"),
         ("eval_every", -1, "config key 'eval_every': -1 is out of range; must be >= 0"),
@@ -97,7 +102,8 @@ def test_unknown_key_suggests_the_right_one(tmp_path):
         ("beta", "high", "config key 'beta': 'high' has the wrong type; expected float \\| None"),
         ("judge", None, "config key 'judge': None has the wrong type; expected str"),
         ("final_validation", "no", "config key 'final_validation': 'no' has the wrong type; expected bool"),
-        ("proposal_sources", "mirror", "config key 'proposal_sources': 'mirror' has the wrong type; expected list\\[str\\]"),
+        ("proposal_sources", "mirror",
+         "config key 'proposal_sources': 'mirror' has the wrong type; expected list\\[str\\]"),
         ("judge", "external", "judge='external' needs judge_scores"),
     ],
 )

@@ -11,9 +11,9 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
+from nnunetv2_rndpo.commands import main_make_dataset as main
 from nnunetv2_rndpo.datasets import (
     group_function,
-    main,
     make_dataset,
     png_label_mapping,
     read_manifest,

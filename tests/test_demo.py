@@ -58,7 +58,8 @@ def test_demo_environment_stays_inside_outdir(tmp_path, monkeypatch):
 
 
 def test_quick_settings_are_smaller():
-    full, quick = DemoSettings.create("synthetic", "2d", "cpu", False), DemoSettings.create("synthetic", "2d", "cpu", True)
+    full = DemoSettings.create("synthetic", "2d", "cpu", False)
+    quick = DemoSettings.create("synthetic", "2d", "cpu", True)
     assert quick.num_epochs < full.num_epochs and quick.num_unlabeled < full.num_unlabeled
     config = full.fine_tuning_config()
     assert config["eval_every"] == 1 and config["base_trainer"] == full.base_trainer

@@ -54,7 +54,8 @@ def test_docs_name_existing_commands_trainers_and_keys(path):
     keys = {f.name for f in RNDPOConfig.__dataclass_fields__.values()}
     text = path.read_text()
     for command in set(re.findall(r"\bnnUNetv2_\w+", text)):
-        assert command in ours or command in NNUNET_COMMANDS, f"{path.name} names a command that does not exist: {command}"
+        assert command in ours or command in NNUNET_COMMANDS, \
+            f"{path.name} names a command that does not exist: {command}"
     for trainer in set(re.findall(r"\bnnUNetTrainer(?:_?[A-Za-z0-9])*", text)):
         assert trainer in trainers or variant.match(trainer) or nnunet_has_trainer(trainer), (
             f"{path.name} names a trainer that does not exist: {trainer}")

@@ -18,8 +18,7 @@ from nnunetv2_rndpo.hybrids import (
     make_hybrids,
 )
 from nnunetv2_rndpo.judges import agreement_scores, oracle_scores
-from nnunetv2_rndpo.mining import MiningParams, candidate_pairs, local_candidates, mine_pairs
-from nnunetv2_rndpo.pipeline import mine_pool
+from nnunetv2_rndpo.mining import MiningParams, candidate_pairs, local_candidates, mine_pairs, mine_pool
 from nnunetv2_rndpo.proposals import ProposalCache
 from nnunetv2_rndpo.reliability import region_label_accuracy
 

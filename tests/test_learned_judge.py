@@ -109,7 +109,9 @@ def test_disagreement_region_is_where_any_mask_differs():
 
 
 def test_window_is_bounded_inside_the_image_and_padded_where_the_image_is_smaller():
-    assert window_start((2, 58), (16, 16), (100, 60)) == (0, 44) and window_start((50, 30), (16, 16), (100, 60)) == (42, 22)  # shifted inside at both borders
+    # shifted inside at both borders
+    assert window_start((2, 58), (16, 16), (100, 60)) == (0, 44)
+    assert window_start((50, 30), (16, 16), (100, 60)) == (42, 22)
     image = np.arange(2 * 10 * 6, dtype=np.float32).reshape(2, 10, 6)
     window = crop(image, window_start((5, 3), (8, 8), (10, 6)), (8, 8))
     assert window.shape == (2, 8, 8)  # bounded size, leading axis kept

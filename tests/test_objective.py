@@ -388,7 +388,8 @@ def test_preference_terms_equal_the_separate_functions(regions):
     outside = ~disagreement_region(chosen, rejected, 3) & (chosen != 3)
     assert torch.equal(terms.outside, outside)
     torch.testing.assert_close(terms.consistency, consistency_loss(policy, reference, outside, regions=regions))
-    torch.testing.assert_close(terms.agreement, agreement_loss(policy, chosen, rejected, regions=regions, ignore_label=3))
+    agreement = agreement_loss(policy, chosen, rejected, regions=regions, ignore_label=3)
+    torch.testing.assert_close(terms.agreement, agreement)
     off = preference_terms(policy, reference, chosen, rejected, regions=regions, ignore_label=3, consistency=False,
                            agreement=False)
     assert off.consistency is None and off.agreement is None

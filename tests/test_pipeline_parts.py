@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from nnunetv2_rndpo.judges import agreement_scores, oracle_scores, read_external_scores, write_scores_csv
-from nnunetv2_rndpo.mining import mine_pair
+from nnunetv2_rndpo.mining import MiningParams, mine_pairs
 from nnunetv2_rndpo.pool import find_cases
 from nnunetv2_rndpo.proposals import plan_proposals
 from nnunetv2_rndpo.sampling import patch_bbox
@@ -132,19 +132,20 @@ def test_external_scores_missing_file(tmp_path):
 def test_mining_top_bottom_and_top_random():
     masks = np.stack([np.full((3, 3), k % 2, np.uint8) for k in range(4)])
     scores = np.array([0.2, 0.9, 0.1, 0.5])
-    pair = mine_pair("c", masks, scores, "top_bottom", np.random.default_rng(0), true_dice=np.array([1, 2, 3, 4.0]))
+    (pair,) = mine_pairs("c", masks, scores, MiningParams("top_bottom"), np.random.default_rng(0),
+                         true_dice=np.array([1, 2, 3, 4.0]))
     assert (pair.chosen, pair.rejected, pair.region_size) == (1, 2, 9)
     assert (pair.chosen_dice, pair.rejected_dice) == (2.0, 3.0)
-    partners = {mine_pair("c", masks, scores, "top_random", np.random.default_rng(s)).rejected if
-                mine_pair("c", masks, scores, "top_random", np.random.default_rng(s)) else None for s in range(20)}
-    assert 1 not in partners and partners >= {0, 2, None} - {None}
+    partners = {p.rejected for s in range(20)
+                for p in mine_pairs("c", masks, scores, MiningParams("top_random"), np.random.default_rng(s))}
+    assert 1 not in partners and partners >= {0, 2}
 
 
 def test_identical_masks_give_no_pair():
     masks = np.zeros((3, 4, 4), np.uint8)
-    assert mine_pair("c", masks, np.array([0.1, 0.5, 0.3]), "top_bottom", np.random.default_rng(0)) is None
+    assert mine_pairs("c", masks, np.array([0.1, 0.5, 0.3]), MiningParams("top_bottom"), np.random.default_rng(0)) == []
     with pytest.raises(ValueError, match="unknown mining 'best'"):
-        mine_pair("c", masks, np.array([0.1, 0.5, 0.3]), "best", np.random.default_rng(0))
+        mine_pairs("c", masks, np.array([0.1, 0.5, 0.3]), MiningParams("best"), np.random.default_rng(0))
 
 
 # ---------------------------------------------------------------- patch boxes
@@ -177,7 +178,7 @@ def test_proposal_cache_is_keyed_by_spec_and_complete_only_after_manifest(tmp_pa
 
 
 def test_atomic_writes_use_a_temporary_name_of_their_own_and_leave_nothing_on_failure(tmp_path):
-    from nnunetv2_rndpo.pool import atomic_write, atomic_write_text
+    from nnunetv2_rndpo.atomic_files import atomic_write, atomic_write_text
 
     atomic_write_text(tmp_path / "a.json", "1")
 

@@ -22,7 +22,7 @@ from nnunetv2_rndpo import proposals as proposals_module
 from nnunetv2_rndpo.checkpoint import base_weights
 from nnunetv2_rndpo.compat import require_supported_nnunet
 from nnunetv2_rndpo.config import RNDPOConfig
-from nnunetv2_rndpo.mining import MiningParams, Pair, require_trainable_pairs
+from nnunetv2_rndpo.mining import MiningParams, Pair, mine_pool, require_trainable_pairs
 from nnunetv2_rndpo.objective import (
     agreement_loss,
     consistency_loss,
@@ -30,7 +30,7 @@ from nnunetv2_rndpo.objective import (
     pair_log_ratios,
     preference_loss,
 )
-from nnunetv2_rndpo.pipeline import mine_pool, prepare_pool, require_complete
+from nnunetv2_rndpo.pipeline import prepare_pool, require_complete
 from nnunetv2_rndpo.pool import BadCaseError
 from nnunetv2_rndpo.proposals import ProposalCache, generate_proposals
 
@@ -283,7 +283,8 @@ def test_no_trainable_pair_stops_before_training():
         require_trainable_pairs([], 10, 5)
     small = [Pair("a", 0, 1, 0.9, 0.1, region_size=3), Pair("b", 0, 1, 0.9, 0.1, region_size=6)]
     with pytest.raises(ValueError, match=r"Every one of the 2 pairs would be skipped: the largest disagreement .* "
-                                         r"is 6 voxels, below min_region_voxels=10. Lower min_region_voxels \(e.g. to 6\)"):
+                                         r"is 6 voxels, below min_region_voxels=10. "
+                                         r"Lower min_region_voxels \(e.g. to 6\)"):
         require_trainable_pairs(small, 10, 5)
     require_trainable_pairs(small, 6, 5)
 
@@ -307,7 +308,8 @@ def checkpoint(configuration: str = "2d", **weights) -> dict:
         (checkpoint(**{"decoder.seg_layers.0.weight": torch.zeros(3, 4, 1, 1)}),
          "predicts 3 classes, but this dataset has 2 .* another dataset or label set. Point base_checkpoint"),
         (checkpoint(**{"encoder.conv.weight": torch.zeros(8, 1, 3, 3)}),
-         "does not fit this dataset's 2d network \\(e.g. \\['encoder.conv.weight'\\]\\): was it trained with other plans"),
+         "does not fit this dataset's 2d network \\(e.g. \\['encoder.conv.weight'\\]\\): "
+         "was it trained with other plans"),
     ],
 )
 def test_base_checkpoint_that_does_not_fit(tmp_path, content, message):
@@ -354,7 +356,8 @@ def test_objective_under_autocast_with_logits_of_1e4_is_finite(dtype, regions):
     channels = 2 if regions is None else 1
     network = torch.nn.Conv2d(1, channels, 3, padding=1)
     image = torch.randn(2, 1, 16, 16, generator=generator)
-    chosen, rejected = torch.randint(0, 2, (2, 16, 16), generator=generator), torch.randint(0, 2, (2, 16, 16), generator=generator)
+    chosen = torch.randint(0, 2, (2, 16, 16), generator=generator)
+    rejected = torch.randint(0, 2, (2, 16, 16), generator=generator)
     with torch.autocast("cpu", dtype=dtype):
         logits = network(image)
         logits = logits / logits.detach().abs().amax() * 1e4  # ±1e4 at the extremes
@@ -416,7 +419,7 @@ def test_a_missing_nnunet_is_a_clear_error(monkeypatch):
 
 
 def test_a_metrics_line_cut_off_by_a_kill_is_skipped(tmp_path):
-    from nnunetv2_rndpo.phase import read_jsonl
+    from nnunetv2_rndpo.atomic_files import read_jsonl
 
     path = tmp_path / "rndpo_metrics.jsonl"
     path.write_text('{"epoch": 0, "loss": 1.0}\n{"epoch": 1, "loss": 0.5}\n{"epoch": 2, "lo')

@@ -20,9 +20,11 @@ def _results():
         seeds[seed] = {"arms": {
             "control (continued supervised)": _arm("control (continued supervised)", None, "top_bottom",
                                                    [0.80 + shift, 0.81 + shift, 0.81 + shift]),
-            "RN-DPO | oracle | top_bottom": _arm("RN-DPO", "oracle", "top_bottom", [0.80 + shift, 0.82 + shift, 0.84 + shift],
+            "RN-DPO | oracle | top_bottom": _arm("RN-DPO", "oracle", "top_bottom",
+                                                 [0.80 + shift, 0.82 + shift, 0.84 + shift],
                                                  drift=[0.01, 0.03 + shift]),
-            "RN-DPO | oracle | top_random": _arm("RN-DPO", "oracle", "top_random", [0.80 + shift, 0.79 + shift, 0.81 + shift]),
+            "RN-DPO | oracle | top_random": _arm("RN-DPO", "oracle", "top_random",
+                                                 [0.80 + shift, 0.79 + shift, 0.81 + shift]),
         }, "judges": {"oracle": {"spearman/pooled": 1.0, "pairwise/accuracy": 1.0}}}
     return {"dataset": "hippocampus", "configuration": "3d_fullres", "scale": "cpu", "seeds": seeds,
             "full_label": {"dice": 0.90}, "protocol": {"num_labeled": 10}}
@@ -142,7 +144,8 @@ def test_every_toolkit_command_names_the_proposals_the_arms_train_on(tmp_path):
     parsed = [proposals_parser().parse_args(args), judge_parser().parse_args([*args, "--judge", "oracle"]),
               train_judge_parser().parse_args(args)]
     for p in parsed:
-        assert (p.n, p.sources, p.seed) == (PROPOSALS["num_proposals"], PROPOSALS["proposal_sources"], PROPOSALS["seed"])
+        assert (p.n, p.sources, p.seed) == \
+            (PROPOSALS["num_proposals"], PROPOSALS["proposal_sources"], PROPOSALS["seed"])
         assert (p.f, p.tr) == (["all"], SCALES["smoke"].base_trainer)
 
 
@@ -151,7 +154,8 @@ def test_report_says_how_much_of_the_protocol_is_done(tmp_path):
     results["protocol"] = {"num_labeled": 10, "judges": ["oracle"], "full_arms": False, "seeds": [0, 1, 2]}
     text = write_report([results], tmp_path / "r.md", tmp_path / "f").read_text()
     expected = len(arms_for(("oracle",), False))
-    assert f"Protocol INCOMPLETE: seed 0: 3/{expected} arms; seed 1: 3/{expected} arms; seed 2: 0/{expected} arms" in text
+    assert (f"Protocol INCOMPLETE: seed 0: 3/{expected} arms; seed 1: 3/{expected} arms; "
+            f"seed 2: 0/{expected} arms") in text
 
 
 def test_completeness_counts_protocol_arms_only():
@@ -207,7 +211,8 @@ def test_a_second_label_budget_gets_its_own_folder_and_report_section(tmp_path):
     second["protocol"] = {"num_labeled": 20}
     text = write_report([main_budget, second], tmp_path / "r.md", tmp_path / "figures").read_text()
     assert "hippocampus (3d_fullres, scale cpu, 10 labels)" in text and "(3d_fullres, scale cpu, 20 labels)" in text
-    assert {p.name for p in (tmp_path / "figures").iterdir()} == {"hippocampus_oracle.png", "hippocampus_n20_oracle.png"}
+    assert {p.name for p in (tmp_path / "figures").iterdir()} == \
+        {"hippocampus_oracle.png", "hippocampus_n20_oracle.png"}
 
 
 def test_report_bins_runs_by_their_largest_drift():
@@ -271,7 +276,8 @@ def test_proposal_arms_pair_the_protocol_proposals_with_another_set(tmp_path):
     today, other = proposal_arms("learned", ("affine", "mirror"))
     assert today.judge == other.judge == "learned" and today.name != other.name
     assert "proposal_sources" not in today.overrides and other.overrides["proposal_sources"] == ["affine", "mirror"]
-    assert {k: today.overrides[k] for k in DEFAULT_STEP} == {k: other.overrides[k] for k in DEFAULT_STEP} == DEFAULT_STEP
+    for arm in (today, other):
+        assert {k: arm.overrides[k] for k in DEFAULT_STEP} == DEFAULT_STEP
     study = Study("synthetic", None, "smoke", tmp_path / "out")
 
     def sources(args: list[str]) -> list[str]:

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from nnunetv2_rndpo.config import MININGS
 from nnunetv2_rndpo.judges import normalize_scores, oracle_scores, true_dice, uncertainty_scores
-from nnunetv2_rndpo.mining import MiningParams, Pair, candidate_pairs, mine_pair, mine_pairs, pair_statistics
+from nnunetv2_rndpo.metrics import rank, spearman
+from nnunetv2_rndpo.mining import MININGS, MiningParams, Pair, candidate_pairs, mine_pairs, pair_statistics
 from nnunetv2_rndpo.pipeline import split_cases
-from nnunetv2_rndpo.reliability import judge_reliability, pairwise_accuracy, rank, spearman
+from nnunetv2_rndpo.reliability import judge_reliability, pairwise_accuracy
 
 # ---------------------------------------------------------------- mining
 
@@ -85,12 +85,6 @@ def test_mining_params_errors():
         MiningParams(max_pairs_per_case=0)
     with pytest.raises(ValueError, match="max_region 1 is below min_region 5"):
         MiningParams(min_region=5, max_region=1)
-
-
-def test_mine_pair_keeps_its_old_contract():
-    masks = distinct_masks(4)
-    pair = mine_pair("c", masks, np.array([0.2, 0.9, 0.1, 0.5]), "top_bottom", np.random.default_rng(0))
-    assert (pair.chosen, pair.rejected) == (1, 2)
 
 
 def test_pair_statistics():
@@ -199,7 +193,8 @@ def test_split_cases_is_nnunet_predicts_split():
         ("main_proposals", ["-d", "1", "-c", "2d", "-num_parts", "2", "-part_id", "3"], "-part_id must be in 0 ... 1"),
         ("main_proposals", ["-d", "1", "-c", "2d", "-n", "1"], "-n must be >= 2"),
         ("main_judge", ["-d", "1", "-c", "2d", "--judge", "external"], "--judge external needs --scores FILE"),
-        ("main_judge", ["-d", "1", "-c", "2d", "--judge", "oracle", "--judge-sigma", "-1"], "--judge-sigma must be >= 0"),
+        ("main_judge", ["-d", "1", "-c", "2d", "--judge", "oracle", "--judge-sigma", "-1"],
+         "--judge-sigma must be >= 0"),
         ("main_train_judge", ["-d", "1", "-c", "2d", "--epochs", "0"], "--epochs must be >= 1"),
         ("main_mine", ["-d", "1", "-c", "2d", "--scores", "s.csv", "--max-pairs-per-case", "0"],
          "max_pairs_per_case must be >= 1"),
@@ -321,7 +316,8 @@ def test_label_smoothing_auto_is_validated():
     from nnunetv2_rndpo.config import RNDPOConfig
 
     assert RNDPOConfig(label_smoothing="auto", loss_type="robust").label_smoothing == "auto"
-    with pytest.raises(ValueError, match=r"config key 'label_smoothing': 'half' is not allowed; valid: a number in \[0, 0.5\) or 'auto'"):
+    with pytest.raises(ValueError, match=r"config key 'label_smoothing': 'half' is not allowed; valid: a number in "
+                                         r"\[0, 0.5\) or 'auto'"):
         RNDPOConfig(label_smoothing="half")
     with pytest.raises(ValueError, match="label_smoothing='auto' measures the judge on the labeled validation cases"):
         RNDPOConfig(label_smoothing="auto", judge="external", judge_scores="s.csv")
@@ -334,7 +330,7 @@ def test_pairs_file_round_trip_and_errors(tmp_path):
     import json
     from types import SimpleNamespace
 
-    from nnunetv2_rndpo.pipeline import pairs_document, read_pairs_file
+    from nnunetv2_rndpo.mining import pairs_document, read_pairs_file
     from nnunetv2_rndpo.proposals import ProposalCache
 
     cache = ProposalCache(tmp_path / "proposals", {"seed": 1})

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from nnunetv2_rndpo.checkpoint import describe_trained_models, load_checkpoint_file, trained_models
-from nnunetv2_rndpo.config import MININGS, RNDPOConfig
+from nnunetv2_rndpo.config import RNDPOConfig
 from nnunetv2_rndpo.errors import TRACEBACK_ENV_VAR, _excepthook, is_user_error, user_errors
+from nnunetv2_rndpo.mining import MININGS
 from nnunetv2_rndpo.phase import PreferencePhase
 
 REPO = Path(__file__).resolve().parents[1]
@@ -249,7 +250,8 @@ def test_every_vocabulary_key_lists_its_valid_values_for_a_wrong_name_and_a_wron
             with pytest.raises(ValueError) as caught:
                 RNDPOConfig(**{key: bad})
             assert listed in str(caught.value), (key, bad, str(caught.value))
-    with pytest.raises(ValueError, match=r"'label_smoothing': 'x' is not allowed; valid: a number in \[0, 0.5\) or 'auto'"):
+    with pytest.raises(ValueError,
+                       match=r"'label_smoothing': 'x' is not allowed; valid: a number in \[0, 0.5\) or 'auto'"):
         RNDPOConfig(label_smoothing="x")
 
 
@@ -298,7 +300,8 @@ def test_a_judge_that_cannot_be_saved_is_kept_in_the_temporary_folder(tmp_path, 
 
     monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
     with pytest.raises(PermissionError, match=r"cannot write .*results/rndpo_judge.pth \(OSError: No space left on "
-                                              r"device\); the trained judge was saved to .*rndpo_judge_\d+.pth instead"):
+                                              r"device\); the trained judge was saved to "
+                                              r".*rndpo_judge_\d+.pth instead"):
         save_learned_judge(Judge(), tmp_path / "results" / "rndpo_judge.pth")
     (rescue,) = saved
     assert rescue.parent == tmp_path and rescue.read_text() == "judge"

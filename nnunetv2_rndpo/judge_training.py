@@ -1,0 +1,113 @@
+"""Training the learned judge (:mod:`nnunetv2_rndpo.learned_judge`) for a base model, and measuring it.
+
+The judge is a function of its network (``learned_judge``); training it needs what the pipeline makes: the
+base model's proposals for the fold's labeled cases (:func:`training_masks`) and for its validation cases
+(:func:`validation_reliability`). This module holds that orchestration, so that the pipeline, which scores
+with a trained judge, and the judge itself import each other in one direction only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from nnunetv2_rndpo.judges import agreement_scores, true_dice
+from nnunetv2_rndpo.learned_judge import (
+    CROP_SIZE,
+    JudgeTraining,
+    LearnedJudge,
+    RankingNet,
+    drop_2d_axis,
+    perturbed_predictions,
+    ranking_step,
+    step_masks,
+)
+from nnunetv2_rndpo.pipeline import labeled_proposals, proposal_cache
+from nnunetv2_rndpo.pool import LabeledPool, labeled_cases
+from nnunetv2_rndpo.proposals import generate_proposals
+from nnunetv2_rndpo.reliability import judge_reliability
+
+
+def training_masks(base, settings, cases, case_ids: list[str], training: JudgeTraining, progress: bool = True,
+                   ) -> dict[str, np.ndarray]:
+    """``{case: (M, *spatial) uint8}``: the base model's proposals for labeled cases (``settings``, cached
+    with the validation cases' in ``<cache_folder>/labeled_proposals``) and its weight-noise predictions."""
+    pool = LabeledPool(cases, case_ids)
+    cache, specs, extra = proposal_cache(base, settings, "labeled_proposals")
+    generate_proposals(cache, pool, base.predictor(), specs, base.label_manager, base.mirror_axes, base.device,
+                       progress, seed=settings.seed, extra_weights=extra, cascade_labels=base.cascade_labels)
+    noisy = perturbed_predictions(base, pool, case_ids, training.weight_noise, training.seed, progress)
+    return {c: np.concatenate([cache.masks(c), np.stack(noisy[c]).reshape(-1, *cache.masks(c).shape[1:])])
+            if noisy[c] else cache.masks(c) for c in case_ids}
+
+
+def validation_reliability(judge: LearnedJudge, base, settings, progress: bool = True, log=print) -> dict:
+    """``val/*``: the judge's and the agreement judge's reliability on the base model's proposals for the
+    fold's validation cases (:func:`~nnunetv2_rndpo.reliability.judge_reliability`)."""
+    pool, cache = labeled_proposals(base, settings, progress, log)
+    ignore = base.label_manager.ignore_label
+    dice = {c: true_dice(cache.masks(c), pool.label(c), base.classes, ignore) for c in pool.case_ids}
+    learned = {c: judge.score(pool.image(c), cache.masks(c)) for c in pool.case_ids}
+    agreement = {c: agreement_scores(cache.masks(c), base.classes) for c in pool.case_ids}
+    metrics = {f"val/{k}": v for k, v in judge_reliability(learned, dice).items()}
+    metrics.update({f"val/agreement/{k}": v for k, v in judge_reliability(agreement, dice).items()
+                    if k.startswith(("spearman/per_case", "spearman/pooled", "pairwise/accuracy", "top1/regret"))})
+    return metrics
+
+
+def train_learned_judge(base, settings, training: JudgeTraining = JudgeTraining(), progress: bool = True,  # noqa: B008
+                        with_validation_cases: bool = False, log=print) -> LearnedJudge:
+    """Trains a :class:`LearnedJudge` on the fold's labeled training cases; reliability on its validation cases.
+
+    Args:
+        base: the base model (:class:`~nnunetv2_rndpo.pipeline.BaseModel`).
+        settings: the proposal settings (:class:`~nnunetv2_rndpo.pipeline.ProposalSettings`), the same as
+            the pool's, so the judge learns on masks made like the ones it will rank.
+        with_validation_cases: also train on the validation cases; their ``val/*`` metrics then no longer
+            measure unseen cases (``val/held_out`` is 0).
+
+    Raises:
+        ValueError: no labeled training cases in the split.
+    """
+    cases, train_ids, val_ids = labeled_cases(base, base.fold)
+    if not train_ids:
+        raise ValueError(f"fold {base.fold} of {base.dataset_name} has no labeled training cases to train a judge on")
+    if with_validation_cases:
+        train_ids = sorted(set(train_ids) | set(val_ids))
+    classes, ignore_label = base.classes, base.label_manager.ignore_label
+    dim = len(base.configuration_manager.patch_size)
+    size = (training.crop_size or CROP_SIZE[dim],) * dim
+    began = time.monotonic()
+    predictions = training_masks(base, settings, cases, train_ids, training, progress)
+    some_image = cases[train_ids[0]][0]
+    in_channels = some_image.shape[0] + 2 * len(classes)
+    rng = np.random.default_rng(training.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(training.seed)
+        network = RankingNet(in_channels, dim, training.width)
+        optimizer = torch.optim.Adam(network.parameters(), lr=training.learning_rate)
+        losses, steps = [], 0
+        for _ in tqdm(range(training.epochs), desc="training learned judge", disable=not progress):
+            losses = []
+            for case_id in rng.permutation(train_ids):
+                image, label = cases[case_id]
+                masks = predictions[case_id]
+                image, masks = drop_2d_axis(image, masks, dim)
+                label = label[0] if label.ndim == dim + 1 else label
+                chosen = step_masks(label, masks, classes, training.masks_per_step, rng)
+                loss = ranking_step(network, optimizer, image, label, chosen, classes, size, ignore_label, rng)
+                if loss is not None:
+                    losses.append(loss)
+                    steps += 1
+    judge = LearnedJudge(network.eval(), classes, in_channels, dim, size, training.width, {
+        "train/steps": steps, "train/loss_last_epoch": float(np.mean(losses)) if losses else math.nan,
+        "train/cases": len(train_ids), "train/seconds": round(time.monotonic() - began, 1)}, asdict(training))
+    judge.metrics["val/held_out"] = int(not with_validation_cases and str(base.fold) != "all")
+    if val_ids:
+        judge.metrics.update(validation_reliability(judge, base, settings, progress, log))
+    return judge
