@@ -157,7 +157,7 @@ def test_reliability_on_labeled_validation_cases(toolkit):
     assert (cache.parent.parent / "labeled_proposals" / cache.name / "manifest.json").is_file()
 
 
-def test_headroom_reports_of_the_new_sources_on_the_pool_and_the_labeled_cases(toolkit):
+def test_headroom_reports_of_mirror_perturb_and_affine_on_the_pool_and_the_labeled_cases(toolkit):
     root, env, _, _ = toolkit
     copy = root / "headroom"
     shutil.copytree(root / "preprocessed", copy, ignore=shutil.ignore_patterns("rndpo"))
