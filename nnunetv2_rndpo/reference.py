@@ -4,7 +4,8 @@
 
 - config keys: every field of :class:`~nnunetv2_rndpo.config.RNDPOConfig` with its type, default and help;
 - commands: the ``--help`` of every console script this package installs;
-- assumptions: every ``Assumption:`` paragraph of the package's docstrings and comments, with its place.
+- assumptions: every ``Assumption:`` paragraph of the docstrings and comments of the package (subfolders
+  included) and of ``trainers/``, with its place.
 
 ``tests/test_docs.py`` fails when the committed file differs from what this prints.
 """
@@ -70,19 +71,41 @@ def command_help(name: str, target: str) -> str:
     return buffer.getvalue().rstrip()
 
 
-def assumptions() -> list[tuple[str, str]]:
-    """``(module.function, text)`` of every ``Assumption:`` paragraph in the package (docstrings and comments).
+PACKAGE = Path(__file__).resolve().parent
+
+
+def source_files(package: Path = PACKAGE, trainers: Path = PACKAGE.parent / "trainers") -> list[tuple[str, Path]]:
+    """``(module, path)`` of every ``.py`` file in ``package`` and its subfolders and in ``trainers/``.
+
+    ``module`` is dotted from the package (``pipeline``, ``sub.module``; ``trainers.rndpo_trainers``).
+    ``trainers/`` sits beside the package in a source checkout (``nnUNet_extTrainer``); it is skipped where it is
+    absent. This module is left out: it names ``Assumption:`` without making one.
+    """
+    def module(path: Path, root: Path, prefix: str) -> str:
+        return prefix + ".".join(path.relative_to(root).with_suffix("").parts)
+
+    files = [(module(p, package, ""), p) for p in sorted(package.rglob("*.py")) if p != package / "reference.py"]
+    if trainers.is_dir():
+        files += [(module(p, trainers, "trainers."), p) for p in sorted(trainers.rglob("*.py"))]
+    return files
+
+
+def assumptions(files: list[tuple[str, Path]] | None = None) -> list[tuple[str, str]]:
+    """``(module.function, text)`` of every ``Assumption:`` paragraph (docstrings and comments) in ``files``.
 
     Places are named by the enclosing ``def``/``class`` (not line numbers, so the page only changes when an
     assumption does).
+
+    Args:
+        files: ``(module, path)`` pairs; by default :func:`source_files`, the package with its subfolders and
+            ``trainers/``.
     """
     found = []
-    package = Path(__file__).resolve().parent
-    for path in sorted(package.glob("*.py")):
+    for name, path in source_files() if files is None else files:
         lines = path.read_text().splitlines()
         for number, line in enumerate(lines):
             start = line.find("Assumption:")
-            if start < 0 or path.name == "reference.py":
+            if start < 0:
                 continue
             text = [line[start + len("Assumption:"):].strip()]
             in_comment = line.strip().startswith("#")
@@ -97,7 +120,7 @@ def assumptions() -> list[tuple[str, str]]:
             owner = next((re.match(r"\s*(?:async\s+)?(?:def|class)\s+(\w+)", above).group(1)
                           for above in reversed(lines[:number + 1])
                           if re.match(r"\s*(?:async\s+)?(?:def|class)\s+\w+", above)), None)
-            where = f"{path.stem}.{owner}" if owner else path.stem
+            where = f"{name}.{owner}" if owner else name
             found.append((where, " ".join(text).rstrip('"').strip()))
     return found
 

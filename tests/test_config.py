@@ -5,6 +5,7 @@ import json
 import pytest
 
 from nnunetv2_rndpo.config import CONFIG_ENV_VAR, DEFAULT_BETA, RNDPOConfig, load_config
+from nnunetv2_rndpo.mining import MiningParams
 
 REQUIRED_KEYS = (
     "num_epochs num_iterations_per_epoch learning_rate beta loss_type normalization min_region_voxels "
@@ -117,3 +118,25 @@ def test_bad_values_name_the_key_and_the_allowed_values(tmp_path, key, value, me
 def test_to_dict_round_trips(tmp_path):
     config = RNDPOConfig(beta=0.2, proposal_sources=["mirror", "temperature"])
     assert load_config(None, write(tmp_path, config.to_dict())) == config
+
+
+def test_model_source_and_mining_keys_are_validated():
+    from nnunetv2_rndpo.config import RNDPOConfig
+
+    with pytest.raises(ValueError, match="proposal_sources has 'model' but proposal_models is empty"):
+        RNDPOConfig(proposal_sources=["model"])
+    with pytest.raises(ValueError, match="config key 'mining_max_region': 2 is out of range; must be >= 5"):
+        RNDPOConfig(mining_min_region=5, mining_max_region=2)
+    config = RNDPOConfig(mining="quantile", mining_max_pairs_per_case=3, judge="uncertainty")
+    assert MiningParams.from_config(config) == MiningParams("quantile", max_pairs_per_case=3)
+
+
+def test_label_smoothing_auto_is_validated():
+    from nnunetv2_rndpo.config import RNDPOConfig
+
+    assert RNDPOConfig(label_smoothing="auto", loss_type="robust").label_smoothing == "auto"
+    with pytest.raises(ValueError, match=r"config key 'label_smoothing': 'half' is not allowed; valid: a number in "
+                                         r"\[0, 0.5\) or 'auto'"):
+        RNDPOConfig(label_smoothing="half")
+    with pytest.raises(ValueError, match="label_smoothing='auto' measures the judge on the labeled validation cases"):
+        RNDPOConfig(label_smoothing="auto", judge="external", judge_scores="s.csv")

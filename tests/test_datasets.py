@@ -200,7 +200,7 @@ def test_synthetic_3d_writes_nifti(tmp_path):
     assert sitk.ReadImage(str(next((folder / "imagesTs").glob("*.nii.gz")))).GetSize() == (40, 40, 24)
 
 
-def test_tiny_dataset_still_has_the_tests_layout(tmp_path):
+def test_tiny_dataset_has_8_training_and_6_unlabeled_cases_and_can_be_rewritten(tmp_path):
     folder = make_tiny_dataset(tmp_path, 991, dim=2)
     assert split_cases_on_disk(folder, ".png")["Tr"] == {f"tiny_{i:03d}" for i in range(8)}
     assert len(list((folder / "labelsUnlabeled").glob("*.png"))) == 6

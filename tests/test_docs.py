@@ -44,6 +44,34 @@ def test_reference_is_generated_from_the_code():
         "docs/reference.md is stale: run  python -m nnunetv2_rndpo.reference > docs/reference.md")
 
 
+def test_every_assumption_in_the_code_is_in_the_generated_reference():
+    """Every ``Assumption:`` of a ``.py`` file anywhere under nnunetv2_rndpo/ or trainers/ has its row."""
+    table = reference.build().split("## Assumptions", 1)[1]
+    files = [p for folder in ("nnunetv2_rndpo", "trainers") for p in sorted((REPO / folder).rglob("*.py"))
+             if p != REPO / "nnunetv2_rndpo" / "reference.py"]  # it names the marker without making one
+    written = [(p.relative_to(REPO), line.split("Assumption:", 1)[1].strip().rstrip('"').strip())
+               for p in files for line in p.read_text().splitlines() if "Assumption:" in line]
+    assert written
+    missing = [(str(path), text) for path, text in written if text.replace("|", "\\|") not in table]
+    assert not missing, f"assumptions missing from the generated reference: {missing}"
+    assert sum(line.startswith("| `") for line in table.splitlines()) == len(written)
+
+
+def test_assumptions_are_found_in_subfolders_and_trainers(tmp_path):
+    package, trainers = tmp_path / "package", tmp_path / "trainers"
+    (package / "sub").mkdir(parents=True)
+    trainers.mkdir()
+    (package / "top.py").write_text('def f():\n    """Does f.\n\n    Assumption: top level.\n    """\n')
+    (package / "sub" / "deep.py").write_text("class C:\n    # Assumption: in a subfolder,\n    # on two lines.\n")
+    (package / "reference.py").write_text('"""Lists every ``Assumption:`` paragraph."""\n')
+    (trainers / "mine.py").write_text("# Assumption: in trainers.\n")
+    found = reference.assumptions(reference.source_files(package, trainers))
+    assert sorted(found) == [("sub.deep.C", "in a subfolder, on two lines."), ("top.f", "top level."),
+                             ("trainers.mine", "in trainers.")]
+    assert reference.source_files(package, tmp_path / "absent") == [("sub.deep", package / "sub" / "deep.py"),
+                                                                   ("top", package / "top.py")]
+
+
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(REPO)))
 def test_docs_name_existing_commands_trainers_and_keys(path):
     ours = {name for name, _ in reference.console_scripts()}

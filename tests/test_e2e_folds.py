@@ -1,6 +1,6 @@
 """Several folds, runs and re-runs on one dataset with the real commands (slower tier, ``-m e2e``).
 
-One module fixture plans a tiny 2D dataset and trains base models of folds 0 and 1. The tests make both
+One module fixture copies the session's tiny 2D dataset with base models of folds 0 and 1 (conftest.py). The tests make both
 folds' proposals, scores and pairs and train both folds while the other fold's proposals are being made
 (nothing of either is deleted), start a second run of a fold that is training (refused, naming the
 first), and re-run a finished fold (refused, the folder left byte-identical).
@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 
 import pytest
-from test_e2e_trainer import BIN, make_env, run, write_config
+from conftest import private_copy
+from test_e2e_trainer import BIN, run, write_config
 
 from nnunetv2_rndpo.fold_lock import LOCK_FILE
 from nnunetv2_rndpo.paths import rndpo_cache_folder
-from nnunetv2_rndpo.synthetic import make_tiny_dataset
 
 pytestmark = pytest.mark.e2e
-DATASET_ID, DATASET = 997, "Dataset997_Tiny2D"
+DATASET_ID, DATASET = 991, "Dataset991_Tiny2D"  # the session's tiny 2D dataset (conftest.py)
 BASE_TRAINER = "nnUNetTrainer_rndpoSmoke"
 SCHEDULE = {"num_epochs": 1, "num_iterations_per_epoch": 3, "num_val_iterations_per_epoch": 1, "eval_every": 0,
             "guard_num_cases": 0, "final_validation": False}
@@ -71,15 +71,10 @@ def finish(process: subprocess.Popen, log: Path, timeout: float = 600) -> str:
 
 
 @pytest.fixture(scope="module")
-def folds(tmp_path_factory):
+def folds(tiny2d_two_folds_base, tmp_path_factory):
+    """This module's own copy of the session's tiny 2D dataset with base models of folds 0 and 1 (conftest.py)."""
     root = tmp_path_factory.mktemp("folds")
-    env = make_env(root)
-    make_tiny_dataset(root / "raw", DATASET_ID, dim=2)
-    run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d", "-npfp", "1", "-np", "1"], env,
-        nnUNet_n_proc_DA="1")
-    for fold in (0, 1):
-        run(["nnUNetv2_train", str(DATASET_ID), "2d", str(fold), "-tr", BASE_TRAINER, "-device", "cpu"], env)
-    return root, env
+    return root, private_copy(tiny2d_two_folds_base, root)
 
 
 def test_folds_keep_their_proposals_scores_and_pairs_while_the_other_fold_works(folds):

@@ -1,6 +1,6 @@
 """Interruption and determinism with the real commands on a tiny 2D dataset (slower tier, ``-m e2e``).
 
-One module fixture plans the dataset and trains a tiny base model; its pool gets one large case so that
+One module fixture copies the session's planned dataset and tiny base model (conftest.py); its pool gets one large case so that
 proposal generation takes long enough to be killed half-way. The tests SIGKILL
 ``nnUNetv2_rndpo_proposals`` and ``nnUNetv2_train -tr nnUNetTrainerRNDPO`` mid-way and rerun them, and
 train twice from scratch to check that proposals, scores, pairs and final weights are identical.
@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_e2e_trainer import BIN, prepare, run, write_config
+from conftest import private_copy
+from test_e2e_trainer import BIN, run, write_config
 
 pytestmark = pytest.mark.e2e
-DATASET_ID, DATASET = 996, "Dataset996_Tiny2D"
+DATASET_ID, DATASET = 991, "Dataset991_Tiny2D"  # the session's tiny 2D dataset (conftest.py)
 TRAINER = "nnUNetTrainerRNDPO"
 PROPOSALS = ["-d", str(DATASET_ID), "-c", "2d", "-tr", "nnUNetTrainer_rndpoSmoke", "-n", "4", "--quiet",
              "-device", "cpu"]
@@ -33,11 +34,11 @@ POOL_SIZE = 7  # the synthetic pool's 6 cases and the large one
 
 
 @pytest.fixture(scope="module")
-def reliability(tmp_path_factory):
+def reliability(tiny2d_base, tmp_path_factory):
     from PIL import Image
 
     root = tmp_path_factory.mktemp("reliability")
-    env = prepare(root, DATASET_ID, 2, "2d")
+    env = private_copy(tiny2d_base, root)  # this module's own copy of the dataset and its base model
     # 64×64 (9 sliding-window tiles per flip) makes the second case slow enough to kill the proposals after the
     # first, and its patches are crops without padding (views of the pool image, see sampling.py)
     big = np.random.default_rng(0).normal(100, 20, (64, 64)).clip(0, 255).astype(np.uint8)

@@ -1,7 +1,7 @@
 """The ``nnUNetv2_rndpo_*`` commands on a tiny synthetic 2D dataset (slower tier, ``-m e2e``).
 
-One session fixture plans the dataset, trains a tiny base model and fills the proposal cache in two
-parts; the tests judge, report, mine, train the learned judge and finally train the RN-DPO trainer from
+One session fixture copies the session's planned dataset and tiny base model (conftest.py) and fills the
+proposal cache in two parts; the tests judge, report, mine, train the learned judge and finally train the RN-DPO trainer from
 the cache and the mined pairs. The commands run as ``python -m nnunetv2_rndpo.commands`` (the console
 scripts are the same functions).
 """
@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_e2e_trainer import prepare, run
+from conftest import private_copy
+from test_e2e_trainer import run
 
 from nnunetv2_rndpo.paths import rndpo_cache_folder
 
 pytestmark = pytest.mark.e2e
-DATASET = "Dataset994_Tiny2D"
-BASE = ["-d", "994", "-c", "2d", "-tr", "nnUNetTrainer_rndpoSmoke", "-n", "4", "--quiet", "-device", "cpu"]
+DATASET = "Dataset991_Tiny2D"  # the session's tiny 2D dataset (conftest.py)
+BASE = ["-d", "991", "-c", "2d", "-tr", "nnUNetTrainer_rndpoSmoke", "-n", "4", "--quiet", "-device", "cpu"]
 
 
 def command(env: dict, name: str, *args: str, expect_ok: bool = True, base=BASE) -> subprocess.CompletedProcess:
@@ -42,9 +43,9 @@ def base_fold(root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def toolkit(tmp_path_factory):
+def toolkit(tiny2d_base, tmp_path_factory):
     root = tmp_path_factory.mktemp("toolkit")
-    env = prepare(root, 994, 2, "2d")
+    env = private_copy(tiny2d_base, root)  # this module's own copy of the dataset and its base model
     parts = [command(env, "proposals", "-num_parts", "2", "-part_id", str(i)).stdout for i in (0, 1)]
     (cache,) = [p for p in proposals_root(root / "preprocessed").iterdir() if p.is_dir()]
     return root, env, cache, parts
@@ -156,7 +157,7 @@ def test_reliability_on_labeled_validation_cases(toolkit):
     assert (cache.parent.parent / "labeled_proposals" / cache.name / "manifest.json").is_file()
 
 
-def test_headroom_reports_of_the_new_sources_on_the_pool_and_the_labeled_cases(toolkit):
+def test_headroom_reports_of_mirror_perturb_and_affine_on_the_pool_and_the_labeled_cases(toolkit):
     root, env, _, _ = toolkit
     copy = root / "headroom"
     shutil.copytree(root / "preprocessed", copy, ignore=shutil.ignore_patterns("rndpo"))
@@ -220,7 +221,7 @@ def test_mined_pairs_and_cached_proposals_feed_the_trainer(toolkit):
     config.write_text(json.dumps({**printed, "base_trainer": "nnUNetTrainer_rndpoSmoke",
                                   "num_epochs": 1, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 2,
                                   "guard_num_cases": 0, "label_smoothing": "auto", "loss_type": "robust"}))
-    run(["nnUNetv2_train", "994", "2d", "0", "-tr", "nnUNetTrainerRNDPO", "-device", "cpu"], env,
+    run(["nnUNetv2_train", "991", "2d", "0", "-tr", "nnUNetTrainerRNDPO", "-device", "cpu"], env,
         nnUNet_rndpo_config=str(config))
     fold = root / "results" / DATASET / "nnUNetTrainerRNDPO__nnUNetPlans__2d" / "fold_0"
     log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))

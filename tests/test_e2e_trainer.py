@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import private_copy
 
 from nnunetv2_rndpo.judges import write_scores_csv
 from nnunetv2_rndpo.synthetic import make_tiny_dataset
@@ -60,9 +61,10 @@ def prepare(root: Path, dataset_id: int, dim: int, configuration: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def tiny2d(tmp_path_factory):
+def tiny2d(tiny2d_base, tmp_path_factory):
+    """This module's own copy of the session's Dataset991_Tiny2D and its base model (conftest.py)."""
     root = tmp_path_factory.mktemp("tiny2d")
-    return root, prepare(root, 991, 2, "2d")
+    return root, private_copy(tiny2d_base, root)
 
 
 def fold_folder(root: Path, trainer: str, dataset: str = "Dataset991_Tiny2D", configuration: str = "2d") -> Path:

@@ -148,7 +148,7 @@ def test_cache_key_changes_with_sigma_and_the_ladder(monkeypatch):
     assert base != key(plan_proposals(4, ["perturb", "affine"], (0, 1), 0))
 
 
-def test_new_sources_combine_with_the_others_round_robin_and_cost_what_they_say():
+def test_perturb_and_affine_combine_with_the_other_sources_round_robin_and_cost_what_they_say():
     sources = ["mirror", "threshold", "temperature", "intensity", "perturb", "affine"]
     specs = plan_proposals(12, sources, (0, 1), 0, perturb_sigma=0.05)
     assert [s.source for s in specs].count("perturb") == 2 and [s.source for s in specs].count("affine") == 2

@@ -260,7 +260,7 @@ def test_judge_table_lists_judges_in_a_fixed_order_with_the_three_rank_measures(
     assert rows[:5] == ["oracle", "weak", "agreement", "uncertainty", "learned"]
 
 
-def test_committed_results_still_make_a_report(tmp_path):
+def test_the_committed_study_results_make_a_report(tmp_path):
     from pathlib import Path
 
     from nnunetv2_rndpo.study import load_results
