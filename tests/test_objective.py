@@ -428,6 +428,6 @@ def test_preference_metrics_sum_over_used_pairs_only():
     assert metrics["n/patches"] == 3 and metrics["n/used"] == int(used.sum()) >= 1
     assert metrics["sum/rewards/margins"] == pytest.approx(float(out.margins[used].sum()))
     assert metrics["sum/rewards/accuracies"] == float((out.margins[used] > 0).sum())
-    expected = float((ratios.chosen_logps / ratios.region_sizes.clamp_min(1))[used].sum())
+    expected = float((ratios.chosen_logps.detach() / ratios.region_sizes.clamp_min(1))[used].sum())
     assert metrics["sum/logps/chosen"] == pytest.approx(expected)
     assert metrics["sum/region/size_mean"] == pytest.approx(float(ratios.region_sizes.sum()))  # every patch
