@@ -33,7 +33,7 @@ def predict_and_evaluate(root: Path, env: dict, dataset: str, configuration: str
     return json.loads((out / "summary.json").read_text())
 
 
-# ---------------------------------------------------------------------------------------------- 2D: regions, ignore, channels
+# ------------------------------------------------------------------------------- 2D: regions, ignore, channels
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Several folds, runs and re-runs on one dataset with the real commands (slower tier, ``-m e2e``).
 
-One module fixture copies the session's tiny 2D dataset with base models of folds 0 and 1 (conftest.py). The tests make both
-folds' proposals, scores and pairs and train both folds while the other fold's proposals are being made
+One module fixture copies the session's tiny 2D dataset with base models of folds 0 and 1 (conftest.py). The
+tests make both folds' proposals, scores and pairs and train both folds while the other fold's proposals are being made
 (nothing of either is deleted), start a second run of a fold that is training (refused, naming the
 first), and re-run a finished fold (refused, the folder left byte-identical).
 """

@@ -1,7 +1,7 @@
 """Interruption and determinism with the real commands on a tiny 2D dataset (slower tier, ``-m e2e``).
 
-One module fixture copies the session's planned dataset and tiny base model (conftest.py); its pool gets one large case so that
-proposal generation takes long enough to be killed half-way. The tests SIGKILL
+One module fixture copies the session's planned dataset and tiny base model (conftest.py); its pool gets one
+large case so that proposal generation takes long enough to be killed half-way. The tests SIGKILL
 ``nnUNetv2_rndpo_proposals`` and ``nnUNetv2_train -tr nnUNetTrainerRNDPO`` mid-way and rerun them, and
 train twice from scratch to check that proposals, scores, pairs and final weights are identical.
 """
@@ -62,7 +62,8 @@ def kill_when(process: subprocess.Popen, condition, log: Path, timeout: float = 
             process.wait()
             return found
         if process.poll() is not None:
-            raise AssertionError(f"finished (rc {process.returncode}) before it could be killed:\n{log.read_text()[-3000:]}")
+            raise AssertionError(f"finished (rc {process.returncode}) before it could be killed:\n"
+                                 f"{log.read_text()[-3000:]}")
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)
     raise AssertionError(f"timed out waiting to kill it:\n{log.read_text()[-3000:]}")

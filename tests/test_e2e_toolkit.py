@@ -1,8 +1,8 @@
 """The ``nnUNetv2_rndpo_*`` commands on a tiny synthetic 2D dataset (slower tier, ``-m e2e``).
 
 One session fixture copies the session's planned dataset and tiny base model (conftest.py) and fills the
-proposal cache in two parts; the tests judge, report, mine, train the learned judge and finally train the RN-DPO trainer from
-the cache and the mined pairs. The commands run as ``python -m nnunetv2_rndpo.commands`` (the console
+proposal cache in two parts; the tests judge, report, mine, train the learned judge and finally train the RN-DPO
+trainer from the cache and the mined pairs. The commands run as ``python -m nnunetv2_rndpo.commands`` (the console
 scripts are the same functions).
 """
 
@@ -190,8 +190,8 @@ def test_invalid_inputs_error_clearly(toolkit):
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     no_hybrids = command(env, "mine", "--scores", str(root / "nope.csv"), "--mining", "local", expect_ok=False)
     assert no_hybrids.returncode == 2 and "needs --hybrids N" in no_hybrids.stderr
-    no_model = command(env, "proposals", expect_ok=False, base=[a if a != "nnUNetTrainer_rndpoSmoke" else "nnUNetTrainer"
-                                                                for a in BASE])
+    other_trainer = [a if a != "nnUNetTrainer_rndpoSmoke" else "nnUNetTrainer" for a in BASE]
+    no_model = command(env, "proposals", expect_ok=False, base=other_trainer)
     assert no_model.returncode == 2 and "train the base model first" in no_model.stderr
 
 

@@ -56,7 +56,8 @@ def prepare(root: Path, dataset_id: int, dim: int, configuration: str) -> dict:
     make_tiny_dataset(root / "raw", dataset_id, dim=dim)
     run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", configuration, "-npfp", "1", "-np", "1"],
         env, nnUNet_n_proc_DA="1")
-    run(["nnUNetv2_train", str(dataset_id), configuration, "0", "-tr", "nnUNetTrainer_rndpoSmoke", "-device", "cpu"], env)
+    run(["nnUNetv2_train", str(dataset_id), configuration, "0", "-tr", "nnUNetTrainer_rndpoSmoke", "-device", "cpu"],
+        env)
     return env
 
 
@@ -146,9 +147,11 @@ def test_resume_keeps_the_reference_and_predicts(tiny2d):
     folder = fold_folder(root, trainer)
     base = torch.load(fold_folder(root, "nnUNetTrainer_rndpoSmoke") / "checkpoint_final.pth", map_location="cpu",
                       weights_only=False)["network_weights"]
-    result = run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu"], env, nnUNet_rndpo_config=config)
+    result = run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu"], env,
+                 nnUNet_rndpo_config=config)
     # the start of a run says what it will do and, after the first iterations, how long it takes
-    assert "RN-DPO: nnUNetTrainerRNDPO: 1 epochs × 3 iterations of" in result.stdout and f"Config: {config}" in result.stdout
+    assert "RN-DPO: nnUNetTrainerRNDPO: 1 epochs × 3 iterations of" in result.stdout
+    assert f"Config: {config}" in result.stdout
     assert "pool cases (judge agreement, mining top_bottom), mean |D| " in result.stdout
     assert " s/iteration, ~" in result.stdout and "for 1 × 3 iterations" in result.stdout
     assert "RN-DPO: nnUNetTrainerRNDPO: 1 epochs" in "".join(p.read_text() for p in folder.glob("training_log_*.txt"))
@@ -176,7 +179,8 @@ def test_resume_keeps_the_reference_and_predicts(tiny2d):
     assert final["current_epoch"] == 2
     assert any(not torch.equal(final["network_weights"][k], base[k]) for k in base)
     # --val validates even with final_validation: false
-    run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu", "--val"], env, nnUNet_rndpo_config=config)
+    run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu", "--val"], env,
+        nnUNet_rndpo_config=config)
     assert (folder / "validation" / "summary.json").is_file()
     assert 0 < predict_and_evaluate(root, env, trainer) <= 1
 
@@ -184,7 +188,8 @@ def test_resume_keeps_the_reference_and_predicts(tiny2d):
 def test_external_scores_and_proposal_cache(tiny2d):
     root, env = tiny2d
     trainer = "nnUNetTrainerDPO"
-    pool = sorted(p.name[: -len("_0000.png")] for p in (root / "raw" / "Dataset991_Tiny2D" / "imagesUnlabeled").iterdir())
+    unlabeled = root / "raw" / "Dataset991_Tiny2D" / "imagesUnlabeled"
+    pool = sorted(p.name[: -len("_0000.png")] for p in unlabeled.iterdir())
     # a "QC system" that prefers the proposal with the highest index
     scores = {case: np.arange(4, dtype=float) for case in pool}
     csv_path = root / "qc_scores.csv"
@@ -203,7 +208,8 @@ def test_external_scores_and_proposal_cache(tiny2d):
 
     # the same base model again: the cached proposals are reused, not generated
     csv_path.write_text(good_csv)
-    result = run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu"], env, nnUNet_rndpo_config=config)
+    result = run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu"], env,
+                 nnUNet_rndpo_config=config)
     assert "reusing proposals" in result.stdout and "generated proposals" not in result.stdout
 
     # a changed base model invalidates the cache: proposals are generated again
@@ -216,7 +222,8 @@ def test_external_scores_and_proposal_cache(tiny2d):
     torch.save(checkpoint, changed)
     config = write_config(root, "changed", base_checkpoint=str(changed), eval_every=0, num_epochs=1,
                           overwrite_finished_fold=True)
-    result = run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu"], env, nnUNet_rndpo_config=config)
+    result = run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cpu"], env,
+                 nnUNet_rndpo_config=config)
     assert "generated proposals for 6 cases" in result.stdout
 
 
