@@ -50,7 +50,6 @@ SETS = {
 }
 JUDGES = ("oracle", "weak", "agreement", "uncertainty", "learned")
 MININGS = ("top_bottom", "local")
-WEAK_PAIR_ACCURACY, WEAK_SIZE_BIAS = 0.70, 0.05  # the study's weak judge (nnunetv2_rndpo/study.py)
 HYBRIDS_PER_CASE = 16
 HEADROOM_KEYS = ("headroom/forwards_per_case", "headroom/plain_dice", "headroom/best_of_k",
                  "headroom/oracle_headroom", "headroom/proposal_dice_mean", "headroom/within_case_sd")
@@ -58,9 +57,10 @@ HEADROOM_KEYS = ("headroom/forwards_per_case", "headroom/plain_dice", "headroom/
 
 def judge_settings(judge: str, learned_file: Path, seed: int):
     from nnunetv2_rndpo.pipeline import JudgeSettings
+    from nnunetv2_rndpo.study_protocol import WEAK_SIZE_BIAS, WEAK_TARGET_PAIR_ACCURACY
 
     if judge == "weak":
-        return JudgeSettings("oracle", size_bias=WEAK_SIZE_BIAS, seed=seed, pair_accuracy=WEAK_PAIR_ACCURACY)
+        return JudgeSettings("oracle", size_bias=WEAK_SIZE_BIAS, seed=seed, pair_accuracy=WEAK_TARGET_PAIR_ACCURACY)
     return JudgeSettings(judge, seed=seed, learned_judge=str(learned_file) if judge == "learned" else None)
 
 
@@ -266,7 +266,7 @@ def main() -> None:
         per_seed = [json.loads((Path(args.output) / f"headroom_seed{seed}.json").read_text()) for seed in args.seeds]
     else:
         per_seed = [measure_seed(args, seed) for seed in args.seeds]
-    from nnunetv2_rndpo.study import SCALES
+    from nnunetv2_rndpo.study_protocol import SCALES
 
     labeled = args.labeled or SCALES["cpu"].num_labeled
     summary, text = table(args.dataset, labeled, per_seed)

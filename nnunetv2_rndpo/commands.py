@@ -259,7 +259,8 @@ def run_judge(args: argparse.Namespace) -> Path:
                 extra = {"judge/sigma": oracle_sigma(base, pool, cache, judge, dice), "judge/size_bias": args.size_bias}
                 if args.pair_accuracy is not None:
                     extra["judge/target_pair_accuracy"] = args.pair_accuracy
-            write_report(output, scores, dice, cache, args.seed, args.tau, f"judge {args.judge} reliability", extra)
+            write_judge_report(output, scores, dice, cache, args.seed, args.tau, f"judge {args.judge} reliability",
+                               extra)
     if args.report_labeled:
         write_labeled_report(output, base, settings, judge, MiningParams(args.mining, tau=args.tau), not args.quiet)
     return output
@@ -280,7 +281,7 @@ def write_labeled_report(scores_file: Path, base, settings, judge, mining, progr
     return path
 
 
-def write_report(scores_file: Path, scores, dice, cache, seed: int, tau: float, title: str,
+def write_judge_report(scores_file: Path, scores, dice, cache, seed: int, tau: float, title: str,
                  extra: dict | None = None) -> Path:
     """Prints the reliability table (with ``extra`` keys, e.g. the oracle's σ) and saves it as
     ``<scores>.report.json`` (ranking metrics over the base proposals; with hybrids also ``mining/local/*``)."""

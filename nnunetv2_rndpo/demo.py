@@ -229,9 +229,9 @@ def run_demo(output_folder: str | os.PathLike, source: str = "synthetic", dim: s
         runner.command(f"evaluate_{arm}", ["nnUNetv2_evaluate_folder", str(dataset_folder / "labelsTs"), str(out),
                                            "-djfile", str(out / "dataset.json"), "-pfile", str(out / "plans.json"),
                                            "-np", "1"])
-    from nnunetv2_rndpo.report import write_report
+    from nnunetv2_rndpo.report import write_demo_report
 
-    report = write_report(root, dataset_folder, configuration, settings.base_trainer, runner.seconds)
+    report = write_demo_report(root, dataset_folder, configuration, settings.base_trainer, runner.seconds)
     print(f"report: {report}  (demo took {time.time() - start:.0f} s this run, "
           f"{sum(runner.seconds.values()):.0f} s of stages in all)")
     return report

@@ -50,7 +50,7 @@ def dice_curves(results_root: Path, dataset_name: str, configuration: str) -> di
     return curves
 
 
-def plot_curves(curves: dict[str, tuple[list[int], list[float]]], path: Path) -> dict[str, dict[str, float]]:
+def plot_dice_curves(curves: dict[str, tuple[list[int], list[float]]], path: Path) -> dict[str, dict[str, float]]:
     """Plots the curves with peak (star), sustained (dashed, over the last half) and final (circle) marked."""
     import matplotlib.pyplot as plt
 
@@ -162,7 +162,7 @@ def plot_predictions(dataset_folder: Path, predictions: Path, ending: str, path:
     return len(cases)
 
 
-def write_report(root: Path, dataset_folder: Path, configuration: str, base_trainer: str,
+def write_demo_report(root: Path, dataset_folder: Path, configuration: str, base_trainer: str,
                  seconds: dict[str, float]) -> Path:
     """Writes ``root/report.md`` and ``root/figures/*.png`` from a finished demo run; returns the report's path.
 
@@ -183,7 +183,7 @@ def write_report(root: Path, dataset_folder: Path, configuration: str, base_trai
     manifest = json.loads((dataset_folder / "rndpo_splits.json").read_text())
     counts = {k: len(v) for k, v in manifest["splits"].items()}
     dice = test_dice(root / "predictions", labels)
-    summaries = plot_curves(dice_curves(root / "nnUNet_results", dataset_folder.name, configuration),
+    summaries = plot_dice_curves(dice_curves(root / "nnUNet_results", dataset_folder.name, configuration),
                             figures / "dice_curves.png")
     rndpo_fold = results_folder(root / "nnUNet_results", dataset_folder.name, TRAINERS["rndpo"], "nnUNetPlans",
                                 configuration, 0)

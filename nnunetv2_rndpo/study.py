@@ -21,179 +21,35 @@ killed arm from scratch. ``OUT/report.md`` and ``OUT/figures/`` are regenerated 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import math
 import os
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-
-import numpy as np
 
 from nnunetv2_rndpo.atomic_files import atomic_write_text, read_jsonl
 from nnunetv2_rndpo.datasets import MANIFEST
 from nnunetv2_rndpo.metrics import curve_summary
 from nnunetv2_rndpo.paths import nnunet_environment, results_folder, run_logged
-
-PROPOSALS = {"num_proposals": 8, "proposal_sources": ["mirror", "threshold", "temperature"], "seed": 12345}
-# The weak judge is calibrated the way DPO uses it: on within-case pair accuracy, not on a pooled Spearman,
-# which differences between cases alone reach (docs/study.md says what that did to the earlier results).
-WEAK_TARGET_PAIR_ACCURACY = 0.70
-WEAK_SIZE_BIAS = 0.05
-# judges whose reliability every study reports beside the scale's arm judges (cheap: no arms, no training)
-REPORTED_JUDGES = ("uncertainty",)
-
-
-@dataclass(frozen=True)
-class StudyDataset:
-    """How a source folder becomes the study's nnU-Net datasets."""
-
-    dataset_id: int
-    name: str
-    configuration: str
-    num_test: int
-    import_args: tuple[str, ...] = ()
-
-
-DATASETS = {
-    "hippocampus": StudyDataset(960, "HippocampusStudy", "3d_fullres", 60),
-    # HC18: split by exam id (the number before the first "_"); images at 1/4 size (docs/study.md).
-    "hc18": StudyDataset(970, "HC18Study", "2d", 50,
-                         ("--masks", "masks_filled", "--group-regex", r"^(\d+)_", "--resize", "0.25")),
-    "synthetic": StudyDataset(980, "SyntheticStudy", "2d", 6, ("--synthetic", "2d")),
-}
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One fine-tuning run: a trainer, the judge whose scores it reads, the mining, config overrides."""
-
-    method: str
-    trainer: str
-    judge: str | None  # None: the arm does not read a judge (the continued-supervised control)
-    mining: str = "top_bottom"
-    overrides: dict = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return " | ".join(x for x in (self.method, self.judge, self.mining if self.judge else None) if x)
-
-    @property
-    def folder_name(self) -> str:
-        return "".join(c if c.isalnum() else "_" for c in self.name)
-
-
-# The β every protocol arm was run with (the starting point, before this study): pinned, so that the committed
-# results stay reproducible when the config's defaults (set from this study, docs/study.md "Defaults") change.
-PROTOCOL_BETA = {"none": 0.01, "region": 1.0}
-# Likewise the step the committed arms ran: a full labeled batch beside the pairs (with sft_weight > 0) and no
-# learning-rate warm-up; an arm's overrides may change them.
-PROTOCOL_STEP = {"sft_batch_fraction": None, "warmup_fraction": 0.0}
-# the warm-up the sweep's warm-up arm runs: the config default when this arm was added
-WARMUP_FRACTION = 0.05
-
-
-def arms_for(judges: tuple[str, ...], full: bool) -> list[Arm]:
-    """The arms of the study: the control, and per judge pseudo-label, DPO and RN-DPO (top_bottom and
-    top_random) and RN-DPO with the supervised anchor.
-
-    DPO and RN-DPO keep the label-free anchors (consistency, agreement: the defaults) and switch the
-    supervised one off, so the "+ sft" arm isolates it. Pseudo-label keeps it (``sft_weight`` 1: each step
-    trains on a labeled batch beside the pseudo-labeled one, as self-training does), so its fair preference
-    counterpart is "RN-DPO + sft"; the ablation arm "pseudo-label (no sft)" (``--sweep``) drops it.
-    ``full=False`` (cpu scale) runs the mining comparison and pseudo-label only under the oracle and weak
-    judges, and RN-DPO + sft only under the oracle, to keep a dataset's CPU run short (docs/study.md, Time).
-    """
-    dpo = {"sft_weight": 0.0, "beta": PROTOCOL_BETA["none"]}
-    rn_dpo = {"sft_weight": 0.0, "beta": PROTOCOL_BETA["region"]}
-    arms = [Arm("control (continued supervised)", "nnUNetTrainerContinuedSFT", None)]
-    for judge in judges:
-        arms += [Arm("DPO", "nnUNetTrainerDPO", judge, overrides=dpo),
-                 Arm("RN-DPO", "nnUNetTrainerRNDPO", judge, overrides=rn_dpo)]
-        if full or judge in ("oracle", "weak"):
-            arms += [Arm("DPO", "nnUNetTrainerDPO", judge, "top_random", dpo),
-                     Arm("RN-DPO", "nnUNetTrainerRNDPO", judge, "top_random", rn_dpo),
-                     Arm("pseudo-label", "nnUNetTrainerPseudoLabel", judge, overrides={"sft_weight": 1.0})]
-        if full or judge == "oracle":
-            arms.append(Arm("RN-DPO + sft", "nnUNetTrainerRNDPO", judge, overrides={**rn_dpo, "sft_weight": 1.0}))
-    return arms
-
-
-# Why does RN-DPO move further than DPO? At the protocol's β (PROTOCOL_BETA) RN-DPO's sigmoid saturates only at
-# a ~|D|·0.01 times larger mean log-ratio gap than DPO's; β = 4 matches DPO's saturation point at HC18's median
-# |D| (docs/study.md, "Defaults"). ``--sweep`` adds these arms to a study.
-SWEEP_BETAS = (4.0,)
-SWEEP_JUDGES = ("oracle", "learned")
-# Does pseudo-label gain from the judge's masks or from the labeled batches it trains on beside them?
-ABLATION_JUDGES = ("oracle", "weak")
-
-
-# The first look at what a better proposal set buys (benchmarks/headroom.py chose both, docs/results/preferences_*):
-# RN-DPO with the default step and the best label-free judge, on today's proposals and on the best set.
-FIRST_LOOK_JUDGE = "agreement"
-FIRST_LOOK_SOURCES = ("mirror", "affine")
-DEFAULT_STEP = {"sft_batch_fraction": 0.5, "warmup_fraction": WARMUP_FRACTION}
-
-
-def proposal_arms(judge: str = FIRST_LOOK_JUDGE, sources: tuple[str, ...] = FIRST_LOOK_SOURCES) -> list[Arm]:
-    """RN-DPO as a user runs it (the config's defaults: β, every anchor, the split batch, the warm-up) with
-    ``judge``, on the protocol's proposals and on the proposal set ``sources``: paired on the same base models."""
-    return [Arm("RN-DPO (default step)", "nnUNetTrainerRNDPO", judge, overrides=dict(DEFAULT_STEP)),
-            Arm(f"RN-DPO (default step, {' '.join(sources)} proposals)", "nnUNetTrainerRNDPO", judge,
-                overrides={**DEFAULT_STEP, "proposal_sources": list(sources)})]
-
-
-def sweep_arms() -> list[Arm]:
-    """The arms beyond the protocol: RN-DPO at each β of SWEEP_BETAS under the reliable and the learned judge,
-    pseudo-label without the supervised anchor under the ABLATION_JUDGES, RN-DPO with uniformly random
-    patches (``disagreement_oversample: 0``) under the reliable judge, and RN-DPO + sft under it with the
-    default step's batch split (``sft_batch_fraction`` 0.5: nnU-Net's batch, not twice it), without and with
-    the default learning-rate warm-up (``warmup_fraction``); and :func:`proposal_arms`."""
-    return ([Arm(f"RN-DPO (β {beta:g})", "nnUNetTrainerRNDPO", judge, overrides={"sft_weight": 0.0, "beta": beta})
-             for beta in SWEEP_BETAS for judge in SWEEP_JUDGES]
-            + [Arm("pseudo-label (no sft)", "nnUNetTrainerPseudoLabel", judge, overrides={"sft_weight": 0.0})
-               for judge in ABLATION_JUDGES]
-            + [Arm("RN-DPO (random patches)", "nnUNetTrainerRNDPO", "oracle",
-                   overrides={"sft_weight": 0.0, "beta": PROTOCOL_BETA["region"], "disagreement_oversample": 0.0})]
-            + [Arm("RN-DPO + sft (split batch)", "nnUNetTrainerRNDPO", "oracle",
-                   overrides={"sft_weight": 1.0, "beta": PROTOCOL_BETA["region"], "sft_batch_fraction": 0.5})]
-            + [Arm("RN-DPO + sft (split batch, warm-up)", "nnUNetTrainerRNDPO", "oracle",
-                   overrides={"sft_weight": 1.0, "beta": PROTOCOL_BETA["region"], "sft_batch_fraction": 0.5,
-                              "warmup_fraction": WARMUP_FRACTION})]
-            + proposal_arms())
-
-
-@dataclass(frozen=True)
-class Scale:
-    """The size of a study run."""
-
-    base_trainer: str
-    num_epochs: int  # evaluation points after the base = epochs (eval_every = 1)
-    iterations_per_epoch: int
-    learning_rate: float
-    seeds: tuple[int, ...]
-    judges: tuple[str, ...]
-    num_labeled: int = 10
-    full_arms: bool = False
-    max_pool: int | None = None  # cap on the unlabeled pool (None = every non-test, non-labeled case)
-
-
-SCALES = {
-    # its time per dataset: docs/study.md, "Time". Learning rate 1e-5, the config default: at 1e-4 the label-free
-    # anchors alone let the model fall before it recovered (docs/results/anchors_hippocampus_cpu.md); at 1e-5
-    # RN-DPO with every anchor (sft too) stayed above its base, while the study arms without sft fell on
-    # Hippocampus (docs/study.md).
-    "cpu": Scale("nnUNetTrainer_cpuBase", 5, 20, 1e-5, (0, 1), ("oracle", "weak", "agreement", "learned"), max_pool=60),
-    # paper-sized: nnU-Net's 250-epoch schedule for the base, 3 seeds, every arm under every judge.
-    "gpu": Scale("nnUNetTrainer_250epochs", 10, 100, 1e-5, (0, 1, 2), ("oracle", "weak", "agreement", "learned"),
-                 full_arms=True),
-    # a minutes-long run of the machinery on the synthetic dataset (tests)
-    "smoke": Scale("nnUNetTrainer_rndpoSmoke", 2, 5, 1e-4, (0,), ("oracle",), num_labeled=8),
-}
+from nnunetv2_rndpo.study_protocol import (
+    ABLATION_JUDGES,
+    DATASETS,
+    PROPOSALS,
+    PROTOCOL_STEP,
+    REPORTED_JUDGES,
+    SCALES,
+    SWEEP_BETAS,
+    SWEEP_JUDGES,
+    WEAK_SIZE_BIAS,
+    WEAK_TARGET_PAIR_ACCURACY,
+    Arm,
+    arms_for,
+    sweep_arms,
+)
+from nnunetv2_rndpo.study_report import load_results, write_study_report
 
 
 class Study:
@@ -258,7 +114,7 @@ class Study:
             self.run_seed(seed)
         if self.full_label:
             self.run_full_label()
-        write_report([self.results], self.root / "report.md", self.root / "figures")
+        write_study_report([self.results], self.root / "report.md", self.root / "figures")
         print(f"results: {self.results_file}; report: {self.root / 'report.md'}")
         return self.results
 
@@ -465,215 +321,6 @@ def full_label_dataset(source: Path, raw_root: Path, dataset_id: int) -> Path:
 # ---------------------------------------------------------------------------------------------- report
 
 
-def _mean_sd(values: list[float]) -> str:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
-
-
-def arm_table(results: dict) -> list[dict]:
-    """One row per arm (over seeds): peak/sustained/final/worst drop, Δ to base and the label-gap share.
-
-    gap share = (sustained − base) / (full-label − base), per seed, then averaged. drift = the mean over epochs
-    of ``guard/kl`` (how far the policy moved from the base on the guard cases), per seed, then averaged.
-    """
-    full = results.get("full_label", {}).get("dice")
-    by_arm: dict[str, list[dict]] = {}
-    for seed in results["seeds"].values():
-        for name, arm in seed["arms"].items():
-            by_arm.setdefault(name, []).append(arm)
-    rows = []
-    for name, runs in by_arm.items():
-        s = [r["summary"] for r in runs]
-        gap = [(x["sustained"] - x["base"]) / (full - x["base"]) for x in s if full is not None and full != x["base"]]
-        rows.append({"arm": name, "method": runs[0]["method"], "judge": runs[0]["judge"], "mining": runs[0]["mining"],
-                     "seeds": len(runs), **{k: [x[k] for x in s] for k in ("base", "peak", "sustained", "final",
-                                                                           "worst_drop", "delta_peak",
-                                                                           "delta_sustained",
-                                                                           "delta_final")},
-                     "gap_share": gap, "drift": [float(np.mean(r["drift"])) for r in runs if r.get("drift")]})
-    return rows
-
-
-def _completeness(results: dict) -> str:
-    """Which part of the protocol the results hold: finished arms per seed, and the full-label model."""
-    protocol = results.get("protocol", {})
-    names = {a.name for a in arms_for(tuple(protocol.get("judges", ())), protocol.get("full_arms", False))}
-    expected = len(names) or None
-    seeds = protocol.get("seeds") or []
-    finished = {s: len(names & set(results["seeds"].get(str(s), {}).get("arms", {}))) for s in seeds}
-    done = [f"seed {s}: {n}/{expected} arms" for s, n in finished.items()]
-    state = "complete" if expected and all(n == expected for n in finished.values()) and "full_label" in results \
-        else "INCOMPLETE"
-    full_label = "done" if "full_label" in results else "missing"
-    return f"Protocol {state}: {'; '.join(done) or 'no seeds'}; full-label model {full_label}."
-
-
-def _sweep_lines(rows: list[dict]) -> list[str]:
-    """The β table the config's default for ``region`` was set from: per sweep judge, DPO and RN-DPO at the
-    protocol's β and RN-DPO at each swept β (``top_bottom``), with Δ sustained, worst drop and drift."""
-    from nnunetv2_rndpo.config import DEFAULT_BETA
-
-    by_name = {r["arm"]: r for r in rows}
-    table = []
-    for judge in SWEEP_JUDGES:
-        swept = [(f"RN-DPO (β {b:g}) | {judge} | top_bottom", "RN-DPO", b) for b in SWEEP_BETAS]
-        if not any(name in by_name for name, _, _ in swept):
-            continue
-        for name, method, beta in [(f"DPO | {judge} | top_bottom", "DPO", PROTOCOL_BETA["none"]),
-                                   (f"RN-DPO | {judge} | top_bottom", "RN-DPO", PROTOCOL_BETA["region"]), *swept]:
-            if name in by_name:
-                r = by_name[name]
-                table.append(f"| {judge} | {method} | {beta:g} | {r['seeds']} | {_mean_sd(r['delta_sustained'])} | "
-                             f"{_mean_sd(r['worst_drop'])} | {_mean_sd(r['drift'])} |")
-    if not table:
-        return []
-    return ["", f"β sweep (`top_bottom`; the config's default β for `region` is {DEFAULT_BETA['region']:g}, set from "
-            f"this table; the protocol arms above run DPO at β {PROTOCOL_BETA['none']:g} and RN-DPO at β "
-            f"{PROTOCOL_BETA['region']:g}):", "",
-            "| judge | method | β | seeds | Δ sustained | worst drop | drift |", "|---|---|---|---|---|---|---|",
-            *table]
-
-
-JUDGE_ORDER = ("oracle", "weak", "agreement", "uncertainty", "learned", "external")
-DRIFT_BINS = (0.0, 0.0025, 0.005, 0.01, 0.02, 0.05, math.inf)
-
-
-def _drift_lines(results: dict) -> list[str]:
-    """Runs (arm × seed, the control excluded) binned by their largest guard KL to the base: how many gained
-    sustained Dice and the mean Δ sustained per bin. The evidence for or against a default ``guard_max_kl``."""
-    runs = [(max(a["drift"]), a["summary"]["delta_sustained"]) for seed in results["seeds"].values()
-            for a in seed["arms"].values() if a.get("drift") and a["judge"]]
-    table = []
-    for low, high in itertools.pairwise(DRIFT_BINS):
-        deltas = [d for kl, d in runs if low <= kl < high]
-        if deltas:
-            table.append(f"| [{low:g}, {high:g}) | {len(deltas)} | {sum(d > 0 for d in deltas)} | "
-                         f"{np.mean(deltas):.4f} |")
-    if not table:
-        return []
-    return ["", "Drift and outcome (every run with a judge, per seed; largest guard KL over its epochs):", "",
-            "| largest guard KL | runs | gained | mean Δ sustained |", "|---|---|---|---|", *table]
-
-
-def write_report(all_results: list[dict], report_file: Path, figure_folder: Path) -> Path:
-    """Markdown with the main, mining and judge tables and a curve figure per dataset and judge."""
-    report_file, figure_folder = Path(report_file), Path(figure_folder)
-    figure_folder.mkdir(parents=True, exist_ok=True)
-    lines = ["# RN-DPO study: results", "",
-             "Generated by `nnUNetv2_rndpo_study` (nnunetv2_rndpo/study.py; the protocol is in its docstring and "
-             "in each `results.json`). Test Dice = mean over test cases of the foreground-mean Dice "
-             "(nnunetv2_rndpo/evaluation.py). Values are mean ± sd over seeds; peak/sustained/final/worst drop as "
-             "in nnunetv2_rndpo/metrics.py; gap share = (sustained − base) / (full-label − base); drift = mean over "
-             "epochs of the KL of the fine-tuned model to its base on the guard cases (`guard/kl`).", ""]
-    for results in all_results:
-        if not results.get("seeds"):
-            continue
-        rows = arm_table(results)
-        labels = results["protocol"]["num_labeled"]
-        title = f"{results['dataset']} ({results['configuration']}, scale {results['scale']}, {labels} labels)"
-        default_budget = labels == SCALES[results["scale"]].num_labeled
-        tag = results["dataset"] if default_budget else f"{results['dataset']}_n{labels}"
-        full = results.get("full_label", {}).get("dice")
-        base = [a["summary"]["base"] for s in results["seeds"].values() for a in list(s["arms"].values())[:1]]
-        lines += [f"## {title}", "",
-                  f"Base ({labels} labels): {_mean_sd(base)}; full-label upper bound: "
-                  f"{'-' if full is None else f'{full:.4f}'}; seeds: {', '.join(results['seeds'])}.", "",
-                  _completeness(results), "",
-                  "| method | judge | mining | seeds | peak | sustained | final | worst drop | Δ sustained | "
-                  "gap share | drift |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in rows:
-            judge, mining = (r["judge"], r["mining"]) if r["judge"] else ("–", "–")
-            lines.append(f"| {r['method']} | {judge} | {mining} | {r['seeds']} | {_mean_sd(r['peak'])} | "
-                         f"{_mean_sd(r['sustained'])} | "
-                         f"{_mean_sd(r['final'])} | {_mean_sd(r['worst_drop'])} | {_mean_sd(r['delta_sustained'])} | "
-                         f"{_mean_sd(r['gap_share'])} | {_mean_sd(r['drift'])} |")
-        mining = [r for r in rows if r["method"] in ("DPO", "RN-DPO") and r["judge"] in ("oracle", "weak")]
-        if mining:
-            lines += ["", "Mining (reliable = oracle σ=0, weak = calibrated noisy and size-biased oracle):", "",
-                      "| method | judge | mining | Δ peak | Δ sustained | worst drop |", "|---|---|---|---|---|---|"]
-            for r in sorted(mining, key=lambda r: (r["method"], r["judge"], r["mining"])):
-                lines.append(f"| {r['method']} | {r['judge']} | {r['mining']} | {_mean_sd(r['delta_peak'])} | "
-                             f"{_mean_sd(r['delta_sustained'])} | {_mean_sd(r['worst_drop'])} |")
-        lines += _sweep_lines(rows)
-        lines += _drift_lines(results)
-        keys = ("spearman/pooled", "spearman/per_case", "pairwise/accuracy", "top1/regret",
-                "mining/top_bottom/oracle_acc", "mining/top_random/oracle_acc")
-        judges = sorted({j for s in results["seeds"].values() for j in s.get("judges", {})},
-                        key=lambda j: (JUDGE_ORDER.index(j) if j in JUDGE_ORDER else len(JUDGE_ORDER), j))
-        if judges:
-            lines += ["", "Judge reliability on the pool (hidden labels; pooled ρ can be high from differences "
-                      "between cases alone, DPO pairs depend on the per-case ρ and the within-case pair accuracy):", "",
-                      "| judge | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-            for judge in judges:
-                reports = [s["judges"][judge] for s in results["seeds"].values() if judge in s.get("judges", {})]
-                lines.append(f"| {judge} | " + " | ".join(_mean_sd([r.get(k) for r in reports]) for k in keys) + " |")
-        for judge in sorted({r["judge"] for r in rows if r["judge"]}):
-            figure = figure_folder / f"{tag}_{judge}.png"
-            plot_curves(results, judge, figure)
-            lines += ["", f"![{results['dataset']}, judge {judge}]({os.path.relpath(figure, report_file.parent)})"]
-        lines.append("")
-    atomic_write_text(report_file, "\n".join(lines) + "\n")
-    return report_file
-
-
-def plot_curves(results: dict, judge: str, path: Path) -> list[str]:
-    """Mean test-Dice curves over seeds of the arms under ``judge`` and the control, with base and full-label.
-
-    Only arms run on every seed are drawn (a mean over fewer seeds starts from another base); the tables
-    give the others with their number of seeds. Returns the names of the arms drawn.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    curves: dict[str, list] = {}
-    for seed in results["seeds"].values():
-        for name, arm in seed["arms"].items():
-            if arm["judge"] in (judge, None):
-                curves.setdefault(name, []).append(arm)
-    curves = {name: runs for name, runs in curves.items() if len(runs) == len(results["seeds"])}
-    base = None
-    for name, runs in curves.items():
-        length = min(len(r["curve"]) for r in runs)
-        mean = np.mean([r["curve"][:length] for r in runs], axis=0)
-        ax.plot(runs[0]["iterations"][:length], mean, marker="o", label=name)
-        base = mean[0]
-    if base is not None:
-        ax.axhline(base, color="gray", linestyle=":", label="base")
-    if results.get("full_label"):
-        ax.axhline(results["full_label"]["dice"], color="black", linestyle="--", label="full-label")
-    ax.set_xlabel("fine-tuning iteration")
-    ax.set_ylabel("test Dice")
-    ax.set_title(f"{results['dataset']} ({results['protocol']['num_labeled']} labels): judge {judge}")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return list(curves)
-
-
-def load_results(path: str | Path) -> dict:
-    """A study's results from its folder (``OUT/results.json``) or from a results JSON file."""
-    path = Path(path)
-    file = path / "results.json" if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"--report-from {str(path)!r}: no study folder with a results.json and no results "
-                                "file there; pass a study's -o folder or a results JSON such as "
-                                "docs/results/study_hc18_cpu.json")
-    results = json.loads(file.read_text())
-    if "seeds" not in results or "dataset" not in results:
-        raise ValueError(f"{file} is not a study's results.json (it has no 'dataset' and 'seeds'); "
-                         "pass the results.json that nnUNetv2_rndpo_study wrote")
-    return results
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="nnUNetv2_rndpo_study", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=list(DATASETS), help="which study dataset")
@@ -701,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.report_from:
         results = [load_results(f) for f in args.report_from]
         report = Path(args.report_to)
-        print(f"wrote {write_report(results, report, report.parent / 'figures')}")
+        print(f"wrote {write_study_report(results, report, report.parent / 'figures')}")
         return
     if not (args.dataset and args.output):
         parser.error("--dataset and -o are required (or --report-from)")

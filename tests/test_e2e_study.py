@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from nnunetv2_rndpo.study import SCALES, Study
+from nnunetv2_rndpo.study import Study
+from nnunetv2_rndpo.study_protocol import SCALES
 
 ARMS = ["control (continued supervised)", "RN-DPO | oracle | top_bottom"]
 

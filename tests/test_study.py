@@ -5,7 +5,9 @@ import json
 import pytest
 
 from nnunetv2_rndpo.metrics import curve_summary
-from nnunetv2_rndpo.study import SCALES, Study, arm_table, arms_for, main, read_arm_metrics, write_report
+from nnunetv2_rndpo.study import Study, main, read_arm_metrics
+from nnunetv2_rndpo.study_protocol import SCALES, arms_for
+from nnunetv2_rndpo.study_report import arm_table, write_study_report
 
 
 def _arm(method, judge, mining, curve, drift=None):
@@ -54,7 +56,7 @@ def test_gap_share_and_tables(tmp_path):
     assert tb["gap_share"][0] == pytest.approx(0.4)
     assert tb["gap_share"][1] == pytest.approx((0.86 - 0.82) / (0.90 - 0.82))
     assert rows["RN-DPO | oracle | top_random"]["worst_drop"] == pytest.approx([0.01, 0.01])
-    report = write_report([results], tmp_path / "results.md", tmp_path / "figures")
+    report = write_study_report([results], tmp_path / "results.md", tmp_path / "figures")
     text = report.read_text()
     assert "| RN-DPO | oracle | top_bottom | 2 |" in text and "full-label upper bound: 0.9000" in text
     assert "| control (continued supervised) | – | – |" in text  # one cell per column, no "|" inside a name
@@ -66,14 +68,14 @@ def test_gap_share_and_tables(tmp_path):
 
 
 def test_an_arm_run_on_fewer_seeds_is_in_the_table_not_in_the_figure(tmp_path):
-    from nnunetv2_rndpo.study import plot_curves
+    from nnunetv2_rndpo.study_report import plot_judge_curves
 
     results = _results()
     results["seeds"]["0"]["arms"]["pseudo-label (no sft) | oracle | top_bottom"] = _arm(
         "pseudo-label (no sft)", "oracle", "top_bottom", [0.80, 0.81, 0.81])
-    text = write_report([results], tmp_path / "results.md", tmp_path / "figures").read_text()
+    text = write_study_report([results], tmp_path / "results.md", tmp_path / "figures").read_text()
     assert "| pseudo-label (no sft) | oracle | top_bottom | 1 | 0.8100 |" in text
-    drawn = plot_curves(results, "oracle", tmp_path / "oracle.png")
+    drawn = plot_judge_curves(results, "oracle", tmp_path / "oracle.png")
     assert "RN-DPO | oracle | top_bottom" in drawn and "pseudo-label (no sft) | oracle | top_bottom" not in drawn
 
 
@@ -138,7 +140,7 @@ def test_every_toolkit_command_names_the_proposals_the_arms_train_on(tmp_path):
     """The proposal settings name the cache: the judge, the learned judge and the arms must all ask for the
     proposals that ``nnUNetv2_rndpo_proposals`` made, or they look in an empty cache."""
     from nnunetv2_rndpo.commands import judge_parser, proposals_parser, train_judge_parser
-    from nnunetv2_rndpo.study import PROPOSALS
+    from nnunetv2_rndpo.study_protocol import PROPOSALS
 
     args = Study("synthetic", None, "smoke", tmp_path / "out")._base_args(980)
     parsed = [proposals_parser().parse_args(args), judge_parser().parse_args([*args, "--judge", "oracle"]),
@@ -152,14 +154,15 @@ def test_every_toolkit_command_names_the_proposals_the_arms_train_on(tmp_path):
 def test_report_says_how_much_of_the_protocol_is_done(tmp_path):
     results = _results()
     results["protocol"] = {"num_labeled": 10, "judges": ["oracle"], "full_arms": False, "seeds": [0, 1, 2]}
-    text = write_report([results], tmp_path / "r.md", tmp_path / "f").read_text()
+    text = write_study_report([results], tmp_path / "r.md", tmp_path / "f").read_text()
     expected = len(arms_for(("oracle",), False))
     assert (f"Protocol INCOMPLETE: seed 0: 3/{expected} arms; seed 1: 3/{expected} arms; "
             f"seed 2: 0/{expected} arms") in text
 
 
 def test_completeness_counts_protocol_arms_only():
-    from nnunetv2_rndpo.study import _completeness, sweep_arms
+    from nnunetv2_rndpo.study_protocol import sweep_arms
+    from nnunetv2_rndpo.study_report import _completeness
 
     protocol = {"judges": ["oracle"], "full_arms": False, "seeds": [0, 1]}
     names = [a.name for a in arms_for(("oracle",), full=False)]
@@ -182,13 +185,13 @@ def test_completeness_counts_protocol_arms_only():
 
 def test_report_has_the_beta_table_the_default_was_set_from(tmp_path):
     from nnunetv2_rndpo.config import DEFAULT_BETA
-    from nnunetv2_rndpo.study import PROTOCOL_BETA
+    from nnunetv2_rndpo.study_protocol import PROTOCOL_BETA
 
     results = _results()
-    assert "β sweep" not in write_report([results], tmp_path / "a.md", tmp_path / "f").read_text()  # no sweep arm
+    assert "β sweep" not in write_study_report([results], tmp_path / "a.md", tmp_path / "f").read_text()  # no sweep arm
     results["seeds"]["0"]["arms"]["RN-DPO (β 4) | oracle | top_bottom"] = _arm(
         "RN-DPO (β 4)", "oracle", "top_bottom", [0.80, 0.81, 0.805], drift=[0.004, 0.006])
-    text = write_report([results], tmp_path / "b.md", tmp_path / "f").read_text()
+    text = write_study_report([results], tmp_path / "b.md", tmp_path / "f").read_text()
     assert f"default β for `region` is {DEFAULT_BETA['region']:g}" in text
     # the protocol's RN-DPO row (both seeds) at its pinned β, then the swept β (one seed): Δ sustained, drop, drift
     assert f"| oracle | RN-DPO | {PROTOCOL_BETA['region']:g} | 2 |" in text
@@ -209,14 +212,14 @@ def test_a_second_label_budget_gets_its_own_folder_and_report_section(tmp_path):
         Study("synthetic", None, "smoke", tmp_path / "n4")  # the scale's own budget into the N = 4 folder
     main_budget, second = _results(), _results()
     second["protocol"] = {"num_labeled": 20}
-    text = write_report([main_budget, second], tmp_path / "r.md", tmp_path / "figures").read_text()
+    text = write_study_report([main_budget, second], tmp_path / "r.md", tmp_path / "figures").read_text()
     assert "hippocampus (3d_fullres, scale cpu, 10 labels)" in text and "(3d_fullres, scale cpu, 20 labels)" in text
     assert {p.name for p in (tmp_path / "figures").iterdir()} == \
         {"hippocampus_oracle.png", "hippocampus_n20_oracle.png"}
 
 
 def test_report_bins_runs_by_their_largest_drift():
-    from nnunetv2_rndpo.study import _drift_lines
+    from nnunetv2_rndpo.study_report import _drift_lines
 
     results = _results()  # RN-DPO top_bottom: largest KL 0.03 (seed 0) and 0.05 (seed 1), both gained 0.04
     results["seeds"]["0"]["arms"]["DPO | oracle | top_bottom"] = _arm("DPO", "oracle", "top_bottom",
@@ -229,7 +232,7 @@ def test_report_bins_runs_by_their_largest_drift():
 
 def test_weak_judge_is_calibrated_on_pair_accuracy_and_uncertainty_is_always_reported(tmp_path, monkeypatch):
     from nnunetv2_rndpo.commands import judge_parser
-    from nnunetv2_rndpo.study import WEAK_SIZE_BIAS, WEAK_TARGET_PAIR_ACCURACY
+    from nnunetv2_rndpo.study_protocol import WEAK_SIZE_BIAS, WEAK_TARGET_PAIR_ACCURACY
 
     study = Study("synthetic", None, "cpu", tmp_path / "out")
     assert study.report_judges == ("oracle", "weak", "agreement", "learned", "uncertainty")
@@ -253,7 +256,7 @@ def test_judge_table_lists_judges_in_a_fixed_order_with_the_three_rank_measures(
     for judge in ("learned", "uncertainty", "agreement", "weak"):
         results["seeds"]["0"]["judges"][judge] = {"spearman/pooled": 0.5, "spearman/per_case": 0.1,
                                                   "pairwise/accuracy": 0.6}
-    text = write_report([results], tmp_path / "r.md", tmp_path / "f").read_text()
+    text = write_study_report([results], tmp_path / "r.md", tmp_path / "f").read_text()
     table = text[text.index("Judge reliability"):]
     assert "| judge | spearman/pooled | spearman/per_case | pairwise/accuracy |" in table
     rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "judge" not in line]
@@ -263,15 +266,15 @@ def test_judge_table_lists_judges_in_a_fixed_order_with_the_three_rank_measures(
 def test_the_committed_study_results_make_a_report(tmp_path):
     from pathlib import Path
 
-    from nnunetv2_rndpo.study import load_results
+    from nnunetv2_rndpo.study_report import load_results
 
     files = sorted((Path(__file__).resolve().parents[1] / "docs" / "results").glob("study_*.json"))
-    text = write_report([load_results(f) for f in files], tmp_path / "r.md", tmp_path / "f").read_text()
+    text = write_study_report([load_results(f) for f in files], tmp_path / "r.md", tmp_path / "f").read_text()
     assert text.count("Judge reliability on the pool") == len(files)
 
 
 def test_proposal_arms_pair_the_protocol_proposals_with_another_set(tmp_path):
-    from nnunetv2_rndpo.study import DEFAULT_STEP, PROPOSALS, proposal_arms
+    from nnunetv2_rndpo.study_protocol import DEFAULT_STEP, PROPOSALS, proposal_arms
 
     today, other = proposal_arms("learned", ("affine", "mirror"))
     assert today.judge == other.judge == "learned" and today.name != other.name

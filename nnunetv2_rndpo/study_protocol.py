@@ -1,0 +1,164 @@
+"""The study's protocol: its datasets, arms, scales and the settings every arm is pinned to.
+
+Read by the runner (:mod:`nnunetv2_rndpo.study`) and the report (:mod:`nnunetv2_rndpo.study_report`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PROPOSALS = {"num_proposals": 8, "proposal_sources": ["mirror", "threshold", "temperature"], "seed": 12345}
+# The weak judge is calibrated the way DPO uses it: on within-case pair accuracy, not on a pooled Spearman,
+# which differences between cases alone reach (docs/study.md says what that did to the earlier results).
+WEAK_TARGET_PAIR_ACCURACY = 0.70
+WEAK_SIZE_BIAS = 0.05
+# judges whose reliability every study reports beside the scale's arm judges (cheap: no arms, no training)
+REPORTED_JUDGES = ("uncertainty",)
+
+
+@dataclass(frozen=True)
+class StudyDataset:
+    """How a source folder becomes the study's nnU-Net datasets."""
+
+    dataset_id: int
+    name: str
+    configuration: str
+    num_test: int
+    import_args: tuple[str, ...] = ()
+
+
+DATASETS = {
+    "hippocampus": StudyDataset(960, "HippocampusStudy", "3d_fullres", 60),
+    # HC18: split by exam id (the number before the first "_"); images at 1/4 size (docs/study.md).
+    "hc18": StudyDataset(970, "HC18Study", "2d", 50,
+                         ("--masks", "masks_filled", "--group-regex", r"^(\d+)_", "--resize", "0.25")),
+    "synthetic": StudyDataset(980, "SyntheticStudy", "2d", 6, ("--synthetic", "2d")),
+}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One fine-tuning run: a trainer, the judge whose scores it reads, the mining, config overrides."""
+
+    method: str
+    trainer: str
+    judge: str | None  # None: the arm does not read a judge (the continued-supervised control)
+    mining: str = "top_bottom"
+    overrides: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return " | ".join(x for x in (self.method, self.judge, self.mining if self.judge else None) if x)
+
+    @property
+    def folder_name(self) -> str:
+        return "".join(c if c.isalnum() else "_" for c in self.name)
+
+
+# The β every protocol arm was run with (the starting point, before this study): pinned, so that the committed
+# results stay reproducible when the config's defaults (set from this study, docs/study.md "Defaults") change.
+PROTOCOL_BETA = {"none": 0.01, "region": 1.0}
+# Likewise the step the committed arms ran: a full labeled batch beside the pairs (with sft_weight > 0) and no
+# learning-rate warm-up; an arm's overrides may change them.
+PROTOCOL_STEP = {"sft_batch_fraction": None, "warmup_fraction": 0.0}
+# the warm-up the sweep's warm-up arm runs: the config default when this arm was added
+WARMUP_FRACTION = 0.05
+
+
+def arms_for(judges: tuple[str, ...], full: bool) -> list[Arm]:
+    """The arms of the study: the control, and per judge pseudo-label, DPO and RN-DPO (top_bottom and
+    top_random) and RN-DPO with the supervised anchor.
+
+    DPO and RN-DPO keep the label-free anchors (consistency, agreement: the defaults) and switch the
+    supervised one off, so the "+ sft" arm isolates it. Pseudo-label keeps it (``sft_weight`` 1: each step
+    trains on a labeled batch beside the pseudo-labeled one, as self-training does), so its fair preference
+    counterpart is "RN-DPO + sft"; the ablation arm "pseudo-label (no sft)" (``--sweep``) drops it.
+    ``full=False`` (cpu scale) runs the mining comparison and pseudo-label only under the oracle and weak
+    judges, and RN-DPO + sft only under the oracle, to keep a dataset's CPU run short (docs/study.md, Time).
+    """
+    dpo = {"sft_weight": 0.0, "beta": PROTOCOL_BETA["none"]}
+    rn_dpo = {"sft_weight": 0.0, "beta": PROTOCOL_BETA["region"]}
+    arms = [Arm("control (continued supervised)", "nnUNetTrainerContinuedSFT", None)]
+    for judge in judges:
+        arms += [Arm("DPO", "nnUNetTrainerDPO", judge, overrides=dpo),
+                 Arm("RN-DPO", "nnUNetTrainerRNDPO", judge, overrides=rn_dpo)]
+        if full or judge in ("oracle", "weak"):
+            arms += [Arm("DPO", "nnUNetTrainerDPO", judge, "top_random", dpo),
+                     Arm("RN-DPO", "nnUNetTrainerRNDPO", judge, "top_random", rn_dpo),
+                     Arm("pseudo-label", "nnUNetTrainerPseudoLabel", judge, overrides={"sft_weight": 1.0})]
+        if full or judge == "oracle":
+            arms.append(Arm("RN-DPO + sft", "nnUNetTrainerRNDPO", judge, overrides={**rn_dpo, "sft_weight": 1.0}))
+    return arms
+
+
+# Why does RN-DPO move further than DPO? At the protocol's β (PROTOCOL_BETA) RN-DPO's sigmoid saturates only at
+# a ~|D|·0.01 times larger mean log-ratio gap than DPO's; β = 4 matches DPO's saturation point at HC18's median
+# |D| (docs/study.md, "Defaults"). ``--sweep`` adds these arms to a study.
+SWEEP_BETAS = (4.0,)
+SWEEP_JUDGES = ("oracle", "learned")
+# Does pseudo-label gain from the judge's masks or from the labeled batches it trains on beside them?
+ABLATION_JUDGES = ("oracle", "weak")
+
+
+# The first look at what a better proposal set buys (benchmarks/headroom.py chose both, docs/results/preferences_*):
+# RN-DPO with the default step and the best label-free judge, on today's proposals and on the best set.
+FIRST_LOOK_JUDGE = "agreement"
+FIRST_LOOK_SOURCES = ("mirror", "affine")
+DEFAULT_STEP = {"sft_batch_fraction": 0.5, "warmup_fraction": WARMUP_FRACTION}
+
+
+def proposal_arms(judge: str = FIRST_LOOK_JUDGE, sources: tuple[str, ...] = FIRST_LOOK_SOURCES) -> list[Arm]:
+    """RN-DPO as a user runs it (the config's defaults: β, every anchor, the split batch, the warm-up) with
+    ``judge``, on the protocol's proposals and on the proposal set ``sources``: paired on the same base models."""
+    return [Arm("RN-DPO (default step)", "nnUNetTrainerRNDPO", judge, overrides=dict(DEFAULT_STEP)),
+            Arm(f"RN-DPO (default step, {' '.join(sources)} proposals)", "nnUNetTrainerRNDPO", judge,
+                overrides={**DEFAULT_STEP, "proposal_sources": list(sources)})]
+
+
+def sweep_arms() -> list[Arm]:
+    """The arms beyond the protocol: RN-DPO at each β of SWEEP_BETAS under the reliable and the learned judge,
+    pseudo-label without the supervised anchor under the ABLATION_JUDGES, RN-DPO with uniformly random
+    patches (``disagreement_oversample: 0``) under the reliable judge, and RN-DPO + sft under it with the
+    default step's batch split (``sft_batch_fraction`` 0.5: nnU-Net's batch, not twice it), without and with
+    the default learning-rate warm-up (``warmup_fraction``); and :func:`proposal_arms`."""
+    return ([Arm(f"RN-DPO (β {beta:g})", "nnUNetTrainerRNDPO", judge, overrides={"sft_weight": 0.0, "beta": beta})
+             for beta in SWEEP_BETAS for judge in SWEEP_JUDGES]
+            + [Arm("pseudo-label (no sft)", "nnUNetTrainerPseudoLabel", judge, overrides={"sft_weight": 0.0})
+               for judge in ABLATION_JUDGES]
+            + [Arm("RN-DPO (random patches)", "nnUNetTrainerRNDPO", "oracle",
+                   overrides={"sft_weight": 0.0, "beta": PROTOCOL_BETA["region"], "disagreement_oversample": 0.0})]
+            + [Arm("RN-DPO + sft (split batch)", "nnUNetTrainerRNDPO", "oracle",
+                   overrides={"sft_weight": 1.0, "beta": PROTOCOL_BETA["region"], "sft_batch_fraction": 0.5})]
+            + [Arm("RN-DPO + sft (split batch, warm-up)", "nnUNetTrainerRNDPO", "oracle",
+                   overrides={"sft_weight": 1.0, "beta": PROTOCOL_BETA["region"], "sft_batch_fraction": 0.5,
+                              "warmup_fraction": WARMUP_FRACTION})]
+            + proposal_arms())
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The size of a study run."""
+
+    base_trainer: str
+    num_epochs: int  # evaluation points after the base = epochs (eval_every = 1)
+    iterations_per_epoch: int
+    learning_rate: float
+    seeds: tuple[int, ...]
+    judges: tuple[str, ...]
+    num_labeled: int = 10
+    full_arms: bool = False
+    max_pool: int | None = None  # cap on the unlabeled pool (None = every non-test, non-labeled case)
+
+
+SCALES = {
+    # its time per dataset: docs/study.md, "Time". Learning rate 1e-5, the config default: at 1e-4 the label-free
+    # anchors alone let the model fall before it recovered (docs/results/anchors_hippocampus_cpu.md); at 1e-5
+    # RN-DPO with every anchor (sft too) stayed above its base, while the study arms without sft fell on
+    # Hippocampus (docs/study.md).
+    "cpu": Scale("nnUNetTrainer_cpuBase", 5, 20, 1e-5, (0, 1), ("oracle", "weak", "agreement", "learned"), max_pool=60),
+    # paper-sized: nnU-Net's 250-epoch schedule for the base, 3 seeds, every arm under every judge.
+    "gpu": Scale("nnUNetTrainer_250epochs", 10, 100, 1e-5, (0, 1, 2), ("oracle", "weak", "agreement", "learned"),
+                 full_arms=True),
+    # a minutes-long run of the machinery on the synthetic dataset (tests)
+    "smoke": Scale("nnUNetTrainer_rndpoSmoke", 2, 5, 1e-4, (0,), ("oracle",), num_labeled=8),
+}

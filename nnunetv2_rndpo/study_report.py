@@ -1,0 +1,230 @@
+"""The study's report: tables (arms, comparisons, β sweep, drift) and test-Dice curves from ``results.json``."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from nnunetv2_rndpo.atomic_files import atomic_write_text
+from nnunetv2_rndpo.study_protocol import (
+    PROTOCOL_BETA,
+    SCALES,
+    SWEEP_BETAS,
+    SWEEP_JUDGES,
+    arms_for,
+)
+
+
+def _mean_sd(values: list[float]) -> str:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+
+def arm_table(results: dict) -> list[dict]:
+    """One row per arm (over seeds): peak/sustained/final/worst drop, Δ to base and the label-gap share.
+
+    gap share = (sustained − base) / (full-label − base), per seed, then averaged. drift = the mean over epochs
+    of ``guard/kl`` (how far the policy moved from the base on the guard cases), per seed, then averaged.
+    """
+    full = results.get("full_label", {}).get("dice")
+    by_arm: dict[str, list[dict]] = {}
+    for seed in results["seeds"].values():
+        for name, arm in seed["arms"].items():
+            by_arm.setdefault(name, []).append(arm)
+    rows = []
+    for name, runs in by_arm.items():
+        s = [r["summary"] for r in runs]
+        gap = [(x["sustained"] - x["base"]) / (full - x["base"]) for x in s if full is not None and full != x["base"]]
+        rows.append({"arm": name, "method": runs[0]["method"], "judge": runs[0]["judge"], "mining": runs[0]["mining"],
+                     "seeds": len(runs), **{k: [x[k] for x in s] for k in ("base", "peak", "sustained", "final",
+                                                                           "worst_drop", "delta_peak",
+                                                                           "delta_sustained",
+                                                                           "delta_final")},
+                     "gap_share": gap, "drift": [float(np.mean(r["drift"])) for r in runs if r.get("drift")]})
+    return rows
+
+
+def _completeness(results: dict) -> str:
+    """Which part of the protocol the results hold: finished arms per seed, and the full-label model."""
+    protocol = results.get("protocol", {})
+    names = {a.name for a in arms_for(tuple(protocol.get("judges", ())), protocol.get("full_arms", False))}
+    expected = len(names) or None
+    seeds = protocol.get("seeds") or []
+    finished = {s: len(names & set(results["seeds"].get(str(s), {}).get("arms", {}))) for s in seeds}
+    done = [f"seed {s}: {n}/{expected} arms" for s, n in finished.items()]
+    state = "complete" if expected and all(n == expected for n in finished.values()) and "full_label" in results \
+        else "INCOMPLETE"
+    full_label = "done" if "full_label" in results else "missing"
+    return f"Protocol {state}: {'; '.join(done) or 'no seeds'}; full-label model {full_label}."
+
+
+def _sweep_lines(rows: list[dict]) -> list[str]:
+    """The β table the config's default for ``region`` was set from: per sweep judge, DPO and RN-DPO at the
+    protocol's β and RN-DPO at each swept β (``top_bottom``), with Δ sustained, worst drop and drift."""
+    from nnunetv2_rndpo.config import DEFAULT_BETA
+
+    by_name = {r["arm"]: r for r in rows}
+    table = []
+    for judge in SWEEP_JUDGES:
+        swept = [(f"RN-DPO (β {b:g}) | {judge} | top_bottom", "RN-DPO", b) for b in SWEEP_BETAS]
+        if not any(name in by_name for name, _, _ in swept):
+            continue
+        for name, method, beta in [(f"DPO | {judge} | top_bottom", "DPO", PROTOCOL_BETA["none"]),
+                                   (f"RN-DPO | {judge} | top_bottom", "RN-DPO", PROTOCOL_BETA["region"]), *swept]:
+            if name in by_name:
+                r = by_name[name]
+                table.append(f"| {judge} | {method} | {beta:g} | {r['seeds']} | {_mean_sd(r['delta_sustained'])} | "
+                             f"{_mean_sd(r['worst_drop'])} | {_mean_sd(r['drift'])} |")
+    if not table:
+        return []
+    return ["", f"β sweep (`top_bottom`; the config's default β for `region` is {DEFAULT_BETA['region']:g}, set from "
+            f"this table; the protocol arms above run DPO at β {PROTOCOL_BETA['none']:g} and RN-DPO at β "
+            f"{PROTOCOL_BETA['region']:g}):", "",
+            "| judge | method | β | seeds | Δ sustained | worst drop | drift |", "|---|---|---|---|---|---|---|",
+            *table]
+
+
+JUDGE_ORDER = ("oracle", "weak", "agreement", "uncertainty", "learned", "external")
+DRIFT_BINS = (0.0, 0.0025, 0.005, 0.01, 0.02, 0.05, math.inf)
+
+
+def _drift_lines(results: dict) -> list[str]:
+    """Runs (arm × seed, the control excluded) binned by their largest guard KL to the base: how many gained
+    sustained Dice and the mean Δ sustained per bin. The evidence for or against a default ``guard_max_kl``."""
+    runs = [(max(a["drift"]), a["summary"]["delta_sustained"]) for seed in results["seeds"].values()
+            for a in seed["arms"].values() if a.get("drift") and a["judge"]]
+    table = []
+    for low, high in itertools.pairwise(DRIFT_BINS):
+        deltas = [d for kl, d in runs if low <= kl < high]
+        if deltas:
+            table.append(f"| [{low:g}, {high:g}) | {len(deltas)} | {sum(d > 0 for d in deltas)} | "
+                         f"{np.mean(deltas):.4f} |")
+    if not table:
+        return []
+    return ["", "Drift and outcome (every run with a judge, per seed; largest guard KL over its epochs):", "",
+            "| largest guard KL | runs | gained | mean Δ sustained |", "|---|---|---|---|", *table]
+
+
+def write_study_report(all_results: list[dict], report_file: Path, figure_folder: Path) -> Path:
+    """Markdown with the main, mining and judge tables and a curve figure per dataset and judge."""
+    report_file, figure_folder = Path(report_file), Path(figure_folder)
+    figure_folder.mkdir(parents=True, exist_ok=True)
+    lines = ["# RN-DPO study: results", "",
+             "Generated by `nnUNetv2_rndpo_study` (nnunetv2_rndpo/study.py; the protocol is in "
+             "nnunetv2_rndpo/study_protocol.py and in each `results.json`). Test Dice = mean over test cases of "
+             "the foreground-mean Dice "
+             "(nnunetv2_rndpo/evaluation.py). Values are mean ± sd over seeds; peak/sustained/final/worst drop as "
+             "in nnunetv2_rndpo/metrics.py; gap share = (sustained − base) / (full-label − base); drift = mean over "
+             "epochs of the KL of the fine-tuned model to its base on the guard cases (`guard/kl`).", ""]
+    for results in all_results:
+        if not results.get("seeds"):
+            continue
+        rows = arm_table(results)
+        labels = results["protocol"]["num_labeled"]
+        title = f"{results['dataset']} ({results['configuration']}, scale {results['scale']}, {labels} labels)"
+        default_budget = labels == SCALES[results["scale"]].num_labeled
+        tag = results["dataset"] if default_budget else f"{results['dataset']}_n{labels}"
+        full = results.get("full_label", {}).get("dice")
+        base = [a["summary"]["base"] for s in results["seeds"].values() for a in list(s["arms"].values())[:1]]
+        lines += [f"## {title}", "",
+                  f"Base ({labels} labels): {_mean_sd(base)}; full-label upper bound: "
+                  f"{'-' if full is None else f'{full:.4f}'}; seeds: {', '.join(results['seeds'])}.", "",
+                  _completeness(results), "",
+                  "| method | judge | mining | seeds | peak | sustained | final | worst drop | Δ sustained | "
+                  "gap share | drift |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            judge, mining = (r["judge"], r["mining"]) if r["judge"] else ("–", "–")
+            lines.append(f"| {r['method']} | {judge} | {mining} | {r['seeds']} | {_mean_sd(r['peak'])} | "
+                         f"{_mean_sd(r['sustained'])} | "
+                         f"{_mean_sd(r['final'])} | {_mean_sd(r['worst_drop'])} | {_mean_sd(r['delta_sustained'])} | "
+                         f"{_mean_sd(r['gap_share'])} | {_mean_sd(r['drift'])} |")
+        mining = [r for r in rows if r["method"] in ("DPO", "RN-DPO") and r["judge"] in ("oracle", "weak")]
+        if mining:
+            lines += ["", "Mining (reliable = oracle σ=0, weak = calibrated noisy and size-biased oracle):", "",
+                      "| method | judge | mining | Δ peak | Δ sustained | worst drop |", "|---|---|---|---|---|---|"]
+            for r in sorted(mining, key=lambda r: (r["method"], r["judge"], r["mining"])):
+                lines.append(f"| {r['method']} | {r['judge']} | {r['mining']} | {_mean_sd(r['delta_peak'])} | "
+                             f"{_mean_sd(r['delta_sustained'])} | {_mean_sd(r['worst_drop'])} |")
+        lines += _sweep_lines(rows)
+        lines += _drift_lines(results)
+        keys = ("spearman/pooled", "spearman/per_case", "pairwise/accuracy", "top1/regret",
+                "mining/top_bottom/oracle_acc", "mining/top_random/oracle_acc")
+        judges = sorted({j for s in results["seeds"].values() for j in s.get("judges", {})},
+                        key=lambda j: (JUDGE_ORDER.index(j) if j in JUDGE_ORDER else len(JUDGE_ORDER), j))
+        if judges:
+            lines += ["", "Judge reliability on the pool (hidden labels; pooled ρ can be high from differences "
+                      "between cases alone, DPO pairs depend on the per-case ρ and the within-case pair accuracy):", "",
+                      "| judge | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+            for judge in judges:
+                reports = [s["judges"][judge] for s in results["seeds"].values() if judge in s.get("judges", {})]
+                lines.append(f"| {judge} | " + " | ".join(_mean_sd([r.get(k) for r in reports]) for k in keys) + " |")
+        for judge in sorted({r["judge"] for r in rows if r["judge"]}):
+            figure = figure_folder / f"{tag}_{judge}.png"
+            plot_judge_curves(results, judge, figure)
+            lines += ["", f"![{results['dataset']}, judge {judge}]({os.path.relpath(figure, report_file.parent)})"]
+        lines.append("")
+    atomic_write_text(report_file, "\n".join(lines) + "\n")
+    return report_file
+
+
+def plot_judge_curves(results: dict, judge: str, path: Path) -> list[str]:
+    """Mean test-Dice curves over seeds of the arms under ``judge`` and the control, with base and full-label.
+
+    Only arms run on every seed are drawn (a mean over fewer seeds starts from another base); the tables
+    give the others with their number of seeds. Returns the names of the arms drawn.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    curves: dict[str, list] = {}
+    for seed in results["seeds"].values():
+        for name, arm in seed["arms"].items():
+            if arm["judge"] in (judge, None):
+                curves.setdefault(name, []).append(arm)
+    curves = {name: runs for name, runs in curves.items() if len(runs) == len(results["seeds"])}
+    base = None
+    for name, runs in curves.items():
+        length = min(len(r["curve"]) for r in runs)
+        mean = np.mean([r["curve"][:length] for r in runs], axis=0)
+        ax.plot(runs[0]["iterations"][:length], mean, marker="o", label=name)
+        base = mean[0]
+    if base is not None:
+        ax.axhline(base, color="gray", linestyle=":", label="base")
+    if results.get("full_label"):
+        ax.axhline(results["full_label"]["dice"], color="black", linestyle="--", label="full-label")
+    ax.set_xlabel("fine-tuning iteration")
+    ax.set_ylabel("test Dice")
+    ax.set_title(f"{results['dataset']} ({results['protocol']['num_labeled']} labels): judge {judge}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return list(curves)
+
+
+def load_results(path: str | Path) -> dict:
+    """A study's results from its folder (``OUT/results.json``) or from a results JSON file."""
+    path = Path(path)
+    file = path / "results.json" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"--report-from {str(path)!r}: no study folder with a results.json and no results "
+                                "file there; pass a study's -o folder or a results JSON such as "
+                                "docs/results/study_hc18_cpu.json")
+    results = json.loads(file.read_text())
+    if "seeds" not in results or "dataset" not in results:
+        raise ValueError(f"{file} is not a study's results.json (it has no 'dataset' and 'seeds'); "
+                         "pass the results.json that nnUNetv2_rndpo_study wrote")
+    return results
