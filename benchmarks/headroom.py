@@ -142,8 +142,8 @@ def measure_seed(args, seed: int) -> dict:
             generate_proposals(cache, pool, base.predictor(), specs, base.label_manager, base.mirror_axes,
                                base.device, progress=False, seed=settings.seed, extra_weights=extra)
             seconds = time.time() - started
-            record["headroom"] = {k: v for k, v in headroom_report(
-                base, pool, cache, settings, MiningParams("top_bottom"), progress=False, plain_dice=plain).items()}
+            record["headroom"] = headroom_report(base, pool, cache, settings, MiningParams("top_bottom"),
+                                                 progress=False, plain_dice=plain)
             record["proposal_seconds"] = round(seconds, 1)
             save()
             print(f"[seed {seed}] {name}: headroom {record['headroom']['headroom/oracle_headroom']:+.4f} "

@@ -119,9 +119,8 @@ class nnUNetTrainerRNDPO(nnUNetTrainer):
         warmup = warmup_iterations(cfg.warmup_fraction, self.num_epochs * self.num_iterations_per_epoch)
         self.warmup = LinearWarmup(self.optimizer, warmup)
         self.print_to_log_file(f"RN-DPO: each step trains on {split.preference} pairs + {split.labeled} labeled "
-                               "samples "
-                               f"(nnU-Net planned a batch of {self.batch_size}); learning-rate warm-up over {warmup} "
-                               "iterations")
+                               f"samples (nnU-Net planned a batch of {self.batch_size}); learning-rate warm-up over "
+                               f"{warmup} iterations")
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()  # nnU-Net's poly schedule sets this epoch's learning rate
