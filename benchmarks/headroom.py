@@ -49,8 +49,11 @@ SETS = {
     "perturb affine": ("perturb", "affine"),
 }
 JUDGES = ("oracle", "weak", "agreement", "uncertainty", "learned")
-MININGS = ("top_bottom", "local")
+MININGS = ("top_bottom", "local", "local_fine")
 HYBRIDS_PER_CASE = 16
+# hybrid parts of each local mining: the config default (parts of 32-64 voxels) and finer parts (10-20 voxels,
+# still >= the objective's default min_region_voxels, so the trainer keeps their pairs)
+LOCAL_PARTS = {"local": (64, 10), "local_fine": (20, 10)}
 HEADROOM_KEYS = ("headroom/forwards_per_case", "headroom/plain_dice", "headroom/best_of_k",
                  "headroom/oracle_headroom", "headroom/proposal_dice_mean", "headroom/within_case_sd")
 
@@ -69,7 +72,8 @@ def pair_rows(base, pool, cache, scores: dict, dice: dict, mining: str, seed: in
     from nnunetv2_rndpo.mining import MiningParams, mine_pool
     from nnunetv2_rndpo.reliability import region_label_accuracy
 
-    params = MiningParams(mining, max_pairs_per_case=HYBRIDS_PER_CASE if mining == "local" else 1)
+    local = mining in LOCAL_PARTS
+    params = MiningParams("local" if local else mining, max_pairs_per_case=HYBRIDS_PER_CASE if local else 1)
     pairs, stats = mine_pool(cache, pool.case_ids, scores, params, seed, dice)
     shares = region_label_accuracy(pairs, cache, pool, base.label_manager.ignore_label)
     return {"pairs": len(pairs),
@@ -148,31 +152,38 @@ def measure_seed(args, seed: int) -> dict:
             save()
             print(f"[seed {seed}] {name}: headroom {record['headroom']['headroom/oracle_headroom']:+.4f} "
                   f"({seconds:.0f} s)", flush=True)
-        hybrids = HybridCache(cache, HybridSettings(per_case=HYBRIDS_PER_CASE))
-        if "local" in args.minings:
-            generate_hybrids(hybrids, pool, progress=False)
+        hybrids = {}
+        for mining in args.minings:
+            if mining in LOCAL_PARTS:
+                part, min_part = LOCAL_PARTS[mining]
+                hybrids[mining] = HybridCache(cache, HybridSettings(part, min_part, HYBRIDS_PER_CASE))
+                generate_hybrids(hybrids[mining], pool, progress=False)
         dice = hidden_true_dice(base, pool, cache)
-        hybrid_dice = hidden_true_dice(base, pool, hybrids) if "local" in args.minings else None
+        hybrid_dice = {mining: hidden_true_dice(base, pool, h) for mining, h in hybrids.items()}
         for judge in args.judges:
-            if judge in record["judges"]:
+            row = record["judges"].get(judge, {})
+            missing = [m for m in args.minings if m not in row]
+            if not missing:
                 continue
             started = time.time()
             settings_j = judge_settings(judge, learned_file, 12345)
-            scores = score_pool(base, pool, cache, settings_j, progress=False)
-            row = {k: v for k, v in judge_reliability(scores, dice).items()
-                   if k in ("spearman/pooled", "spearman/per_case", "pairwise/accuracy", "top1/regret")}
-            row["top_bottom"] = pair_rows(base, pool, cache, scores, dice, "top_bottom", 12345)
-            if "local" in args.minings:
-                hybrid_scores = score_pool(base, pool, hybrids, settings_j, progress=False)
-                row["local"] = pair_rows(base, pool, hybrids, hybrid_scores, hybrid_dice, "local", 12345)
-            row["seconds"] = round(time.time() - started, 1)
+            if "top_bottom" in missing or "pairwise/accuracy" not in row:
+                scores = score_pool(base, pool, cache, settings_j, progress=False)
+                row.update({k: v for k, v in judge_reliability(scores, dice).items()
+                            if k in ("spearman/pooled", "spearman/per_case", "pairwise/accuracy", "top1/regret")})
+                row["top_bottom"] = pair_rows(base, pool, cache, scores, dice, "top_bottom", 12345)
+            for mining, h in hybrids.items():
+                if mining in missing:
+                    hybrid_scores = score_pool(base, pool, h, settings_j, progress=False)
+                    row[mining] = pair_rows(base, pool, h, hybrid_scores, hybrid_dice[mining], mining, 12345)
+            row["seconds"] = round(row.get("seconds", 0.0) + time.time() - started, 1)
             record["judges"][judge] = row
             save()
             print(f"[seed {seed}] {name} | {judge}: pair acc {row['pairwise/accuracy']:.3f}, per-case ρ "
                   f"{row['spearman/per_case']:.3f}, top_bottom right in D "
                   f"{row['top_bottom']['chosen_right_in_region']:.3f}"
-                  + (f", local right where decidable {row['local']['chosen_right_where_decidable']:.3f}"
-                     if "local" in row else ""), flush=True)
+                  + "".join(f", {m} right where decidable {row[m]['chosen_right_where_decidable']:.3f}"
+                            for m in LOCAL_PARTS if m in row), flush=True)
     return results
 
 
@@ -219,7 +230,8 @@ def table(dataset: str, labeled: int, per_seed: list[dict]) -> tuple[dict, str]:
                      f"{_cell(h['headroom/chosen_right_where_decidable'])} |")
     lines += ["", f"### {dataset}, {labeled} labels: judges on each set (within a case) and their pairs", "",
               "| proposal set | judge | pair acc | per-case ρ | pooled ρ | top_bottom: mean \\|D\\| | right pairs |"
-              " right in D | local: pairs | right pairs | right in D | right where decidable |", "|---" * 12 + "|"]
+              " right in D | local: pairs | right pairs | right in D | right where decidable | local_fine: pairs |"
+              " right in D | right where decidable |", "|---" * 15 + "|"]
     for name in names:
         for judge in JUDGES:
             rows = [r["sets"][name]["judges"][judge] for r in per_seed if judge in r["sets"][name]["judges"]]
@@ -227,13 +239,18 @@ def table(dataset: str, labeled: int, per_seed: list[dict]) -> tuple[dict, str]:
                 continue
             tb = {k: [row["top_bottom"][k] for row in rows] for k in rows[0]["top_bottom"]}
             lc = {k: [row["local"][k] for row in rows] for k in rows[0].get("local", {})}
+            fine = {k: [row["local_fine"][k] for row in rows] for k in rows[0].get("local_fine", {})
+                    if all("local_fine" in row for row in rows)}
             summary["sets"][name]["judges"][judge] = {
                 "pairwise/accuracy": _mean([row["pairwise/accuracy"] for row in rows]),
                 "spearman/per_case": _mean([row["spearman/per_case"] for row in rows]),
                 "spearman/pooled": _mean([row["spearman/pooled"] for row in rows]),
-                "top_bottom": {k: _mean(v) for k, v in tb.items()}, "local": {k: _mean(v) for k, v in lc.items()}}
+                "top_bottom": {k: _mean(v) for k, v in tb.items()}, "local": {k: _mean(v) for k, v in lc.items()},
+                "local_fine": {k: _mean(v) for k, v in fine.items()}}
             local = (f"{_cell(lc['pairs'], 0)} | {_cell(lc['pair_acc'])} | {_cell(lc['chosen_right_in_region'])} | "
                      f"{_cell(lc['chosen_right_where_decidable'])}") if lc else "- | - | - | -"
+            local += (f" | {_cell(fine['pairs'], 0)} | {_cell(fine['chosen_right_in_region'])} | "
+                      f"{_cell(fine['chosen_right_where_decidable'])}") if fine else " | - | - | -"
             lines.append(f"| {name} | {judge} | {_cell([row['pairwise/accuracy'] for row in rows])} | "
                          f"{_cell([row['spearman/per_case'] for row in rows])} | "
                          f"{_cell([row['spearman/pooled'] for row in rows])} | {_cell(tb['region_size_mean'], 0)} | "
