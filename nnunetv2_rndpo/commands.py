@@ -366,7 +366,7 @@ def run_mine(args: argparse.Namespace) -> Path:
 
 
 def train_judge_parser() -> argparse.ArgumentParser:
-    from nnunetv2_rndpo.learned_judge import JudgeTraining
+    from nnunetv2_rndpo.learned_judge import TRAINING_MASKS, JudgeTraining
 
     default = JudgeTraining()
     parser = argparse.ArgumentParser(
@@ -386,9 +386,13 @@ def train_judge_parser() -> argparse.ArgumentParser:
                              "Default: 128 in 2D, 24 in 3D")
     parser.add_argument("--width", type=int, default=default.width,
                         help=f"channels of the network's first layers; larger = slower. Default: {default.width}")
+    parser.add_argument("--training-masks", choices=TRAINING_MASKS, default=default.masks,
+                        help="what the ranking steps draw masks from: the base model's predictions of the training "
+                             "cases (in-sample: their errors can lean one way, docs/toolkit.md) or the label alone "
+                             f"(moved and corrupted; no predictions computed). Default: {default.masks}")
     parser.add_argument("--weight-noise", type=float, nargs="*", default=list(default.weight_noise),
                         help="σ of the multiplicative Gaussian weight noise, one base-model prediction per value and "
-                             "training case (none: no such masks). Default: "
+                             "training case (none: no such masks; --training-masks predictions only). Default: "
                              f"{' '.join(map(str, default.weight_noise))}")
     parser.add_argument("--with-proposals", action="store_true",
                         help="also train on the fold's validation cases (their val/* metrics are then no longer "
@@ -405,7 +409,7 @@ def run_train_judge(args: argparse.Namespace) -> Path:
     from nnunetv2_rndpo.reliability import format_table
 
     training = JudgeTraining(args.epochs, args.samples_per_case, args.crop_size, args.width,
-                             tuple(args.weight_noise), seed=args.seed)
+                             tuple(args.weight_noise), args.training_masks, seed=args.seed)
     base, settings = _load(args)
     output = Path(args.o) if args.o else base.fold_folder / LEARNED_JUDGE_FILE
     require_writable(output)  # before the training, not after it

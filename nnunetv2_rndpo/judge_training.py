@@ -83,7 +83,8 @@ def train_learned_judge(base, settings, training: JudgeTraining = JudgeTraining(
     dim = len(base.configuration_manager.patch_size)
     size = (training.crop_size or CROP_SIZE[dim],) * dim
     began = time.monotonic()
-    predictions = training_masks(base, settings, cases, train_ids, training, progress)
+    predictions = (training_masks(base, settings, cases, train_ids, training, progress)
+                   if training.masks == "predictions" else {})
     some_image = cases[train_ids[0]][0]
     in_channels = some_image.shape[0] + 2 * len(classes)
     rng = np.random.default_rng(training.seed)
@@ -96,8 +97,8 @@ def train_learned_judge(base, settings, training: JudgeTraining = JudgeTraining(
             losses = []
             for case_id in rng.permutation(train_ids):
                 image, label = cases[case_id]
-                masks = predictions[case_id]
-                image, masks = drop_2d_axis(image, masks, dim)
+                # masks "label": the label is the one "prediction" step_masks moves and corrupts
+                image, masks = drop_2d_axis(image, predictions.get(case_id, label[None]), dim)
                 label = label[0] if label.ndim == dim + 1 else label
                 chosen = step_masks(label, masks, classes, training.masks_per_step, rng)
                 loss = ranking_step(network, optimizer, image, label, chosen, classes, size, ignore_label, rng)

@@ -16,12 +16,16 @@ resolution, and is trained to order masks of one case, not to regress Dice acros
 - **Objective** (:func:`pairwise_ranking_loss`): RankNet's pairwise logistic loss on pairs of masks of one crop
   ordered by their true Dice inside the crop; a pair's margin is the mean of g_i − g_j over the voxels where
   the two masks differ (:func:`pairwise_margins`).
-- **Training masks**, from the labeled training cases alone (:func:`~nnunetv2_rndpo.judge_training.training_masks`;
-  the training loop is :mod:`nnunetv2_rndpo.judge_training`): the base model's proposals for them (the same
-  generator as for the pool), predictions of the base network with seeded multiplicative Gaussian noise on its
-  weights (``weight_noise``), and, drawn fresh at every step, those predictions with their boundary moved
-  (:func:`move_boundary`) and corruptions of the label (:func:`corrupt_mask`: erosion, dilation, shift, a
-  removed component, an added blob, boundary noise).
+- **Training masks**, from the labeled training cases alone, drawn fresh at every step (:func:`step_masks`;
+  the training loop is :mod:`nnunetv2_rndpo.judge_training`): half of a step's masks are the base model's
+  predictions for them (its proposals, made like the pool's, and predictions of the base network with seeded
+  multiplicative Gaussian noise on its weights, ``weight_noise``:
+  :func:`~nnunetv2_rndpo.judge_training.training_masks`), a quarter those predictions with their boundary
+  moved (:func:`move_boundary`), a quarter corruptions of the label (:func:`corrupt_mask`: erosion, dilation,
+  shift, a removed component, an added blob, boundary noise).
+  With ``masks`` "label" the label itself stands in for the predictions. The predictions of training cases
+  are in-sample: their errors lean one way, and a judge can learn the lean (docs/toolkit.md, "The learned
+  judge").
 - **Reliability** (:func:`~nnunetv2_rndpo.judge_training.validation_reliability`): the base model's proposals
   for the fold's validation cases (never trained on) are scored and compared with their true Dice: within-case
   pair accuracy, per-case and pooled Spearman, next to the
@@ -46,6 +50,8 @@ from nnunetv2_rndpo.metrics import in_class, mean_dice, region_labels
 # the judge file's format; files of the earlier whole-case Dice regressor have no such key
 JUDGE_FORMAT = "within-case-ranking-1"
 CROP_SIZE = {2: 128, 3: 24}
+# what the judge's training steps draw their masks from (JudgeTraining.masks; docs/toolkit.md, "The learned judge")
+TRAINING_MASKS = ("predictions", "label")
 CORRUPTIONS = ("erode", "dilate", "shift", "drop_component", "spurious_component", "boundary_noise")
 
 
@@ -299,8 +305,11 @@ class JudgeTraining:
 
     ``epochs``: passes over the training cases, one ranking step (one case, one crop) per case;
     ``masks_per_step``: masks ranked together in a step; ``crop_size``: crop side in voxels (None =
-    :data:`CROP_SIZE`: 128 in 2D, 24 in 3D); ``width``: channels of the first layers; ``weight_noise``: the
-    standard deviations of the multiplicative weight noise, one prediction per value and training case.
+    :data:`CROP_SIZE`: 128 in 2D, 24 in 3D); ``width``: channels of the first layers; ``masks``: what
+    :func:`step_masks` draws from, one of :data:`TRAINING_MASKS`: ``"predictions"``, the base model's proposals
+    and weight-noise predictions of the training cases, or ``"label"``, the label alone (its moved boundaries
+    and corruptions; no predictions are computed); ``weight_noise``: the standard deviations of the
+    multiplicative weight noise, one prediction per value and training case (``masks`` "predictions" only).
     """
 
     epochs: int = 40
@@ -308,6 +317,7 @@ class JudgeTraining:
     crop_size: int | None = None
     width: int = 16
     weight_noise: tuple[float, ...] = (0.05, 0.1, 0.2)
+    masks: str = "predictions"
     learning_rate: float = 1e-3
     seed: int = 12345
 
@@ -318,6 +328,8 @@ class JudgeTraining:
             raise ValueError(f"--samples-per-case (masks ranked per step) must be >= 2, got {self.masks_per_step}")
         if self.crop_size is not None and self.crop_size < 8:
             raise ValueError(f"--crop-size must be >= 8 voxels, got {self.crop_size}")
+        if self.masks not in TRAINING_MASKS:
+            raise ValueError(f"--training-masks must be one of {TRAINING_MASKS}, got {self.masks!r}")
         if self.width < 1 or any(s < 0 for s in self.weight_noise):
             raise ValueError(f"--width must be >= 1 and --weight-noise values >= 0, got {self.width}, "
                              f"{self.weight_noise}")

@@ -127,6 +127,10 @@ def test_learned_judge_trains_and_reports(toolkit):
     # 6 training cases x 3 epochs (a step whose masks all agree is skipped); the 2 validation cases held out
     assert saved["metrics"]["val/cases"] == 2 and saved["metrics"]["val/held_out"] == 1
     assert 0 < saved["metrics"]["train/steps"] <= 18 and list(saved["training"]["weight_noise"]) == [0.1]
+    label_only = base_fold(root) / "judge_label_only.pth"  # trained on the labels alone: no predictions made
+    command(env, "train_judge", "--epochs", "2", "--crop-size", "32", "--width", "4", "--training-masks", "label",
+            "-o", str(label_only))
+    assert torch.load(label_only, weights_only=False)["training"]["masks"] == "label"
     command(env, "judge", "--judge", "learned", "--report")
     report = json.loads((base_fold(root) / "rndpo_scores_learned.report.json").read_text())
     assert {"spearman/per_case", "pairwise/accuracy", "top1/regret", "mining/quantile/oracle_acc"} <= set(report)

@@ -244,7 +244,8 @@ def test_learned_judge_missing_or_old_file_says_how_to_train_it(tmp_path):
 
 @pytest.mark.parametrize("changes, message", [
     ({"epochs": 0}, "--epochs must be >= 1"), ({"masks_per_step": 1}, "--samples-per-case .* must be >= 2"),
-    ({"crop_size": 4}, "--crop-size must be >= 8"), ({"weight_noise": (-0.1,)}, "--weight-noise values >= 0")])
+    ({"crop_size": 4}, "--crop-size must be >= 8"), ({"weight_noise": (-0.1,)}, "--weight-noise values >= 0"),
+    ({"masks": "proposals"}, "--training-masks must be one of")])
 def test_training_settings_are_validated(changes, message):
     with pytest.raises(ValueError, match=message):
         JudgeTraining(**changes)
