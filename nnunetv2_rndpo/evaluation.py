@@ -43,7 +43,13 @@ def preprocessed_test_set(raw_folder: Path, cache_folder: Path, plans_manager, c
 
 
 def dice_on_test_set(predictor, pool: PreprocessedPool, label_manager) -> float:
-    """Mean over ``pool``'s cases of the foreground-mean Dice of ``predictor``'s (no-TTA) segmentation.
+    """Mean over ``pool``'s cases of the foreground-mean Dice of ``predictor``'s (no-TTA) segmentation
+    (:func:`dice_per_test_case`, NaN cases skipped)."""
+    return float(np.nanmean(list(dice_per_test_case(predictor, pool, label_manager).values())))
+
+
+def dice_per_test_case(predictor, pool: PreprocessedPool, label_manager) -> dict[str, float]:
+    """``{case_id: foreground-mean Dice}`` of ``predictor``'s (no-TTA) segmentation of each of ``pool``'s cases.
 
     Args:
         predictor: an initialised ``nnUNetPredictor`` (its network is used as is).
@@ -52,19 +58,27 @@ def dice_on_test_set(predictor, pool: PreprocessedPool, label_manager) -> float:
     """
     classes = label_manager.foreground_regions if label_manager.has_regions else label_manager.foreground_labels
     cascade = label_manager.foreground_labels if predictor.configuration_manager.previous_stage_name else None
-    scores = []
+    scores = {}
     for case_id in pool.case_ids:
         logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(pool_input(pool, case_id, cascade)))
         # nnU-Net's conversion calls .numpy(): the logits go to the CPU first
         prediction = np.asarray(label_manager.convert_logits_to_segmentation(logits.float().cpu()))
-        scores.append(foreground_mean(dice_per_class(prediction, pool.label(case_id), classes,
-                                                     ignore_label=label_manager.ignore_label)))
-    return float(np.nanmean(scores))
+        scores[case_id] = foreground_mean(dice_per_class(prediction, pool.label(case_id), classes,
+                                                         ignore_label=label_manager.ignore_label))
+    return scores
 
 
 def model_dice_on_test_set(dataset: str | int, configuration: str, fold: int | str, trainer: str,
                     plans: str = "nnUNetPlans", checkpoint: str = "checkpoint_final.pth", device: str = "cpu") -> float:
     """:func:`dice_on_test_set` of a trained model in ``$nnUNet_results`` on its own dataset's test cases."""
+    per_case = model_dice_per_test_case(dataset, configuration, fold, trainer, plans, checkpoint, device)
+    return float(np.nanmean(list(per_case.values())))
+
+
+def model_dice_per_test_case(dataset: str | int, configuration: str, fold: int | str, trainer: str,
+                             plans: str = "nnUNetPlans", checkpoint: str = "checkpoint_final.pth",
+                             device: str = "cpu") -> dict[str, float]:
+    """:func:`dice_per_test_case` of a trained model in ``$nnUNet_results`` on its own dataset's test cases."""
     from nnunetv2_rndpo.pipeline import load_base_model
 
     model = load_base_model(dataset, configuration, fold, trainer, plans, checkpoint, device)
@@ -73,4 +87,4 @@ def model_dice_on_test_set(dataset: str | int, configuration: str, fold: int | s
                      model.dataset_json, previous_stage=model.previous_stage, device=device)
     if pool is None:
         raise FileNotFoundError(f"{model.raw_folder} has no imagesTs/labelsTs: no test Dice without test labels")
-    return dice_on_test_set(model.predictor(), pool, model.label_manager)
+    return dice_per_test_case(model.predictor(), pool, model.label_manager)

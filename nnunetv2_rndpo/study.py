@@ -12,7 +12,10 @@ that it orders 70% of the within-case proposal pairs right, with a size bias; th
 reliability is reported beside the others even where no arm trains on it) → every arm, each an ``nnUNetv2_train`` run
 from the base checkpoint in its own results folder, reading the judge's scores as ``judge: external``, with
 the test Dice curve of :mod:`nnunetv2_rndpo.evaluation` after every epoch. Plus one full-label model (labeled
-and pool cases with their labels, same test set) as the upper bound.
+and pool cases with their labels, same test set) as the upper bound, and with ``--self-training`` per seed the
+baseline a user would pick instead (:mod:`nnunetv2_rndpo.self_training`): the base trainer retrained from scratch
+on the labeled cases and the pool with pseudo-labels (``tta``: the base model's ``nnUNetv2_predict``;
+``top_proposal``: the judge's top-scored proposal), same test set.
 
 ``OUT/results.json`` is rewritten (atomically) after every arm; a rerun skips what is finished and restarts a
 killed arm from scratch. ``OUT/report.md`` and ``OUT/figures/`` are regenerated at the end.
@@ -30,10 +33,13 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
+
 from nnunetv2_rndpo.atomic_files import atomic_write_text, read_jsonl
 from nnunetv2_rndpo.datasets import MANIFEST
 from nnunetv2_rndpo.metrics import curve_summary
 from nnunetv2_rndpo.paths import nnunet_environment, results_folder, run_logged
+from nnunetv2_rndpo.self_training import SELF_TRAINING_SOURCES
 from nnunetv2_rndpo.study_protocol import (
     ABLATION_JUDGES,
     DATASETS,
@@ -41,6 +47,7 @@ from nnunetv2_rndpo.study_protocol import (
     PROTOCOL_STEP,
     REPORTED_JUDGES,
     SCALES,
+    SELF_TRAINING_JUDGE,
     SWEEP_BETAS,
     SWEEP_JUDGES,
     WEAK_SIZE_BIAS,
@@ -51,6 +58,9 @@ from nnunetv2_rndpo.study_protocol import (
 )
 from nnunetv2_rndpo.study_report import load_results, write_study_report
 
+# the judges :meth:`Study.judge_scores` can run (``weak``: the calibrated oracle)
+STUDY_JUDGES = ("oracle", "weak", "agreement", "uncertainty", "learned")
+
 
 class Study:
     """Runs one dataset's study into ``output`` (see the module docstring)."""
@@ -58,7 +68,8 @@ class Study:
     def __init__(self, dataset: str, source: str | None, scale: str, output: str | Path,
                  seeds: tuple[int, ...] | None = None,
                  device: str = "cpu", only_arms: list[str] | None = None, sweep: bool = False,
-                 labeled: int | None = None, full_label: bool = True):
+                 labeled: int | None = None, full_label: bool = True, self_training: tuple[str, ...] = (),
+                 self_training_judge: str = SELF_TRAINING_JUDGE):
         if dataset not in DATASETS:
             raise ValueError(f"unknown --dataset {dataset!r}; valid: {', '.join(DATASETS)}")
         if scale not in SCALES:
@@ -68,6 +79,11 @@ class Study:
                                     "/path/to/msd_task04_hippocampus (imagesTr/, labelsTr/)")
         if labeled is not None and labeled < 1:
             raise ValueError(f"--labeled {labeled}: the labeled budget must be at least 1 case")
+        unknown = [s for s in self_training if s not in SELF_TRAINING_SOURCES]
+        if unknown:
+            raise ValueError(f"unknown --self-training {' '.join(unknown)}; valid: {', '.join(SELF_TRAINING_SOURCES)}")
+        if self_training_judge not in STUDY_JUDGES:
+            raise ValueError(f"unknown --self-training-judge {self_training_judge!r}; valid: {', '.join(STUDY_JUDGES)}")
         self.dataset, self.spec, self.scale_name, self.scale = dataset, DATASETS[dataset], scale, SCALES[scale]
         if labeled is not None:  # a second label budget: the same protocol with another N
             self.scale = replace(self.scale, num_labeled=labeled)
@@ -78,6 +94,7 @@ class Study:
         self.only_arms = only_arms
         self.sweep = sweep
         self.full_label = full_label
+        self.self_training, self.self_training_judge = tuple(dict.fromkeys(self_training)), self_training_judge
         self.results_file = self.root / "results.json"
         self.results = json.loads(self.results_file.read_text()) if self.results_file.is_file() else {}
         if self.results and self.results.get("dataset") != dataset:
@@ -89,6 +106,11 @@ class Study:
         self.results.update(dataset=dataset, scale=scale, configuration=self.spec.configuration,
                             protocol={**asdict(self.scale), "proposals": PROPOSALS})
         self.results.setdefault("seeds", {})
+        held = {a["judge"] for seed in self.results["seeds"].values()
+                for name, a in seed.get("self_training", {}).items() if name == "top_proposal"}
+        if "top_proposal" in self.self_training and held - {self_training_judge}:
+            raise ValueError(f"{self.results_file} holds self-training on the top proposals of the {held.pop()!r} "
+                             f"judge, not {self_training_judge!r}; use another -o for another --self-training-judge")
         self.env = nnunet_environment(self.root)
 
     # ------------------------------------------------------------------------------------------ running
@@ -112,6 +134,8 @@ class Study:
     def run(self) -> dict:
         for seed in self.seeds:
             self.run_seed(seed)
+            for source in self.self_training:
+                self.run_self_training(seed, source)
         if self.full_label:
             self.run_full_label()
         write_study_report([self.results], self.root / "report.md", self.root / "figures")
@@ -123,8 +147,13 @@ class Study:
         """Every judge whose reliability the study measures: the arm judges, then ``REPORTED_JUDGES``."""
         return tuple(dict.fromkeys(self.scale.judges + REPORTED_JUDGES))
 
-    def dataset_id(self, seed: int, full_label: bool = False) -> int:
-        return self.spec.dataset_id + (50 if full_label else 0) + seed
+    def dataset_id(self, seed: int, full_label: bool = False, self_training: str | None = None) -> int:
+        """The seed's dataset (id + seed), its full-label one (+ 50) or its self-training ones (+ 100: ``tta``,
+        + 150: ``top_proposal``)."""
+        offset = 50 if full_label else 0
+        if self_training is not None:
+            offset = 100 + 50 * SELF_TRAINING_SOURCES.index(self_training)
+        return self.spec.dataset_id + offset + seed
 
     def _raw(self, dataset_id: int) -> Path:
         return next((self.root / "nnUNet_raw").glob(f"Dataset{dataset_id:03d}_*"), None)
@@ -145,16 +174,29 @@ class Study:
         return self._raw(did)
 
     def train_base(self, dataset_id: int, trainer: str) -> Path:
-        c = self.spec.configuration
+        """Plans the dataset and trains ``trainer`` on its fold ``all`` (each once); returns the results folder."""
+        self.plan(dataset_id)
+        self.train(dataset_id, trainer)
+        return results_folder(self.root / "nnUNet_results", self._raw(dataset_id).name, trainer, "nnUNetPlans",
+                              self.spec.configuration)
+
+    def plan(self, dataset_id: int) -> float:
+        """``nnUNetv2_plan_and_preprocess`` of the dataset, once: its seconds (0 when planned before)."""
         plans = self.root / "nnUNet_preprocessed" / self._raw(dataset_id).name / "nnUNetPlans.json"
-        if not plans.is_file():
-            self._run(f"plan_{dataset_id}", ["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", c,
-                                             "-npfp", "1", "-np", "1"], self.root / "logs", nnUNet_n_proc_DA="1")
+        if plans.is_file():
+            return 0.0
+        return self._run(f"plan_{dataset_id}", ["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c",
+                                                self.spec.configuration, "-npfp", "1", "-np", "1"], self.root / "logs",
+                         nnUNet_n_proc_DA="1")
+
+    def train(self, dataset_id: int, trainer: str) -> float:
+        """``nnUNetv2_train`` of ``trainer`` on fold ``all``, once: its seconds (0 when trained before)."""
+        c = self.spec.configuration
         folder = results_folder(self.root / "nnUNet_results", self._raw(dataset_id).name, trainer, "nnUNetPlans", c)
-        if not (folder / "fold_all" / "checkpoint_final.pth").is_file():
-            self._run(f"base_{dataset_id}", ["nnUNetv2_train", str(dataset_id), c, "all", "-tr", trainer,
-                                             "-device", self.device], self.root / "logs")
-        return folder
+        if (folder / "fold_all" / "checkpoint_final.pth").is_file():
+            return 0.0
+        return self._run(f"base_{dataset_id}", ["nnUNetv2_train", str(dataset_id), c, "all", "-tr", trainer,
+                                                "-device", self.device], self.root / "logs")
 
     def _base_args(self, dataset_id: int, sources: list[str] | None = None) -> list[str]:
         """The base model and proposal settings, the same for every toolkit command (they name the cache).
@@ -272,6 +314,70 @@ class Study:
         self.results["full_label"] = {"dice": dice, "seed": seed, "trainer": self.scale.base_trainer}
         self._save()
 
+    def run_self_training(self, seed: int, source: str) -> None:
+        """The base trainer retrained from scratch on the labeled cases and the pool with ``source``'s
+        pseudo-labels, tested on the seed's test set: ``results["seeds"][seed]["self_training"][source]``.
+
+        Steps, each once (their seconds kept in ``seed_<s>/self_training/<source>/seconds.json``, so a killed run
+        resumes at the step it was in): the pseudo-labels in ``seed_<s>/self_training/<source>/pseudo_labels/``
+        (``tta``: ``nnUNetv2_predict`` of the pool with the base model; ``top_proposal``: the judge's top-scored
+        proposal per case, ``python -m nnunetv2_rndpo.self_training``), the raw dataset
+        (:func:`~nnunetv2_rndpo.self_training.pseudo_labeled_dataset`, id :meth:`dataset_id`), plan and
+        preprocess, train, test Dice per case.
+        """
+        from nnunetv2_rndpo.self_training import pseudo_label_dice, pseudo_labeled_dataset
+
+        record = self.results["seeds"][str(seed)].setdefault("self_training", {})
+        if source in record:
+            return
+        did, raw = self.dataset_id(seed), self._raw(self.dataset_id(seed))
+        folder = self.root / f"seed_{seed}" / "self_training" / source
+        folder.mkdir(parents=True, exist_ok=True)
+        seconds_file, labels = folder / "seconds.json", folder / "pseudo_labels"
+        seconds = json.loads(seconds_file.read_text()) if seconds_file.is_file() else {}
+        judge = self.self_training_judge if source == "top_proposal" else None
+        if "pseudo_labels" not in seconds:
+            shutil.rmtree(labels, ignore_errors=True)  # a killed step's files: made again
+            if source == "tta":
+                command = ["nnUNetv2_predict", "-i", str(raw / "imagesUnlabeled"), "-o", str(labels), "-d", str(did),
+                           "-c", self.spec.configuration, "-f", "all", "-tr", self.scale.base_trainer,
+                           "-device", self.device, "-npp", "0", "-nps", "0", "--disable_progress_bar"]
+            else:
+                scores = self.judge_scores(seed, judge)[0]
+                command = [Path(sys.executable).name, "-m", "nnunetv2_rndpo.self_training", *self._base_args(did),
+                           "--scores", str(scores), "-o", str(labels), "--quiet"]
+            seconds["pseudo_labels"] = self._run(f"pseudo_labels_{source}", command, folder)
+            atomic_write_text(seconds_file, json.dumps(seconds))
+        st_id = self.dataset_id(seed, self_training=source)
+        if self._raw(st_id) is None or not (self._raw(st_id) / "dataset.json").is_file():
+            suffix = "Tta" if source == "tta" else f"Top{judge.capitalize()}"
+            pseudo_labeled_dataset(raw, self.root / "nnUNet_raw", st_id, labels, suffix)
+        for step, run in (("plan", lambda: self.plan(st_id)),
+                          ("train", lambda: self.train(st_id, self.scale.base_trainer))):
+            if step not in seconds:
+                seconds[step] = run()
+                atomic_write_text(seconds_file, json.dumps(seconds))
+        dice = self._model_dice_per_case(st_id, self.scale.base_trainer)
+        dataset = json.loads((raw / "dataset.json").read_text())
+        pool = len(list(labels.glob(f"*{dataset['file_ending']}")))
+        record[source] = {
+            "dice": float(np.nanmean(list(dice.values()))), "dice_per_case": dice,
+            "seconds": {**{k: round(v, 1) for k, v in seconds.items()}, "total": round(sum(seconds.values()), 1)},
+            "pseudo_label_dice": pseudo_label_dice(labels, raw / "labelsUnlabeled", dataset),
+            "trainer": self.scale.base_trainer, "judge": judge,
+            "cases": {"labeled": dataset["numTraining"], "pseudo": pool}}
+        self._save()
+
+    def _model_dice_per_case(self, dataset_id: int, trainer: str) -> dict[str, float]:
+        """:func:`~nnunetv2_rndpo.evaluation.model_dice_per_test_case` of a trained model (in a subprocess)."""
+        code = ("import json; from nnunetv2_rndpo.evaluation import model_dice_per_test_case as d; "
+                f"print(json.dumps(d({dataset_id}, {self.spec.configuration!r}, 'all', {trainer!r}, "
+                f"device={self.device!r})))")
+        out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True)
+        if out.returncode:
+            raise RuntimeError(f"evaluating Dataset{dataset_id} {trainer} failed:\n{out.stderr[-2000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
     def _model_dice(self, dataset_id: int, trainer: str) -> float:
         code = ("import sys; from nnunetv2_rndpo.evaluation import model_dice_on_test_set as d; "
                 f"print(d({dataset_id}, {self.spec.configuration!r}, 'all', {trainer!r}, device={self.device!r}))")
@@ -340,6 +446,12 @@ def main(argv: list[str] | None = None) -> None:
                         "RN-DPO with random patches under the oracle")
     parser.add_argument("--no-full-label", action="store_true",
                         help="skip the full-label model (the upper bound; trained once per study folder)")
+    parser.add_argument("--self-training", nargs="+", default=[], choices=SELF_TRAINING_SOURCES,
+                        help="also run self-training per seed (the base trainer retrained from scratch on the labeled "
+                        "cases and the pool with pseudo-labels): tta = the base model's nnUNetv2_predict, "
+                        "top_proposal = the judge's top-scored proposal (docs/study.md, 'Self-training')")
+    parser.add_argument("--self-training-judge", default=SELF_TRAINING_JUDGE, choices=STUDY_JUDGES,
+                        help=f"the judge of --self-training top_proposal. Default: {SELF_TRAINING_JUDGE}")
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--report-from", nargs="+", default=None, metavar="STUDY",
                         help="only write a report (with --report-to) from study folders or their results.json files")
@@ -353,7 +465,8 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.dataset and args.output):
         parser.error("--dataset and -o are required (or --report-from)")
     Study(args.dataset, args.source, args.scale, args.output, tuple(args.seeds) if args.seeds else None,
-          args.device, args.arms, args.sweep, args.labeled, not args.no_full_label).run()
+          args.device, args.arms, args.sweep, args.labeled, not args.no_full_label, tuple(args.self_training),
+          args.self_training_judge).run()
 
 
 if __name__ == "__main__":

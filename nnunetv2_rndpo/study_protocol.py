@@ -14,6 +14,9 @@ WEAK_TARGET_PAIR_ACCURACY = 0.70
 WEAK_SIZE_BIAS = 0.05
 # judges whose reliability every study reports beside the scale's arm judges (cheap: no arms, no training)
 REPORTED_JUDGES = ("uncertainty",)
+# the judge whose top-scored proposals are the pseudo-labels of self-training ``top_proposal`` (--self-training):
+# the label-free default a user without hidden labels would take
+SELF_TRAINING_JUDGE = "agreement"
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,33 @@ def arm_table(results: dict) -> list[dict]:
                                                                            "worst_drop", "delta_peak",
                                                                            "delta_sustained",
                                                                            "delta_final")},
-                     "gap_share": gap, "drift": [float(np.mean(r["drift"])) for r in runs if r.get("drift")]})
+                     "gap_share": gap, "drift": [float(np.mean(r["drift"])) for r in runs if r.get("drift")],
+                     "seconds": [r.get("seconds") for r in runs]})
     return rows
+
+
+SELF_TRAINING_METHODS = {"tta": "self-training (tta)", "top_proposal": "self-training (top proposal)"}
+
+
+def self_training_table(results: dict) -> list[dict]:
+    """One row per self-training source (over seeds): its test Dice, Δ to the seed's base (row 0 of the seed's
+    arm curves; the same base model), gap share = (Dice − base) / (full-label − base) and total seconds."""
+    full = results.get("full_label", {}).get("dice")
+    by_source: dict[str, list[tuple[dict, float | None]]] = {}
+    for seed in results["seeds"].values():
+        base = next((a["summary"]["base"] for a in seed["arms"].values()), None)
+        for name, run in seed.get("self_training", {}).items():
+            by_source.setdefault(name, []).append((run, base))
+    return [{"arm": name, "method": SELF_TRAINING_METHODS.get(name, f"self-training ({name})"),
+             "judge": runs[0][0].get("judge"), "seeds": len(runs), "dice": [r["dice"] for r, _ in runs],
+             "delta": [r["dice"] - b for r, b in runs if b is not None],
+             "gap_share": [(r["dice"] - b) / (full - b) for r, b in runs if b is not None and full not in (None, b)],
+             "seconds": [r["seconds"]["total"] for r, _ in runs]} for name, runs in by_source.items()]
+
+
+def _seconds(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
+    return f"{np.mean(values):.0f}" if values else "-"
 
 
 def _completeness(results: dict) -> str:
@@ -124,7 +149,11 @@ def write_study_report(all_results: list[dict], report_file: Path, figure_folder
              "the foreground-mean Dice "
              "(nnunetv2_rndpo/evaluation.py). Values are mean ± sd over seeds; peak/sustained/final/worst drop as "
              "in nnunetv2_rndpo/metrics.py; gap share = (sustained − base) / (full-label − base); drift = mean over "
-             "epochs of the KL of the fine-tuned model to its base on the guard cases (`guard/kl`).", ""]
+             "epochs of the KL of the fine-tuned model to its base on the guard cases (`guard/kl`); seconds = the "
+             "arm's `nnUNetv2_train` (mean over seeds). Self-training rows: the base trainer retrained from scratch "
+             "on labeled + pseudo-labeled pool cases, one model per seed (its test Dice in peak, sustained and final; "
+             "Δ to the seed's base); seconds = pseudo-labels + plan and preprocess + training "
+             "(docs/study.md, 'Self-training').", ""]
     for results in all_results:
         if not results.get("seeds"):
             continue
@@ -140,14 +169,19 @@ def write_study_report(all_results: list[dict], report_file: Path, figure_folder
                   f"{'-' if full is None else f'{full:.4f}'}; seeds: {', '.join(results['seeds'])}.", "",
                   _completeness(results), "",
                   "| method | judge | mining | seeds | peak | sustained | final | worst drop | Δ sustained | "
-                  "gap share | drift |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "gap share | drift | seconds |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             judge, mining = (r["judge"], r["mining"]) if r["judge"] else ("–", "–")
             lines.append(f"| {r['method']} | {judge} | {mining} | {r['seeds']} | {_mean_sd(r['peak'])} | "
                          f"{_mean_sd(r['sustained'])} | "
                          f"{_mean_sd(r['final'])} | {_mean_sd(r['worst_drop'])} | {_mean_sd(r['delta_sustained'])} | "
-                         f"{_mean_sd(r['gap_share'])} | {_mean_sd(r['drift'])} |")
+                         f"{_mean_sd(r['gap_share'])} | {_mean_sd(r['drift'])} | "
+                         f"{_seconds(r['seconds'])} |")
+        for r in self_training_table(results):
+            dice = _mean_sd(r["dice"])
+            lines.append(f"| {r['method']} | {r['judge'] or '–'} | – | {r['seeds']} | {dice} | {dice} | {dice} | – | "
+                         f"{_mean_sd(r['delta'])} | {_mean_sd(r['gap_share'])} | – | {_seconds(r['seconds'])} |")
         mining = [r for r in rows if r["method"] in ("DPO", "RN-DPO") and r["judge"] in ("oracle", "weak")]
         if mining:
             lines += ["", "Mining (reliable = oracle σ=0, weak = calibrated noisy and size-biased oracle):", "",
@@ -178,7 +212,8 @@ def write_study_report(all_results: list[dict], report_file: Path, figure_folder
 
 
 def plot_judge_curves(results: dict, judge: str, path: Path) -> list[str]:
-    """Mean test-Dice curves over seeds of the arms under ``judge`` and the control, with base and full-label.
+    """Mean test-Dice curves over seeds of the arms under ``judge`` and the control, with base, full-label and
+    self-training lines.
 
     Only arms run on every seed are drawn (a mean over fewer seeds starts from another base); the tables
     give the others with their number of seeds. Returns the names of the arms drawn.
@@ -205,6 +240,10 @@ def plot_judge_curves(results: dict, judge: str, path: Path) -> list[str]:
         ax.axhline(base, color="gray", linestyle=":", label="base")
     if results.get("full_label"):
         ax.axhline(results["full_label"]["dice"], color="black", linestyle="--", label="full-label")
+    for row, color in zip(self_training_table(results), ("tab:brown", "tab:olive", "tab:cyan"), strict=False):
+        if row["seeds"] == len(results["seeds"]):  # as for the curves: a mean over every seed's base
+            judge_name = f", {row['judge']}" if row["judge"] else ""
+            ax.axhline(np.mean(row["dice"]), color=color, linestyle="-.", label=f"{row['method']}{judge_name}")
     ax.set_xlabel("fine-tuning iteration")
     ax.set_ylabel("test Dice")
     ax.set_title(f"{results['dataset']} ({results['protocol']['num_labeled']} labels): judge {judge}")
