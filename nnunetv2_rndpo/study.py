@@ -282,12 +282,16 @@ class Study:
 
 
 def read_arm_metrics(fold: Path) -> dict:
-    """What the study keeps of a finished arm: its test-Dice curve (row 0 = base), its drift from the base per
-    epoch (``guard/kl``: mean KL of the policy to the reference on the guard cases, nnunetv2_rndpo/phase.py) and
-    the number of pairs it trained on."""
+    """What the study keeps of a finished arm: its test-Dice curve (row 0 = base) and, aligned with it, the Dice
+    of every test case at each point (``curve_per_case``: one ``{case_id: Dice}`` per row; left out when the
+    metrics predate ``eval/dice_per_case``), its drift from the base per epoch (``guard/kl``: mean KL of the
+    policy to the reference on the guard cases, nnunetv2_rndpo/phase.py) and the number of pairs it trained on."""
     rows = read_jsonl(fold / "rndpo_metrics.jsonl")
+    evaluated = [r for r in rows if "eval/dice" in r]
     pairs_file = fold / "rndpo_pairs.json"
-    return {"curve": [r["eval/dice"] for r in rows if "eval/dice" in r],
+    per_case = {"curve_per_case": [r["eval/dice_per_case"] for r in evaluated]} \
+        if evaluated and all("eval/dice_per_case" in r for r in evaluated) else {}
+    return {"curve": [r["eval/dice"] for r in evaluated], **per_case,
             "drift": [r["guard/kl"] for r in rows if "guard/kl" in r],
             "pairs": len(json.loads(pairs_file.read_text())["pairs"]) if pairs_file.is_file() else None}
 

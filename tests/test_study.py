@@ -87,6 +87,16 @@ def test_arm_metrics_from_the_trainer_files(tmp_path):
     assert read_arm_metrics(tmp_path) == {"curve": [0.8, 0.82], "drift": [0.01, 0.02], "pairs": 3}
 
 
+def test_arm_metrics_keep_the_dice_of_every_test_case_beside_the_curve(tmp_path):
+    rows = [{"epoch": 0, "eval/dice": 0.8, "eval/dice_per_case": {"a": 0.7, "b": 0.9}},
+            {"epoch": 1, "guard/kl": 0.01, "eval/dice": 0.85, "eval/dice_per_case": {"a": 0.8, "b": 0.9}},
+            {"epoch": 2, "guard/kl": 0.02}]
+    (tmp_path / "rndpo_metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    metrics = read_arm_metrics(tmp_path)
+    assert metrics["curve"] == [0.8, 0.85]
+    assert metrics["curve_per_case"] == [{"a": 0.7, "b": 0.9}, {"a": 0.8, "b": 0.9}]
+
+
 def test_report_from_finished_folders(tmp_path, capsys):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "results.json").write_text(json.dumps(_results()))
