@@ -104,6 +104,16 @@ def statistic_per_case(record: Mapping, statistic: str) -> dict[str, float] | No
     return {case: float(np.mean([p[case] for p in points])) for case in points[0]}
 
 
+def statistic_value(record: Mapping, statistic: str) -> float:
+    """One arm of one seed: its mean test Dice under ``statistic`` (no per-case Dice needed; a self-training
+    record's ``dice``). Equals :func:`curve_summary`'s value, and the mean of :func:`statistic_per_case` when no
+    case is NaN."""
+    if "dice" in record:
+        return float(record["dice"])
+    curve = record["curve"]
+    return float(np.mean([curve[t] for t in statistic_points(curve, statistic)]))
+
+
 def case_differences(a: Mapping[str, float], b: Mapping[str, float]) -> np.ndarray:
     """d_c = a_c − b_c over the cases both have with a finite Dice (sorted by case id), shape ``(n,)``.
 
@@ -165,6 +175,13 @@ def seed_arm(seed_record: Mapping, name: str) -> Mapping | None:
 def seeds_with_both(results: Mapping, arm_a: str, arm_b: str) -> list[Mapping]:
     """The seed records of ``results`` that hold both arms."""
     return [s for s in results["seeds"].values() if seed_arm(s, arm_a) is not None and seed_arm(s, arm_b) is not None]
+
+
+def seed_differences(results: Mapping, arm_a: str, arm_b: str, statistic: str = "sustained") -> tuple[float, ...]:
+    """Δ_s of the mean curves (:func:`statistic_value`) per seed that ran both arms: the per-seed differences
+    of results without per-case Dice (no interval from them)."""
+    return tuple(statistic_value(seed_arm(s, arm_a), statistic) - statistic_value(seed_arm(s, arm_b), statistic)
+                 for s in seeds_with_both(results, arm_a, arm_b))
 
 
 def compare_arms(results: Mapping, arm_a: str, arm_b: str, statistic: str = "sustained",

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from nnunetv2_rndpo.metrics import curve_summary
@@ -281,6 +282,10 @@ def test_the_committed_study_results_make_a_report(tmp_path):
     files = sorted((Path(__file__).resolve().parents[1] / "docs" / "results").glob("study_*.json"))
     text = write_study_report([load_results(f) for f in files], tmp_path / "r.md", tmp_path / "f").read_text()
     assert text.count("Judge reliability on the pool") == len(files)
+    # the first round kept no per-case Dice: its comparisons give Δ and sign counts, no interval, no claim
+    rows = [line for line in text.splitlines() if line.startswith("| RN-DPO, top_bottom | DPO, top_bottom |")]
+    assert len(rows) == 3 * text.count("Paired comparisons, judge") > 0
+    assert all("no per-case Dice" in line and line.endswith("| – |") for line in rows)
 
 
 def test_proposal_arms_pair_the_protocol_proposals_with_another_set(tmp_path):
@@ -298,3 +303,53 @@ def test_proposal_arms_pair_the_protocol_proposals_with_another_set(tmp_path):
 
     assert sources(study._base_args(980, other.overrides["proposal_sources"])) == ["affine", "mirror"]
     assert sources(study._base_args(980)) == PROPOSALS["proposal_sources"]
+
+
+def _with_per_case(results, shifts):
+    """Per-case Dice for every arm of ``_results()``: 10 test cases around the curve, RN-DPO top_bottom ahead of
+    the others by ``shifts[seed]`` on every case after the base."""
+    cases = [f"case_{i}" for i in range(10)]
+    for seed, record in results["seeds"].items():
+        for name, arm in record["arms"].items():
+            ahead = shifts[seed] if name == "RN-DPO | oracle | top_bottom" else 0.0
+            arm["curve_per_case"] = [{c: d + 0.01 * (i - 4.5) + (ahead if t else 0.0) for i, c in enumerate(cases)}
+                                     for t, d in enumerate(arm["curve"])]
+            arm["curve"] = [float(np.mean(list(r.values()))) for r in arm["curve_per_case"]]
+    return results
+
+
+def test_report_has_a_paired_comparison_table_per_judge_with_intervals_and_sign_counts(tmp_path):
+    from nnunetv2_rndpo.study_report import compared_arms
+
+    results = _results()
+    for record in results["seeds"].values():  # the same curves as the control: RN-DPO leads by its shift
+        control = record["arms"]["control (continued supervised)"]
+        record["arms"]["DPO | oracle | top_bottom"] = _arm("DPO", "oracle", "top_bottom", control["curve"])
+        record["arms"]["RN-DPO | oracle | top_bottom"]["curve"] = list(control["curve"])
+    results = _with_per_case(results, {"0": 0.02, "1": 0.03})
+    results["seeds"]["0"]["self_training"] = {"tta": {"dice": 0.9, "dice_per_case": {
+        f"case_{i}": 0.9 for i in range(10)}, "seconds": 100}}
+    assert compared_arms(results, "oracle") == [  # DPO top_random, pseudo-label, RN-DPO + sft: not run
+        ("RN-DPO | oracle | top_bottom", "DPO | oracle | top_bottom"),
+        ("RN-DPO | oracle | top_bottom", "control (continued supervised)"),
+        ("RN-DPO | oracle | top_bottom", "self-training (tta)")]
+    text = write_study_report([results], tmp_path / "r.md", tmp_path / "f", resamples=300).read_text()
+    assert "Paired comparisons, judge oracle" in text and "300 resamples" in text
+    row = next(line for line in text.splitlines()
+               if line.startswith("| RN-DPO, top_bottom | DPO, top_bottom | sustained |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[-4:] == ["+0.0250", "[+0.0200, +0.0300]", "2/2", "held"]
+    # self-training ran on seed 0 only: one seed, a flat curve
+    row = next(line for line in text.splitlines() if "| self-training (tta) | final |" in line)
+    assert "1/1" in row and "held" in row
+
+
+def test_old_results_without_per_case_dice_say_so_instead_of_an_interval(tmp_path):
+    results = _results()
+    for record in results["seeds"].values():
+        control = record["arms"]["control (continued supervised)"]
+        record["arms"]["DPO | oracle | top_bottom"] = _arm("DPO", "oracle", "top_bottom", control["curve"])
+    text = write_study_report([results], tmp_path / "r.md", tmp_path / "f").read_text()
+    row = next(line for line in text.splitlines()
+               if line.startswith("| RN-DPO, top_bottom | DPO, top_bottom | final |"))
+    assert row == "| RN-DPO, top_bottom | DPO, top_bottom | final | +0.0300 | no per-case Dice | 2/2 | – |"
