@@ -14,8 +14,9 @@ from the base checkpoint in its own results folder, reading the judge's scores a
 the test Dice curve of :mod:`nnunetv2_rndpo.evaluation` after every epoch. Plus one full-label model (labeled
 and pool cases with their labels, same test set) as the upper bound.
 
-``OUT/results.json`` is rewritten (atomically) after every arm; a rerun skips what is finished and restarts a
-killed arm from scratch. ``OUT/report.md`` and ``OUT/figures/`` are regenerated at the end.
+``OUT/results.json`` is rewritten (atomically, merged under a lock with what other runs on the same ``OUT``
+saved) after every arm; a rerun skips what is finished and restarts a killed arm from scratch. ``OUT/report.md``
+and ``OUT/figures/`` are regenerated at the end.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from nnunetv2_rndpo.atomic_files import atomic_write_text, read_jsonl
+from nnunetv2_rndpo.atomic_files import atomic_write_text, exclusive_lock, read_jsonl
 from nnunetv2_rndpo.comparison import DEFAULT_RESAMPLES
 from nnunetv2_rndpo.datasets import MANIFEST
 from nnunetv2_rndpo.metrics import curve_summary
@@ -51,6 +52,8 @@ from nnunetv2_rndpo.study_protocol import (
     sweep_arms,
 )
 from nnunetv2_rndpo.study_report import load_results, write_study_report
+
+RESULTS_LOCK = "results.json.lock"  # beside results.json: held while a run merges its results into the file
 
 
 class Study:
@@ -107,8 +110,17 @@ class Study:
         return seconds
 
     def _save(self) -> None:
+        """Writes ``results.json``: this run's results merged with what other runs on the same ``-o`` saved.
+
+        Two runs at once (other seeds, other ``--arms``) each hold the file as they read it when they started;
+        under ``results.json.lock`` each save reads the file, adds what this run does not hold yet
+        (:func:`merge_results`) and replaces it atomically, so neither loses the other's arms.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.results_file, json.dumps(self.results, indent=1))
+        with exclusive_lock(self.results_file.with_name(RESULTS_LOCK)):
+            if self.results_file.is_file():
+                merge_results(self.results, json.loads(self.results_file.read_text()))
+            atomic_write_text(self.results_file, json.dumps(self.results, indent=1))
 
     def run(self) -> dict:
         for seed in self.seeds:
@@ -280,6 +292,20 @@ class Study:
         if out.returncode:
             raise RuntimeError(f"evaluating Dataset{dataset_id} {trainer} failed:\n{out.stderr[-2000:]}")
         return float(out.stdout.strip().splitlines()[-1])
+
+
+def merge_results(ours: dict, on_disk: dict) -> dict:
+    """Adds to ``ours`` (in place) every key of ``on_disk`` it lacks, recursively into nested dicts; returns it.
+
+    Where both hold a value that is not a dict (an arm's curve, the protocol), ``ours`` is kept: a run's own
+    results are the newest it knows of, and two runs of one arm give the same record.
+    """
+    for key, value in on_disk.items():
+        if key not in ours:
+            ours[key] = value
+        elif isinstance(ours[key], dict) and isinstance(value, dict):
+            merge_results(ours[key], value)
+    return ours
 
 
 def read_arm_metrics(fold: Path) -> dict:

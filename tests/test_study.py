@@ -353,3 +353,45 @@ def test_old_results_without_per_case_dice_say_so_instead_of_an_interval(tmp_pat
     row = next(line for line in text.splitlines()
                if line.startswith("| RN-DPO, top_bottom | DPO, top_bottom | final |"))
     assert row == "| RN-DPO, top_bottom | DPO, top_bottom | final | +0.0300 | no per-case Dice | 2/2 | – |"
+
+
+def _finished_arm(dice):
+    return _arm("RN-DPO", "oracle", "top_bottom", [0.8, dice])
+
+
+def test_two_studies_on_one_folder_keep_each_others_arms_seeds_and_full_label(tmp_path):
+    first, second = Study("synthetic", None, "smoke", tmp_path), Study("synthetic", None, "smoke", tmp_path)
+    first.results["seeds"]["0"] = {"arms": {"A": _finished_arm(0.81)}, "judges": {"oracle": {"x": 1}}}
+    first._save()
+    second.results["seeds"]["0"] = {"arms": {"B": _finished_arm(0.82)}, "judges": {}}
+    second.results["seeds"]["1"] = {"arms": {"C": _finished_arm(0.83)}, "judges": {}}
+    second._save()
+    first.results["seeds"]["0"]["arms"]["D"] = _finished_arm(0.84)  # a run keeps adding to the record it holds
+    first.results["full_label"] = {"dice": 0.9}
+    first._save()
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["seeds"]["0"]["arms"]) == {"A", "B", "D"} and set(saved["seeds"]["1"]["arms"]) == {"C"}
+    assert saved["seeds"]["0"]["judges"] == {"oracle": {"x": 1}} and saved["full_label"] == {"dice": 0.9}
+    assert saved["seeds"]["0"]["arms"]["B"]["curve"] == [0.8, 0.82]
+    assert first.results["seeds"] == saved["seeds"]  # the run now knows the other's arms and skips them
+
+
+def _save_arms(folder, prefix, count):
+    study = Study("synthetic", None, "smoke", folder)
+    for i in range(count):
+        study.results["seeds"].setdefault("0", {"arms": {}, "judges": {}})["arms"][f"{prefix}{i}"] = _finished_arm(0.8)
+        study._save()
+
+
+def test_concurrent_saves_lose_no_arm(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    runs = [context.Process(target=_save_arms, args=(tmp_path, prefix, 25)) for prefix in ("x", "y", "z")]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(60)
+    assert [run.exitcode for run in runs] == [0, 0, 0]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["seeds"]["0"]["arms"]) == {f"{p}{i}" for p in "xyz" for i in range(25)}
