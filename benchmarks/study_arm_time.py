@@ -22,8 +22,8 @@ import argparse
 import json
 from dataclasses import replace
 
+from nnunetv2_rndpo.evaluation import BASE_TEST_DICE_FILE
 from nnunetv2_rndpo.paths import rndpo_cache_folder
-from nnunetv2_rndpo.phase import BASE_TEST_DICE_FILE
 from nnunetv2_rndpo.study import Study
 from nnunetv2_rndpo.study_protocol import arms_for, sweep_arms
 

@@ -2,16 +2,19 @@
 
 Every file RN-DPO writes whole goes through :func:`atomic_write`: a reader sees the old file or the whole new
 one, never a truncated one. The metrics log ``rndpo_metrics.jsonl`` is appended to instead, so a kill can cut
-its last line; :func:`read_jsonl` is the one reader of it and skips that line. This module imports nothing
-of the package, so writing or reading a file costs no import of the pool or of nnU-Net.
+its last line; :func:`read_jsonl` is the one reader of it and skips that line. A file that several processes
+read, change and write back (a study's ``results.json``) is changed under :func:`exclusive_lock`. This module
+imports nothing of the package, so writing or reading a file costs no import of the pool or of nnU-Net.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +55,19 @@ def read_jsonl(path: Path) -> list[dict]:
         with contextlib.suppress(json.JSONDecodeError):
             rows.append(json.loads(line))
     return rows
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Holds an exclusive ``flock`` on ``path`` (created if missing, never removed) for the ``with`` block.
+
+    A second process blocks until the first leaves the block; the kernel releases the lock of a killed
+    process, so a kill never leaves it held. For read-modify-write cycles of a shared file on a local file
+    system (``flock`` may not lock across hosts on NFS).
+    """
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

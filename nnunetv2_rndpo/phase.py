@@ -13,7 +13,7 @@ Files in the fold folder:
 - ``rndpo_reference.pth``   the frozen reference (= base) weights, restored on ``--c``
 - ``rndpo_pairs.json``      the mined pairs with both judge scores (and true Dice when hidden labels exist)
 - ``rndpo_metrics.jsonl``   one row per epoch: ``rewards/*``, ``logps/*``, ``region/*``, ``pairs/skipped``,
-                            ``judge/*`` and ``eval/dice`` when evaluated
+                            ``judge/*`` and, when evaluated, ``eval/dice`` and ``eval/dice_per_case``
 - ``rndpo_progress.png``    a plot of them
 - ``checkpoint_*.rndpo.json`` the patch sampler's generator state next to each nnU-Net checkpoint
 """
@@ -21,7 +21,6 @@ Files in the fold folder:
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import hashlib
 import json
@@ -34,10 +33,10 @@ import torch
 
 from nnunetv2_rndpo.atomic_files import atomic_write, atomic_write_text, read_jsonl
 from nnunetv2_rndpo.cascade import pool_input
-from nnunetv2_rndpo.checkpoint import base_weights, describe_trained_models, load_checkpoint_file, weights_sha256
+from nnunetv2_rndpo.checkpoint import base_weights, describe_trained_models, load_checkpoint_file
 from nnunetv2_rndpo.config import CONFIG_ENV_VAR
 from nnunetv2_rndpo.distributed import barrier, broadcast_from_rank0, rank_and_world
-from nnunetv2_rndpo.evaluation import dice_on_test_set, preprocessed_test_set
+from nnunetv2_rndpo.evaluation import DiceCurve, policy_predictor
 from nnunetv2_rndpo.messages import TIMED_ITERATIONS, pairs_summary, schedule_summary, time_estimate
 from nnunetv2_rndpo.mining import (
     MiningParams,
@@ -67,7 +66,6 @@ METRIC_KEYS = (
     "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
     "logps/chosen", "logps/rejected", "region/size_mean", "region/frac",
 )
-BASE_TEST_DICE_FILE = "base_test_dice.json"  # in the cache folder: the base model's test Dice per weights key
 GUARD_KEYS = ("guard/kl", "guard/triggered", "guard/rollbacks")
 LOSS_TERMS = ("loss/preference", "loss/consistency", "loss/agreement", "loss/sft")
 
@@ -91,13 +89,6 @@ def epoch_metrics(train_outputs: list[dict]) -> dict[str, float]:
     for key in sorted({k for o in train_outputs for k in o if k.startswith("loss/")}):
         metrics[key] = float(np.mean([o[key] for o in train_outputs if key in o]))
     return metrics
-
-
-def weights_key(state_dict: dict[str, torch.Tensor], case_ids: list[str]) -> str:
-    """A hash of a network's weights and the cases it is evaluated on (the key of a cached test Dice)."""
-    digest = hashlib.sha256(weights_sha256(state_dict).encode())
-    digest.update("\n".join(sorted(case_ids)).encode())
-    return digest.hexdigest()[:16]
 
 
 class PreferenceBatches:
@@ -128,7 +119,7 @@ class PreferencePhase:
         self.reference: torch.nn.Module | None = None
         self.pairs: list[Pair] = []
         self.judge_metrics: dict[str, float] = {}
-        self.test_pool: PreprocessedPool | None = None
+        self.test_curve: DiceCurve | None = None  # rank 0, when eval_every > 0 and the dataset has a test set
         self._labeled_loader = None
         self.guard_cases: list[str] = []
         self.guard_logits: dict = {}
@@ -214,7 +205,7 @@ class PreferencePhase:
         self._prepare_guard(pool)
         if self.rank != 0:
             return
-        base_row = {"eval/dice": self.base_dice()} if t.current_epoch == 0 and self.test_pool is not None else {}
+        base_row = self.test_curve.base_dice(self.reference).row() if t.current_epoch == 0 and self.test_curve else {}
         self._write_run_files(new_pairs)
         self._record_provenance(cache)
         if t.current_epoch == 0:
@@ -441,8 +432,8 @@ class PreferencePhase:
                 self.trainer.logger.log(key, row[key], self.trainer.current_epoch)
         every = self.config.eval_every
         due = every and (epochs_done % every == 0 or epochs_done == self.trainer.num_epochs)
-        if self.test_pool is not None and due:
-            row["eval/dice"] = self.evaluate()
+        if self.test_curve is not None and due:
+            row.update(self.test_curve.evaluate().row())
             self.trainer.print_to_log_file(f"RN-DPO: test Dice after {epochs_done} epochs: {row['eval/dice']:.4f}")
         self._write_metrics_row(epochs_done, row)
         self._plot()
@@ -491,56 +482,13 @@ class PreferencePhase:
     # ------------------------------------------------------------------ evaluation
 
     def _prepare_evaluation(self) -> None:
-        if not self.config.eval_every or self.rank != 0:  # rank 0 evaluates
-            return
-        t = self.trainer
-        self.test_pool = preprocessed_test_set(self.base.raw_folder, self.base.cache_folder / "test", t.plans_manager,
-                                               t.configuration_manager,
-                                   t.dataset_json, progress=True, previous_stage=t.previous_stage, device=t.device,
-                                   log=t.print_to_log_file)
-        if self.test_pool is None:
-            t.print_to_log_file(f"RN-DPO: eval_every > 0 but {self.base.raw_folder} has no imagesTs/labelsTs; no test "
-                                "curve")
+        """The test-Dice curve (:class:`~nnunetv2_rndpo.evaluation.DiceCurve`), measured by rank 0."""
+        if self.config.eval_every and self.rank == 0:
+            self.test_curve = DiceCurve.open(self.trainer, self.base.raw_folder, self.base.cache_folder)
 
     def _policy_predictor(self, network: torch.nn.Module | None = None):
         """An nnU-Net predictor (no TTA) over a copy of the current policy, or over ``network``."""
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-        t = self.trainer
-        if network is None:
-            t.set_deep_supervision_enabled(False)
-            network = copy.deepcopy(t.network.module if t.is_ddp else t.network)
-            t.set_deep_supervision_enabled(True)
-        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
-                                    perform_everything_on_device=t.device.type == "cuda", device=t.device,
-                                    verbose=False, allow_tqdm=False)
-        predictor.manual_initialization(network, t.plans_manager, t.configuration_manager, None, t.dataset_json,
-                                        t.__class__.__name__, t.inference_allowed_mirroring_axes)
-        return predictor
-
-    def evaluate(self) -> float:
-        """Mean foreground Dice of the current policy on imagesTs/labelsTs
-        (:func:`~nnunetv2_rndpo.evaluation.dice_on_test_set`)."""
-        dice = dice_on_test_set(self._policy_predictor(), self.test_pool, self.trainer.label_manager)
-        self.trainer.network.train()
-        return dice
-
-    def base_dice(self) -> float:
-        """Row 0 of the curve: the base model's test Dice, measured once per base model and test set.
-
-        Every run from the same base on the same test set starts with the same number; it is kept in
-        ``<cache>/base_test_dice.json`` keyed by a hash of the reference weights and the test case ids, so a
-        second arm from that base does not predict the test set again.
-        """
-        path = self.base.cache_folder / BASE_TEST_DICE_FILE
-        key = weights_key(self.reference.state_dict(), self.test_pool.case_ids)
-        known = json.loads(path.read_text()) if path.is_file() else {}
-        if key not in known:
-            known[key] = self.evaluate()
-            atomic_write_text(path, json.dumps(known, indent=1))
-        else:
-            self.trainer.print_to_log_file(f"RN-DPO: base test Dice {known[key]:.4f} (measured before, {path})")
-        return known[key]
+        return policy_predictor(self.trainer, network)
 
     # ------------------------------------------------------------------ drift guard
 

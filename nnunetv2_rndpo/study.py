@@ -17,8 +17,9 @@ baseline a user would pick instead (:mod:`nnunetv2_rndpo.self_training`): the ba
 on the labeled cases and the pool with pseudo-labels (``tta``: the base model's ``nnUNetv2_predict``;
 ``top_proposal``: the judge's top-scored proposal), same test set.
 
-``OUT/results.json`` is rewritten (atomically) after every arm; a rerun skips what is finished and restarts a
-killed arm from scratch. ``OUT/report.md`` and ``OUT/figures/`` are regenerated at the end.
+``OUT/results.json`` is rewritten (atomically, merged under a lock with what other runs on the same ``OUT``
+saved) after every arm; a rerun skips what is finished and restarts a killed arm from scratch. ``OUT/report.md``
+and ``OUT/figures/`` are regenerated at the end.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_rndpo.atomic_files import atomic_write_text, read_jsonl
+from nnunetv2_rndpo.atomic_files import atomic_write_text, exclusive_lock, read_jsonl
+from nnunetv2_rndpo.comparison import DEFAULT_RESAMPLES
 from nnunetv2_rndpo.datasets import MANIFEST
 from nnunetv2_rndpo.metrics import curve_summary
 from nnunetv2_rndpo.paths import nnunet_environment, results_folder, run_logged
@@ -60,6 +62,7 @@ from nnunetv2_rndpo.study_report import load_results, write_study_report
 
 # the judges :meth:`Study.judge_scores` can run (``weak``: the calibrated oracle)
 STUDY_JUDGES = ("oracle", "weak", "agreement", "uncertainty", "learned")
+RESULTS_LOCK = "results.json.lock"  # beside results.json: held while a run merges its results into the file
 
 
 class Study:
@@ -128,8 +131,17 @@ class Study:
         return seconds
 
     def _save(self) -> None:
+        """Writes ``results.json``: this run's results merged with what other runs on the same ``-o`` saved.
+
+        Two runs at once (other seeds, other ``--arms``) each hold the file as they read it when they started;
+        under ``results.json.lock`` each save reads the file, adds what this run does not hold yet
+        (:func:`merge_results`) and replaces it atomically, so neither loses the other's arms.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.results_file, json.dumps(self.results, indent=1))
+        with exclusive_lock(self.results_file.with_name(RESULTS_LOCK)):
+            if self.results_file.is_file():
+                merge_results(self.results, json.loads(self.results_file.read_text()))
+            atomic_write_text(self.results_file, json.dumps(self.results, indent=1))
 
     def run(self) -> dict:
         for seed in self.seeds:
@@ -387,13 +399,31 @@ class Study:
         return float(out.stdout.strip().splitlines()[-1])
 
 
+def merge_results(ours: dict, on_disk: dict) -> dict:
+    """Adds to ``ours`` (in place) every key of ``on_disk`` it lacks, recursively into nested dicts; returns it.
+
+    Where both hold a value that is not a dict (an arm's curve, the protocol), ``ours`` is kept: a run's own
+    results are the newest it knows of, and two runs of one arm give the same record.
+    """
+    for key, value in on_disk.items():
+        if key not in ours:
+            ours[key] = value
+        elif isinstance(ours[key], dict) and isinstance(value, dict):
+            merge_results(ours[key], value)
+    return ours
+
+
 def read_arm_metrics(fold: Path) -> dict:
-    """What the study keeps of a finished arm: its test-Dice curve (row 0 = base), its drift from the base per
-    epoch (``guard/kl``: mean KL of the policy to the reference on the guard cases, nnunetv2_rndpo/phase.py) and
-    the number of pairs it trained on."""
+    """What the study keeps of a finished arm: its test-Dice curve (row 0 = base) and, aligned with it, the Dice
+    of every test case at each point (``curve_per_case``: one ``{case_id: Dice}`` per row; left out when the
+    metrics predate ``eval/dice_per_case``), its drift from the base per epoch (``guard/kl``: mean KL of the
+    policy to the reference on the guard cases, nnunetv2_rndpo/phase.py) and the number of pairs it trained on."""
     rows = read_jsonl(fold / "rndpo_metrics.jsonl")
+    evaluated = [r for r in rows if "eval/dice" in r]
     pairs_file = fold / "rndpo_pairs.json"
-    return {"curve": [r["eval/dice"] for r in rows if "eval/dice" in r],
+    per_case = {"curve_per_case": [r["eval/dice_per_case"] for r in evaluated]} \
+        if evaluated and all("eval/dice_per_case" in r for r in evaluated) else {}
+    return {"curve": [r["eval/dice"] for r in evaluated], **per_case,
             "drift": [r["guard/kl"] for r in rows if "guard/kl" in r],
             "pairs": len(json.loads(pairs_file.read_text())["pairs"]) if pairs_file.is_file() else None}
 
@@ -456,11 +486,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report-from", nargs="+", default=None, metavar="STUDY",
                         help="only write a report (with --report-to) from study folders or their results.json files")
     parser.add_argument("--report-to", default="results.md", help="report file for --report-from. Default: results.md")
+    parser.add_argument("--bootstrap-resamples", type=int, default=DEFAULT_RESAMPLES,
+                        help="bootstrap resamples of each paired comparison's 95%% CI (more: steadier, slower). "
+                        f"Default: {DEFAULT_RESAMPLES}")
     args = parser.parse_args(argv)
     if args.report_from:
         results = [load_results(f) for f in args.report_from]
         report = Path(args.report_to)
-        print(f"wrote {write_study_report(results, report, report.parent / 'figures')}")
+        print(f"wrote {write_study_report(results, report, report.parent / 'figures', args.bootstrap_resamples)}")
         return
     if not (args.dataset and args.output):
         parser.error("--dataset and -o are required (or --report-from)")

@@ -11,6 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from nnunetv2_rndpo.atomic_files import atomic_write_text
+from nnunetv2_rndpo.comparison import (
+    DEFAULT_RESAMPLES,
+    STATISTICS,
+    compare_arms,
+    seed_differences,
+    seeds_with_both,
+    self_training_arm,
+)
 from nnunetv2_rndpo.study_protocol import (
     PROTOCOL_BETA,
     SCALES,
@@ -139,8 +147,62 @@ def _drift_lines(results: dict) -> list[str]:
             "| largest guard KL | runs | gained | mean Δ sustained |", "|---|---|---|---|", *table]
 
 
-def write_study_report(all_results: list[dict], report_file: Path, figure_folder: Path) -> Path:
-    """Markdown with the main, mining and judge tables and a curve figure per dataset and judge."""
+def compared_arms(results: dict, judge: str) -> list[tuple[str, str]]:
+    """The pairs (A, B) the paired-comparison table reports under ``judge``, among those the results hold.
+
+    From the protocol's arms (:func:`~nnunetv2_rndpo.study_protocol.arms_for`): RN-DPO vs DPO per mining,
+    RN-DPO vs pseudo-label and its fair counterpart RN-DPO + sft vs pseudo-label (both train on labeled
+    batches), RN-DPO vs the control, and RN-DPO vs each self-training arm the results hold.
+    """
+    protocol = arms_for((judge,), True)
+    arm = {(a.method, a.mining): a.name for a in protocol if a.judge}
+    control = next(a.name for a in protocol if a.judge is None)
+    rn_dpo, pseudo_label = arm[("RN-DPO", "top_bottom")], arm[("pseudo-label", "top_bottom")]
+    self_training = sorted({name for s in results["seeds"].values() for name in s.get("self_training", {})})
+    pairs = [(arm[("RN-DPO", m)], arm[("DPO", m)]) for m in ("top_bottom", "top_random")]
+    pairs += [(rn_dpo, pseudo_label), (arm[("RN-DPO + sft", "top_bottom")], pseudo_label), (rn_dpo, control)]
+    pairs += [(rn_dpo, self_training_arm(name)) for name in self_training]
+    return [(a, b) for a, b in pairs if seeds_with_both(results, a, b)]
+
+
+def _arm_label(name: str) -> str:
+    """An arm in a table of one judge: ``"RN-DPO | oracle | top_bottom"`` → ``"RN-DPO, top_bottom"``."""
+    parts = name.split(" | ")
+    return f"{parts[0]}, {parts[2]}" if len(parts) == 3 else name
+
+
+def _paired_lines(results: dict, resamples: int) -> list[str]:
+    """Per judge, the paired differences A − B (:mod:`nnunetv2_rndpo.comparison`) on peak, sustained, final."""
+    lines = []
+    judges = sorted({a["judge"] for s in results["seeds"].values() for a in s.get("arms", {}).values() if a["judge"]},
+                    key=lambda j: (JUDGE_ORDER.index(j) if j in JUDGE_ORDER else len(JUDGE_ORDER), j))
+    for judge in judges:
+        table = []
+        for arm_a, arm_b in compared_arms(results, judge):
+            for statistic in STATISTICS:
+                paired = compare_arms(results, arm_a, arm_b, statistic, resamples)
+                if paired is None:
+                    per_seed = seed_differences(results, arm_a, arm_b, statistic)
+                    sign = np.sign(np.mean(per_seed))
+                    same = sum(sign != 0 and np.sign(d) == sign for d in per_seed)
+                    cells = f"{np.mean(per_seed):+.4f} | no per-case Dice | {same}/{len(per_seed)} | –"
+                else:
+                    cells = (f"{paired.mean:+.4f} | [{paired.ci_low:+.4f}, {paired.ci_high:+.4f}] | "
+                             f"{paired.same_sign}/{paired.seeds} | {'held' if paired.held else 'not held'}")
+                table.append(f"| {_arm_label(arm_a)} | {_arm_label(arm_b)} | {statistic} | {cells} |")
+        if table:
+            lines += ["", f"Paired comparisons, judge {judge} (A − B on the same base models and test cases; "
+                      f"95% CI: hierarchical bootstrap over seeds, then test cases, {resamples} resamples; "
+                      "held = the CI excludes 0):", "",
+                      "| A | B | statistic | mean Δ | 95% CI | seeds with its sign | claim |",
+                      "|---|---|---|---|---|---|---|", *table]
+    return lines
+
+
+def write_study_report(all_results: list[dict], report_file: Path, figure_folder: Path,
+                       resamples: int = DEFAULT_RESAMPLES) -> Path:
+    """Markdown with the main, paired-comparison, mining and judge tables and a curve figure per dataset and
+    judge; ``resamples``: the bootstrap resamples of each comparison's CI."""
     report_file, figure_folder = Path(report_file), Path(figure_folder)
     figure_folder.mkdir(parents=True, exist_ok=True)
     lines = ["# RN-DPO study: results", "",
@@ -153,7 +215,9 @@ def write_study_report(all_results: list[dict], report_file: Path, figure_folder
              "arm's `nnUNetv2_train` (mean over seeds). Self-training rows: the base trainer retrained from scratch "
              "on labeled + pseudo-labeled pool cases, one model per seed (its test Dice in peak, sustained and final; "
              "Δ to the seed's base); seconds = pseudo-labels + plan and preprocess + training "
-             "(docs/study.md, 'Self-training').", ""]
+             "(docs/study.md, 'Self-training'). Paired "
+             "comparisons: mean over seeds of the mean over test cases of A − B, each case's Dice read at the "
+             "point(s) the statistic picks on the arm's mean curve of that seed (nnunetv2_rndpo/comparison.py).", ""]
     for results in all_results:
         if not results.get("seeds"):
             continue
@@ -182,6 +246,7 @@ def write_study_report(all_results: list[dict], report_file: Path, figure_folder
             dice = _mean_sd(r["dice"])
             lines.append(f"| {r['method']} | {r['judge'] or '–'} | – | {r['seeds']} | {dice} | {dice} | {dice} | – | "
                          f"{_mean_sd(r['delta'])} | {_mean_sd(r['gap_share'])} | – | {_seconds(r['seconds'])} |")
+        lines += _paired_lines(results, resamples)
         mining = [r for r in rows if r["method"] in ("DPO", "RN-DPO") and r["judge"] in ("oracle", "weak")]
         if mining:
             lines += ["", "Mining (reliable = oracle σ=0, weak = calibrated noisy and size-biased oracle):", "",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from nnunetv2_rndpo.study import Study
@@ -21,9 +22,17 @@ def test_study_runs_arms_writes_report_and_resumes(tmp_path, capsys):
     arms = results["seeds"]["0"]["arms"]
     assert list(arms) == ARMS
     epochs = SCALES["smoke"].num_epochs
+    raw = next((out / "nnUNet_raw").glob("Dataset980_*"))
+    ending = json.loads((raw / "dataset.json").read_text())["file_ending"]
+    test_cases = sorted(f.name[:-len(ending)] for f in (raw / "labelsTs").glob(f"*{ending}"))
+    assert len(test_cases) == 6
     for arm in arms.values():
         assert len(arm["curve"]) == epochs + 1 and all(0 <= d <= 1 for d in arm["curve"])
         assert arm["iterations"] == [i * SCALES["smoke"].iterations_per_epoch for i in range(epochs + 1)]
+        # the Dice of every test case at every point of the curve, whose mean is the curve
+        assert len(arm["curve_per_case"]) == len(arm["curve"])
+        for row, dice in zip(arm["curve_per_case"], arm["curve"], strict=True):
+            assert sorted(row) == test_cases and np.nanmean(list(row.values())) == pytest.approx(dice, abs=1e-9)
     # both arms start from the same base checkpoint: the same Dice before fine-tuning
     assert arms[ARMS[0]]["curve"][0] == pytest.approx(arms[ARMS[1]]["curve"][0], abs=1e-6)
     assert arms[ARMS[1]]["pairs"] > 0
@@ -39,6 +48,9 @@ def test_study_runs_arms_writes_report_and_resumes(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "| RN-DPO | oracle | top_bottom |" in report and "![synthetic, judge oracle]" in report
     assert "| uncertainty |" in report
+    assert "Paired comparisons, judge oracle" in report
+    paired = [line for line in report.splitlines() if line.startswith("| RN-DPO, top_bottom | control")]
+    assert len(paired) == 3 and all("| [" in line and "/1 |" in line for line in paired)  # an interval, one seed
     assert (out / "figures" / "synthetic_oracle.png").stat().st_size > 5000
 
     capsys.readouterr()

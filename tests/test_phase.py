@@ -5,7 +5,7 @@ import torch
 
 def test_weights_key_changes_with_any_weight_or_the_test_cases():
     """The key of the cached base test Dice: the same weights on the same cases, and nothing else, reuse it."""
-    from nnunetv2_rndpo.phase import weights_key
+    from nnunetv2_rndpo.evaluation import weights_key
 
     weights = {"conv.weight": torch.ones(2, 3), "norm.bias": torch.zeros(2)}
     key = weights_key(weights, ["b", "a"])

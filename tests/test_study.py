@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from nnunetv2_rndpo.metrics import curve_summary
@@ -85,6 +86,16 @@ def test_arm_metrics_from_the_trainer_files(tmp_path):
     (tmp_path / "rndpo_metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     (tmp_path / "rndpo_pairs.json").write_text(json.dumps({"pairs": [{}, {}, {}]}))
     assert read_arm_metrics(tmp_path) == {"curve": [0.8, 0.82], "drift": [0.01, 0.02], "pairs": 3}
+
+
+def test_arm_metrics_keep_the_dice_of_every_test_case_beside_the_curve(tmp_path):
+    rows = [{"epoch": 0, "eval/dice": 0.8, "eval/dice_per_case": {"a": 0.7, "b": 0.9}},
+            {"epoch": 1, "guard/kl": 0.01, "eval/dice": 0.85, "eval/dice_per_case": {"a": 0.8, "b": 0.9}},
+            {"epoch": 2, "guard/kl": 0.02}]
+    (tmp_path / "rndpo_metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    metrics = read_arm_metrics(tmp_path)
+    assert metrics["curve"] == [0.8, 0.85]
+    assert metrics["curve_per_case"] == [{"a": 0.7, "b": 0.9}, {"a": 0.8, "b": 0.9}]
 
 
 def test_report_from_finished_folders(tmp_path, capsys):
@@ -271,6 +282,10 @@ def test_the_committed_study_results_make_a_report(tmp_path):
     files = sorted((Path(__file__).resolve().parents[1] / "docs" / "results").glob("study_*.json"))
     text = write_study_report([load_results(f) for f in files], tmp_path / "r.md", tmp_path / "f").read_text()
     assert text.count("Judge reliability on the pool") == len(files)
+    # the first round kept no per-case Dice: its comparisons give Δ and sign counts, no interval, no claim
+    rows = [line for line in text.splitlines() if line.startswith("| RN-DPO, top_bottom | DPO, top_bottom |")]
+    assert len(rows) == 3 * text.count("Paired comparisons, judge") > 0
+    assert all("no per-case Dice" in line and line.endswith("| – |") for line in rows)
 
 
 def test_proposal_arms_pair_the_protocol_proposals_with_another_set(tmp_path):
@@ -288,3 +303,95 @@ def test_proposal_arms_pair_the_protocol_proposals_with_another_set(tmp_path):
 
     assert sources(study._base_args(980, other.overrides["proposal_sources"])) == ["affine", "mirror"]
     assert sources(study._base_args(980)) == PROPOSALS["proposal_sources"]
+
+
+def _with_per_case(results, shifts):
+    """Per-case Dice for every arm of ``_results()``: 10 test cases around the curve, RN-DPO top_bottom ahead of
+    the others by ``shifts[seed]`` on every case after the base."""
+    cases = [f"case_{i}" for i in range(10)]
+    for seed, record in results["seeds"].items():
+        for name, arm in record["arms"].items():
+            ahead = shifts[seed] if name == "RN-DPO | oracle | top_bottom" else 0.0
+            arm["curve_per_case"] = [{c: d + 0.01 * (i - 4.5) + (ahead if t else 0.0) for i, c in enumerate(cases)}
+                                     for t, d in enumerate(arm["curve"])]
+            arm["curve"] = [float(np.mean(list(r.values()))) for r in arm["curve_per_case"]]
+    return results
+
+
+def test_report_has_a_paired_comparison_table_per_judge_with_intervals_and_sign_counts(tmp_path):
+    from nnunetv2_rndpo.study_report import compared_arms
+
+    results = _results()
+    for record in results["seeds"].values():  # the same curves as the control: RN-DPO leads by its shift
+        control = record["arms"]["control (continued supervised)"]
+        record["arms"]["DPO | oracle | top_bottom"] = _arm("DPO", "oracle", "top_bottom", control["curve"])
+        record["arms"]["RN-DPO | oracle | top_bottom"]["curve"] = list(control["curve"])
+    results = _with_per_case(results, {"0": 0.02, "1": 0.03})
+    results["seeds"]["0"]["self_training"] = {"tta": {"dice": 0.9, "dice_per_case": {
+        f"case_{i}": 0.9 for i in range(10)}, "seconds": {"total": 100}}}
+    assert compared_arms(results, "oracle") == [  # DPO top_random, pseudo-label, RN-DPO + sft: not run
+        ("RN-DPO | oracle | top_bottom", "DPO | oracle | top_bottom"),
+        ("RN-DPO | oracle | top_bottom", "control (continued supervised)"),
+        ("RN-DPO | oracle | top_bottom", "self-training (tta)")]
+    text = write_study_report([results], tmp_path / "r.md", tmp_path / "f", resamples=300).read_text()
+    assert "Paired comparisons, judge oracle" in text and "300 resamples" in text
+    row = next(line for line in text.splitlines()
+               if line.startswith("| RN-DPO, top_bottom | DPO, top_bottom | sustained |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[-4:] == ["+0.0250", "[+0.0200, +0.0300]", "2/2", "held"]
+    # self-training ran on seed 0 only: one seed, a flat curve
+    row = next(line for line in text.splitlines() if "| self-training (tta) | final |" in line)
+    assert "1/1" in row and "held" in row
+
+
+def test_old_results_without_per_case_dice_say_so_instead_of_an_interval(tmp_path):
+    results = _results()
+    for record in results["seeds"].values():
+        control = record["arms"]["control (continued supervised)"]
+        record["arms"]["DPO | oracle | top_bottom"] = _arm("DPO", "oracle", "top_bottom", control["curve"])
+    text = write_study_report([results], tmp_path / "r.md", tmp_path / "f").read_text()
+    row = next(line for line in text.splitlines()
+               if line.startswith("| RN-DPO, top_bottom | DPO, top_bottom | final |"))
+    assert row == "| RN-DPO, top_bottom | DPO, top_bottom | final | +0.0300 | no per-case Dice | 2/2 | – |"
+
+
+def _finished_arm(dice):
+    return _arm("RN-DPO", "oracle", "top_bottom", [0.8, dice])
+
+
+def test_two_studies_on_one_folder_keep_each_others_arms_seeds_and_full_label(tmp_path):
+    first, second = Study("synthetic", None, "smoke", tmp_path), Study("synthetic", None, "smoke", tmp_path)
+    first.results["seeds"]["0"] = {"arms": {"A": _finished_arm(0.81)}, "judges": {"oracle": {"x": 1}}}
+    first._save()
+    second.results["seeds"]["0"] = {"arms": {"B": _finished_arm(0.82)}, "judges": {}}
+    second.results["seeds"]["1"] = {"arms": {"C": _finished_arm(0.83)}, "judges": {}}
+    second._save()
+    first.results["seeds"]["0"]["arms"]["D"] = _finished_arm(0.84)  # a run keeps adding to the record it holds
+    first.results["full_label"] = {"dice": 0.9}
+    first._save()
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["seeds"]["0"]["arms"]) == {"A", "B", "D"} and set(saved["seeds"]["1"]["arms"]) == {"C"}
+    assert saved["seeds"]["0"]["judges"] == {"oracle": {"x": 1}} and saved["full_label"] == {"dice": 0.9}
+    assert saved["seeds"]["0"]["arms"]["B"]["curve"] == [0.8, 0.82]
+    assert first.results["seeds"] == saved["seeds"]  # the run now knows the other's arms and skips them
+
+
+def _save_arms(folder, prefix, count):
+    study = Study("synthetic", None, "smoke", folder)
+    for i in range(count):
+        study.results["seeds"].setdefault("0", {"arms": {}, "judges": {}})["arms"][f"{prefix}{i}"] = _finished_arm(0.8)
+        study._save()
+
+
+def test_concurrent_saves_lose_no_arm(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    runs = [context.Process(target=_save_arms, args=(tmp_path, prefix, 25)) for prefix in ("x", "y", "z")]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(60)
+    assert [run.exitcode for run in runs] == [0, 0, 0]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["seeds"]["0"]["arms"]) == {f"{p}{i}" for p in "xyz" for i in range(25)}
