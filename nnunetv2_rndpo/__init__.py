@@ -12,7 +12,8 @@ Code map (docs/explanation.md, "Code map")::
     → mining    mining                       (chosen, rejected) pairs; the pairs file
     → sampling  sampling                     patch batches of pairs around the disagreement region D
     → objective objective                    the RN-DPO loss and its anchors, pure functions
-    ← trainer/phase  trainer, phase          nnU-Net's trainer hooks; the phase runs the stages above
+    ← trainer/phase  trainer, phase          nnU-Net's trainer hooks; the phase runs the stages above,
+                     metrics_log, drift_guard  with its metrics log and drift guard
     evaluation/metrics  evaluation, metrics, reliability   test Dice, curve summaries, judge reliability
 
 Around them: ``pipeline`` (the stages before fine-tuning, shared by the trainer and the commands), the entry

@@ -25,6 +25,7 @@ import re
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -423,23 +424,51 @@ def make_dataset(
                 "test_seed": seed if test_seed is None else test_seed,
                 "grouping": {"regex": group_regex, "chars": group_chars},
                 "groups": {c.case_id: c.group for c in cases}, "splits": splits}
+    writer_for = partial(RawDatasetWriter, raw_root, dataset_id, name, overwrite=overwrite)
     if is_msd:
-        labels = _msd_labels(source, cases)
-        channel_names = _msd_channel_names(source, cases[0].image)
-        writer = RawDatasetWriter(raw_root, dataset_id, name, ".nii.gz", overwrite)
-        for case in cases:
-            if case.case_id in split_of:
-                image_path, label_path = writer.paths(split_of[case.case_id], case.case_id)
-                shutil.copyfile(case.image, image_path)
-                shutil.copyfile(case.label, label_path)
-        return writer.finish(labels, channel_names, manifest)
+        return _import_msd(source, cases, split_of, manifest, writer_for)
+    return _import_png(cases, split_of, manifest, writer_for, resize)
+
+
+def _import_msd(source: Path, cases: list[SourceCase], split_of: dict[str, str], manifest: dict,
+                writer_for: Callable[[str], RawDatasetWriter]) -> Path:
+    """The MSD branch of :func:`make_dataset`: the NIfTI files of the cases in a split, copied as they are.
+
+    Args:
+        source: the MSD folder (``dataset.json``, ``imagesTr/``, ``labelsTr/``).
+        cases: every case found in it.
+        split_of: ``{case_id: split}`` of the cases in a split (the unused ones are not there).
+        manifest: the manifest written with ``dataset.json``.
+        writer_for: ``file_ending -> RawDatasetWriter``, called once everything is read and checked (a writer
+            with ``--overwrite`` deletes the existing dataset).
+    """
+    labels = _msd_labels(source, cases)
+    channel_names = _msd_channel_names(source, cases[0].image)
+    writer = writer_for(".nii.gz")
+    for case in cases:
+        if case.case_id in split_of:
+            image_path, label_path = writer.paths(split_of[case.case_id], case.case_id)
+            shutil.copyfile(case.image, image_path)
+            shutil.copyfile(case.label, label_path)
+    return writer.finish(labels, channel_names, manifest)
+
+
+def _import_png(cases: list[SourceCase], split_of: dict[str, str], manifest: dict,
+                writer_for: Callable[[str], RawDatasetWriter], resize: tuple[int, int] | float | None) -> Path:
+    """The PNG branch of :func:`make_dataset`: grayscale images and masks, resized, the mask values mapped to
+    nnU-Net's consecutive labels (:func:`png_label_mapping`, recorded in the manifest's ``label_mapping``).
+
+    Args:
+        cases, split_of, manifest, writer_for: as in :func:`_import_msd`.
+        resize: ``(H, W)``, a scale factor or None (as in :func:`make_dataset`).
+    """
     used = [c for c in cases if c.case_id in split_of]
     masks = {c.case_id: _read_png(c.label, resize, nearest=True) for c in used}
     mapping = png_label_mapping(set().union(*(np.unique(m).tolist() for m in masks.values())))
     lookup = np.zeros(max(mapping) + 1, np.uint8)
     for value, label in mapping.items():
         lookup[value] = label
-    writer = RawDatasetWriter(raw_root, dataset_id, name, ".png", overwrite)
+    writer = writer_for(".png")
     for case in used:
         image = _read_png(case.image, resize, nearest=False)
         if image.shape != masks[case.case_id].shape:

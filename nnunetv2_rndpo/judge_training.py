@@ -85,8 +85,41 @@ def train_learned_judge(base, settings, training: JudgeTraining = JudgeTraining(
     began = time.monotonic()
     predictions = (training_masks(base, settings, cases, train_ids, training, progress)
                    if training.masks == "predictions" else {})
-    some_image = cases[train_ids[0]][0]
-    in_channels = some_image.shape[0] + 2 * len(classes)
+    in_channels = cases[train_ids[0]][0].shape[0] + 2 * len(classes)
+    network, steps, losses = fit_ranking_net(cases, train_ids, predictions, in_channels, classes, ignore_label,
+                                             size, training, progress)
+    judge = LearnedJudge(network.eval(), classes, in_channels, dim, size, training.width, {
+        "train/steps": steps, "train/loss_last_epoch": float(np.mean(losses)) if losses else math.nan,
+        "train/cases": len(train_ids), "train/seconds": round(time.monotonic() - began, 1)}, asdict(training))
+    judge.metrics["val/held_out"] = int(not with_validation_cases and str(base.fold) != "all")
+    if val_ids:
+        judge.metrics.update(validation_reliability(judge, base, settings, progress, log))
+    return judge
+
+
+def fit_ranking_net(cases, train_ids: list[str], predictions: dict[str, np.ndarray], in_channels: int,
+                    classes, ignore_label: int | None, size: tuple[int, ...], training: JudgeTraining,
+                    progress: bool = True) -> tuple[RankingNet, int, list[float]]:
+    """The judge's training loop: ``training.epochs`` passes over the training cases in a seeded order, one
+    :func:`~nnunetv2_rndpo.learned_judge.ranking_step` per case on ``training.masks_per_step`` of its masks.
+
+    Seeded by ``training.seed`` (numpy for the order, crops and masks; torch, forked, for the initial weights).
+
+    Args:
+        cases: ``{case_id: (image (C, *spatial), label)}`` of the labeled cases.
+        train_ids: the cases to train on.
+        predictions: ``{case_id: (M, *spatial) uint8}`` masks to rank (:func:`training_masks`); a case without
+            them (``training.masks`` "label": none) ranks masks made from its label alone.
+        in_channels: the network's input channels (image channels + 2 per class).
+        classes: the classes scored (``base.classes``).
+        ignore_label: nnU-Net's ignore label, or None.
+        size: the crop size, one entry per spatial axis of the network.
+
+    Returns:
+        ``(network, steps taken, the losses of the last epoch)``; a step without a loss (e.g. identical masks)
+        is not counted.
+    """
+    dim = len(size)
     rng = np.random.default_rng(training.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(training.seed)
@@ -105,10 +138,4 @@ def train_learned_judge(base, settings, training: JudgeTraining = JudgeTraining(
                 if loss is not None:
                     losses.append(loss)
                     steps += 1
-    judge = LearnedJudge(network.eval(), classes, in_channels, dim, size, training.width, {
-        "train/steps": steps, "train/loss_last_epoch": float(np.mean(losses)) if losses else math.nan,
-        "train/cases": len(train_ids), "train/seconds": round(time.monotonic() - began, 1)}, asdict(training))
-    judge.metrics["val/held_out"] = int(not with_validation_cases and str(base.fold) != "all")
-    if val_ids:
-        judge.metrics.update(validation_reliability(judge, base, settings, progress, log))
-    return judge
+    return network, steps, losses

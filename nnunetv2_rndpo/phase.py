@@ -4,6 +4,9 @@
 its data loaders (so nothing here ends up in ``debug.json``). It loads the base model into the policy
 and a frozen reference, prepares the unlabeled pool, proposals, judge scores and pairs, replaces the
 training data loader by one that yields preference batches, and writes the per-epoch metrics.
+It holds two components: the metrics log (:class:`~nnunetv2_rndpo.metrics_log.MetricsLog`, the JSONL rows and
+their plot) and the drift guard (:class:`~nnunetv2_rndpo.drift_guard.DriftGuard`, KL to the reference on held-out
+pool cases, rollback).
 
 Files in the fold folder:
 - ``debug.json``            nnU-Net's, with ``"rndpo"`` added: the provenance (effective config, base model
@@ -31,13 +34,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnunetv2_rndpo.atomic_files import atomic_write, atomic_write_text, read_jsonl
-from nnunetv2_rndpo.cascade import pool_input
+from nnunetv2_rndpo.atomic_files import atomic_write, atomic_write_text
 from nnunetv2_rndpo.checkpoint import base_weights, describe_trained_models, load_checkpoint_file
 from nnunetv2_rndpo.config import CONFIG_ENV_VAR
 from nnunetv2_rndpo.distributed import barrier, broadcast_from_rank0, rank_and_world
+from nnunetv2_rndpo.drift_guard import GUARD_KEYS, DriftGuard
 from nnunetv2_rndpo.evaluation import DiceCurve, policy_predictor
 from nnunetv2_rndpo.messages import TIMED_ITERATIONS, pairs_summary, schedule_summary, time_estimate
+from nnunetv2_rndpo.metrics_log import LOSS_TERMS, METRIC_KEYS, MetricsLog, register_logger_keys
 from nnunetv2_rndpo.mining import (
     MiningParams,
     Pair,
@@ -46,7 +50,6 @@ from nnunetv2_rndpo.mining import (
     read_pairs_file,
     require_trainable_pairs,
 )
-from nnunetv2_rndpo.objective import consistency_loss
 from nnunetv2_rndpo.paths import results_folder
 from nnunetv2_rndpo.pipeline import (
     BaseModel,
@@ -61,13 +64,6 @@ from nnunetv2_rndpo.pool import PreprocessedPool
 from nnunetv2_rndpo.proposals import ProposalCache
 from nnunetv2_rndpo.sampling import PairPatchSampler, PreferenceBatchLoader
 from nnunetv2_rndpo.schedule import split_batch
-
-METRIC_KEYS = (
-    "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-    "logps/chosen", "logps/rejected", "region/size_mean", "region/frac",
-)
-GUARD_KEYS = ("guard/kl", "guard/triggered", "guard/rollbacks")
-LOSS_TERMS = ("loss/preference", "loss/consistency", "loss/agreement", "loss/sft")
 
 
 def epoch_metrics(train_outputs: list[dict]) -> dict[str, float]:
@@ -121,9 +117,8 @@ class PreferencePhase:
         self.judge_metrics: dict[str, float] = {}
         self.test_curve: DiceCurve | None = None  # rank 0, when eval_every > 0 and the dataset has a test set
         self._labeled_loader = None
-        self.guard_cases: list[str] = []
-        self.guard_logits: dict = {}
-        self.rollbacks = 0
+        self.metrics_log = MetricsLog(self.fold_folder)
+        self.drift_guard = DriftGuard(trainer, self.config, self.rank, self._policy_predictor)
         self._iterations_done = 0
         self._timer_start = 0.0
 
@@ -181,7 +176,7 @@ class PreferencePhase:
                                 generate=True, num_parts=self.world, part_id=self.rank, progress=True,
                                 on_bad_case=self.config.on_bad_case, log=t.print_to_log_file, barrier=barrier,
                                 name_large_cases=t.current_epoch == 0)
-        self.guard_cases = self._choose_guard_cases(pool)
+        self.drift_guard.choose_cases(pool)
         pairs_file = self.fold_folder / "rndpo_pairs.json"
         if t.current_epoch > 0 and pairs_file.is_file():
             saved = json.loads(pairs_file.read_text())
@@ -200,19 +195,18 @@ class PreferencePhase:
                   f"judge {self.config.judge}, mining {self.config.mining}")
         t.print_to_log_file(f"{pairs_summary(self.pairs, len(pool.case_ids), source)}; {self.judge_metrics}")
         self._install_dataloader(pool, cache, sampler_state)
-        self._register_logger_keys()
+        register_logger_keys(t.logger, (*METRIC_KEYS, *LOSS_TERMS, *GUARD_KEYS, "pairs/skipped", *self.judge_metrics))
         self._prepare_evaluation()
-        self._prepare_guard(pool)
+        self.drift_guard.prepare(pool, self.reference, self.cascade_labels)
         if self.rank != 0:
             return
         base_row = self.test_curve.base_dice(self.reference).row() if t.current_epoch == 0 and self.test_curve else {}
         self._write_run_files(new_pairs)
         self._record_provenance(cache)
         if t.current_epoch == 0:
-            (self.fold_folder / "rndpo_metrics.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh file
-            self._write_metrics_row(0, base_row)
+            self.metrics_log.start(base_row)
         else:
-            self._truncate_metrics(t.current_epoch)
+            self.metrics_log.truncate(t.current_epoch)
 
     def provenance(self, cache: ProposalCache) -> dict:
         """Where this model comes from: the effective config, the base checkpoint (path, trainer, SHA-256 of the
@@ -276,35 +270,24 @@ class PreferencePhase:
         self.reference.load_state_dict(reference_weights)
         self.reference.eval().requires_grad_(False)
 
-    def _choose_guard_cases(self, pool: PreprocessedPool) -> list[str]:
-        """``guard_num_cases`` pool cases drawn with the seed and held out of mining (none if the pool is small)."""
-        n = self.config.guard_num_cases
-        if n == 0 or len(pool.case_ids) < 2 * n:
-            if n:
-                self.trainer.print_to_log_file(f"RN-DPO guard: pool of {len(pool.case_ids)} cases is too small to "
-                                               f"hold out {n}; drift guard off")
-            return []
-        rng = np.random.default_rng(self.config.seed + 1)
-        return sorted(rng.choice(pool.case_ids, n, replace=False).tolist())
-
     def _judge_and_mine(self, pool: PreprocessedPool, cache: ProposalCache) -> None:
         """Pairs from ``pairs_file`` (nnUNetv2_rndpo_mine) if set, else judged and mined here, guard cases out."""
         cfg = self.config
         if cfg.pairs_file:
             pairs, self.judge_metrics = read_pairs_file(cfg.pairs_file, pool, cache)
-            self.pairs = [p for p in pairs if p.case_id not in self.guard_cases]
+            self.pairs = [p for p in pairs if p.case_id not in self.drift_guard.cases]
         else:
             with cache.remembering():
                 dice = hidden_true_dice(self.base, pool, cache)
                 scores = score_pool(self.base, pool, cache, JudgeSettings.from_config(cfg), progress=False, dice=dice)
-                cases = [c for c in pool.case_ids if c not in self.guard_cases]
+                cases = [c for c in pool.case_ids if c not in self.drift_guard.cases]
                 self.pairs, stats = mine_pool(cache, cases, scores, MiningParams.from_config(cfg), cfg.seed, dice)
             self.judge_metrics = {k: stats[k] for k in ("judge/margin_mean", "pairs/identical_cases",
                                                          "judge/oracle_pair_acc") if k in stats}
         no_pair = int(self.judge_metrics.get("pairs/identical_cases", 0))
         if no_pair:
             self.trainer.print_to_log_file(
-                f"RN-DPO: {no_pair} of {len(pool.case_ids) - len(self.guard_cases)} pool cases gave no pair "
+                f"RN-DPO: {no_pair} of {len(pool.case_ids) - len(self.drift_guard.cases)} pool cases gave no pair "
                 "(identical proposals, tied scores or filtered out)")
         min_region = self.config.min_region_voxels if getattr(self.trainer, "skips_small_regions", True) else 1
         require_trainable_pairs(self.pairs, min_region, len(pool.case_ids))
@@ -408,13 +391,6 @@ class PreferencePhase:
 
     # ------------------------------------------------------------------ logging
 
-    def _register_logger_keys(self) -> None:
-        logging = self.trainer.logger.local_logger.my_fantastic_logging
-        # eval/dice is written to rndpo_metrics.jsonl only: it exists every eval_every epochs, while nnU-Net's
-        # logger wants one value per epoch
-        for key in (*METRIC_KEYS, *LOSS_TERMS, *GUARD_KEYS, "pairs/skipped", *self.judge_metrics):
-            logging.setdefault(key, [])
-
     def log_epoch(self, metrics: dict[str, float]) -> None:
         t = self.trainer
         self._pending = {**metrics, **self.judge_metrics}
@@ -424,7 +400,7 @@ class PreferencePhase:
 
     def end_epoch(self, epochs_done: int) -> None:
         """Runs the drift guard, then test Dice every ``eval_every`` epochs, and writes the epoch's row."""
-        row = {**getattr(self, "_pending", {}), **self.guard()}
+        row = {**getattr(self, "_pending", {}), **self.drift_guard.check()}
         if self.rank != 0:
             return
         for key in GUARD_KEYS:
@@ -435,49 +411,8 @@ class PreferencePhase:
         if self.test_curve is not None and due:
             row.update(self.test_curve.evaluate().row())
             self.trainer.print_to_log_file(f"RN-DPO: test Dice after {epochs_done} epochs: {row['eval/dice']:.4f}")
-        self._write_metrics_row(epochs_done, row)
-        self._plot()
-
-    def _write_metrics_row(self, epochs_done: int, row: dict) -> None:
-        with open(self.fold_folder / "rndpo_metrics.jsonl", "a") as f:
-            f.write(json.dumps({"epoch": epochs_done, **row}) + "\n")
-
-    def _truncate_metrics(self, epochs_done: int) -> None:
-        """On ``--c``: drops rows written after the checkpoint we resume from (and a line cut off by a kill)."""
-        path = self.fold_folder / "rndpo_metrics.jsonl"
-        if path.is_file():
-            rows = [json.dumps(r) for r in self.read_metrics() if r["epoch"] <= epochs_done]
-            atomic_write_text(path, "".join(r + "\n" for r in rows))
-
-    def read_metrics(self) -> list[dict]:
-        """The rows of ``rndpo_metrics.jsonl``; a last line cut off by a killed run is left out."""
-        path = self.fold_folder / "rndpo_metrics.jsonl"
-        return read_jsonl(path) if path.is_file() else []
-
-    def _plot(self) -> None:
-        import matplotlib
-
-        matplotlib.use("agg")
-        import matplotlib.pyplot as plt
-
-        rows = self.read_metrics()
-        panels = [("rewards/margins", "rewards/accuracies"), ("logps/chosen", "logps/rejected"),
-                  LOSS_TERMS, ("guard/kl",), ("eval/dice",)]
-        fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3 * len(panels)))
-        for ax, keys in zip(axes, panels, strict=True):
-            for key in keys:
-                points = [(r["epoch"], r[key]) for r in rows if key in r]
-                if points:
-                    ax.plot(*zip(*points, strict=True), marker="o", label=key)
-            if ax.lines:  # legend() of an empty panel warns, every epoch (guard off, eval_every 0, no anchors)
-                ax.legend(loc="best")
-            else:
-                ax.text(0.5, 0.5, f"{', '.join(keys)}: not measured in this run", ha="center", va="center",
-                        transform=ax.transAxes)
-            ax.set_xlabel("epochs done")
-        fig.tight_layout()
-        fig.savefig(self.fold_folder / "rndpo_progress.png")
-        plt.close(fig)
+        self.metrics_log.append(epochs_done, row)
+        self.metrics_log.plot()
 
     # ------------------------------------------------------------------ evaluation
 
@@ -489,56 +424,6 @@ class PreferencePhase:
     def _policy_predictor(self, network: torch.nn.Module | None = None):
         """An nnU-Net predictor (no TTA) over a copy of the current policy, or over ``network``."""
         return policy_predictor(self.trainer, network)
-
-    # ------------------------------------------------------------------ drift guard
-
-    def _prepare_guard(self, pool: PreprocessedPool) -> None:
-        """Reference logits of the held-out guard cases, and the policy's last accepted weights."""
-        self.guard_logits = {}
-        if not self.guard_cases:
-            return
-        if self.rank == 0:  # rank 0 measures the drift, every rank can roll back
-            predictor = self._policy_predictor(self.reference)
-            for case_id in self.guard_cases:
-                image = torch.from_numpy(pool_input(pool, case_id, self.cascade_labels))
-                logits = predictor.predict_sliding_window_return_logits(image).cpu().clone()
-                self.guard_logits[case_id] = (image, logits)
-        self._accepted_weights = self._policy_weights()
-
-    def _policy_weights(self) -> dict[str, torch.Tensor]:
-        network = self.trainer.network.module if self.trainer.is_ddp else self.trainer.network
-        return {k: v.detach().cpu().clone() for k, v in getattr(network, "_orig_mod", network).state_dict().items()}
-
-    def drift(self) -> float:
-        """guard/kl: mean over the guard cases of the per-voxel KL(π_ref ‖ π_θ) of whole-case predictions."""
-        regions = self.trainer.label_manager.foreground_regions if self.trainer.label_manager.has_regions else None
-        predictor = self._policy_predictor()
-        values = []
-        for image, reference_logits in self.guard_logits.values():
-            logits = predictor.predict_sliding_window_return_logits(image).cpu()
-            outside = torch.ones((1, *logits.shape[1:]), dtype=torch.bool)
-            values.append(float(consistency_loss(logits[None], reference_logits[None], outside, regions=regions)))
-        self.trainer.network.train()
-        return float(np.mean(values))
-
-    def guard(self) -> dict[str, float]:
-        """Measures drift; above ``guard_max_kl`` rolls back to the last accepted weights and decays the lr."""
-        if not self.guard_cases:
-            return {}
-        t, cfg = self.trainer, self.config
-        kl = self.drift() if self.rank == 0 else None
-        kl = broadcast_from_rank0(kl)  # one decision for all ranks
-        triggered = cfg.guard_max_kl is not None and kl > cfg.guard_max_kl
-        if triggered:
-            network = t.network.module if t.is_ddp else t.network
-            getattr(network, "_orig_mod", network).load_state_dict(self._accepted_weights)
-            t.lr_scheduler.initial_lr *= cfg.guard_lr_decay
-            self.rollbacks += 1
-            t.print_to_log_file(f"RN-DPO guard: KL {kl:.4f} > {cfg.guard_max_kl}; rolled back to the last accepted "
-                                f"weights, learning rate × {cfg.guard_lr_decay}")
-        else:
-            self._accepted_weights = self._policy_weights()
-        return {"guard/kl": kl, "guard/triggered": float(triggered), "guard/rollbacks": float(self.rollbacks)}
 
     # ------------------------------------------------------------------ resume
 

@@ -163,8 +163,10 @@ def plot_predictions(dataset_folder: Path, predictions: Path, ending: str, path:
 
 
 def write_demo_report(root: Path, dataset_folder: Path, configuration: str, base_trainer: str,
-                 seconds: dict[str, float]) -> Path:
+                      seconds: dict[str, float]) -> Path:
     """Writes ``root/report.md`` and ``root/figures/*.png`` from a finished demo run; returns the report's path.
+
+    Also ``root/demo_summary.json``: the test Dice table, the curve summaries and the timings.
 
     Args:
         root: the demo's OUTDIR (``nnUNet_preprocessed``, ``nnUNet_results``, ``predictions/``, ``judges/``).
@@ -181,58 +183,89 @@ def write_demo_report(root: Path, dataset_folder: Path, configuration: str, base
     dataset_json = json.loads((dataset_folder / "dataset.json").read_text())
     labels, ending = dataset_json["labels"], dataset_json["file_ending"]
     manifest = json.loads((dataset_folder / "rndpo_splits.json").read_text())
-    counts = {k: len(v) for k, v in manifest["splits"].items()}
     dice = test_dice(root / "predictions", labels)
     summaries = plot_dice_curves(dice_curves(root / "nnUNet_results", dataset_folder.name, configuration),
-                            figures / "dice_curves.png")
+                                 figures / "dice_curves.png")
     rndpo_fold = results_folder(root / "nnUNet_results", dataset_folder.name, TRAINERS["rndpo"], "nnUNetPlans",
                                 configuration, 0)
     pool = rndpo_cache_folder(root / "nnUNet_preprocessed", dataset_folder.name, "nnUNetPlans", configuration) / "pool"
     shown_pairs = plot_pairs(rndpo_fold / "rndpo_pairs.json", pool, figures / "pairs.png")
     plot_predictions(dataset_folder, root / "predictions", ending, figures / "predictions.png")
     config = json.loads((root / "rndpo_config.json").read_text())
-
-    names = [n for n, v in labels.items() if v]
-    lines = [f"# RN-DPO demo report: {dataset_folder.name}", "",
-             f"Dataset: {counts['labeled']} labeled, {counts['unlabeled']} unlabeled (pool), {counts['test']} "
-             "test cases "
-             f"(source: {manifest['source']}, seed {manifest['seed']}); nnU-Net configuration `{configuration}`; base "
-             f"model `{base_trainer}`; fine-tuning {config['num_epochs']} epochs × "
-             f"{config['num_iterations_per_epoch']} "
-             f"iterations, judge `{config['judge']}` (σ = {config.get('judge_sigma', 0)}), "
-             f"lr {config['learning_rate']}, "
-             f"consistency anchor {config.get('consistency_weight', 0)}.", "",
-             "## Test Dice (`nnUNetv2_predict` + `nnUNetv2_evaluate_folder` on imagesTs)", "",
-             "| model | " + " | ".join(names) + " | mean |", "|---|" + "---|" * (len(names) + 1)]
-    for arm, values in dice.items():
-        cells = " | ".join(_number(values[n]) for n in names)
-        lines.append(f"| {ARM_NAMES[arm]} | {cells} | {_number(values['mean'])} |")
-    lines += ["", "## Test Dice over fine-tuning", "",
-              "Evaluated by the trainer after every epoch (epoch 0 = the base model), in nnU-Net's preprocessed "
-              "space without test-time augmentation, so it can differ slightly from the table above.", "",
-              "![Dice curves](figures/dice_curves.png)", "",
-              "| model | base | peak | sustained | final | worst drop |", "|---|---|---|---|---|---|"]
-    for arm, s in summaries.items():
-        lines.append(f"| {ARM_NAMES[arm]} | {_number(s['base'])} | {_number(s['peak'])} | {_number(s['sustained'])} | "
-                     f"{_number(s['final'])} | {_number(s['worst_drop'])} |")
-    lines += ["", "## Judge reliability on the unlabeled pool (against the hidden labels)", "",
-              "| metric | " + " | ".join(j for j in ("agreement", "oracle")) + " |", "|---|---|---|"]
     reports = {j: json.loads((root / "judges" / f"scores_{j}.report.json").read_text())
                for j in ("agreement", "oracle")}
-    for key in JUDGE_KEYS:
-        lines.append(f"| `{key}` | " + " | ".join(_number(reports[j].get(key)) for j in reports) + " |")
-    lines += ["", "`pairwise/accuracy` is the chance that a mined pair is ordered correctly; `top1/regret` the Dice "
-              "lost by trusting the judge's favourite proposal (docs/toolkit.md)."]
-    lines += ["", "## Pairs the fine-tuning learned from", ""]
-    lines += ([f"The {shown_pairs} pairs with the largest disagreement region D: hidden label, chosen and rejected "
-               "proposal (with judge score and true Dice), and D.", "", "![pairs](figures/pairs.png)"]
-              if shown_pairs else ["No pair was mined."])
-    lines += ["", "## Test predictions before and after fine-tuning", "", "![predictions](figures/predictions.png)",
-              "", "## Stage timings", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {name} | {value:.0f} |" for name, value in seconds.items()]
-    lines.append(f"| **total** | **{sum(seconds.values()):.0f}** |")
+
+    names = [n for n, v in labels.items() if v]
+    sections = [_test_dice_section(dice, names), _curves_section(summaries), _judges_section(reports),
+                _pairs_section(shown_pairs),
+                ["## Test predictions before and after fine-tuning", "", "![predictions](figures/predictions.png)"],
+                _timings_section(seconds)]
+    lines = [f"# RN-DPO demo report: {dataset_folder.name}", "",
+             _run_sentence(manifest, configuration, base_trainer, config)]
+    for section in sections:
+        lines += ["", *section]
     path = root / "report.md"
     path.write_text("\n".join(lines) + "\n")
     (root / "demo_summary.json").write_text(json.dumps({"test_dice": dice, "curves": summaries, "seconds": seconds},
                                                        indent=1))
     return path
+
+
+def _run_sentence(manifest: dict, configuration: str, base_trainer: str, config: dict) -> str:
+    """What the demo ran: the split sizes and source, the configuration, base model and fine-tuning settings."""
+    counts = {k: len(v) for k, v in manifest["splits"].items()}
+    return (f"Dataset: {counts['labeled']} labeled, {counts['unlabeled']} unlabeled (pool), {counts['test']} "
+            "test cases "
+            f"(source: {manifest['source']}, seed {manifest['seed']}); nnU-Net configuration `{configuration}`; base "
+            f"model `{base_trainer}`; fine-tuning {config['num_epochs']} epochs × "
+            f"{config['num_iterations_per_epoch']} "
+            f"iterations, judge `{config['judge']}` (σ = {config.get('judge_sigma', 0)}), "
+            f"lr {config['learning_rate']}, "
+            f"consistency anchor {config.get('consistency_weight', 0)}.")
+
+
+def _test_dice_section(dice: dict[str, dict[str, float]], names: list[str]) -> list[str]:
+    """The table of test Dice per arm (rows) and label (columns) with the mean."""
+    lines = ["## Test Dice (`nnUNetv2_predict` + `nnUNetv2_evaluate_folder` on imagesTs)", "",
+             "| model | " + " | ".join(names) + " | mean |", "|---|" + "---|" * (len(names) + 1)]
+    for arm, values in dice.items():
+        cells = " | ".join(_number(values[n]) for n in names)
+        lines.append(f"| {ARM_NAMES[arm]} | {cells} | {_number(values['mean'])} |")
+    return lines
+
+
+def _curves_section(summaries: dict[str, dict[str, float]]) -> list[str]:
+    """The test-Dice curves' figure and their summaries (base, peak, sustained, final, worst drop) per arm."""
+    lines = ["## Test Dice over fine-tuning", "",
+             "Evaluated by the trainer after every epoch (epoch 0 = the base model), in nnU-Net's preprocessed "
+             "space without test-time augmentation, so it can differ slightly from the table above.", "",
+             "![Dice curves](figures/dice_curves.png)", "",
+             "| model | base | peak | sustained | final | worst drop |", "|---|---|---|---|---|---|"]
+    for arm, s in summaries.items():
+        lines.append(f"| {ARM_NAMES[arm]} | {_number(s['base'])} | {_number(s['peak'])} | {_number(s['sustained'])} | "
+                     f"{_number(s['final'])} | {_number(s['worst_drop'])} |")
+    return lines
+
+
+def _judges_section(reports: dict[str, dict]) -> list[str]:
+    """``JUDGE_KEYS`` of the judges' reliability reports, one column per judge."""
+    lines = ["## Judge reliability on the unlabeled pool (against the hidden labels)", "",
+             "| metric | " + " | ".join(reports) + " |", "|---|" + "---|" * len(reports)]
+    for key in JUDGE_KEYS:
+        lines.append(f"| `{key}` | " + " | ".join(_number(reports[j].get(key)) for j in reports) + " |")
+    return lines + ["", "`pairwise/accuracy` is the chance that a mined pair is ordered correctly; `top1/regret` the "
+                    "Dice lost by trusting the judge's favourite proposal (docs/toolkit.md)."]
+
+
+def _pairs_section(shown_pairs: int) -> list[str]:
+    lines = ["## Pairs the fine-tuning learned from", ""]
+    if not shown_pairs:
+        return lines + ["No pair was mined."]
+    return lines + [f"The {shown_pairs} pairs with the largest disagreement region D: hidden label, chosen and "
+                    "rejected proposal (with judge score and true Dice), and D.", "", "![pairs](figures/pairs.png)"]
+
+
+def _timings_section(seconds: dict[str, float]) -> list[str]:
+    return (["## Stage timings", "", "| stage | seconds |", "|---|---|"]
+            + [f"| {name} | {value:.0f} |" for name, value in seconds.items()]
+            + [f"| **total** | **{sum(seconds.values()):.0f}** |"])

@@ -11,7 +11,8 @@ import pytest
 
 from nnunetv2_rndpo import reference
 from nnunetv2_rndpo.config import RNDPOConfig
-from nnunetv2_rndpo.phase import GUARD_KEYS, LOSS_TERMS, METRIC_KEYS
+from nnunetv2_rndpo.drift_guard import GUARD_KEYS
+from nnunetv2_rndpo.metrics_log import LOSS_TERMS, METRIC_KEYS
 from nnunetv2_rndpo.variants import PRESETS
 
 REPO = Path(__file__).resolve().parents[1]

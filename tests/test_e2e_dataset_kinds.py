@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 from test_e2e_trainer import fold_folder, make_env, read_rows, run, write_config
 
+from nnunetv2_rndpo.paths import rndpo_cache_folder
 from nnunetv2_rndpo.synthetic import make_tiny_dataset
 
 pytestmark = pytest.mark.e2e
@@ -82,7 +83,7 @@ def test_ignore_label(kinds2d):
 
 def test_two_input_channels(kinds2d):
     root, _, summary = kinds2d
-    pool = root / "preprocessed" / KINDS_2D / "rndpo" / "nnUNetPlans_2d" / "pool"
+    pool = rndpo_cache_folder(root / "preprocessed", KINDS_2D, "nnUNetPlans", "2d") / "pool"
     images = sorted(pool.glob("*_image.npy"))
     assert len(images) == 6 and all(np.load(p, mmap_mode="r").shape[0] == 2 for p in images)
     assert summary["foreground_mean"]["Dice"] > 0
@@ -128,10 +129,10 @@ def test_3d_lowres(tiny3d):
     root, env = tiny3d
     run(["nnUNetv2_train", "994", "3d_lowres", "all", "-tr", "nnUNetTrainerRNDPO", "-device", "cpu"], env,
         nnUNet_rndpo_config=write_config(root, "lowres", num_epochs=1, final_validation=False))
-    folder = root / "results" / TINY_3D / "nnUNetTrainerRNDPO__nnUNetPlans__3d_lowres" / "fold_all"
+    folder = fold_folder(root, "nnUNetTrainerRNDPO", TINY_3D, "3d_lowres", "all")
     rows = read_rows(folder)
     assert [r["epoch"] for r in rows] == [0, 1] and 0 < rows[1]["eval/dice"] <= 1
-    pool = root / "preprocessed" / TINY_3D / "rndpo" / "nnUNetPlans_3d_lowres" / "pool"
+    pool = rndpo_cache_folder(root / "preprocessed", TINY_3D, "nnUNetPlans", "3d_lowres") / "pool"
     assert np.load(next(pool.glob("*_image.npy"))).shape[1:] == (8, 12, 12)  # the pool in lowres space
     summary = predict_and_evaluate(root, env, TINY_3D, "3d_lowres", "nnUNetTrainerRNDPO", "all", ".nii.gz")
     assert 0 < summary["foreground_mean"]["Dice"] <= 1
@@ -146,11 +147,11 @@ def test_cascade(tiny3d):
                  env, nnUNet_rndpo_config=config)
     # the pool and the test cases were segmented by the base 3d_lowres model first, as nnUNetv2_predict would
     assert "3d_lowres segmented 6 case(s)" in result.stdout and "3d_lowres segmented 2 case(s)" in result.stdout
-    cache = root / "preprocessed" / TINY_3D / "rndpo" / "nnUNetPlans_3d_cascade_fullres"
+    cache = rndpo_cache_folder(root / "preprocessed", TINY_3D, "nnUNetPlans", "3d_cascade_fullres")
     previous = [np.load(p) for p in sorted((cache / "pool").glob("*_previous_stage.npy"))]
     assert len(previous) == 6 and all(p.shape == (16, 24, 24) and p.max() <= 1 for p in previous)
     assert any(p.max() == 1 for p in previous)
-    rows = read_rows(root / "results" / TINY_3D / "nnUNetTrainerRNDPO__nnUNetPlans__3d_cascade_fullres" / "fold_all")
+    rows = read_rows(fold_folder(root, "nnUNetTrainerRNDPO", TINY_3D, "3d_cascade_fullres", "all"))
     assert [r["epoch"] for r in rows] == [0, 1] and 0 < rows[1]["eval/dice"] <= 1
     # inference as nnU-Net does it: the previous stage first, then the cascade with its predictions
     lowres = predict_and_evaluate(root, env, TINY_3D, "3d_lowres", "nnUNetTrainer_rndpoSmoke", "all", ".nii.gz")

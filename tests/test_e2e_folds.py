@@ -22,7 +22,7 @@ from conftest import private_copy
 from test_e2e_trainer import BIN, run, write_config
 
 from nnunetv2_rndpo.fold_lock import LOCK_FILE
-from nnunetv2_rndpo.paths import rndpo_cache_folder
+from nnunetv2_rndpo.paths import results_folder, rndpo_cache_folder
 
 pytestmark = pytest.mark.e2e
 DATASET_ID, DATASET = 991, "Dataset991_Tiny2D"  # the session's tiny 2D dataset (conftest.py)
@@ -40,7 +40,7 @@ def command(env: dict, name: str, fold: int, *args: str) -> subprocess.Completed
 
 
 def fold_folder(root: Path, trainer: str, fold: int) -> Path:
-    return root / "results" / DATASET / f"{trainer}__nnUNetPlans__2d" / f"fold_{fold}"
+    return results_folder(root / "results", DATASET, trainer, "nnUNetPlans", "2d", fold)
 
 
 def proposal_caches(root: Path) -> set[Path]:

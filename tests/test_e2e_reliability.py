@@ -23,6 +23,8 @@ import torch
 from conftest import private_copy
 from test_e2e_trainer import BIN, run, write_config
 
+from nnunetv2_rndpo.paths import results_folder, rndpo_cache_folder
+
 pytestmark = pytest.mark.e2e
 DATASET_ID, DATASET = 991, "Dataset991_Tiny2D"  # the session's tiny 2D dataset (conftest.py)
 TRAINER = "nnUNetTrainerRNDPO"
@@ -75,7 +77,7 @@ def proposals_command(env: dict) -> list[str]:
 
 def test_killed_proposal_generation_reruns_to_completion(reliability):
     root, env = reliability
-    proposals = root / "preprocessed" / DATASET / "rndpo" / "nnUNetPlans_2d" / "proposals"
+    proposals = rndpo_cache_folder(root / "preprocessed", DATASET, "nnUNetPlans", "2d") / "proposals"
     log = root / "proposals_killed.log"
     first = kill_when(start(proposals_command(env), env, log),
                       lambda: next(proposals.glob("*/tiny_008.npz"), None), log)
@@ -100,7 +102,7 @@ def train(env: dict, root: Path, results: Path, preprocessed: Path) -> Path:
     config = write_config(root, "reliability", **SCHEDULE)
     run(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", TRAINER, "-device", "cpu"], env,
         nnUNet_results=str(results), nnUNet_preprocessed=str(preprocessed), nnUNet_rndpo_config=config)
-    return results / DATASET / f"{TRAINER}__nnUNetPlans__2d" / "fold_0"
+    return results_folder(results, DATASET, TRAINER, "nnUNetPlans", "2d", 0)
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +128,8 @@ def validation_dice(folder: Path) -> float:
 
 def test_two_runs_give_identical_proposals_scores_pairs_and_weights(clean_runs):
     (a, cache_a), (b, cache_b) = clean_runs
-    (proposals_a,) = (cache_a / DATASET / "rndpo" / "nnUNetPlans_2d" / "proposals").iterdir()
-    (proposals_b,) = (cache_b / DATASET / "rndpo" / "nnUNetPlans_2d" / "proposals").iterdir()
+    (proposals_a,) = (rndpo_cache_folder(cache_a, DATASET, "nnUNetPlans", "2d") / "proposals").iterdir()
+    (proposals_b,) = (rndpo_cache_folder(cache_b, DATASET, "nnUNetPlans", "2d") / "proposals").iterdir()
     assert proposals_a.name == proposals_b.name and len(list(proposals_a.glob("*.npz"))) == POOL_SIZE
     for case_file in proposals_a.glob("*.npz"):
         with np.load(case_file) as x, np.load(proposals_b / case_file.name) as y:
@@ -143,7 +145,7 @@ def test_two_runs_give_identical_proposals_scores_pairs_and_weights(clean_runs):
 def test_killed_training_resumes_with_c_to_a_model_of_clean_quality(reliability, clean_runs):
     root, env = reliability
     (clean, _), _ = clean_runs
-    folder = root / "results" / DATASET / f"{TRAINER}__nnUNetPlans__2d" / "fold_0"
+    folder = results_folder(root / "results", DATASET, TRAINER, "nnUNetPlans", "2d", 0)
     config = write_config(root, "reliability", **SCHEDULE)
     log = root / "train_killed.log"
     command = [str(BIN / "nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", TRAINER, "-device", "cpu"]
@@ -158,7 +160,7 @@ def test_killed_training_resumes_with_c_to_a_model_of_clean_quality(reliability,
     assert "reusing proposals" in result.stdout
     final = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert final["current_epoch"] == SCHEDULE["num_epochs"]
-    base = weights(root / "base_results" / DATASET / "nnUNetTrainer_rndpoSmoke__nnUNetPlans__2d" / "fold_0")
+    base = weights(results_folder(root / "base_results", DATASET, "nnUNetTrainer_rndpoSmoke", "nnUNetPlans", "2d", 0))
     reference = torch.load(folder / "rndpo_reference.pth", map_location="cpu", weights_only=True)
     assert all(torch.equal(reference[k], base[k]) for k in base)  # the reference is the base model, not the policy
     assert json.loads((folder / "rndpo_pairs.json").read_text())["pairs"] == \

@@ -19,7 +19,7 @@ import pytest
 from conftest import private_copy
 from test_e2e_trainer import run
 
-from nnunetv2_rndpo.paths import rndpo_cache_folder
+from nnunetv2_rndpo.paths import results_folder, rndpo_cache_folder
 
 pytestmark = pytest.mark.e2e
 DATASET = "Dataset991_Tiny2D"  # the session's tiny 2D dataset (conftest.py)
@@ -39,7 +39,7 @@ def proposals_root(preprocessed: Path) -> Path:
 
 
 def base_fold(root: Path) -> Path:
-    return root / "results" / DATASET / "nnUNetTrainer_rndpoSmoke__nnUNetPlans__2d" / "fold_0"
+    return results_folder(root / "results", DATASET, "nnUNetTrainer_rndpoSmoke", "nnUNetPlans", "2d", 0)
 
 
 @pytest.fixture(scope="session")
@@ -170,7 +170,7 @@ def test_headroom_reports_of_mirror_perturb_and_affine_on_the_pool_and_the_label
                      "--report", "--report-labeled").stdout
     assert "headroom/oracle_headroom" in stdout and '"perturb_sigma": 0.2' in stdout
     (cache,) = [p for p in proposals_root(copy).iterdir() if p.is_dir()]
-    (labeled,) = [p for p in (copy / DATASET / "rndpo" / "nnUNetPlans_2d" / "labeled_proposals").iterdir()]
+    (labeled,) = [p for p in (rndpo_cache_folder(copy, DATASET, "nnUNetPlans", "2d") / "labeled_proposals").iterdir()]
     fold = base_fold(root)
     for report_file, cases in ((fold / f"rndpo_headroom_{cache.name}.report.json", 6),
                                (fold / f"rndpo_headroom_{labeled.name}.labeled_report.json", 2)):
@@ -227,7 +227,7 @@ def test_mined_pairs_and_cached_proposals_feed_the_trainer(toolkit):
                                   "guard_num_cases": 0, "label_smoothing": "auto", "loss_type": "robust"}))
     run(["nnUNetv2_train", "991", "2d", "0", "-tr", "nnUNetTrainerRNDPO", "-device", "cpu"], env,
         nnUNet_rndpo_config=str(config))
-    fold = root / "results" / DATASET / "nnUNetTrainerRNDPO__nnUNetPlans__2d" / "fold_0"
+    fold = results_folder(root / "results", DATASET, "nnUNetTrainerRNDPO", "nnUNetPlans", "2d", 0)
     log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert f"reusing proposals from {cache}" in log and "generated proposals" not in log
     assert f"hybrids in {cache}/hybrids_" in log

@@ -8,7 +8,6 @@ proposal cache, the base-checkpoint error, and a 3D run.
 import hashlib
 import json
 import math
-import os
 import subprocess
 import sys
 import zipfile
@@ -20,10 +19,10 @@ import torch
 from conftest import private_copy
 
 from nnunetv2_rndpo.judges import write_scores_csv
+from nnunetv2_rndpo.paths import BENCHMARK_FOLDERS, nnunet_environment, results_folder
 from nnunetv2_rndpo.synthetic import make_tiny_dataset
 
 pytestmark = pytest.mark.e2e
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
@@ -36,11 +35,8 @@ def run(command: list[str], env: dict, expect_ok: bool = True, **env_extra) -> s
 
 
 def make_env(root: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet")}
-    env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
-               nnUNet_results=str(root / "results"), nnUNet_extTrainer=str(REPO / "trainers"),
-               nnUNet_compile="f", nnUNet_n_proc_DA="0", nnUNet_def_n_proc="1")
-    return env
+    """The environment of nnU-Net commands working in ``root/{raw,preprocessed,results}`` (the tests' layout)."""
+    return nnunet_environment(root, folder_names=BENCHMARK_FOLDERS)
 
 
 def write_config(root: Path, name: str, **values) -> str:
@@ -68,8 +64,9 @@ def tiny2d(tiny2d_base, tmp_path_factory):
     return root, private_copy(tiny2d_base, root)
 
 
-def fold_folder(root: Path, trainer: str, dataset: str = "Dataset991_Tiny2D", configuration: str = "2d") -> Path:
-    return root / "results" / dataset / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0"
+def fold_folder(root: Path, trainer: str, dataset: str = "Dataset991_Tiny2D", configuration: str = "2d",
+                fold: int | str = 0) -> Path:
+    return results_folder(root / "results", dataset, trainer, "nnUNetPlans", configuration, fold)
 
 
 def read_rows(folder: Path) -> list[dict]:
@@ -124,11 +121,12 @@ def test_train_predict_evaluate_on_cuda(tiny2d):
     root, env = tiny2d
     trainer = "nnUNetTrainerRNDPO"
     base = fold_folder(root, "nnUNetTrainer_rndpoSmoke") / "checkpoint_final.pth"
-    env = {**env, "nnUNet_results": str(root / "results_cuda")}  # beside the CPU runs' folders, not over them
+    # results beside the CPU runs' folders, not over them
+    env = nnunet_environment(root, folder_names=("raw", "preprocessed", "results_cuda"))
     config = write_config(root, "cuda", guard_max_kl=0.5, base_checkpoint=str(base))
     run(["nnUNetv2_train", "991", "2d", "0", "-tr", trainer, "-device", "cuda"], env, nnUNet_rndpo_config=config,
         nnUNet_n_proc_DA="1")
-    folder = root / "results_cuda" / "Dataset991_Tiny2D" / f"{trainer}__nnUNetPlans__2d" / "fold_0"
+    folder = results_folder(root / "results_cuda", "Dataset991_Tiny2D", trainer, "nnUNetPlans", "2d", 0)
     rows = read_rows(folder)
     assert [r["epoch"] for r in rows] == [0, 1, 2] and all(0 <= r["eval/dice"] <= 1 for r in rows)
     assert all(math.isfinite(r["loss/preference"]) and math.isfinite(r["guard/kl"]) for r in rows[1:])
@@ -161,7 +159,7 @@ def test_resume_keeps_the_reference_and_predicts(tiny2d):
     exported = root / "exported.zip"
     run(["nnUNetv2_export_model_to_zip", "-d", "991", "-o", str(exported), "-c", "2d", "-tr", trainer, "-f", "0"], env)
     with zipfile.ZipFile(exported) as archive:
-        debug = json.loads(archive.read(f"Dataset991_Tiny2D/{trainer}__nnUNetPlans__2d/fold_0/debug.json"))
+        debug = json.loads(archive.read((folder / "debug.json").relative_to(root / "results").as_posix()))
     assert debug["rndpo"]["config"] == json.loads((folder / "rndpo_config.json").read_text())
     assert debug["rndpo"]["base_model"] == "nnUNetTrainer_rndpoSmoke__nnUNetPlans__2d"
     assert debug["rndpo"]["base_checkpoint_sha256"] == hashlib.sha256(

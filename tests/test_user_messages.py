@@ -305,16 +305,3 @@ def test_a_judge_that_cannot_be_saved_is_kept_in_the_temporary_folder(tmp_path, 
         save_learned_judge(Judge(), tmp_path / "results" / "rndpo_judge.pth")
     (rescue,) = saved
     assert rescue.parent == tmp_path and rescue.read_text() == "judge"
-
-
-def test_the_progress_plot_warns_about_nothing_when_a_panel_has_no_data(tmp_path):
-    import json
-    import warnings
-
-    phase = PreferencePhase(SimpleNamespace(rndpo_config=RNDPOConfig(), output_folder=str(tmp_path)))
-    rows = [{"epoch": 0}, {"epoch": 1, "rewards/margins": 0.1, "loss/preference": 0.6}]  # no guard, no eval/dice
-    (tmp_path / "rndpo_metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        phase._plot()
-    assert (tmp_path / "rndpo_progress.png").stat().st_size > 0
