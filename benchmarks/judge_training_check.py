@@ -152,7 +152,8 @@ def main() -> None:
     parser.add_argument("-o", "--output", required=True, help="the study folder benchmarks/headroom.py filled")
     parser.add_argument("--labeled", type=int, default=None, help="labeled cases of the base model")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT",
+                        help="names of VARIANTS (none: only the truth's size Spearman). Default: all")
     parser.add_argument("--max-cases", type=int, default=24, help="the first N pool cases (sorted ids). Default: 24")
     parser.add_argument("--results", default=None, help="write the table to PREFIX.md and the seeds to PREFIX.json")
     parser.add_argument("-device", default="cpu")

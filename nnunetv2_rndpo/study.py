@@ -417,7 +417,7 @@ def read_arm_metrics(fold: Path) -> dict:
     """What the study keeps of a finished arm: its test-Dice curve (row 0 = base) and, aligned with it, the Dice
     of every test case at each point (``curve_per_case``: one ``{case_id: Dice}`` per row; left out when the
     metrics predate ``eval/dice_per_case``), its drift from the base per epoch (``guard/kl``: mean KL of the
-    policy to the reference on the guard cases, nnunetv2_rndpo/phase.py) and the number of pairs it trained on."""
+    policy to the reference on the guard cases, nnunetv2_rndpo/drift_guard.py) and the number of pairs it trained on."""
     rows = read_jsonl(fold / "rndpo_metrics.jsonl")
     evaluated = [r for r in rows if "eval/dice" in r]
     pairs_file = fold / "rndpo_pairs.json"

@@ -57,7 +57,9 @@ def test_region_based(kinds2d):
     folder = fold_folder(root, "nnUNetTrainerRNDPO", KINDS_2D)
     rows = read_rows(folder)
     assert [r["epoch"] for r in rows] == [0, 1]
-    assert all(np.isfinite(r[k]) for r in rows for k in r), rows
+    assert all(np.isfinite(v) for r in rows for v in r.values() if not isinstance(v, dict)), rows
+    per_case = [d for r in rows for d in r.get("eval/dice_per_case", {}).values()]  # NaN: no class in either mask
+    assert per_case and all(0 <= d <= 1 for d in per_case if not np.isnan(d)), rows
     assert np.isfinite(rows[1]["rewards/margins"]) and rows[1]["pairs/skipped"] < 3 * 2  # the loss saw pairs
     # nnU-Net scores the regions, keyed as in dataset.json's order: whole = (1, 2), core = 2
     assert set(summary["mean"]) == {"(1, 2)", "2"}
