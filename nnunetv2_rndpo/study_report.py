@@ -341,3 +341,37 @@ def load_results(path: str | Path) -> dict:
         raise ValueError(f"{file} is not a study's results.json (it has no 'dataset' and 'seeds'); "
                          "pass the results.json that nnUNetv2_rndpo_study wrote")
     return results
+
+
+def expected_seed_seconds(first_round: dict, scale: str) -> dict:
+    """The expected ``nnUNetv2_train`` seconds of one seed's protocol arms at ``scale``: an estimate from a
+    finished study's ``results.json`` (``first_round``, e.g. docs/results/study_hc18_cpu.json).
+
+    Per arm of ``scale``'s protocol: the mean ``seconds`` of the same method's arms in ``first_round`` (over its
+    seeds, judges and minings), × the ratio of fine-tuning iterations (``num_epochs × iterations_per_epoch``) of
+    ``scale`` to ``first_round``'s. Assumption: an arm's time is proportional to its iterations (each epoch also
+    brings one test evaluation, and eval_every = 1 in both), so the fixed per-arm setup is scaled too (an
+    overestimate); a ``local`` arm costs what the method's ``top_bottom`` arm does (the same iterations on more
+    pairs). Not counted: base model, proposals, judges, self-training and the full-label model (they have no
+    ``seconds`` in ``results.json``; docs/study.md, "Time").
+
+    Returns:
+        ``arms`` (how many), ``seconds`` (their sum), ``iterations`` (fine-tuning iterations of all arms) and
+        ``by_method``: per method, ``[arms, expected seconds per arm]``.
+    """
+    s, p = SCALES[scale], first_round["protocol"]
+    ratio = (s.num_epochs * s.iterations_per_epoch) / (p["num_epochs"] * p["iterations_per_epoch"])
+    measured: dict[str, list[float]] = {}
+    for seed in first_round["seeds"].values():
+        for arm in seed["arms"].values():
+            if arm.get("seconds") is not None:
+                measured.setdefault(arm["method"], []).append(arm["seconds"])
+    by_method: dict[str, list] = {}
+    for arm in protocol_arms(s.judges, s.full_arms, s.protocol_round):
+        if arm.method not in measured:
+            raise ValueError(f"the results hold no {arm.method!r} arm with seconds to estimate from")
+        count = by_method.setdefault(arm.method, [0, float(np.mean(measured[arm.method])) * ratio])
+        count[0] += 1
+    arms = sum(n for n, _ in by_method.values())
+    return {"arms": arms, "seconds": sum(n * t for n, t in by_method.values()),
+            "iterations": arms * s.num_epochs * s.iterations_per_epoch, "by_method": by_method}
