@@ -154,3 +154,20 @@ def test_first_round_results_with_weak_still_render(tmp_path):
     assert "Mining (reliable = oracle σ=0, weak = calibrated noisy and size-biased oracle):" in text
     assert "| RN-DPO | weak | top_random |" in text and "Paired comparisons, judge weak " in text
     assert "weak75" not in text and "weak62" not in text
+
+
+def test_expected_seed_time_scales_the_first_rounds_arm_seconds():
+    from nnunetv2_rndpo.study_report import expected_seed_seconds
+
+    results = load_results(RESULTS / "study_hippocampus_cpu.json")
+    first = expected_seed_seconds(results, "cpu")  # the first round's own protocol: its mean seed
+    protocol = [a.name for a in protocol_arms(SCALES["cpu"].judges, False, 1)]
+    per_seed = [sum(s["arms"][n]["seconds"] for n in protocol) for s in results["seeds"].values()]
+    assert first["arms"] == 16 and first["seconds"] == pytest.approx(np.mean(per_seed), rel=0.05)
+    second = expected_seed_seconds(results, "cpu2")
+    assert second["arms"] == len(round2_arms(SCALES["cpu2"].judges, False)) == 25
+    assert second["by_method"]["DPO"][1] == pytest.approx(2 * first["by_method"]["DPO"][1])  # 2x the iterations
+    assert second["iterations"] == 25 * 200
+    no_pseudo_label = {n: a for n, a in results["seeds"]["0"]["arms"].items() if a["method"] != "pseudo-label"}
+    with pytest.raises(ValueError, match="no 'pseudo-label' arm"):
+        expected_seed_seconds({**results, "seeds": {"0": {"arms": no_pseudo_label}}}, "cpu2")
