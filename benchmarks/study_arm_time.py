@@ -25,7 +25,7 @@ from dataclasses import replace
 from nnunetv2_rndpo.evaluation import BASE_TEST_DICE_FILE
 from nnunetv2_rndpo.paths import rndpo_cache_folder
 from nnunetv2_rndpo.study import Study
-from nnunetv2_rndpo.study_protocol import arms_for, sweep_arms
+from nnunetv2_rndpo.study_protocol import protocol_arms, sweep_arms
 
 
 def main() -> None:
@@ -39,7 +39,8 @@ def main() -> None:
     args = parser.parse_args()
 
     study = Study(args.dataset, args.source, args.scale, args.output)
-    arms = {a.name: a for a in arms_for(study.scale.judges, study.scale.full_arms) + sweep_arms()}
+    s = study.scale
+    arms = {a.name: a for a in protocol_arms(s.judges, s.full_arms, s.protocol_round) + sweep_arms()}
     if args.arm not in arms:
         raise SystemExit(f"--arm {args.arm!r} is not a study arm; valid: {', '.join(arms)}")
     arm = arms[args.arm]
@@ -47,7 +48,7 @@ def main() -> None:
     if study._raw(did) is None:
         raise SystemExit(f"{args.output} has no dataset for seed {args.seed}: run the study first")
     base_folder = study.train_base(did, study.scale.base_trainer)  # finished: nothing is trained
-    scores = study.judge_scores(args.seed, arm.judge)[0] if arm.judge else None
+    scores = study.judge_scores(args.seed, arm.judge, hybrids=arm.hybrids)[0] if arm.judge else None
     cache = rndpo_cache_folder(study.root / "nnUNet_preprocessed", study._raw(did).name, "nnUNetPlans",
                                study.spec.configuration) / BASE_TEST_DICE_FILE
     cache.unlink(missing_ok=True)

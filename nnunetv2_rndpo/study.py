@@ -7,8 +7,10 @@
 Per seed s (the seed draws the labeled cases; the test set is the same for every seed):
 dataset ``Dataset<id+s>`` from ``nnUNetv2_rndpo_make_dataset`` → plan and preprocess → base model
 (``Scale.base_trainer``, fold ``all``) → proposals once (``nnUNetv2_rndpo_proposals``) → every judge's
-scores and reliability report (``nnUNetv2_rndpo_judge --report``; the weak oracle's σ is calibrated so
-that it orders 70% of the within-case proposal pairs right, with a size bias; the ``uncertainty`` judge's
+scores and reliability report (``nnUNetv2_rndpo_judge --report``; a weak oracle's σ is calibrated so that it
+orders a share of the within-case proposal pairs right, with a size bias: 70% for ``weak``, 75% and 62% for the
+second round's ``weak75`` and ``weak62``; ``local`` arms read scores of the proposals and their hybrids; the
+``uncertainty`` judge's
 reliability is reported beside the others even where no arm trains on it) → every arm, each an ``nnUNetv2_train`` run
 from the base checkpoint in its own results folder, reading the judge's scores as ``judge: external``, with
 the test Dice curve of :mod:`nnunetv2_rndpo.evaluation` after every epoch. Plus one full-label model (labeled
@@ -52,16 +54,16 @@ from nnunetv2_rndpo.study_protocol import (
     SELF_TRAINING_JUDGE,
     SWEEP_BETAS,
     SWEEP_JUDGES,
+    WEAK_JUDGES,
     WEAK_SIZE_BIAS,
-    WEAK_TARGET_PAIR_ACCURACY,
     Arm,
-    arms_for,
+    protocol_arms,
     sweep_arms,
 )
 from nnunetv2_rndpo.study_report import load_results, write_study_report
 
-# the judges :meth:`Study.judge_scores` can run (``weak``: the calibrated oracle)
-STUDY_JUDGES = ("oracle", "weak", "agreement", "uncertainty", "learned")
+# the judges :meth:`Study.judge_scores` can run (``weak``, ``weak75``, ``weak62``: the calibrated oracle, WEAK_JUDGES)
+STUDY_JUDGES = ("oracle", *WEAK_JUDGES, "agreement", "uncertainty", "learned")
 RESULTS_LOCK = "results.json.lock"  # beside results.json: held while a run merges its results into the file
 
 
@@ -71,7 +73,7 @@ class Study:
     def __init__(self, dataset: str, source: str | None, scale: str, output: str | Path,
                  seeds: tuple[int, ...] | None = None,
                  device: str = "cpu", only_arms: list[str] | None = None, sweep: bool = False,
-                 labeled: int | None = None, full_label: bool = True, self_training: tuple[str, ...] = (),
+                 labeled: int | None = None, full_label: bool = True, self_training: tuple[str, ...] | None = None,
                  self_training_judge: str = SELF_TRAINING_JUDGE):
         if dataset not in DATASETS:
             raise ValueError(f"unknown --dataset {dataset!r}; valid: {', '.join(DATASETS)}")
@@ -82,6 +84,8 @@ class Study:
                                     "/path/to/msd_task04_hippocampus (imagesTr/, labelsTr/)")
         if labeled is not None and labeled < 1:
             raise ValueError(f"--labeled {labeled}: the labeled budget must be at least 1 case")
+        if self_training is None:  # the scale's (cpu2, gpu2: both sources)
+            self_training = SCALES[scale].self_training
         unknown = [s for s in self_training if s not in SELF_TRAINING_SOURCES]
         if unknown:
             raise ValueError(f"unknown --self-training {' '.join(unknown)}; valid: {', '.join(SELF_TRAINING_SOURCES)}")
@@ -217,18 +221,20 @@ class Study:
                 "-n", str(PROPOSALS["num_proposals"]), "--sources", *(sources or PROPOSALS["proposal_sources"]),
                 "--seed", str(PROPOSALS["seed"]), "-device", self.device]
 
-    def judge_scores(self, seed: int, judge: str, sources: list[str] | None = None) -> tuple[Path, dict]:
+    def judge_scores(self, seed: int, judge: str, sources: list[str] | None = None,
+                     hybrids: int = 0) -> tuple[Path, dict]:
         """The judge's score CSV and reliability report for a seed's pool (computed once), on the protocol's
-        proposals or, with ``sources``, on that proposal set's (generated first if missing)."""
+        proposals or, with ``sources``, on that proposal set's (generated first if missing); with ``hybrids``, of
+        the proposals and that many hybrids per case (``local`` mining; made by the judge command if missing)."""
         did, folder = self.dataset_id(seed), self.root / f"seed_{seed}"
-        tag = "" if sources is None else "__" + "_".join(sources)
+        tag = ("" if sources is None else "__" + "_".join(sources)) + (f"__hybrids{hybrids}" if hybrids else "")
         csv = folder / f"scores_{judge}{tag}.csv"
         report = csv.with_suffix(".report.json")
         if not report.is_file():
             if sources is not None:
                 self._run(f"proposals{tag}", ["nnUNetv2_rndpo_proposals", *self._base_args(did, sources)], folder)
-            if judge == "weak":
-                extra = ["--judge", "oracle", "--pair-accuracy", str(WEAK_TARGET_PAIR_ACCURACY), "--size-bias",
+            if judge in WEAK_JUDGES:
+                extra = ["--judge", "oracle", "--pair-accuracy", str(WEAK_JUDGES[judge]), "--size-bias",
                          str(WEAK_SIZE_BIAS)]
             elif judge == "learned":
                 if not (results_folder(self.root / "nnUNet_results", self._raw(did).name, self.scale.base_trainer,
@@ -237,6 +243,8 @@ class Study:
                 extra = ["--judge", "learned"]
             else:
                 extra = ["--judge", judge]
+            if hybrids:
+                extra += ["--hybrids", str(hybrids)]
             self._run(f"judge_{judge}{tag}", ["nnUNetv2_rndpo_judge", *self._base_args(did, sources), *extra,
                                                 "--report", "-o", str(csv)], folder)
         return csv, json.loads(report.read_text())
@@ -252,14 +260,10 @@ class Study:
             record["splits"] = {k: len(v) for k, v in json.loads(manifest.read_text())["splits"].items()}
         for judge in self.report_judges:
             record["judges"][judge] = self.judge_scores(seed, judge)[1]
-        report = record["judges"].get("weak", {})
-        if "judge/target_pair_accuracy" in report:  # not in a study folder made before the pair-accuracy target
-            record["weak_calibration"] = {"size_bias": WEAK_SIZE_BIAS,
-                                          "target_pair_accuracy": WEAK_TARGET_PAIR_ACCURACY,
-                                          "sigma": report.get("judge/sigma"),
-                                          "pair_accuracy": report.get("pairwise/accuracy")}
+        record.update(weak_calibrations(record["judges"]))
         self._save()
-        for arm in arms_for(self.scale.judges, self.scale.full_arms) + (sweep_arms() if self.sweep else []):
+        s = self.scale
+        for arm in protocol_arms(s.judges, s.full_arms, s.protocol_round) + (sweep_arms() if self.sweep else []):
             if arm.name in record["arms"] and "drift" not in record["arms"][arm.name]:  # results of older runs
                 fold = self._arm_fold(seed, arm, base_folder)
                 if (fold / "rndpo_metrics.jsonl").is_file():
@@ -269,8 +273,10 @@ class Study:
             scores = None
             if arm.judge:
                 sources = arm.overrides.get("proposal_sources")
-                scores, report = self.judge_scores(seed, arm.judge, sources)
-                if sources is None:
+                scores, report = self.judge_scores(seed, arm.judge, sources, arm.hybrids)
+                if arm.hybrids:  # the judge on the proposals and their hybrids: the local arms' pairs
+                    record.setdefault("judges_with_hybrids", {})[arm.judge] = report
+                elif sources is None:
                     record["judges"][arm.judge] = report
                 else:
                     record.setdefault("judges_by_proposals", {})[f"{arm.judge} | {' '.join(sources)}"] = report
@@ -399,6 +405,16 @@ class Study:
         return float(out.stdout.strip().splitlines()[-1])
 
 
+def weak_calibrations(judges: dict[str, dict]) -> dict[str, dict]:
+    """``<judge>_calibration`` per weak judge (WEAK_JUDGES) in a seed's reliability reports ``judges``: its target
+    pair accuracy, size bias, calibrated σ and measured within-case pair accuracy (``weak_calibration`` for
+    ``weak``, as in the first round). A report from before the pair-accuracy target gives none."""
+    return {f"{judge}_calibration": {"size_bias": WEAK_SIZE_BIAS, "target_pair_accuracy": target,
+                                     "sigma": judges[judge].get("judge/sigma"),
+                                     "pair_accuracy": judges[judge].get("pairwise/accuracy")}
+            for judge, target in WEAK_JUDGES.items() if "judge/target_pair_accuracy" in judges.get(judge, {})}
+
+
 def merge_results(ours: dict, on_disk: dict) -> dict:
     """Adds to ``ours`` (in place) every key of ``on_disk`` it lacks, recursively into nested dicts; returns it.
 
@@ -463,7 +479,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--source", help="the dataset's source folder (not needed for 'synthetic')")
     parser.add_argument("--scale", choices=list(SCALES), default="cpu",
                         help="cpu (2 seeds, CPU-sized; its time: docs/study.md, 'Time'), "
-                        "gpu (paper-sized), smoke (minutes, synthetic). Default: cpu")
+                        "gpu (paper-sized), cpu2 and gpu2 (the second round: longer fine-tuning, 4 seeds, weak judges "
+                        "weak75 and weak62, self-training; docs/study.md, 'Second round'), smoke (minutes, synthetic). "
+                        "Default: cpu")
     parser.add_argument("-o", "--output", help="study folder (results.json, report.md, nnU-Net folders)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="seeds (labeled draws). Default: the scale's")
@@ -476,10 +494,13 @@ def main(argv: list[str] | None = None) -> None:
                         "RN-DPO with random patches under the oracle")
     parser.add_argument("--no-full-label", action="store_true",
                         help="skip the full-label model (the upper bound; trained once per study folder)")
-    parser.add_argument("--self-training", nargs="+", default=[], choices=SELF_TRAINING_SOURCES,
+    parser.add_argument("--self-training", nargs="+", default=None, choices=SELF_TRAINING_SOURCES,
                         help="also run self-training per seed (the base trainer retrained from scratch on the labeled "
                         "cases and the pool with pseudo-labels): tta = the base model's nnUNetv2_predict, "
-                        "top_proposal = the judge's top-scored proposal (docs/study.md, 'Self-training')")
+                        "top_proposal = the judge's top-scored proposal (docs/study.md, 'Self-training'). "
+                        "Default: the scale's (cpu2, gpu2: both; the others: none)")
+    parser.add_argument("--no-self-training", action="store_true",
+                        help="run no self-training, not even the scale's")
     parser.add_argument("--self-training-judge", default=SELF_TRAINING_JUDGE, choices=STUDY_JUDGES,
                         help=f"the judge of --self-training top_proposal. Default: {SELF_TRAINING_JUDGE}")
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda"))
@@ -498,8 +519,15 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.dataset and args.output):
         parser.error("--dataset and -o are required (or --report-from)")
     Study(args.dataset, args.source, args.scale, args.output, tuple(args.seeds) if args.seeds else None,
-          args.device, args.arms, args.sweep, args.labeled, not args.no_full_label, tuple(args.self_training),
+          args.device, args.arms, args.sweep, args.labeled, not args.no_full_label, self_training_sources(args),
           args.self_training_judge).run()
+
+
+def self_training_sources(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """The CLI's self-training sources: none with --no-self-training, the given ones, or None (the scale's)."""
+    if args.no_self_training and args.self_training:
+        raise SystemExit("nnUNetv2_rndpo_study: --self-training and --no-self-training both given; drop one")
+    return () if args.no_self_training else (tuple(args.self_training) if args.self_training else None)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,11 @@ from dataclasses import dataclass, field
 PROPOSALS = {"num_proposals": 8, "proposal_sources": ["mirror", "threshold", "temperature"], "seed": 12345}
 # The weak judge is calibrated the way DPO uses it: on within-case pair accuracy, not on a pooled Spearman,
 # which differences between cases alone reach (docs/study.md says what that did to the earlier results).
-WEAK_TARGET_PAIR_ACCURACY = 0.70
+# Each weak judge: its name → the within-case pair accuracy its σ is calibrated to, all with WEAK_SIZE_BIAS. ``weak``
+# is the first round's (its scores_weak.csv and weak_calibration); the second round brackets it with a more and a
+# less reliable level (docs/study.md, "Second round").
+WEAK_JUDGES = {"weak": 0.70, "weak75": 0.75, "weak62": 0.62}
+WEAK_TARGET_PAIR_ACCURACY = WEAK_JUDGES["weak"]
 WEAK_SIZE_BIAS = 0.05
 # judges whose reliability every study reports beside the scale's arm judges (cheap: no arms, no training)
 REPORTED_JUDGES = ("uncertainty",)
@@ -54,8 +58,18 @@ class Arm:
         return " | ".join(x for x in (self.method, self.judge, self.mining if self.judge else None) if x)
 
     @property
+    def hybrids(self) -> int:
+        """Hybrids per case the judge must score for this arm (``local`` mining pairs proposals with them); 0 else."""
+        return self.overrides.get("mining_max_pairs_per_case", LOCAL_HYBRIDS) if self.mining == "local" else 0
+
+    @property
     def folder_name(self) -> str:
         return "".join(c if c.isalnum() else "_" for c in self.name)
+
+
+# ``local`` mining: hybrids per case, each one pair (benchmarks/headroom.py's HYBRIDS_PER_CASE; the config's
+# local_part_voxels and local_min_part_voxels defaults, 64 and 10, are headroom's "local" parts)
+LOCAL_HYBRIDS = 16
 
 
 # The β every protocol arm was run with (the starting point, before this study): pinned, so that the committed
@@ -92,6 +106,44 @@ def arms_for(judges: tuple[str, ...], full: bool) -> list[Arm]:
         if full or judge == "oracle":
             arms.append(Arm("RN-DPO + sft", "nnUNetTrainerRNDPO", judge, overrides={**rn_dpo, "sft_weight": 1.0}))
     return arms
+
+
+# The second round (docs/study.md, "Second round"): the mining comparison under the reliable and the least
+# reliable weak judge; the anchored and pseudo-label arms under the reliable and the label-free default judge.
+ROUND2_MINING_JUDGES = ("oracle", "weak62")
+ROUND2_MININGS = ("top_random", "local")
+ROUND2_BASELINE_JUDGES = ("oracle", SELF_TRAINING_JUDGE)
+
+
+def round2_arms(judges: tuple[str, ...], full: bool) -> list[Arm]:
+    """The second round's arms: the control, and per judge DPO and RN-DPO (``top_bottom``); under the
+    ROUND2_MINING_JUDGES also both with ``top_random`` and ``local`` mining (LOCAL_HYBRIDS hybrids per case);
+    under the ROUND2_BASELINE_JUDGES RN-DPO + sft and pseudo-label. ``full=True`` (gpu2): all of it under every
+    judge. The arms' names and settings are those of :func:`arms_for`, so that the comparisons read both rounds
+    alike; self-training runs beside them (``Scale.self_training``)."""
+    dpo = {"sft_weight": 0.0, "beta": PROTOCOL_BETA["none"]}
+    rn_dpo = {"sft_weight": 0.0, "beta": PROTOCOL_BETA["region"]}
+    local = {"mining_max_pairs_per_case": LOCAL_HYBRIDS}
+    arms = [Arm("control (continued supervised)", "nnUNetTrainerContinuedSFT", None)]
+    for judge in judges:
+        arms += [Arm("DPO", "nnUNetTrainerDPO", judge, overrides=dpo),
+                 Arm("RN-DPO", "nnUNetTrainerRNDPO", judge, overrides=rn_dpo)]
+        if full or judge in ROUND2_MINING_JUDGES:
+            for mining in ROUND2_MININGS:
+                extra = local if mining == "local" else {}
+                arms += [Arm("DPO", "nnUNetTrainerDPO", judge, mining, {**dpo, **extra}),
+                         Arm("RN-DPO", "nnUNetTrainerRNDPO", judge, mining, {**rn_dpo, **extra})]
+        if full or judge in ROUND2_BASELINE_JUDGES:
+            arms += [Arm("RN-DPO + sft", "nnUNetTrainerRNDPO", judge, overrides={**rn_dpo, "sft_weight": 1.0}),
+                     Arm("pseudo-label", "nnUNetTrainerPseudoLabel", judge, overrides={"sft_weight": 1.0})]
+    return arms
+
+
+def protocol_arms(judges: tuple[str, ...], full: bool, protocol_round: int = 1) -> list[Arm]:
+    """The arms of a scale's protocol: :func:`arms_for` (first round) or :func:`round2_arms`."""
+    if protocol_round not in (1, 2):
+        raise ValueError(f"unknown protocol round {protocol_round}; valid: 1, 2")
+    return (arms_for if protocol_round == 1 else round2_arms)(judges, full)
 
 
 # Why does RN-DPO move further than DPO? At the protocol's β (PROTOCOL_BETA) RN-DPO's sigmoid saturates only at
@@ -151,6 +203,8 @@ class Scale:
     num_labeled: int = 10
     full_arms: bool = False
     max_pool: int | None = None  # cap on the unlabeled pool (None = every non-test, non-labeled case)
+    protocol_round: int = 1  # whose arms: 1 = arms_for, 2 = round2_arms (protocol_arms)
+    self_training: tuple[str, ...] = ()  # self-training sources run per seed unless --self-training says otherwise
 
 
 SCALES = {
@@ -162,6 +216,15 @@ SCALES = {
     # paper-sized: nnU-Net's 250-epoch schedule for the base, 3 seeds, every arm under every judge.
     "gpu": Scale("nnUNetTrainer_250epochs", 10, 100, 1e-5, (0, 1, 2), ("oracle", "weak", "agreement", "learned"),
                  full_arms=True),
+    # the second round on CPU (docs/study.md, "Second round"): 2x the cpu scale's fine-tuning (10 evaluation points),
+    # 4 seeds, the weak judge at two levels, self-training beside the fine-tuning arms.
+    "cpu2": Scale("nnUNetTrainer_cpuBase", 10, 20, 1e-5, (0, 1, 2, 3),
+                  ("oracle", "weak75", "weak62", "agreement", "uncertainty", "learned"), max_pool=60,
+                  protocol_round=2, self_training=("tta", "top_proposal")),
+    # its paper-sized counterpart: 2x the gpu scale's fine-tuning, every round-2 arm under every judge.
+    "gpu2": Scale("nnUNetTrainer_250epochs", 20, 100, 1e-5, (0, 1, 2, 3),
+                  ("oracle", "weak75", "weak62", "agreement", "uncertainty", "learned"), full_arms=True,
+                  protocol_round=2, self_training=("tta", "top_proposal")),
     # a minutes-long run of the machinery on the synthetic dataset (tests)
     "smoke": Scale("nnUNetTrainer_rndpoSmoke", 2, 5, 1e-4, (0,), ("oracle",), num_labeled=8),
 }

@@ -24,7 +24,9 @@ from nnunetv2_rndpo.study_protocol import (
     SCALES,
     SWEEP_BETAS,
     SWEEP_JUDGES,
-    arms_for,
+    WEAK_JUDGES,
+    Arm,
+    protocol_arms,
 )
 
 
@@ -89,7 +91,8 @@ def _seconds(values: list[float | None]) -> str:
 def _completeness(results: dict) -> str:
     """Which part of the protocol the results hold: finished arms per seed, and the full-label model."""
     protocol = results.get("protocol", {})
-    names = {a.name for a in arms_for(tuple(protocol.get("judges", ())), protocol.get("full_arms", False))}
+    names = {a.name for a in protocol_arms(tuple(protocol.get("judges", ())), protocol.get("full_arms", False),
+                                           protocol.get("protocol_round", 1))}
     expected = len(names) or None
     seeds = protocol.get("seeds") or []
     finished = {s: len(names & set(results["seeds"].get(str(s), {}).get("arms", {}))) for s in seeds}
@@ -126,7 +129,7 @@ def _sweep_lines(rows: list[dict]) -> list[str]:
             *table]
 
 
-JUDGE_ORDER = ("oracle", "weak", "agreement", "uncertainty", "learned", "external")
+JUDGE_ORDER = ("oracle", "weak75", "weak", "weak62", "agreement", "uncertainty", "learned", "external")
 DRIFT_BINS = (0.0, 0.0025, 0.005, 0.01, 0.02, 0.05, math.inf)
 
 
@@ -150,17 +153,19 @@ def _drift_lines(results: dict) -> list[str]:
 def compared_arms(results: dict, judge: str) -> list[tuple[str, str]]:
     """The pairs (A, B) the paired-comparison table reports under ``judge``, among those the results hold.
 
-    From the protocol's arms (:func:`~nnunetv2_rndpo.study_protocol.arms_for`): RN-DPO vs DPO per mining,
-    RN-DPO vs pseudo-label and its fair counterpart RN-DPO + sft vs pseudo-label (both train on labeled
-    batches), RN-DPO vs the control, and RN-DPO vs each self-training arm the results hold.
+    From the arms of both rounds' protocols (:func:`~nnunetv2_rndpo.study_protocol.protocol_arms`): RN-DPO vs
+    DPO per mining (``top_bottom``, ``top_random``, ``local``), RN-DPO vs pseudo-label and its fair counterpart
+    RN-DPO + sft vs pseudo-label (both train on labeled batches), RN-DPO vs the control, and RN-DPO vs each
+    self-training arm the results hold.
     """
-    protocol = arms_for((judge,), True)
-    arm = {(a.method, a.mining): a.name for a in protocol if a.judge}
-    control = next(a.name for a in protocol if a.judge is None)
-    rn_dpo, pseudo_label = arm[("RN-DPO", "top_bottom")], arm[("pseudo-label", "top_bottom")]
+    def arm(method: str, mining: str = "top_bottom") -> str:
+        return Arm(method, "", judge, mining).name
+
+    control = next(a.name for a in protocol_arms((), False) if a.judge is None)
+    rn_dpo, pseudo_label = arm("RN-DPO"), arm("pseudo-label")
     self_training = sorted({name for s in results["seeds"].values() for name in s.get("self_training", {})})
-    pairs = [(arm[("RN-DPO", m)], arm[("DPO", m)]) for m in ("top_bottom", "top_random")]
-    pairs += [(rn_dpo, pseudo_label), (arm[("RN-DPO + sft", "top_bottom")], pseudo_label), (rn_dpo, control)]
+    pairs = [(arm("RN-DPO", m), arm("DPO", m)) for m in ("top_bottom", "top_random", "local")]
+    pairs += [(rn_dpo, pseudo_label), (arm("RN-DPO + sft"), pseudo_label), (rn_dpo, control)]
     pairs += [(rn_dpo, self_training_arm(name)) for name in self_training]
     return [(a, b) for a, b in pairs if seeds_with_both(results, a, b)]
 
@@ -247,9 +252,13 @@ def write_study_report(all_results: list[dict], report_file: Path, figure_folder
             lines.append(f"| {r['method']} | {r['judge'] or '–'} | – | {r['seeds']} | {dice} | {dice} | {dice} | – | "
                          f"{_mean_sd(r['delta'])} | {_mean_sd(r['gap_share'])} | – | {_seconds(r['seconds'])} |")
         lines += _paired_lines(results, resamples)
-        mining = [r for r in rows if r["method"] in ("DPO", "RN-DPO") and r["judge"] in ("oracle", "weak")]
+        mining = [r for r in rows if r["method"] in ("DPO", "RN-DPO") and r["judge"] in ("oracle", *WEAK_JUDGES)]
         if mining:
-            lines += ["", "Mining (reliable = oracle σ=0, weak = calibrated noisy and size-biased oracle):", "",
+            levels = sorted({r["judge"] for r in mining} - {"oracle"}, key=JUDGE_ORDER.index)
+            weak = "weak = calibrated noisy and size-biased oracle" if levels == ["weak"] else \
+                ", ".join(f"{j} = the oracle noised to a within-case pair accuracy of {WEAK_JUDGES[j]:.2f}"
+                          for j in levels) + ", size-biased"  # the first round's caption stays as it was
+            lines += ["", f"Mining (reliable = oracle σ=0, {weak}):", "",
                       "| method | judge | mining | Δ peak | Δ sustained | worst drop |", "|---|---|---|---|---|---|"]
             for r in sorted(mining, key=lambda r: (r["method"], r["judge"], r["mining"])):
                 lines.append(f"| {r['method']} | {r['judge']} | {r['mining']} | {_mean_sd(r['delta_peak'])} | "
@@ -332,3 +341,37 @@ def load_results(path: str | Path) -> dict:
         raise ValueError(f"{file} is not a study's results.json (it has no 'dataset' and 'seeds'); "
                          "pass the results.json that nnUNetv2_rndpo_study wrote")
     return results
+
+
+def expected_seed_seconds(first_round: dict, scale: str) -> dict:
+    """The expected ``nnUNetv2_train`` seconds of one seed's protocol arms at ``scale``: an estimate from a
+    finished study's ``results.json`` (``first_round``, e.g. docs/results/study_hc18_cpu.json).
+
+    Per arm of ``scale``'s protocol: the mean ``seconds`` of the same method's arms in ``first_round`` (over its
+    seeds, judges and minings), × the ratio of fine-tuning iterations (``num_epochs × iterations_per_epoch``) of
+    ``scale`` to ``first_round``'s. Assumption: an arm's time is proportional to its iterations (each epoch also
+    brings one test evaluation, and eval_every = 1 in both), so the fixed per-arm setup is scaled too (an
+    overestimate); a ``local`` arm costs what the method's ``top_bottom`` arm does (the same iterations on more
+    pairs). Not counted: base model, proposals, judges, self-training and the full-label model (they have no
+    ``seconds`` in ``results.json``; docs/study.md, "Time").
+
+    Returns:
+        ``arms`` (how many), ``seconds`` (their sum), ``iterations`` (fine-tuning iterations of all arms) and
+        ``by_method``: per method, ``[arms, expected seconds per arm]``.
+    """
+    s, p = SCALES[scale], first_round["protocol"]
+    ratio = (s.num_epochs * s.iterations_per_epoch) / (p["num_epochs"] * p["iterations_per_epoch"])
+    measured: dict[str, list[float]] = {}
+    for seed in first_round["seeds"].values():
+        for arm in seed["arms"].values():
+            if arm.get("seconds") is not None:
+                measured.setdefault(arm["method"], []).append(arm["seconds"])
+    by_method: dict[str, list] = {}
+    for arm in protocol_arms(s.judges, s.full_arms, s.protocol_round):
+        if arm.method not in measured:
+            raise ValueError(f"the results hold no {arm.method!r} arm with seconds to estimate from")
+        count = by_method.setdefault(arm.method, [0, float(np.mean(measured[arm.method])) * ratio])
+        count[0] += 1
+    arms = sum(n for n, _ in by_method.values())
+    return {"arms": arms, "seconds": sum(n * t for n, t in by_method.values()),
+            "iterations": arms * s.num_epochs * s.iterations_per_epoch, "by_method": by_method}

@@ -1,0 +1,173 @@
+"""The study's second round: weak judges at two levels, the cpu2/gpu2 scales and their arms (fast tier)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnunetv2_rndpo import study as study_module
+from nnunetv2_rndpo.reliability import calibrate_judge_sigma, judge_reliability
+from nnunetv2_rndpo.study import STUDY_JUDGES, Study, main, weak_calibrations
+from nnunetv2_rndpo.study_protocol import (
+    LOCAL_HYBRIDS,
+    SCALES,
+    WEAK_JUDGES,
+    WEAK_SIZE_BIAS,
+    WEAK_TARGET_PAIR_ACCURACY,
+    protocol_arms,
+    round2_arms,
+)
+from nnunetv2_rndpo.study_report import compared_arms, load_results, write_study_report
+
+RESULTS = Path(__file__).parents[1] / "docs" / "results"
+
+
+def test_weak_levels_calibrate_to_their_pair_accuracy():
+    assert WEAK_JUDGES["weak"] == WEAK_TARGET_PAIR_ACCURACY == 0.70  # the first round's judge is unchanged
+    assert WEAK_JUDGES["weak75"] == 0.75 and WEAK_JUDGES["weak62"] == 0.62
+    rng = np.random.default_rng(1)
+    dice = {f"c{i}": rng.uniform(0.6, 0.9) + rng.normal(0, 0.01, 8) for i in range(40)}
+    sizes = {c: rng.uniform(900, 1100, 8) for c in dice}
+    sigmas = {}
+    for judge, target in WEAK_JUDGES.items():
+        sigma = sigmas[judge] = calibrate_judge_sigma(dice, sizes, target, size_bias=WEAK_SIZE_BIAS)
+        measured = []
+        for seed in range(20):  # drawn as the oracle judge draws it: Dice + size bias + N(0, σ)
+            draw = np.random.default_rng(seed)
+            scores = {c: dice[c] + WEAK_SIZE_BIAS * (sizes[c] - sizes[c].mean()) / sizes[c].mean()
+                      + draw.normal(0, sigma, 8) for c in dice}
+            measured.append(judge_reliability(scores, dice)["pairwise/accuracy"])
+        assert np.mean(measured) == pytest.approx(target, abs=0.01), judge
+    assert sigmas["weak75"] < sigmas["weak"] < sigmas["weak62"]  # less reliable = more noise
+
+
+def _commands(study, tmp_path, monkeypatch):
+    commands = []
+    monkeypatch.setattr(study, "_run", lambda name, command, folder, **env: commands.append(command))
+    monkeypatch.setattr(study, "_raw", lambda did: tmp_path)
+    return commands
+
+
+@pytest.mark.parametrize("judge", ["weak75", "weak62"])
+def test_each_weak_level_has_its_own_scores_and_target(tmp_path, monkeypatch, judge):
+    from nnunetv2_rndpo.commands import judge_parser
+
+    study = Study("synthetic", None, "cpu2", tmp_path / "out")
+    assert judge in study.report_judges and judge in STUDY_JUDGES
+    commands = _commands(study, tmp_path, monkeypatch)
+    (tmp_path / "out" / "seed_0").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError):  # the stubbed command wrote no report
+        study.judge_scores(0, judge)
+    args = judge_parser().parse_args(commands[-1][1:])
+    assert (args.judge, args.pair_accuracy, args.size_bias, args.hybrids) == ("oracle", WEAK_JUDGES[judge],
+                                                                             WEAK_SIZE_BIAS, 0)
+    assert args.o == str(tmp_path / "out" / "seed_0" / f"scores_{judge}.csv")
+    with pytest.raises(FileNotFoundError):  # local mining: the judge scores the hybrids too, into its own file
+        study.judge_scores(0, judge, hybrids=LOCAL_HYBRIDS)
+    args = judge_parser().parse_args(commands[-1][1:])
+    assert args.hybrids == LOCAL_HYBRIDS and args.o.endswith(f"scores_{judge}__hybrids{LOCAL_HYBRIDS}.csv")
+
+
+def test_each_weak_level_gets_its_calibration_record():
+    reports = {judge: {"judge/target_pair_accuracy": target, "judge/sigma": 0.01 * i, "pairwise/accuracy": target}
+               for i, (judge, target) in enumerate(WEAK_JUDGES.items())}
+    reports["agreement"] = {"pairwise/accuracy": 0.55}
+    reports["weak62"] = {"pairwise/accuracy": 0.6}  # a report from before the target: no calibration record
+    records = weak_calibrations(reports)
+    assert set(records) == {"weak_calibration", "weak75_calibration"}  # the first round's key is kept for weak
+    assert records["weak_calibration"] == {"size_bias": WEAK_SIZE_BIAS, "target_pair_accuracy": 0.70,
+                                           "sigma": 0.0, "pair_accuracy": 0.70}
+    assert records["weak75_calibration"]["target_pair_accuracy"] == 0.75
+
+
+def test_cpu2_and_gpu2_scales_run_longer_on_more_seeds():
+    cpu, cpu2, gpu, gpu2 = SCALES["cpu"], SCALES["cpu2"], SCALES["gpu"], SCALES["gpu2"]
+    for first, second in ((cpu, cpu2), (gpu, gpu2)):
+        assert second.num_epochs * second.iterations_per_epoch >= 2 * first.num_epochs * first.iterations_per_epoch
+        assert second.num_epochs >= 8  # evaluation points after the base (eval_every = 1)
+        assert second.seeds == (0, 1, 2, 3) and second.protocol_round == 2
+        assert second.judges == ("oracle", "weak75", "weak62", "agreement", "uncertainty", "learned")
+        assert second.self_training == ("tta", "top_proposal") and first.self_training == ()
+        assert (second.base_trainer, second.learning_rate, second.max_pool, second.full_arms) == \
+            (first.base_trainer, first.learning_rate, first.max_pool, first.full_arms)
+    assert cpu.protocol_round == gpu.protocol_round == 1
+
+
+def test_cpu2_arms_hold_both_sides_of_every_comparison_without_the_cross_product():
+    judges = SCALES["cpu2"].judges
+    arms = protocol_arms(judges, False, 2)
+    names = [a.name for a in arms]
+    assert names == [a.name for a in round2_arms(judges, False)] and len(names) == len(set(names))
+    assert names[0] == "control (continued supervised)"
+    for judge in judges:  # RN-DPO vs DPO under every judge
+        assert {f"RN-DPO | {judge} | top_bottom", f"DPO | {judge} | top_bottom"} <= set(names)
+    for judge in ("oracle", "weak62"):  # the mining comparison under the reliable and the least reliable weak judge
+        for mining in ("top_random", "local"):
+            assert {f"RN-DPO | {judge} | {mining}", f"DPO | {judge} | {mining}"} <= set(names)
+    for judge in ("oracle", "agreement"):  # vs pseudo-label, with and without the supervised anchor
+        assert {f"RN-DPO + sft | {judge} | top_bottom", f"pseudo-label | {judge} | top_bottom"} <= set(names)
+    assert "DPO | weak75 | local" not in names and "pseudo-label | learned | top_bottom" not in names
+    assert len(names) < len(protocol_arms(judges, True, 2))  # gpu2 runs the cross product
+    local = [a for a in arms if a.mining == "local"]
+    assert local and all(a.hybrids == LOCAL_HYBRIDS == a.overrides["mining_max_pairs_per_case"] for a in local)
+    assert all(a.hybrids == 0 for a in arms if a.mining != "local")
+    # the comparisons the report draws are all present for the judges that have them
+    results = {"seeds": {"0": {"arms": {n: {"curve": [0.5, 0.6]} for n in names},
+                               "self_training": {"tta": {}, "top_proposal": {}}}}}
+    pairs = compared_arms(results, "weak62")
+    assert ("RN-DPO | weak62 | local", "DPO | weak62 | local") in pairs
+    assert ("RN-DPO | weak62 | top_bottom", "self-training (tta)") in pairs
+    assert ("RN-DPO + sft | agreement | top_bottom", "pseudo-label | agreement | top_bottom") in \
+        compared_arms(results, "agreement")
+    with pytest.raises(ValueError, match="unknown protocol round 3"):
+        protocol_arms(judges, False, 3)
+
+
+def test_cli_accepts_cpu2_and_runs_its_self_training_by_default(tmp_path, monkeypatch):
+    made = []
+
+    class Recorder:
+        def __init__(self, *args):
+            made.append(args)
+
+        def run(self):
+            return {}
+
+    monkeypatch.setattr(study_module, "Study", Recorder)
+    main(["--dataset", "synthetic", "--scale", "cpu2", "-o", str(tmp_path / "a")])
+    main(["--dataset", "synthetic", "--scale", "cpu2", "-o", str(tmp_path / "a"), "--no-self-training"])
+    main(["--dataset", "synthetic", "--scale", "cpu2", "-o", str(tmp_path / "a"), "--self-training", "tta"])
+    assert [args[2] for args in made] == ["cpu2"] * 3
+    assert [args[10] for args in made] == [None, (), ("tta",)]  # None: the scale's
+    with pytest.raises(SystemExit):
+        main(["--dataset", "synthetic", "--scale", "cpu2", "-o", "x", "--no-self-training", "--self-training", "tta"])
+    monkeypatch.undo()
+    assert Study("synthetic", None, "cpu2", tmp_path / "b").self_training == ("tta", "top_proposal")
+    assert Study("synthetic", None, "cpu", tmp_path / "c").self_training == ()
+    assert Study("synthetic", None, "cpu2", tmp_path / "d", self_training=()).self_training == ()
+
+
+def test_first_round_results_with_weak_still_render(tmp_path):
+    results = [load_results(RESULTS / f"study_{tag}_cpu.json") for tag in ("hippocampus", "hc18", "hc18_n5")]
+    text = write_study_report(results, tmp_path / "r.md", tmp_path / "f").read_text()
+    assert text.count("Protocol complete: seed 0: 16/16 arms; seed 1: 16/16 arms") == 3  # as committed
+    assert "Mining (reliable = oracle σ=0, weak = calibrated noisy and size-biased oracle):" in text
+    assert "| RN-DPO | weak | top_random |" in text and "Paired comparisons, judge weak " in text
+    assert "weak75" not in text and "weak62" not in text
+
+
+def test_expected_seed_time_scales_the_first_rounds_arm_seconds():
+    from nnunetv2_rndpo.study_report import expected_seed_seconds
+
+    results = load_results(RESULTS / "study_hippocampus_cpu.json")
+    first = expected_seed_seconds(results, "cpu")  # the first round's own protocol: its mean seed
+    protocol = [a.name for a in protocol_arms(SCALES["cpu"].judges, False, 1)]
+    per_seed = [sum(s["arms"][n]["seconds"] for n in protocol) for s in results["seeds"].values()]
+    assert first["arms"] == 16 and first["seconds"] == pytest.approx(np.mean(per_seed), rel=0.05)
+    second = expected_seed_seconds(results, "cpu2")
+    assert second["arms"] == len(round2_arms(SCALES["cpu2"].judges, False)) == 25
+    assert second["by_method"]["DPO"][1] == pytest.approx(2 * first["by_method"]["DPO"][1])  # 2x the iterations
+    assert second["iterations"] == 25 * 200
+    no_pseudo_label = {n: a for n, a in results["seeds"]["0"]["arms"].items() if a["method"] != "pseudo-label"}
+    with pytest.raises(ValueError, match="no 'pseudo-label' arm"):
+        expected_seed_seconds({**results, "seeds": {"0": {"arms": no_pseudo_label}}}, "cpu2")
