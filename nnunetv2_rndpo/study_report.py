@@ -123,7 +123,8 @@ def _sweep_lines(rows: list[dict]) -> list[str]:
     if not table:
         return []
     return ["", f"β sweep (`top_bottom`; the config's default β for `region` is {DEFAULT_BETA['region']:g}, set from "
-            f"this table; the protocol arms above run DPO at β {PROTOCOL_BETA['none']:g} and RN-DPO at β "
+            "this table, i.e. chosen on the test cases' Dice, with no held-out validation set (a limitation of the "
+            f"first round); the protocol arms above run DPO at β {PROTOCOL_BETA['none']:g} and RN-DPO at β "
             f"{PROTOCOL_BETA['region']:g}):", "",
             "| judge | method | β | seeds | Δ sustained | worst drop | drift |", "|---|---|---|---|---|---|---|",
             *table]
