@@ -32,12 +32,14 @@ def _case_id(image_file: str, file_ending: str) -> str:
     return image_file[: -len(file_ending)].rsplit("_", 1)[0]
 
 
-def pseudo_labeled_dataset(source: Path, raw_root: Path, dataset_id: int, pseudo_labels: Path, suffix: str) -> Path:
-    """``Dataset<id>_<name>SelfTrain<suffix>``: ``source``'s labeled cases with their labels, its pool
+def pseudo_labeled_dataset(source: Path, raw_root: Path, dataset_id: int, pseudo_labels: Path, suffix: str,
+                           kind: str = "SelfTrain") -> Path:
+    """``Dataset<id>_<name><kind><suffix>``: ``source``'s labeled cases with their labels, its pool
     (``imagesUnlabeled/``) with the label files in ``pseudo_labels``, and its test set.
 
-    Files are linked, not copied. The pool's hidden labels (``labelsUnlabeled/``) are neither read nor linked:
-    the pseudo-labels are the pool's only labels. A folder of this id left without ``dataset.json`` (a killed
+    Files are linked, not copied. The pool's hidden labels (``labelsUnlabeled/``) are neither read nor linked
+    unless they are ``pseudo_labels`` (the full-label upper bound, ``kind`` "FullLabel"): otherwise the
+    pseudo-labels are the pool's only labels. A folder of this id left without ``dataset.json`` (a killed
     build: ``dataset.json`` is written last) is built again.
 
     Args:
@@ -45,14 +47,15 @@ def pseudo_labeled_dataset(source: Path, raw_root: Path, dataset_id: int, pseudo
         raw_root: ``$nnUNet_raw``.
         dataset_id: the new dataset's id (free in ``raw_root``).
         pseudo_labels: ``<case><file_ending>`` for every pool case (other files there are ignored).
-        suffix: the name's ending after ``SelfTrain``, e.g. ``Tta``.
+        suffix: the name's ending after ``kind``, e.g. ``Tta``.
+        kind: what the pool's labels are, in the name: ``SelfTrain`` (pseudo-labels) or ``FullLabel``.
 
     Raises:
         FileNotFoundError: a folder of ``source`` is missing, or some pool case has no pseudo-label.
         ValueError: a training case id is also a test case id (the test set would leak into training).
     """
     source, pseudo_labels = Path(source), Path(pseudo_labels)
-    folder = Path(raw_root) / f"Dataset{dataset_id:03d}_{source.name.split('_', 1)[1]}SelfTrain{suffix}"
+    folder = Path(raw_root) / f"Dataset{dataset_id:03d}_{source.name.split('_', 1)[1]}{kind}{suffix}"
     dataset = json.loads((source / "dataset.json").read_text())
     ending = dataset["file_ending"]
     for needed in ("imagesTr", "labelsTr", "imagesUnlabeled", "imagesTs", "labelsTs"):

@@ -43,7 +43,7 @@ from nnunetv2_rndpo.comparison import DEFAULT_RESAMPLES
 from nnunetv2_rndpo.datasets import MANIFEST
 from nnunetv2_rndpo.metrics import curve_summary
 from nnunetv2_rndpo.paths import nnunet_environment, results_folder, run_logged
-from nnunetv2_rndpo.self_training import SELF_TRAINING_SOURCES
+from nnunetv2_rndpo.self_training import SELF_TRAINING_SOURCES, pseudo_labeled_dataset
 from nnunetv2_rndpo.study_protocol import (
     ABLATION_JUDGES,
     DATASETS,
@@ -343,7 +343,7 @@ class Study:
         (:func:`~nnunetv2_rndpo.self_training.pseudo_labeled_dataset`, id :meth:`dataset_id`), plan and
         preprocess, train, test Dice per case.
         """
-        from nnunetv2_rndpo.self_training import pseudo_label_dice, pseudo_labeled_dataset
+        from nnunetv2_rndpo.self_training import pseudo_label_dice
 
         record = self.results["seeds"][str(seed)].setdefault("self_training", {})
         if source in record:
@@ -445,29 +445,14 @@ def read_arm_metrics(fold: Path) -> dict:
 
 
 def full_label_dataset(source: Path, raw_root: Path, dataset_id: int) -> Path:
-    """``Dataset<id>_<name>FullLabel``: ``source``'s labeled and pool cases, all with labels, and its test set.
-
-    Files are linked, not copied. The pool's hidden labels (``labelsUnlabeled/``) become training labels.
-    """
+    """``Dataset<id>_<name>FullLabel``: ``source``'s labeled and pool cases, all with labels, and its test set:
+    :func:`~nnunetv2_rndpo.self_training.pseudo_labeled_dataset` with the pool's hidden labels
+    (``labelsUnlabeled/``) as its labels. Files are linked, not copied."""
     source = Path(source)
-    folder = Path(raw_root) / f"Dataset{dataset_id:03d}_{source.name.split('_', 1)[1]}FullLabel"
-    dataset = json.loads((source / "dataset.json").read_text())
-    ending = dataset["file_ending"]
-    for needed in ("labelsTr", "imagesUnlabeled", "labelsUnlabeled", "imagesTs", "labelsTs"):
-        if not (source / needed).is_dir():
-            raise FileNotFoundError(f"{source / needed} is missing: the full-label model needs the pool's labels "
-                                    "and the test set (make the dataset with nnUNetv2_rndpo_make_dataset)")
-    count = 0
-    for images, labels, target in (("imagesTr", "labelsTr", "Tr"), ("imagesUnlabeled", "labelsUnlabeled", "Tr"),
-                                   ("imagesTs", "labelsTs", "Ts")):
-        for kind, folder_name in (("images", images), ("labels", labels)):
-            (folder / f"{kind}{target}").mkdir(parents=True, exist_ok=True)
-            for file in sorted((source / folder_name).glob(f"*{ending}")):
-                os.symlink(file.resolve(), folder / f"{kind}{target}" / file.name)
-                count += kind == "labels" and target == "Tr"
-    dataset.update(numTraining=count, name=folder.name.split("_", 1)[1])
-    atomic_write_text(folder / "dataset.json", json.dumps(dataset, indent=1))
-    return folder
+    if not (source / "labelsUnlabeled").is_dir():
+        raise FileNotFoundError(f"{source / 'labelsUnlabeled'} is missing: the full-label model needs the pool's "
+                                "labels (make the dataset with nnUNetv2_rndpo_make_dataset)")
+    return pseudo_labeled_dataset(source, raw_root, dataset_id, source / "labelsUnlabeled", "", kind="FullLabel")
 
 
 # ---------------------------------------------------------------------------------------------- report
