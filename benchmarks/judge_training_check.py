@@ -106,7 +106,8 @@ def measure_seed(args, seed: int) -> dict:
             continue
         started = time.time()
         judge = train_learned_judge(base, settings, JudgeTraining(**overrides), progress=False, log=lambda *a: None)
-        judge_file = Path(args.output) / "judge_training_check" / f"seed{seed}_{len(results['variants'])}.pth"
+        slug = "".join(c if c.isalnum() else "_" for c in name)  # one file per seed and variant
+        judge_file = Path(args.output) / "judge_training_check" / f"seed{seed}_{slug}.pth"
         judge_file.parent.mkdir(parents=True, exist_ok=True)
         judge.save(judge_file)
         scores = score_pool(base, pool, cache, JudgeSettings("learned", seed=12345, learned_judge=str(judge_file)),
