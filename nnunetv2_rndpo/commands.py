@@ -505,6 +505,9 @@ def make_dataset_parser() -> argparse.ArgumentParser:
     p.add_argument("--unlabeled", "--pool", dest="unlabeled", type=int, default=None,
                    help="K: pool size. Default: every remaining case (synthetic: 3·N)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split (and of the synthetic data). Default: 0")
+    p.add_argument("--validation", type=int, default=0,
+                   help="V: cases with labels held out of the pool into imagesVal/labelsVal, on which hyperparameters "
+                        "are chosen (the fine-tuning runs' eval/val_dice); never mined, never tested. Default: 0")
     p.add_argument("--test-seed", type=int, default=None,
                    help="seed of the test split only, so that one test set serves every --seed. Default: --seed")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset with this id")
@@ -550,14 +553,15 @@ def run_make_dataset(args: argparse.Namespace) -> Path:
         folder = make_synthetic_dataset(raw_root, args.dataset_id, dim=int(args.synthetic[0]), num_labeled=args.labeled,
                                         num_unlabeled=args.unlabeled or 3 * args.labeled, num_test=args.test,
                                         seed=args.seed, name=args.name, overwrite=args.overwrite,
-                                        test_seed=args.test_seed)
+                                        test_seed=args.test_seed, num_validation=args.validation)
     else:
         folder = make_dataset(args.source, raw_root, args.dataset_id, args.name or default_dataset_name(args.source),
                               args.labeled, args.test, args.seed, args.unlabeled, args.group_regex, args.group_chars,
                               args.images_dir, args.masks_dir, args.mask_suffix, resize, args.overwrite,
-                              args.test_seed)
+                              args.test_seed, args.validation)
     counts = {k: len(v) for k, v in read_manifest(folder)["splits"].items()}
     print(f"{folder}: {counts['labeled']} labeled, {counts['unlabeled']} unlabeled, {counts['test']} test cases"
+          + (f", {counts['validation']} validation" if counts.get("validation") else "")
           + (f", {counts['unused']} unused" if counts.get("unused") else ""))
     return folder
 

@@ -185,7 +185,8 @@ class RNDPOConfig:
         default="stop",
     )
     # evaluation and reproducibility
-    eval_every: int = _help("evaluate test Dice on imagesTs/labelsTs every N epochs; 0 = off", default=0)
+    eval_every: int = _help("evaluate test Dice on imagesTs/labelsTs (and validation Dice on imagesVal/labelsVal "
+                          "where the dataset has them) every N epochs; 0 = off", default=0)
     final_validation: bool = _help(
         "after training, run nnU-Net's validation of the fold's validation cases as nnUNetv2_train does; false "
         "skips it (at fold 'all' those are training cases); nnUNetv2_train ... --val still runs it", default=True,

@@ -9,6 +9,8 @@ writes ``$nnUNet_raw/DatasetID_NAME/`` with the splits of the label-scarce setti
 - ``imagesUnlabeled/`` (the pool the preference phase learns from) and ``labelsUnlabeled/`` (its hidden
   ground truth, read only by the oracle judge and by reports);
 - ``imagesTs/labelsTs``: the M held-out test cases;
+- with ``--validation V``, ``imagesVal/labelsVal``: V cases held out of the pool and of the test set, with labels,
+  on which hyperparameters are chosen (the fine-tuning runs' validation curve, ``eval/val_dice``);
 - ``dataset.json`` (nnU-Net's) and ``rndpo_splits.json`` (the manifest: seed, source, group of every case,
   the cases of every split, and the label mapping).
 
@@ -30,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-SPLIT_FOLDERS = {"labeled": "Tr", "unlabeled": "Unlabeled", "test": "Ts"}
+SPLIT_FOLDERS = {"labeled": "Tr", "unlabeled": "Unlabeled", "test": "Ts", "validation": "Val"}
+OPTIONAL_SPLITS = ("validation",)  # their folders exist only in a dataset that has such cases
 MANIFEST = "rndpo_splits.json"
 MASK_FOLDERS = ("masks_filled", "masks", "labels", "labelsTr")
 MASK_SUFFIXES = ("", "_mask", "_Annotation", "_seg", "_label")
@@ -89,13 +92,14 @@ def group_function(group_regex: str | None = None, group_chars: int | None = Non
 
 def split_by_group(
     case_groups: dict[str, str], num_labeled: int, num_test: int, seed: int, num_unlabeled: int | None = None,
-    test_seed: int | None = None,
+    test_seed: int | None = None, num_validation: int = 0,
 ) -> dict[str, list[str]]:
-    """Seeded, group-aware split into ``labeled``, ``unlabeled``, ``test`` and ``unused`` cases.
+    """Seeded, group-aware split into ``labeled``, ``validation``, ``unlabeled``, ``test`` and ``unused`` cases.
 
     The groups are shuffled with ``test_seed`` (default ``seed``) and test takes whole groups while they
-    still fit its count; the remaining groups are shuffled with ``seed`` and labeled, then unlabeled take
-    groups the same way; the rest is ``unused``. A fixed ``test_seed`` keeps one test set for every ``seed``.
+    still fit its count; the remaining groups are shuffled with ``seed`` and labeled, then validation, then
+    unlabeled take groups the same way; the rest is ``unused``. A fixed ``test_seed`` keeps one test set for
+    every ``seed``; ``num_validation = 0`` gives the splits of a dataset made before validation existed.
 
     Assumption: a split may end up with fewer cases than asked when groups are larger than one case and
     no remaining group fits exactly; the manifest records the real counts (the paper fixes no rule).
@@ -107,28 +111,31 @@ def split_by_group(
         seed: seed of the shuffle.
         num_unlabeled: K, the pool size; None = every remaining case.
         test_seed: seed of the test split; None = ``seed``.
+        num_validation: V, labeled cases held out of the pool for choosing hyperparameters (>= 0).
 
     Returns:
-        ``{"labeled": [...], "unlabeled": [...], "test": [...], "unused": [...]}``, each sorted.
+        ``{"labeled": [...], "unlabeled": [...], "test": [...], "unused": [...]}`` and, when V > 0,
+        ``"validation"``; each sorted.
 
     Raises:
         ValueError: counts out of range, or no labeled or unlabeled case left.
     """
     total = len(case_groups)
-    if num_labeled < 1 or num_test < 0 or (num_unlabeled is not None and num_unlabeled < 1):
-        raise ValueError(f"need --labeled >= 1, --test >= 0 and --unlabeled >= 1, got {num_labeled}, {num_test}, "
-                         f"{num_unlabeled}")
-    if num_labeled + num_test >= total:
-        raise ValueError(f"--labeled {num_labeled} + --test {num_test} leaves no unlabeled case out of {total}; "
-                         "lower --labeled or --test")
+    if num_labeled < 1 or num_test < 0 or num_validation < 0 or (num_unlabeled is not None and num_unlabeled < 1):
+        raise ValueError(f"need --labeled >= 1, --test >= 0, --validation >= 0 and --unlabeled >= 1, got "
+                         f"{num_labeled}, {num_test}, {num_validation}, {num_unlabeled}")
+    if num_labeled + num_test + num_validation >= total:
+        raise ValueError(f"--labeled {num_labeled} + --test {num_test} + --validation {num_validation} leaves no "
+                         f"unlabeled case out of {total}; lower one of them")
     members: dict[str, list[str]] = {}
     for case_id, group in sorted(case_groups.items()):
         members.setdefault(group, []).append(case_id)
-    targets = {"test": num_test, "labeled": num_labeled, "unlabeled": total if num_unlabeled is None else num_unlabeled}
+    targets = {"test": num_test, "labeled": num_labeled, **({"validation": num_validation} if num_validation else {}),
+               "unlabeled": total if num_unlabeled is None else num_unlabeled}
     splits: dict[str, list[str]] = {name: [] for name in (*targets, "unused")}
     order = sorted(members)
     for name, target in targets.items():
-        if name != "unlabeled":  # test draws with test_seed, labeled reshuffles the rest with seed
+        if name in ("test", "labeled"):  # test draws with test_seed, labeled reshuffles the rest with seed
             shuffle_seed = seed if name == "labeled" or test_seed is None else test_seed
             order = [order[i] for i in np.random.default_rng(shuffle_seed).permutation(len(order))]
         for group in list(order):
@@ -176,13 +183,18 @@ class RawDatasetWriter:
             shutil.rmtree(folder)
         self.folder = root / f"Dataset{dataset_id:03d}_{name}"
         self.file_ending = file_ending
-        for split in SPLIT_FOLDERS.values():
-            (self.folder / f"images{split}").mkdir(parents=True)
-            (self.folder / f"labels{split}").mkdir(parents=True)
+        for split, folder in SPLIT_FOLDERS.items():
+            if split not in OPTIONAL_SPLITS:
+                (self.folder / f"images{folder}").mkdir(parents=True)
+                (self.folder / f"labels{folder}").mkdir(parents=True)
 
     def paths(self, split: str, case_id: str, channel: int = 0) -> tuple[Path, Path]:
-        """``(image file of channel, label file)`` of a case in ``split`` (``labeled``, ``unlabeled`` or ``test``)."""
+        """``(image file of channel, label file)`` of a case in ``split`` (``labeled``, ``unlabeled``, ``test`` or
+        ``validation``; an optional split's folders are made when its first case is written)."""
         folder = SPLIT_FOLDERS[split]
+        if split in OPTIONAL_SPLITS:
+            (self.folder / f"images{folder}").mkdir(exist_ok=True)
+            (self.folder / f"labels{folder}").mkdir(exist_ok=True)
         return (self.folder / f"images{folder}" / f"{case_id}_{channel:04d}{self.file_ending}",
                 self.folder / f"labels{folder}" / f"{case_id}{self.file_ending}")
 
@@ -395,11 +407,13 @@ def make_dataset(
     resize: tuple[int, int] | float | None = None,
     overwrite: bool = False,
     test_seed: int | None = None,
+    num_validation: int = 0,
 ) -> Path:
     """Imports an MSD folder (has ``imagesTr/``) or a 2D PNG folder as a label-budget study dataset.
 
     ``resize`` is ``(H, W)`` in pixels or one scale factor (each image's own size × factor, rounded);
-    ``test_seed`` draws the test split with its own seed (one test set for every ``seed``).
+    ``test_seed`` draws the test split with its own seed (one test set for every ``seed``); ``num_validation``
+    cases with labels are held out of the pool into ``imagesVal/labelsVal`` (:func:`split_by_group`).
 
     Returns:
         The dataset folder ``<raw_root>/Dataset{id:03d}_{name}``.
@@ -418,7 +432,8 @@ def make_dataset(
              else find_png_cases(source, group, images_dir, masks_dir, mask_suffix))
     if len({c.case_id for c in cases}) != len(cases):
         raise ValueError(f"two files of {source} give the same case name after replacing unsafe characters")
-    splits = split_by_group({c.case_id: c.group for c in cases}, num_labeled, num_test, seed, num_unlabeled, test_seed)
+    splits = split_by_group({c.case_id: c.group for c in cases}, num_labeled, num_test, seed, num_unlabeled, test_seed,
+                            num_validation)
     split_of = {c: s for s, members in splits.items() if s != "unused" for c in members}
     manifest = {"source": str(source.resolve()), "format": "msd" if is_msd else "png", "seed": seed,
                 "test_seed": seed if test_seed is None else test_seed,

@@ -30,6 +30,10 @@ from nnunetv2_rndpo.metrics import dice_per_class, foreground_mean
 from nnunetv2_rndpo.pool import PreprocessedPool, find_cases
 
 BASE_TEST_DICE_FILE = "base_test_dice.json"  # in the cache folder: the base model's test Dice per weights key
+# The labeled splits a fine-tuning run is evaluated on: name → (raw folder suffix: images<X>/labels<X>, the prefix of
+# its keys in rndpo_metrics.jsonl). ``validation`` (imagesVal/labelsVal, nnUNetv2_rndpo_make_dataset --validation):
+# cases kept out of the pool and the test set, on which hyperparameters are chosen (docs/study.md, "Honest tuning").
+EVALUATION_SPLITS = {"test": ("Ts", "eval/"), "validation": ("Val", "eval/val_")}
 
 
 @dataclass(frozen=True)
@@ -48,24 +52,28 @@ class DicePerCase:
         values = [v for v in per_case.values() if not math.isnan(v)]
         return cls(float(np.mean(values)) if values else math.nan, dict(per_case))
 
-    def row(self) -> dict:
-        """The keys of a ``rndpo_metrics.jsonl`` row: ``eval/dice`` and ``eval/dice_per_case`` ({case_id: Dice})."""
-        return {"eval/dice": self.mean, "eval/dice_per_case": self.per_case}
+    def row(self, split: str = "test") -> dict:
+        """The keys of a ``rndpo_metrics.jsonl`` row: ``eval/dice`` and ``eval/dice_per_case`` ({case_id: Dice});
+        of the ``validation`` split ``eval/val_dice`` and ``eval/val_dice_per_case``."""
+        prefix = EVALUATION_SPLITS[split][1]
+        return {f"{prefix}dice": self.mean, f"{prefix}dice_per_case": self.per_case}
 
 
 def preprocessed_test_set(raw_folder: Path, cache_folder: Path, plans_manager, configuration_manager,
-                          dataset_json: dict,
-              progress: bool = False, previous_stage=None, device="cpu", log=print) -> PreprocessedPool | None:
-    """The preprocessed ``imagesTs`` cases that have a label in ``labelsTs`` (cached in ``cache_folder``).
+                          dataset_json: dict, progress: bool = False, previous_stage=None, device="cpu", log=print,
+                          split: str = "test") -> PreprocessedPool | None:
+    """The preprocessed ``imagesTs`` cases that have a label in ``labelsTs`` (cached in ``cache_folder``); with
+    ``split="validation"`` those of ``imagesVal``/``labelsVal`` (EVALUATION_SPLITS).
 
     For a cascade, ``previous_stage`` (:class:`~nnunetv2_rndpo.cascade.PreviousStage`) segments them first.
-    Returns None when the raw dataset has no ``imagesTs``/``labelsTs``.
+    Returns None when the raw dataset has no such folders, or they hold no case.
     """
-    images, labels = Path(raw_folder) / "imagesTs", Path(raw_folder) / "labelsTs"
-    if not (images.is_dir() and labels.is_dir()):
+    suffix = EVALUATION_SPLITS[split][0]
+    images, labels = Path(raw_folder) / f"images{suffix}", Path(raw_folder) / f"labels{suffix}"
+    if not (images.is_dir() and labels.is_dir()) or not any(images.iterdir()):
         return None
     cases = find_cases(images, dataset_json["file_ending"], len(dataset_json["channel_names"]), labels,
-                       what="test set", fix="add imagesTs/labelsTs to the raw dataset")
+                       what=f"{split} set", fix=f"add images{suffix}/labels{suffix} to the raw dataset")
     cases = [c for c in cases if c.label_file]
     if previous_stage is not None:
         cases = previous_stage.with_segmentations(cases, Path(cache_folder) / "previous_stage",
@@ -144,31 +152,34 @@ def policy_predictor(trainer, network: torch.nn.Module | None = None):
 
 
 class DiceCurve:
-    """The test-Dice curve of a fine-tuning run: the trainer's policy on its dataset's ``imagesTs/labelsTs``.
+    """The test-Dice curve of a fine-tuning run: the trainer's policy on its dataset's ``imagesTs/labelsTs``
+    (``split="validation"``: the validation curve, on ``imagesVal/labelsVal``).
 
-    Held by the preference phase (rank 0 only); :meth:`open` returns None when the raw dataset has no test set.
+    Held by the preference phase (rank 0 only); :meth:`open` returns None when the raw dataset has no such split.
     """
 
-    def __init__(self, trainer, pool: PreprocessedPool, cache_folder: Path):
-        self.trainer, self.pool, self.cache_folder = trainer, pool, Path(cache_folder)
+    def __init__(self, trainer, pool: PreprocessedPool, cache_folder: Path, split: str = "test"):
+        self.trainer, self.pool, self.cache_folder, self.split = trainer, pool, Path(cache_folder), split
 
     @classmethod
-    def open(cls, trainer, raw_folder: Path, cache_folder: Path) -> DiceCurve | None:
-        """Preprocesses (once, cached in ``cache_folder/test``) the test cases of ``raw_folder``.
+    def open(cls, trainer, raw_folder: Path, cache_folder: Path, split: str = "test") -> DiceCurve | None:
+        """Preprocesses (once, cached in ``cache_folder/<split>``) the cases of ``raw_folder``'s ``split``.
 
         Args:
             trainer: the nnU-Net trainer whose network is evaluated.
-            raw_folder: the dataset's raw folder (``imagesTs/``, ``labelsTs/``).
+            raw_folder: the dataset's raw folder (``imagesTs/``, ``labelsTs/``; ``imagesVal/``, ``labelsVal/``).
             cache_folder: the base model's RN-DPO cache folder.
+            split: ``test`` or ``validation`` (EVALUATION_SPLITS).
         """
         t = trainer
-        pool = preprocessed_test_set(raw_folder, Path(cache_folder) / "test", t.plans_manager, t.configuration_manager,
+        pool = preprocessed_test_set(raw_folder, Path(cache_folder) / split, t.plans_manager, t.configuration_manager,
                                      t.dataset_json, progress=True, previous_stage=t.previous_stage, device=t.device,
-                                     log=t.print_to_log_file)
+                                     log=t.print_to_log_file, split=split)
         if pool is None:
-            t.print_to_log_file(f"RN-DPO: eval_every > 0 but {raw_folder} has no imagesTs/labelsTs; no test curve")
+            if split == "test":
+                t.print_to_log_file(f"RN-DPO: eval_every > 0 but {raw_folder} has no imagesTs/labelsTs; no test curve")
             return None
-        return cls(trainer, pool, cache_folder)
+        return cls(trainer, pool, cache_folder, split)
 
     def evaluate(self) -> DicePerCase:
         """The current policy's :func:`dice_on_test_set` (the network goes back to training mode after)."""
@@ -177,7 +188,7 @@ class DiceCurve:
         return dice
 
     def base_dice(self, reference: torch.nn.Module) -> DicePerCase:
-        """Row 0 of the curve: the base model's test Dice, measured once per base model and test set.
+        """Row 0 of the curve: the base model's Dice on the split, measured once per base model and set of cases.
 
         Called before the first step, when the policy holds the base (= ``reference``) weights. Every run from
         the same base on the same test set starts with the same numbers; they are kept in

@@ -16,7 +16,8 @@ Files in the fold folder:
 - ``rndpo_reference.pth``   the frozen reference (= base) weights, restored on ``--c``
 - ``rndpo_pairs.json``      the mined pairs with both judge scores (and true Dice when hidden labels exist)
 - ``rndpo_metrics.jsonl``   one row per epoch: ``rewards/*``, ``logps/*``, ``region/*``, ``pairs/skipped``,
-                            ``judge/*`` and, when evaluated, ``eval/dice`` and ``eval/dice_per_case``
+                            ``judge/*`` and, when evaluated, ``eval/dice`` and ``eval/dice_per_case`` (test set;
+                            ``eval/val_dice`` and ``eval/val_dice_per_case`` on a validation split)
 - ``rndpo_progress.png``    a plot of them
 - ``checkpoint_*.rndpo.json`` the patch sampler's generator state next to each nnU-Net checkpoint
 """
@@ -39,7 +40,7 @@ from nnunetv2_rndpo.checkpoint import base_weights, describe_trained_models, loa
 from nnunetv2_rndpo.config import CONFIG_ENV_VAR
 from nnunetv2_rndpo.distributed import barrier, broadcast_from_rank0, rank_and_world
 from nnunetv2_rndpo.drift_guard import GUARD_KEYS, DriftGuard
-from nnunetv2_rndpo.evaluation import DiceCurve, policy_predictor
+from nnunetv2_rndpo.evaluation import EVALUATION_SPLITS, DiceCurve, policy_predictor
 from nnunetv2_rndpo.messages import TIMED_ITERATIONS, pairs_summary, schedule_summary, time_estimate
 from nnunetv2_rndpo.metrics_log import LOSS_TERMS, METRIC_KEYS, MetricsLog, register_logger_keys
 from nnunetv2_rndpo.mining import (
@@ -115,7 +116,9 @@ class PreferencePhase:
         self.reference: torch.nn.Module | None = None
         self.pairs: list[Pair] = []
         self.judge_metrics: dict[str, float] = {}
-        self.test_curve: DiceCurve | None = None  # rank 0, when eval_every > 0 and the dataset has a test set
+        # rank 0, when eval_every > 0: the test curve (when the dataset has a test set) and the validation curve (when
+        # it has imagesVal/labelsVal), by split name
+        self.curves: dict[str, DiceCurve] = {}
         self._labeled_loader = None
         self.metrics_log = MetricsLog(self.fold_folder)
         self.drift_guard = DriftGuard(trainer, self.config, self.rank, self._policy_predictor)
@@ -200,7 +203,8 @@ class PreferencePhase:
         self.drift_guard.prepare(pool, self.reference, self.cascade_labels)
         if self.rank != 0:
             return
-        base_row = self.test_curve.base_dice(self.reference).row() if t.current_epoch == 0 and self.test_curve else {}
+        base_row = {k: v for split, curve in self.curves.items() if t.current_epoch == 0
+                    for k, v in curve.base_dice(self.reference).row(split).items()}
         self._write_run_files(new_pairs)
         self._record_provenance(cache)
         if t.current_epoch == 0:
@@ -408,18 +412,22 @@ class PreferencePhase:
                 self.trainer.logger.log(key, row[key], self.trainer.current_epoch)
         every = self.config.eval_every
         due = every and (epochs_done % every == 0 or epochs_done == self.trainer.num_epochs)
-        if self.test_curve is not None and due:
-            row.update(self.test_curve.evaluate().row())
-            self.trainer.print_to_log_file(f"RN-DPO: test Dice after {epochs_done} epochs: {row['eval/dice']:.4f}")
+        for split, curve in self.curves.items() if due else ():
+            dice = curve.evaluate()
+            row.update(dice.row(split))
+            self.trainer.print_to_log_file(f"RN-DPO: {split} Dice after {epochs_done} epochs: {dice.mean:.4f}")
         self.metrics_log.append(epochs_done, row)
         self.metrics_log.plot()
 
     # ------------------------------------------------------------------ evaluation
 
     def _prepare_evaluation(self) -> None:
-        """The test-Dice curve (:class:`~nnunetv2_rndpo.evaluation.DiceCurve`), measured by rank 0."""
+        """The test- and validation-Dice curves (:class:`~nnunetv2_rndpo.evaluation.DiceCurve`), measured by rank 0."""
         if self.config.eval_every and self.rank == 0:
-            self.test_curve = DiceCurve.open(self.trainer, self.base.raw_folder, self.base.cache_folder)
+            for split in EVALUATION_SPLITS:
+                curve = DiceCurve.open(self.trainer, self.base.raw_folder, self.base.cache_folder, split)
+                if curve is not None:
+                    self.curves[split] = curve
 
     def _policy_predictor(self, network: torch.nn.Module | None = None):
         """An nnU-Net predictor (no TTA) over a copy of the current policy, or over ``network``."""

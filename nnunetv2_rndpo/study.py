@@ -54,11 +54,14 @@ from nnunetv2_rndpo.study_protocol import (
     SELF_TRAINING_JUDGE,
     SWEEP_BETAS,
     SWEEP_JUDGES,
+    TUNED_METHODS,
     WEAK_JUDGES,
     WEAK_SIZE_BIAS,
     Arm,
     protocol_arms,
     sweep_arms,
+    tuned_arm,
+    tuned_settings,
 )
 from nnunetv2_rndpo.study_report import load_results, write_study_report
 
@@ -180,6 +183,8 @@ class Study:
             source = ["--synthetic", "2d"] if self.dataset == "synthetic" else ["-i", str(self.source)]
             args = [a for a in self.spec.import_args if self.dataset != "synthetic"]
             pool = ["--pool", str(self.scale.max_pool)] if self.scale.max_pool else []
+            if self.scale.num_validation:  # held out of the pool: the tuning's validation cases
+                pool += ["--validation", str(self.scale.num_validation)]
             # the test set is drawn with --test-seed 0 for every seed: one fixed held-out set
             self._run(f"make_dataset_{did}", ["nnUNetv2_rndpo_make_dataset", *source, "-d", str(did),
                                               "-n", f"{self.spec.name}Seed{seed}",
@@ -263,13 +268,19 @@ class Study:
         record.update(weak_calibrations(record["judges"]))
         self._save()
         s = self.scale
-        for arm in protocol_arms(s.judges, s.full_arms, s.protocol_round) + (sweep_arms() if self.sweep else []):
+        arms = protocol_arms(s.judges, s.full_arms, s.protocol_round, s.tuning) + (sweep_arms() if self.sweep else [])
+        for arm in arms:
             if arm.name in record["arms"] and "drift" not in record["arms"][arm.name]:  # results of older runs
                 fold = self._arm_fold(seed, arm, base_folder)
                 if (fold / "rndpo_metrics.jsonl").is_file():
                     record["arms"][arm.name]["drift"] = read_arm_metrics(fold)["drift"]
             if arm.name in record["arms"] or (self.only_arms and arm.name not in self.only_arms):
                 continue
+            if s.tuning and not arm.tunes and arm.method in TUNED_METHODS:  # at the tuning arms' choice (run first)
+                if "tuning" not in record:
+                    record["tuning"] = tuned_settings(record["arms"])
+                    self._save()
+                arm = tuned_arm(arm, record["tuning"])
             scores = None
             if arm.judge:
                 sources = arm.overrides.get("proposal_sources")
@@ -280,9 +291,29 @@ class Study:
                     record["judges"][arm.judge] = report
                 else:
                     record.setdefault("judges_by_proposals", {})[f"{arm.judge} | {' '.join(sources)}"] = report
-            record["arms"][arm.name] = self.run_arm(seed, arm, base_folder, scores)
+            chosen = record.get("tuning", {}).get(arm.method, {}).get("arm")
+            if chosen and self.arm_config(arm, scores) == record["arms"][chosen]["config"]:
+                # the tuned arm is the chosen tuning arm itself (same judge, mining and settings): not run twice
+                same = {k: v for k, v in record["arms"][chosen].items() if k != "tunes"}
+                record["arms"][arm.name] = {**same, "method": arm.method, "same_run_as": chosen}
+            else:
+                record["arms"][arm.name] = self.run_arm(seed, arm, base_folder, scores)
             self._save()
         self._save()
+
+    def arm_config(self, arm: Arm, scores: Path | None) -> dict:
+        """The ``rndpo_config.json`` of an arm: the proposals, the scale's schedule, the protocol's step, the arm's
+        overrides (a ``learning_rate_factor`` scales the scale's learning rate) and the judge's scores."""
+        s, overrides = self.scale, dict(arm.overrides)
+        # 6 significant digits: 3e-05, not 1e-05 * 3 = 3.0000000000000004e-05
+        learning_rate = float(f"{s.learning_rate * overrides.pop('learning_rate_factor', 1.0):.6g}")
+        config = {**PROPOSALS, "num_epochs": s.num_epochs, "num_iterations_per_epoch": s.iterations_per_epoch,
+                  "num_val_iterations_per_epoch": 5, "learning_rate": learning_rate, "eval_every": 1,
+                  "base_trainer": s.base_trainer, "mining": arm.mining, "final_validation": False, **PROTOCOL_STEP,
+                  **overrides}
+        if scores is not None:
+            config.update(judge="external", judge_scores=str(scores))
+        return config
 
     def run_arm(self, seed: int, arm: Arm, base_folder: Path, scores: Path | None) -> dict:
         """One ``nnUNetv2_train`` of the arm in ``seed_<s>/runs/<arm>/`` (removed first: a clean restart)."""
@@ -294,12 +325,7 @@ class Study:
         results.mkdir(parents=True)
         os.symlink(base_folder, results / base_folder.name)  # the arm finds its start point, writes beside it
         s = self.scale
-        config = {**PROPOSALS, "num_epochs": s.num_epochs, "num_iterations_per_epoch": s.iterations_per_epoch,
-                  "num_val_iterations_per_epoch": 5, "learning_rate": s.learning_rate, "eval_every": 1,
-                  "base_trainer": s.base_trainer, "mining": arm.mining, "final_validation": False, **PROTOCOL_STEP,
-                  **arm.overrides}
-        if scores is not None:
-            config.update(judge="external", judge_scores=str(scores))
+        config = self.arm_config(arm, scores)
         config_file = run_root / "rndpo_config.json"
         config_file.write_text(json.dumps(config, indent=1))
         seconds = self._run("train", ["nnUNetv2_train", str(did), self.spec.configuration, "all", "-tr", arm.trainer,
@@ -309,10 +335,12 @@ class Study:
         iterations = [i * s.iterations_per_epoch for i in range(len(metrics["curve"]))]  # eval_every = 1, row 0 = base
         for checkpoint in fold.glob("checkpoint_*.pth"):  # the curve is what the study keeps; weights are large
             checkpoint.unlink()
+        validation = {"validation_summary": curve_summary(metrics["validation_curve"])} \
+            if metrics.get("validation_curve") else {}
         return {"method": arm.method, "judge": arm.judge, "mining": arm.mining, "trainer": arm.trainer,
-                "config": config,
-                "iterations": iterations, "summary": curve_summary(metrics["curve"]), "seconds": round(seconds),
-                **metrics}
+                "config": config, **({"tunes": arm.tunes} if arm.tunes else {}),
+                "iterations": iterations, "summary": curve_summary(metrics["curve"]), **validation,
+                "seconds": round(seconds), **metrics}
 
     def _arm_fold(self, seed: int, arm: Arm, base_folder: Path) -> Path:
         """``seed_<s>/runs/<arm>/nnUNet_results/<dataset>/<trainer>__nnUNetPlans__<configuration>/fold_all``."""
@@ -433,12 +461,18 @@ def read_arm_metrics(fold: Path) -> dict:
     """What the study keeps of a finished arm: its test-Dice curve (row 0 = base) and, aligned with it, the Dice
     of every test case at each point (``curve_per_case``: one ``{case_id: Dice}`` per row; left out when the
     metrics predate ``eval/dice_per_case``), its drift from the base per epoch (``guard/kl``: mean KL of the
-    policy to the reference on the guard cases, nnunetv2_rndpo/drift_guard.py) and the number of pairs it trained on."""
+    policy to the reference on the guard cases, nnunetv2_rndpo/drift_guard.py) and the number of pairs it trained on;
+    on a dataset with a validation split also ``validation_curve`` and ``validation_curve_per_case``
+    (``eval/val_dice``)."""
     rows = read_jsonl(fold / "rndpo_metrics.jsonl")
     evaluated = [r for r in rows if "eval/dice" in r]
     pairs_file = fold / "rndpo_pairs.json"
     per_case = {"curve_per_case": [r["eval/dice_per_case"] for r in evaluated]} \
         if evaluated and all("eval/dice_per_case" in r for r in evaluated) else {}
+    validated = [r for r in rows if "eval/val_dice" in r]
+    if validated:
+        per_case.update(validation_curve=[r["eval/val_dice"] for r in validated],
+                        validation_curve_per_case=[r["eval/val_dice_per_case"] for r in validated])
     return {"curve": [r["eval/dice"] for r in evaluated], **per_case,
             "drift": [r["guard/kl"] for r in rows if "guard/kl" in r],
             "pairs": len(json.loads(pairs_file.read_text())["pairs"]) if pairs_file.is_file() else None}
@@ -464,9 +498,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--source", help="the dataset's source folder (not needed for 'synthetic')")
     parser.add_argument("--scale", choices=list(SCALES), default="cpu",
                         help="cpu (2 seeds, CPU-sized; its time: docs/study.md, 'Time'), "
-                        "gpu (paper-sized), cpu2 and gpu2 (the second round: longer fine-tuning, 4 seeds, weak judges "
-                        "weak75 and weak62, self-training; docs/study.md, 'Second round'), smoke (minutes, synthetic). "
-                        "Default: cpu")
+                        "gpu (paper-sized), cpu2 and gpu2 (the second round: longer fine-tuning, 4 seeds, weak "
+                        "judges weak75 and weak62, self-training, β and learning rate tuned on validation cases; "
+                        "docs/study.md, 'Second round'), smoke and smoke2 (minutes, synthetic: the first and second "
+                        "round's machinery). Default: cpu")
     parser.add_argument("-o", "--output", help="study folder (results.json, report.md, nnU-Net folders)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="seeds (labeled draws). Default: the scale's")

@@ -5,7 +5,7 @@ Read by the runner (:mod:`nnunetv2_rndpo.study`) and the report (:mod:`nnunetv2_
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 PROPOSALS = {"num_proposals": 8, "proposal_sources": ["mirror", "threshold", "temperature"], "seed": 12345}
 # The weak judge is calibrated the way DPO uses it: on within-case pair accuracy, not on a pooled Spearman,
@@ -52,6 +52,7 @@ class Arm:
     judge: str | None  # None: the arm does not read a judge (the continued-supervised control)
     mining: str = "top_bottom"
     overrides: dict = field(default_factory=dict)
+    tunes: str | None = None  # a tuning arm (TUNING_GRID): the method whose β and learning rate it helps choose
 
     @property
     def name(self) -> str:
@@ -139,11 +140,68 @@ def round2_arms(judges: tuple[str, ...], full: bool) -> list[Arm]:
     return arms
 
 
-def protocol_arms(judges: tuple[str, ...], full: bool, protocol_round: int = 1) -> list[Arm]:
-    """The arms of a scale's protocol: :func:`arms_for` (first round) or :func:`round2_arms`."""
+def protocol_arms(judges: tuple[str, ...], full: bool, protocol_round: int = 1, tuning: bool = False) -> list[Arm]:
+    """The arms of a scale's protocol: :func:`arms_for` (first round) or :func:`round2_arms`; with ``tuning``
+    the :func:`tuning_arms` first (they choose the β and learning rate of the others, :func:`tuned_arm`)."""
     if protocol_round not in (1, 2):
         raise ValueError(f"unknown protocol round {protocol_round}; valid: 1, 2")
-    return (arms_for if protocol_round == 1 else round2_arms)(judges, full)
+    return (tuning_arms() if tuning else []) + (arms_for if protocol_round == 1 else round2_arms)(judges, full)
+
+
+# Honest tuning (the second round; docs/study.md, "Honest tuning"). Per seed, DPO and RN-DPO are run under
+# TUNING_JUDGE at every point of TUNING_GRID: factors (of β, of the learning rate) on the protocol's β
+# (PROTOCOL_BETA) and the scale's learning rate. The point with the best *validation* sustained Dice (on the
+# dataset's imagesVal/labelsVal: cases held out of the pool and of the test set) is the β and learning rate that
+# every other arm of that method (TUNED_METHODS) runs with on that seed. The test set plays no part in the choice.
+# Assumption: tuned under the reliable judge (where the pairs carry information, so the step size matters) and
+# used under every judge; the control and pseudo-label keep the scale's learning rate.
+TUNING_JUDGE = "oracle"
+TUNING_GRID = ((0.25, 1.0), (1.0, 1.0), (4.0, 1.0), (1.0, 3.0))
+TUNED_METHODS = {"DPO": "DPO", "RN-DPO": "RN-DPO", "RN-DPO + sft": "RN-DPO"}  # arm method → the method it is tuned as
+TUNING_TRAINERS = {"DPO": ("nnUNetTrainerDPO", PROTOCOL_BETA["none"]),
+                   "RN-DPO": ("nnUNetTrainerRNDPO", PROTOCOL_BETA["region"])}
+
+
+def tuning_arms() -> list[Arm]:
+    """DPO and RN-DPO under TUNING_JUDGE (``top_bottom``, no supervised anchor) at every TUNING_GRID point; the
+    learning rate is given as a factor (``learning_rate_factor``) of the scale's, which the runner resolves."""
+    return [Arm(f"{method} (tuning: β {beta * b:g}, lr ×{lr:g})", trainer, TUNING_JUDGE,
+                overrides={"sft_weight": 0.0, "beta": beta * b, "learning_rate_factor": lr}, tunes=method)
+            for method, (trainer, beta) in TUNING_TRAINERS.items() for b, lr in TUNING_GRID]
+
+
+def tuned_settings(arms: dict[str, dict]) -> dict[str, dict]:
+    """Per tuned method, the tuning arm with the best validation sustained Dice among a seed's finished ``arms``
+    (``results.json`` records): ``{method: {"arm", "beta", "learning_rate", "validation_sustained"}}``.
+
+    Raises:
+        ValueError: a method's tuning arms are not all finished, or one has no validation curve (its dataset
+            has no imagesVal/labelsVal: make it with ``--validation``).
+    """
+    chosen = {}
+    for method in TUNING_TRAINERS:
+        names = [a.name for a in tuning_arms() if a.tunes == method]
+        missing = [n for n in names if n not in arms]
+        if missing:
+            raise ValueError(f"tuning arms not finished yet: {', '.join(missing)}")
+        blind = [n for n in names if not arms[n].get("validation_summary")]
+        if blind:
+            raise ValueError(f"tuning arms without a validation curve: {', '.join(blind)}; the dataset needs "
+                             "imagesVal/labelsVal (nnUNetv2_rndpo_make_dataset --validation V)")
+        best = max(names, key=lambda n: arms[n]["validation_summary"]["sustained"])  # first on a tie: grid order
+        chosen[method] = {"arm": best, "beta": arms[best]["config"]["beta"],
+                          "learning_rate": arms[best]["config"]["learning_rate"],
+                          "validation_sustained": arms[best]["validation_summary"]["sustained"]}
+    return chosen
+
+
+def tuned_arm(arm: Arm, tuned: dict[str, dict]) -> Arm:
+    """``arm`` with the β and learning rate chosen for its method (:func:`tuned_settings`); other arms unchanged."""
+    method = TUNED_METHODS.get(arm.method)
+    if arm.tunes or method is None:
+        return arm
+    choice = tuned[method]
+    return replace(arm, overrides={**arm.overrides, "beta": choice["beta"], "learning_rate": choice["learning_rate"]})
 
 
 # Why does RN-DPO move further than DPO? At the protocol's β (PROTOCOL_BETA) RN-DPO's sigmoid saturates only at
@@ -205,6 +263,8 @@ class Scale:
     max_pool: int | None = None  # cap on the unlabeled pool (None = every non-test, non-labeled case)
     protocol_round: int = 1  # whose arms: 1 = arms_for, 2 = round2_arms (protocol_arms)
     self_training: tuple[str, ...] = ()  # self-training sources run per seed unless --self-training says otherwise
+    num_validation: int = 0  # cases held out of the pool with labels (imagesVal/labelsVal): the tuning's validation
+    tuning: bool = False  # run tuning_arms first and the tuned methods' arms at the chosen β and learning rate
 
 
 SCALES = {
@@ -216,15 +276,19 @@ SCALES = {
     # paper-sized: nnU-Net's 250-epoch schedule for the base, 3 seeds, every arm under every judge.
     "gpu": Scale("nnUNetTrainer_250epochs", 10, 100, 1e-5, (0, 1, 2), ("oracle", "weak", "agreement", "learned"),
                  full_arms=True),
-    # the second round on CPU (docs/study.md, "Second round"): 2x the cpu scale's fine-tuning (10 evaluation points),
-    # 4 seeds, the weak judge at two levels, self-training beside the fine-tuning arms.
-    "cpu2": Scale("nnUNetTrainer_cpuBase", 10, 20, 1e-5, (0, 1, 2, 3),
+    # the second round on CPU (docs/study.md, "Second round"): 2x the cpu scale's fine-tuning in 8 epochs of 25
+    # iterations (8 evaluation points), 4 seeds, the weak judge at two levels, self-training beside the fine-tuning
+    # arms, β and learning rate chosen on 20 validation cases held out of the pool (tuning_arms).
+    "cpu2": Scale("nnUNetTrainer_cpuBase", 8, 25, 1e-5, (0, 1, 2, 3),
                   ("oracle", "weak75", "weak62", "agreement", "uncertainty", "learned"), max_pool=60,
-                  protocol_round=2, self_training=("tta", "top_proposal")),
+                  protocol_round=2, self_training=("tta", "top_proposal"), num_validation=20, tuning=True),
     # its paper-sized counterpart: 2x the gpu scale's fine-tuning, every round-2 arm under every judge.
     "gpu2": Scale("nnUNetTrainer_250epochs", 20, 100, 1e-5, (0, 1, 2, 3),
                   ("oracle", "weak75", "weak62", "agreement", "uncertainty", "learned"), full_arms=True,
-                  protocol_round=2, self_training=("tta", "top_proposal")),
+                  protocol_round=2, self_training=("tta", "top_proposal"), num_validation=20, tuning=True),
+    # the second round's machinery in minutes on the synthetic dataset (tests): validation split and tuning
+    "smoke2": Scale("nnUNetTrainer_rndpoSmoke", 2, 5, 1e-4, (0,), ("oracle",), num_labeled=8, protocol_round=2,
+                    num_validation=4, tuning=True),
     # a minutes-long run of the machinery on the synthetic dataset (tests)
     "smoke": Scale("nnUNetTrainer_rndpoSmoke", 2, 5, 1e-4, (0,), ("oracle",), num_labeled=8),
 }

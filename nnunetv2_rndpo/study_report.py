@@ -24,6 +24,8 @@ from nnunetv2_rndpo.study_protocol import (
     SCALES,
     SWEEP_BETAS,
     SWEEP_JUDGES,
+    TUNING_JUDGE,
+    TUNING_TRAINERS,
     WEAK_JUDGES,
     Arm,
     protocol_arms,
@@ -92,7 +94,7 @@ def _completeness(results: dict) -> str:
     """Which part of the protocol the results hold: finished arms per seed, and the full-label model."""
     protocol = results.get("protocol", {})
     names = {a.name for a in protocol_arms(tuple(protocol.get("judges", ())), protocol.get("full_arms", False),
-                                           protocol.get("protocol_round", 1))}
+                                           protocol.get("protocol_round", 1), protocol.get("tuning", False))}
     expected = len(names) or None
     seeds = protocol.get("seeds") or []
     finished = {s: len(names & set(results["seeds"].get(str(s), {}).get("arms", {}))) for s in seeds}
@@ -101,6 +103,35 @@ def _completeness(results: dict) -> str:
         else "INCOMPLETE"
     full_label = "done" if "full_label" in results else "missing"
     return f"Protocol {state}: {'; '.join(done) or 'no seeds'}; full-label model {full_label}."
+
+
+def _tuning_lines(results: dict) -> list[str]:
+    """The honest tuning (:func:`~nnunetv2_rndpo.study_protocol.tuning_arms`): per tuning arm, its validation and
+    test sustained Dice and on how many seeds its validation Dice chose it; empty without tuning arms."""
+    runs: dict[str, list[dict]] = {}
+    chosen: dict[str, int] = {}
+    for seed in results["seeds"].values():
+        for name, arm in seed["arms"].items():
+            if arm.get("tunes") and arm.get("validation_summary"):
+                runs.setdefault(name, []).append(arm)
+        for choice in seed.get("tuning", {}).values():
+            chosen[choice["arm"]] = chosen.get(choice["arm"], 0) + 1
+    if not runs:
+        return []
+    lines = ["", f"Tuning on {results['protocol'].get('num_validation', '?')} validation cases held out of the pool "
+             f"(judge {TUNING_JUDGE}, top_bottom, no supervised anchor): the setting with the best validation "
+             "sustained Dice is what every other arm of its method runs with on that seed; the test Dice plays no "
+             "part in the choice.", "",
+             "| method | β | learning rate | seeds | validation sustained | test sustained | Δ test sustained | "
+             "chosen on |", "|---|---|---|---|---|---|---|---|"]
+    for name, arms in runs.items():
+        c = arms[0]["config"]
+        lines.append(f"| {arms[0]['tunes']} | {c['beta']:g} | {c['learning_rate']:g} | {len(arms)} | "
+                     f"{_mean_sd([a['validation_summary']['sustained'] for a in arms])} | "
+                     f"{_mean_sd([a['summary']['sustained'] for a in arms])} | "
+                     f"{_mean_sd([a['summary']['delta_sustained'] for a in arms])} | "
+                     f"{chosen.get(name, 0)}/{len(results['seeds'])} seeds |")
+    return lines
 
 
 def _sweep_lines(rows: list[dict]) -> list[str]:
@@ -264,6 +295,7 @@ def write_study_report(all_results: list[dict], report_file: Path, figure_folder
             for r in sorted(mining, key=lambda r: (r["method"], r["judge"], r["mining"])):
                 lines.append(f"| {r['method']} | {r['judge']} | {r['mining']} | {_mean_sd(r['delta_peak'])} | "
                              f"{_mean_sd(r['delta_sustained'])} | {_mean_sd(r['worst_drop'])} |")
+        lines += _tuning_lines(results)
         lines += _sweep_lines(rows)
         lines += _drift_lines(results)
         keys = ("spearman/pooled", "spearman/per_case", "pairwise/accuracy", "top1/regret",
@@ -368,10 +400,14 @@ def expected_seed_seconds(first_round: dict, scale: str) -> dict:
             if arm.get("seconds") is not None:
                 measured.setdefault(arm["method"], []).append(arm["seconds"])
     by_method: dict[str, list] = {}
-    for arm in protocol_arms(s.judges, s.full_arms, s.protocol_round):
-        if arm.method not in measured:
-            raise ValueError(f"the results hold no {arm.method!r} arm with seconds to estimate from")
-        count = by_method.setdefault(arm.method, [0, float(np.mean(measured[arm.method])) * ratio])
+    for arm in protocol_arms(s.judges, s.full_arms, s.protocol_round, s.tuning):
+        if s.tuning and not arm.tunes and arm.method in TUNING_TRAINERS and arm.judge == TUNING_JUDGE \
+                and arm.mining == "top_bottom":
+            continue  # the tuned arm is the chosen tuning arm itself: not run again (Study.run_seed)
+        method = arm.tunes or arm.method  # a tuning arm costs what its method's arm does
+        if method not in measured:
+            raise ValueError(f"the results hold no {method!r} arm with seconds to estimate from")
+        count = by_method.setdefault(method, [0, float(np.mean(measured[method])) * ratio])
         count[0] += 1
     arms = sum(n for n, _ in by_method.values())
     return {"arms": arms, "seconds": sum(n * t for n, t in by_method.values()),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_rndpo.datasets import SPLIT_FOLDERS, RawDatasetWriter
+from nnunetv2_rndpo.datasets import RawDatasetWriter
 
 SHAPES = {2: (64, 64), 3: (24, 40, 40)}
 
@@ -99,11 +99,12 @@ def make_synthetic_dataset(
     overwrite: bool = False,
     shape: tuple[int, ...] | None = None,
     test_seed: int | None = None,
+    num_validation: int = 0,
 ) -> Path:
     """Writes the default synthetic study dataset ``Dataset<id>_<name>`` and returns its folder.
 
     Case i is drawn from ``default_rng([seed, i])`` and the cases are taken in order test, labeled,
-    unlabeled, so one seed gives the same test set whatever the pool size. With ``test_seed`` the test
+    unlabeled, validation, so one seed gives the same test set whatever the pool size. With ``test_seed`` the test
     cases are drawn from ``default_rng([test_seed, i])``: one test set for every ``seed``, never equal to
     a labeled or pool case of another seed.
 
@@ -119,6 +120,7 @@ def make_synthetic_dataset(
         overwrite: replace an existing dataset with this id.
         shape: image size in voxels; None = 64×64 (2D) or 24×40×40 (3D).
         test_seed: seed of the test cases; None = ``seed``.
+        num_validation: V validation cases with labels (``imagesVal/labelsVal``), held out of the pool.
 
     Raises:
         ValueError: ``dim`` not 2 or 3, ``shape`` of another dimension, or counts below 1.
@@ -134,8 +136,9 @@ def make_synthetic_dataset(
                          f"{num_test}")
     writer = RawDatasetWriter(raw_root, dataset_id, name or f"Synthetic{dim}D", ".png" if dim == 2 else ".nii.gz",
                               overwrite)
-    counts = {"test": num_test, "labeled": num_labeled, "unlabeled": num_unlabeled}
-    splits: dict[str, list[str]] = {split: [] for split in (*SPLIT_FOLDERS, "unused")}
+    counts = {"test": num_test, "labeled": num_labeled, "unlabeled": num_unlabeled,
+              **({"validation": num_validation} if num_validation else {})}
+    splits: dict[str, list[str]] = {split: [] for split in (*counts, "unused")}
     index = 0
     for split, count in counts.items():
         for _ in range(count):
@@ -217,9 +220,10 @@ def make_tiny_dataset(
                               overwrite=True)
     labels = {"background": 0, "whole": [1, 2], "core": 2} if regions else {"background": 0, "target": 1}
     ignore_value = (2 if regions else 1) + 1
-    splits: dict[str, list[str]] = {split: [] for split in (*SPLIT_FOLDERS, "unused")}
+    counts = {"labeled": num_labeled, "unlabeled": num_unlabeled, "test": num_test}
+    splits: dict[str, list[str]] = {split: [] for split in (*counts, "unused")}
     index = 0
-    for split, count in {"labeled": num_labeled, "unlabeled": num_unlabeled, "test": num_test}.items():
+    for split, count in counts.items():
         for _ in range(count):
             images, label = _tiny_case((32, 32) if dim == 2 else (16, 24, 24), rng, regions, channels)
             if ignore_label:

@@ -241,3 +241,30 @@ def test_study_runner_flags(tmp_path):
     with pytest.raises(SystemExit):
         main(["-i", str(source), "-d", "10", "-o", str(tmp_path / "raw"), "--labeled", "3", "--test", "3",
               "--resize", "1", "2", "3"])
+
+
+def test_validation_cases_come_out_of_the_pool_and_leave_the_other_splits_as_they_were(tmp_path):
+    cases = {f"c{i:02d}": f"c{i:02d}" for i in range(40)}
+    before = split_by_group(cases, 5, 6, seed=3, num_unlabeled=10, test_seed=0)
+    after = split_by_group(cases, 5, 6, seed=3, num_unlabeled=10, test_seed=0, num_validation=4)
+    assert "validation" not in before and len(after["validation"]) == 4
+    assert after["labeled"] == before["labeled"] and after["test"] == before["test"]  # the base model's cases
+    assert len(after["unlabeled"]) == 10
+    named = [c for split in ("labeled", "validation", "unlabeled", "test") for c in after[split]]
+    assert len(named) == len(set(named))  # never mined, never tested
+    assert split_by_group(cases, 5, 6, seed=3, num_validation=0) == split_by_group(cases, 5, 6, seed=3)
+    with pytest.raises(ValueError, match="--validation 30 leaves no unlabeled case"):
+        split_by_group(cases, 5, 6, seed=3, num_validation=30)
+    source = make_msd(tmp_path / "Task99_Tiny", num_cases=10)
+    folder = make_dataset(source, tmp_path / "raw", 42, "Tiny", num_labeled=3, num_test=2, seed=5, num_validation=2)
+    val = {p.name for p in (folder / "imagesVal").glob("*.nii.gz")}
+    assert len(val) == 2 and {p.name.replace("_0000", "") for p in (folder / "imagesVal").iterdir()} == \
+        {p.name for p in (folder / "labelsVal").iterdir()}
+    assert not val & {p.name for p in (folder / "imagesUnlabeled").iterdir()}
+    plain = make_dataset(source, tmp_path / "raw", 43, "Tiny", num_labeled=3, num_test=2, seed=5)
+    assert not (plain / "imagesVal").exists()  # a dataset without validation cases has no empty folders
+    synthetic = make_synthetic_dataset(tmp_path / "s", 980, num_labeled=2, num_unlabeled=3, num_test=2,
+                                       num_validation=2)
+    assert len(list((synthetic / "labelsVal").iterdir())) == 2
+    assert {k: v for k, v in digest(synthetic).items() if "Val" not in k} == \
+        digest(make_synthetic_dataset(tmp_path / "t", 980, num_labeled=2, num_unlabeled=3, num_test=2))

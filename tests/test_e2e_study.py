@@ -58,3 +58,35 @@ def test_study_runs_arms_writes_report_and_resumes(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "nnUNetv2_train" not in printed and "nnUNetv2_plan_and_preprocess" not in printed
     assert json.loads((out / "results.json").read_text())["seeds"]["0"]["arms"] == arms
+
+
+@pytest.mark.e2e
+def test_second_round_tunes_beta_and_learning_rate_on_validation_cases(tmp_path):
+    """smoke2: the dataset holds validation cases out of the pool; the tuning arms measure a validation curve;
+    the other DPO-family arms run at the setting with the best validation sustained Dice."""
+    from nnunetv2_rndpo.study_protocol import tuning_arms
+
+    tuned = ["RN-DPO | oracle | top_bottom", "DPO | oracle | top_random"]
+    out = tmp_path / "study"
+    Study("synthetic", None, "smoke2", out, only_arms=[a.name for a in tuning_arms()] + tuned,
+          full_label=False).run()
+    seed = json.loads((out / "results.json").read_text())["seeds"]["0"]
+    raw = next((out / "nnUNet_raw").glob("Dataset980_*"))
+    validation = sorted(p.name[:-len(".png")] for p in (raw / "labelsVal").glob("*.png"))
+    pool = {p.name for p in (raw / "imagesUnlabeled").glob("*.png")}
+    assert len(validation) == 4 and seed["splits"]["validation"] == 4
+    assert not {f"{c}_0000.png" for c in validation} & pool
+    for arm in tuning_arms():
+        record = seed["arms"][arm.name]
+        assert len(record["validation_curve"]) == len(record["curve"]) == SCALES["smoke2"].num_epochs + 1
+        assert all(sorted(row) == validation for row in record["validation_curve_per_case"])
+        assert record["tunes"] == arm.tunes
+    for method, chosen in seed["tuning"].items():
+        candidates = [a.name for a in tuning_arms() if a.tunes == method]
+        best = max(seed["arms"][n]["validation_summary"]["sustained"] for n in candidates)
+        assert seed["arms"][chosen["arm"]]["validation_summary"]["sustained"] == best
+    top_bottom, top_random = (seed["arms"][n] for n in tuned)
+    assert top_bottom["same_run_as"] == seed["tuning"]["RN-DPO"]["arm"]  # not trained twice
+    assert top_random["config"]["beta"] == seed["tuning"]["DPO"]["beta"]
+    assert top_random["config"]["learning_rate"] == seed["tuning"]["DPO"]["learning_rate"]
+    assert "same_run_as" not in top_random and top_random["mining"] == "top_random"

@@ -15,6 +15,18 @@ def test_the_mean_leaves_out_cases_without_any_class_and_the_row_keeps_every_cas
     row = dice.row()
     assert row["eval/dice"] == pytest.approx(0.7) and list(row["eval/dice_per_case"]) == ["a", "b", "c"]
     assert math.isnan(DicePerCase.from_cases({"a": math.nan}).mean)
+    validation = dice.row("validation")  # the validation split's keys: a curve of its own beside the test one
+    assert set(validation) == {"eval/val_dice", "eval/val_dice_per_case"}
+    assert validation["eval/val_dice"] == row["eval/dice"]
+
+
+def test_the_validation_split_is_read_from_images_val_and_an_empty_or_missing_one_gives_none(tmp_path):
+    from nnunetv2_rndpo.evaluation import preprocessed_test_set
+
+    assert preprocessed_test_set(tmp_path, tmp_path / "cache", None, None, {}, split="validation") is None
+    (tmp_path / "imagesVal").mkdir()
+    (tmp_path / "labelsVal").mkdir()
+    assert preprocessed_test_set(tmp_path, tmp_path / "cache", None, None, {}, split="validation") is None
 
 
 class _Trainer:

@@ -86,6 +86,7 @@ def test_cpu2_and_gpu2_scales_run_longer_on_more_seeds():
         assert second.num_epochs * second.iterations_per_epoch >= 2 * first.num_epochs * first.iterations_per_epoch
         assert second.num_epochs >= 8  # evaluation points after the base (eval_every = 1)
         assert second.seeds == (0, 1, 2, 3) and second.protocol_round == 2
+        assert second.num_validation == 20 and second.tuning and not first.tuning and first.num_validation == 0
         assert second.judges == ("oracle", "weak75", "weak62", "agreement", "uncertainty", "learned")
         assert second.self_training == ("tta", "top_proposal") and first.self_training == ()
         assert (second.base_trainer, second.learning_rate, second.max_pool, second.full_arms) == \
@@ -165,9 +166,69 @@ def test_expected_seed_time_scales_the_first_rounds_arm_seconds():
     per_seed = [sum(s["arms"][n]["seconds"] for n in protocol) for s in results["seeds"].values()]
     assert first["arms"] == 16 and first["seconds"] == pytest.approx(np.mean(per_seed), rel=0.05)
     second = expected_seed_seconds(results, "cpu2")
-    assert second["arms"] == len(round2_arms(SCALES["cpu2"].judges, False)) == 25
+    # the 25 round-2 arms and 8 tuning arms, less the two oracle top_bottom arms that are tuning arms' runs
+    assert len(round2_arms(SCALES["cpu2"].judges, False)) == 25 and second["arms"] == 25 + 8 - 2
     assert second["by_method"]["DPO"][1] == pytest.approx(2 * first["by_method"]["DPO"][1])  # 2x the iterations
-    assert second["iterations"] == 25 * 200
+    assert second["by_method"]["DPO"][0] == 6 + 4 + 4 - 1  # top_bottom per judge, 2 minings × 2 judges, tuning
+    assert second["iterations"] == 31 * 200
     no_pseudo_label = {n: a for n, a in results["seeds"]["0"]["arms"].items() if a["method"] != "pseudo-label"}
     with pytest.raises(ValueError, match="no 'pseudo-label' arm"):
         expected_seed_seconds({**results, "seeds": {"0": {"arms": no_pseudo_label}}}, "cpu2")
+
+
+def _tuning_record(validation: dict[str, float], test: dict[str, float]) -> dict:
+    """Finished tuning arms whose validation and test sustained Dice are given per arm name."""
+    from nnunetv2_rndpo.study_protocol import tuning_arms
+
+    arms = {}
+    for arm in tuning_arms():
+        o = arm.overrides
+        arms[arm.name] = {"config": {"beta": o["beta"], "learning_rate": 1e-5 * o["learning_rate_factor"]},
+                          "validation_summary": {"sustained": validation.get(arm.name, 0.5)},
+                          "summary": {"sustained": test.get(arm.name, 0.5)}}
+    return arms
+
+
+def test_beta_and_learning_rate_are_chosen_on_validation_dice_never_on_test_dice():
+    from nnunetv2_rndpo.study_protocol import TUNING_GRID, tuned_arm, tuned_settings, tuning_arms
+
+    names = [a.name for a in tuning_arms()]
+    assert len(names) == 2 * len(TUNING_GRID) == len(set(names)) and all(a.judge == "oracle" for a in tuning_arms())
+    rn_high_beta, rn_high_lr, dpo_low_beta = (f"{m} | oracle | top_bottom" for m in (
+        "RN-DPO (tuning: β 4, lr ×1)", "RN-DPO (tuning: β 1, lr ×3)", "DPO (tuning: β 0.0025, lr ×1)"))
+    assert {rn_high_beta, rn_high_lr, dpo_low_beta} <= set(names)
+    # the best test Dice is another arm's: the choice follows validation only
+    arms = _tuning_record({rn_high_beta: 0.9, dpo_low_beta: 0.8}, {rn_high_lr: 0.99, names[0]: 0.99})
+    chosen = tuned_settings(arms)
+    assert chosen["RN-DPO"]["arm"] == rn_high_beta and chosen["RN-DPO"]["beta"] == 4.0
+    assert chosen["DPO"] == {"arm": dpo_low_beta, "beta": 0.0025, "learning_rate": 1e-5, "validation_sustained": 0.8}
+    arms[rn_high_lr]["validation_summary"]["sustained"] = 0.95
+    assert tuned_settings(arms)["RN-DPO"]["learning_rate"] == pytest.approx(3e-5)
+    # every DPO-family arm of the round runs at its method's choice; the others keep their settings
+    for arm in round2_arms(SCALES["cpu2"].judges, False):
+        tuned = tuned_arm(arm, chosen)
+        if arm.method in ("RN-DPO", "RN-DPO + sft"):
+            assert tuned.overrides["beta"] == 4.0 and tuned.name == arm.name
+            assert {k: v for k, v in tuned.overrides.items() if k not in ("beta", "learning_rate")} == \
+                {k: v for k, v in arm.overrides.items() if k != "beta"}
+        elif arm.method == "DPO":
+            assert tuned.overrides["beta"] == 0.0025
+        else:
+            assert tuned == arm
+    del arms[names[-1]]
+    with pytest.raises(ValueError, match="tuning arms not finished yet"):
+        tuned_settings(arms)
+    blind = _tuning_record({}, {})
+    del blind[names[0]]["validation_summary"]
+    with pytest.raises(ValueError, match="--validation V"):
+        tuned_settings(blind)
+
+
+def test_a_tuning_arm_learning_rate_factor_scales_the_scale_learning_rate(tmp_path):
+    from nnunetv2_rndpo.study_protocol import tuning_arms
+
+    study = Study("synthetic", None, "cpu2", tmp_path / "s")
+    arm = next(a for a in tuning_arms() if a.overrides["learning_rate_factor"] == 3.0)
+    config = study.arm_config(arm, tmp_path / "scores.csv")
+    assert config["learning_rate"] == pytest.approx(3e-5) and "learning_rate_factor" not in config
+    assert config["judge"] == "external" and config["num_epochs"] * config["num_iterations_per_epoch"] == 200
