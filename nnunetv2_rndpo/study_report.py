@@ -45,13 +45,15 @@ def arm_table(results: dict) -> list[dict]:
     """One row per arm (over seeds): peak/sustained/final/worst drop, Δ to base and the label-gap share.
 
     gap share = (sustained − base) / (full-label − base), per seed, then averaged. drift = the mean over epochs
-    of ``guard/kl`` (how far the policy moved from the base on the guard cases), per seed, then averaged.
+    of ``guard/kl`` (how far the policy moved from the base on the guard cases), per seed, then averaged. The
+    tuning arms are left out (their table is :func:`_tuning_lines`; the tuned arms are here).
     """
     full = results.get("full_label", {}).get("dice")
     by_arm: dict[str, list[dict]] = {}
     for seed in results["seeds"].values():
         for name, arm in seed["arms"].items():
-            by_arm.setdefault(name, []).append(arm)
+            if not arm.get("tunes"):
+                by_arm.setdefault(name, []).append(arm)
     rows = []
     for name, runs in by_arm.items():
         s = [r["summary"] for r in runs]
@@ -290,7 +292,8 @@ def write_study_report(all_results: list[dict], report_file: Path, figure_folder
             weak = "weak = calibrated noisy and size-biased oracle" if levels == ["weak"] else \
                 ", ".join(f"{j} = the oracle noised to a within-case pair accuracy of {WEAK_JUDGES[j]:.2f}"
                           for j in levels) + ", size-biased"  # the first round's caption stays as it was
-            lines += ["", f"Mining (reliable = oracle σ=0, {weak}):", "",
+            weak = f", {weak}" if levels else ""
+            lines += ["", f"Mining (reliable = oracle σ=0{weak}):", "",
                       "| method | judge | mining | Δ peak | Δ sustained | worst drop |", "|---|---|---|---|---|---|"]
             for r in sorted(mining, key=lambda r: (r["method"], r["judge"], r["mining"])):
                 lines.append(f"| {r['method']} | {r['judge']} | {r['mining']} | {_mean_sd(r['delta_peak'])} | "
@@ -334,7 +337,7 @@ def plot_judge_curves(results: dict, judge: str, path: Path) -> list[str]:
     curves: dict[str, list] = {}
     for seed in results["seeds"].values():
         for name, arm in seed["arms"].items():
-            if arm["judge"] in (judge, None):
+            if arm["judge"] in (judge, None) and not arm.get("tunes"):  # the tuning arms: their own table
                 curves.setdefault(name, []).append(arm)
     curves = {name: runs for name, runs in curves.items() if len(runs) == len(results["seeds"])}
     base = None

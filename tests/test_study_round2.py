@@ -232,3 +232,25 @@ def test_a_tuning_arm_learning_rate_factor_scales_the_scale_learning_rate(tmp_pa
     config = study.arm_config(arm, tmp_path / "scores.csv")
     assert config["learning_rate"] == pytest.approx(3e-5) and "learning_rate_factor" not in config
     assert config["judge"] == "external" and config["num_epochs"] * config["num_iterations_per_epoch"] == 200
+
+
+def test_the_report_gives_tuning_arms_their_own_table_and_keeps_them_out_of_the_main_one():
+    from nnunetv2_rndpo.study_protocol import tuned_settings
+    from nnunetv2_rndpo.study_report import _tuning_lines, arm_table
+
+    arms = _tuning_record({"RN-DPO (tuning: β 4, lr ×1) | oracle | top_bottom": 0.9}, {})
+    for name, arm in arms.items():
+        arm.update(tunes=name.split(" (")[0], method=name.split(" |")[0], judge="oracle", mining="top_bottom")
+        arm["summary"].update(base=0.5, peak=0.6, final=0.5, worst_drop=0.0, delta_peak=0.1, delta_sustained=0.0,
+                              delta_final=0.0)
+    tuned = {**arms["RN-DPO (tuning: β 4, lr ×1) | oracle | top_bottom"], "method": "RN-DPO"}
+    del tuned["tunes"]
+    seed = {"arms": {**arms, "RN-DPO | oracle | top_bottom": tuned}, "tuning": tuned_settings(arms)}
+    results = {"seeds": {"0": seed, "1": seed}, "protocol": {"num_validation": 20}}
+    assert [r["arm"] for r in arm_table(results)] == ["RN-DPO | oracle | top_bottom"]
+    lines = _tuning_lines(results)
+    assert "Tuning on 20 validation cases" in lines[1]
+    row = next(line for line in lines if line.startswith("| RN-DPO | 4 |"))
+    assert "| 0.9000 ± 0.0000 |" in row and row.endswith("| 2/2 seeds |")
+    assert sum(line.endswith("| 0/2 seeds |") for line in lines) == 6  # one choice per method and seed
+    assert _tuning_lines({"seeds": {"0": {"arms": {"RN-DPO | oracle | top_bottom": tuned}}}}) == []
