@@ -12,8 +12,10 @@ that :class:`~nnunetv2_rndpo.learned_judge.JudgeTraining`; saved under ``<-o>/ju
 over the judge the trainer uses), scores the pool's proposals and reports the within-case pair accuracy and
 per-case Spearman against the hidden labels, and the judge's within-case Spearman between score and mask size
 next to the truth's (the same for the true Dice): a judge that reads mask size instead of the image shows a
-size Spearman of the sign its training masks reward, whatever the pool rewards. Results are kept per seed in
-``<-o>/judge_training_check_seed<s>.json`` (a rerun skips what is there).
+size Spearman of the sign its training masks reward, whatever the pool rewards. The ``cross_validation`` variant
+first trains nnU-Net's 5 cross-validation folds of the base trainer on the seed's dataset (each once: 5 base
+trainings per seed, the variant's cost) and trains the judge on their proposals for the cases each held out.
+Results are kept per seed in ``<-o>/judge_training_check_seed<s>.json`` (a rerun skips what is there).
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ VARIANTS = {
     "predictions, weight noise 0.2 0.4 0.6": {"weight_noise": (0.2, 0.4, 0.6)},
     "label": {"masks": "label"},
     "label, 120 epochs": {"masks": "label", "epochs": 120},
+    # the proposals of the 5 cross-validation folds' models for the cases each held out (trained first: --folds)
+    "cross_validation": {"masks": "cross_validation"},
 }
+CROSS_VALIDATION_FOLDS = 5
 
 
 def within_case_spearman(values: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> float:
@@ -105,6 +110,9 @@ def measure_seed(args, seed: int) -> dict:
         if name not in args.variants or name in results["variants"]:
             continue
         started = time.time()
+        if overrides.get("masks") == "cross_validation":  # nnU-Net's 5 folds of the base trainer, each once
+            for fold in range(CROSS_VALIDATION_FOLDS):
+                study.train(study.dataset_id(seed), study.scale.base_trainer, fold)
         judge = train_learned_judge(base, settings, JudgeTraining(**overrides), progress=False, log=lambda *a: None)
         slug = "".join(c if c.isalnum() else "_" for c in name)  # one file per seed and variant
         judge_file = Path(args.output) / "judge_training_check" / f"seed{seed}_{slug}.pth"

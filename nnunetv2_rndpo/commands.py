@@ -388,8 +388,10 @@ def train_judge_parser() -> argparse.ArgumentParser:
                         help=f"channels of the network's first layers; larger = slower. Default: {default.width}")
     parser.add_argument("--training-masks", choices=TRAINING_MASKS, default=default.masks,
                         help="what the ranking steps draw masks from: the base model's predictions of the training "
-                             "cases (in-sample: their errors can lean one way, docs/toolkit.md) or the label alone "
-                             f"(moved and corrupted; no predictions computed). Default: {default.masks}")
+                             "cases (in-sample: their errors can lean one way, docs/toolkit.md), the label alone "
+                             "(moved and corrupted; no predictions computed), or cross_validation: each training "
+                             "case's proposals by the trained cross-validation fold (fold_0 … fold_4) that held it "
+                             f"out. Default: {default.masks}")
     parser.add_argument("--weight-noise", type=float, nargs="*", default=list(default.weight_noise),
                         help="σ of the multiplicative Gaussian weight noise, one base-model prediction per value and "
                              "training case (none: no such masks; --training-masks predictions only). Default: "

@@ -27,7 +27,7 @@ from nnunetv2_rndpo.learned_judge import (
     ranking_step,
     step_masks,
 )
-from nnunetv2_rndpo.pipeline import labeled_proposals, proposal_cache
+from nnunetv2_rndpo.pipeline import labeled_proposals, load_base_model, proposal_cache
 from nnunetv2_rndpo.pool import LabeledPool, labeled_cases
 from nnunetv2_rndpo.proposals import generate_proposals
 from nnunetv2_rndpo.reliability import judge_reliability
@@ -44,6 +44,44 @@ def training_masks(base, settings, cases, case_ids: list[str], training: JudgeTr
     noisy = perturbed_predictions(base, pool, case_ids, training.weight_noise, training.seed, progress)
     return {c: np.concatenate([cache.masks(c), np.stack(noisy[c]).reshape(-1, *cache.masks(c).shape[1:])])
             if noisy[c] else cache.masks(c) for c in case_ids}
+
+
+def cross_validation_masks(base, settings, train_ids: list[str], progress: bool = True, log=print,
+                           ) -> dict[str, np.ndarray]:
+    """``{case: (K, *spatial) uint8}``: each training case's proposals (``settings``) by the cross-validation fold
+    model that held it out: nnU-Net's ``fold_<f>/`` of the same trainer, plans and configuration, ``f`` ≠ the
+    base's fold, whose ``splits_final.json`` validation cases they are (cached in that fold's
+    ``labeled_proposals/``, where its own reliability report keeps them).
+
+    A model never trained on the case makes them, so their errors are of the kind the pool's proposals have,
+    not those of a case the base model has fitted (whose size lean can be the pool's opposite: docs/toolkit.md,
+    "What the learned judge learns"). A training case no trained fold held out gets none (it ranks masks made
+    from its label, as with ``"label"``).
+
+    Raises:
+        FileNotFoundError: no cross-validation fold other than the base's is trained (the message gives the
+            command).
+    """
+    folds = sorted(int(p.name.removeprefix("fold_")) for p in base.model_folder.glob("fold_*")
+                   if p.name.removeprefix("fold_").isdigit() and p.name != f"fold_{base.fold}"
+                   and (p / base.checkpoint_name).is_file())
+    if not folds:
+        raise FileNotFoundError(
+            f"--training-masks cross_validation needs trained cross-validation folds besides fold {base.fold} in "
+            f"{base.model_folder}: train them first, e.g. nnUNetv2_train {base.dataset_name} "
+            f"{base.configuration_name} 0 -tr {base.trainer_name} (folds 0 to 4)")
+    plans = base.model_folder.name.split("__")[1]
+    wanted, masks = set(train_ids), {}
+    for fold in folds:
+        model = load_base_model(base.dataset_name, base.configuration_name, fold, base.trainer_name, plans,
+                                base.checkpoint_name, base.device)
+        pool, cache = labeled_proposals(model, settings, progress, log)
+        for case_id in pool.case_ids:
+            if case_id in wanted and case_id not in masks:
+                masks[case_id] = cache.masks(case_id)
+    log(f"RN-DPO: cross-validation masks for {len(masks)} of {len(train_ids)} judge training cases from folds "
+        f"{', '.join(map(str, folds))}")
+    return masks
 
 
 def validation_reliability(judge: LearnedJudge, base, settings, progress: bool = True, log=print) -> dict:
@@ -83,8 +121,12 @@ def train_learned_judge(base, settings, training: JudgeTraining = JudgeTraining(
     dim = len(base.configuration_manager.patch_size)
     size = (training.crop_size or CROP_SIZE[dim],) * dim
     began = time.monotonic()
-    predictions = (training_masks(base, settings, cases, train_ids, training, progress)
-                   if training.masks == "predictions" else {})
+    if training.masks == "predictions":
+        predictions = training_masks(base, settings, cases, train_ids, training, progress)
+    elif training.masks == "cross_validation":
+        predictions = cross_validation_masks(base, settings, train_ids, progress, log)
+    else:
+        predictions = {}
     in_channels = cases[train_ids[0]][0].shape[0] + 2 * len(classes)
     network, steps, losses = fit_ranking_net(cases, train_ids, predictions, in_channels, classes, ignore_label,
                                              size, training, progress)

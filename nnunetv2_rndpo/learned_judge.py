@@ -51,7 +51,7 @@ from nnunetv2_rndpo.metrics import in_class, mean_dice, region_labels
 JUDGE_FORMAT = "within-case-ranking-1"
 CROP_SIZE = {2: 128, 3: 24}
 # what the judge's training steps draw their masks from (JudgeTraining.masks; docs/toolkit.md, "The learned judge")
-TRAINING_MASKS = ("predictions", "label")
+TRAINING_MASKS = ("predictions", "label", "cross_validation")
 CORRUPTIONS = ("erode", "dilate", "shift", "drop_component", "spurious_component", "boundary_noise")
 
 
@@ -307,9 +307,12 @@ class JudgeTraining:
     ``masks_per_step``: masks ranked together in a step; ``crop_size``: crop side in voxels (None =
     :data:`CROP_SIZE`: 128 in 2D, 24 in 3D); ``width``: channels of the first layers; ``masks``: what
     :func:`step_masks` draws from, one of :data:`TRAINING_MASKS`: ``"predictions"``, the base model's proposals
-    and weight-noise predictions of the training cases, or ``"label"``, the label alone (its moved boundaries
-    and corruptions; no predictions are computed); ``weight_noise``: the standard deviations of the
-    multiplicative weight noise, one prediction per value and training case (``masks`` "predictions" only).
+    and weight-noise predictions of the training cases, ``"label"``, the label alone (its moved boundaries
+    and corruptions; no predictions are computed), or ``"cross_validation"``, the proposals for each training
+    case by the cross-validation fold model that held it out
+    (:func:`~nnunetv2_rndpo.judge_training.cross_validation_masks`); ``weight_noise``: the standard deviations
+    of the multiplicative weight noise, one prediction per value and training case (``masks`` "predictions"
+    only).
     """
 
     epochs: int = 40

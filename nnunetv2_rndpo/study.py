@@ -210,14 +210,16 @@ class Study:
                                                 self.spec.configuration, "-npfp", "1", "-np", "1"], self.root / "logs",
                          nnUNet_n_proc_DA="1")
 
-    def train(self, dataset_id: int, trainer: str) -> float:
-        """``nnUNetv2_train`` of ``trainer`` on fold ``all``, once: its seconds (0 when trained before)."""
+    def train(self, dataset_id: int, trainer: str, fold: int | str = "all") -> float:
+        """``nnUNetv2_train`` of ``trainer`` on ``fold`` (the study's: ``all``), once: its seconds (0 when trained
+        before)."""
         c = self.spec.configuration
         folder = results_folder(self.root / "nnUNet_results", self._raw(dataset_id).name, trainer, "nnUNetPlans", c)
-        if (folder / "fold_all" / "checkpoint_final.pth").is_file():
+        if (folder / f"fold_{fold}" / "checkpoint_final.pth").is_file():
             return 0.0
-        return self._run(f"base_{dataset_id}", ["nnUNetv2_train", str(dataset_id), c, "all", "-tr", trainer,
-                                                "-device", self.device], self.root / "logs")
+        name = f"base_{dataset_id}" + ("" if fold == "all" else f"_fold{fold}")
+        return self._run(name, ["nnUNetv2_train", str(dataset_id), c, str(fold), "-tr", trainer,
+                                "-device", self.device], self.root / "logs")
 
     def _base_args(self, dataset_id: int, sources: list[str] | None = None) -> list[str]:
         """The base model and proposal settings, the same for every toolkit command (they name the cache).

@@ -57,3 +57,45 @@ def test_the_loop_leaves_the_global_torch_generator_as_it_was():
     before = torch.get_rng_state()
     fit()
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_cross_validation_masks_come_from_the_fold_that_held_each_case_out(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import pytest
+
+    from nnunetv2_rndpo import judge_training
+
+    folder = tmp_path / "nnUNetTrainer__nnUNetPlans__2d"
+    for fold, trained in ((0, True), (1, True), (2, False), ("all", True)):
+        (folder / f"fold_{fold}").mkdir(parents=True)
+        if trained:
+            (folder / f"fold_{fold}" / "checkpoint_final.pth").write_bytes(b"")
+    held_out = {0: ["a", "b"], 1: ["c", "a"]}  # fold 1 also lists a case fold 0 held out: the first fold's masks stay
+    loaded = []
+
+    def load(dataset, configuration, fold, trainer, plans, checkpoint, device):
+        loaded.append((fold, plans))
+        return SimpleNamespace(fold=fold)
+
+    def proposals(model, settings, progress, log):
+        masks = {c: np.full((2, 4, 4), model.fold, np.uint8) for c in held_out[model.fold]}
+        return SimpleNamespace(case_ids=held_out[model.fold]), SimpleNamespace(masks=masks.__getitem__)
+
+    monkeypatch.setattr(judge_training, "load_base_model", load)
+    monkeypatch.setattr(judge_training, "labeled_proposals", proposals)
+    base = SimpleNamespace(model_folder=folder, fold="all", checkpoint_name="checkpoint_final.pth",
+                           dataset_name="Dataset001_X", configuration_name="2d", trainer_name="nnUNetTrainer",
+                           device="cpu")
+    masks = judge_training.cross_validation_masks(base, None, ["a", "c", "d"], progress=False, log=lambda *a: None)
+    assert sorted(masks) == ["a", "c"]  # d: no trained fold held it out; b: not a training case of this judge
+    assert masks["a"].max() == 0 and masks["c"].max() == 1
+    assert loaded == [(0, "nnUNetPlans"), (1, "nnUNetPlans")]  # fold 2 has no checkpoint, fold all is not a fold
+    loaded.clear()
+    judge_training.cross_validation_masks(SimpleNamespace(**{**vars(base), "fold": 0}), None, ["c"], False,
+                                          lambda *a: None)
+    assert [f for f, _ in loaded] == [1]  # never the judge's own fold
+    for fold in (0, 1):
+        (folder / f"fold_{fold}" / "checkpoint_final.pth").unlink()
+    with pytest.raises(FileNotFoundError, match="nnUNetv2_train Dataset001_X 2d 0 -tr nnUNetTrainer"):
+        judge_training.cross_validation_masks(base, None, ["a"], False, lambda *a: None)
