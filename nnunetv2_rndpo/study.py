@@ -260,6 +260,10 @@ class Study:
         record = self.results["seeds"].setdefault(str(seed), {"arms": {}, "judges": {}})
         raw = self.make_dataset(seed)
         did = self.dataset_id(seed)
+        if self.scale.tuning and not (raw / "labelsVal").is_dir():
+            raise ValueError(f"{raw} has no validation cases (imagesVal/labelsVal), which the {self.scale_name} scale "
+                             "tunes β and the learning rate on: it was made by an earlier run without them; use "
+                             "another -o (or remove this dataset) so that it is made again with --validation")
         base_folder = self.train_base(did, self.scale.base_trainer)
         self._run("proposals", ["nnUNetv2_rndpo_proposals", *self._base_args(did)], self.root / f"seed_{seed}")
         manifest = raw / MANIFEST

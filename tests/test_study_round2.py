@@ -254,3 +254,16 @@ def test_the_report_gives_tuning_arms_their_own_table_and_keeps_them_out_of_the_
     assert "| 0.9000 ± 0.0000 |" in row and row.endswith("| 2/2 seeds |")
     assert sum(line.endswith("| 0/2 seeds |") for line in lines) == 6  # one choice per method and seed
     assert _tuning_lines({"seeds": {"0": {"arms": {"RN-DPO | oracle | top_bottom": tuned}}}}) == []
+
+
+def test_a_tuning_scale_refuses_a_dataset_made_without_validation_cases_before_training_anything(tmp_path,
+                                                                                                 monkeypatch):
+    study = Study("synthetic", None, "smoke2", tmp_path / "s")
+    raw = tmp_path / "raw"
+    (raw / "imagesUnlabeled").mkdir(parents=True)
+    trained = []
+    monkeypatch.setattr(study, "make_dataset", lambda seed: raw)
+    monkeypatch.setattr(study, "train_base", lambda *a: trained.append(a))
+    with pytest.raises(ValueError, match="no validation cases .* use another -o"):
+        study.run_seed(0)
+    assert not trained
