@@ -1,4 +1,4 @@
-"""The committed preference and judge-training tables are what their benchmark scripts make of the committed JSON."""
+"""The committed preference, judge-training and label-budget tables are their scripts' output of the committed JSON."""
 
 from __future__ import annotations
 
@@ -30,3 +30,10 @@ def test_judge_training_table_is_generated_from_its_json():
     per_seed = json.loads((RESULTS / "judge_training_hc18_cpu.json").read_text())
     text = _benchmark("judge_training_check").table("hc18", per_seed)
     assert text in (RESULTS / "judge_training_hc18_cpu.md").read_text()
+
+
+def test_label_budget_table_is_generated_from_its_json():
+    saved = json.loads((RESULTS / "label_budget_hippocampus_cpu.json").read_text())
+    text = _benchmark("label_budget").table(saved)
+    assert text == (RESULTS / "label_budget_hippocampus_cpu.md").read_text()
+    assert "| 3 | 0 |" in text and saved["full_label"]["num_labeled"] == 10
