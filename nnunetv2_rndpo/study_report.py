@@ -29,6 +29,7 @@ from nnunetv2_rndpo.study_protocol import (
     WEAK_JUDGES,
     Arm,
     protocol_arms,
+    tuned_settings,
 )
 
 
@@ -109,14 +110,23 @@ def _completeness(results: dict) -> str:
 
 def _tuning_lines(results: dict) -> list[str]:
     """The honest tuning (:func:`~nnunetv2_rndpo.study_protocol.tuning_arms`): per tuning arm, its validation and
-    test sustained Dice and on how many seeds its validation Dice chose it; empty without tuning arms."""
+    test sustained Dice and on how many of the seeds with every tuning arm finished its validation Dice chose it;
+    empty without tuning arms."""
     runs: dict[str, list[dict]] = {}
     chosen: dict[str, int] = {}
+    decided = 0  # seeds whose tuning arms are all finished
     for seed in results["seeds"].values():
         for name, arm in seed["arms"].items():
             if arm.get("tunes") and arm.get("validation_summary"):
                 runs.setdefault(name, []).append(arm)
-        for choice in seed.get("tuning", {}).values():
+        choices = seed.get("tuning")
+        if choices is None:  # the runner records the choice when it starts the first tuned arm: made here the same way
+            try:
+                choices = tuned_settings(seed["arms"])
+            except ValueError:  # tuning arms not all finished on this seed: no choice yet
+                choices = {}
+        decided += bool(choices)
+        for choice in choices.values():
             chosen[choice["arm"]] = chosen.get(choice["arm"], 0) + 1
     if not runs:
         return []
@@ -132,7 +142,7 @@ def _tuning_lines(results: dict) -> list[str]:
                      f"{_mean_sd([a['validation_summary']['sustained'] for a in arms])} | "
                      f"{_mean_sd([a['summary']['sustained'] for a in arms])} | "
                      f"{_mean_sd([a['summary']['delta_sustained'] for a in arms])} | "
-                     f"{chosen.get(name, 0)}/{len(results['seeds'])} seeds |")
+                     f"{chosen.get(name, 0)}/{decided} seeds |")
     return lines
 
 
