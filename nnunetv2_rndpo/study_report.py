@@ -275,7 +275,7 @@ def write_study_report(all_results: list[dict], report_file: Path, figure_folder
         title = f"{results['dataset']} ({results['configuration']}, scale {results['scale']}, {labels} labels)"
         default_budget = labels == SCALES[results["scale"]].num_labeled
         tag = results["dataset"] if default_budget else f"{results['dataset']}_n{labels}"
-        if results["scale"] != "cpu":  # a second round of the same dataset and budget: figures of its own
+        if results["protocol"].get("protocol_round", 1) != 1:  # the second round of a dataset and budget: own figures
             tag += f"_{results['scale']}"
         full = results.get("full_label", {}).get("dice")
         base = [a["summary"]["base"] for s in results["seeds"].values() for a in list(s["arms"].values())[:1]]

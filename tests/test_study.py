@@ -227,7 +227,7 @@ def test_a_second_label_budget_gets_its_own_folder_and_report_section(tmp_path):
     assert "hippocampus (3d_fullres, scale cpu, 10 labels)" in text and "(3d_fullres, scale cpu, 20 labels)" in text
     assert {p.name for p in (tmp_path / "figures").iterdir()} == \
         {"hippocampus_oracle.png", "hippocampus_n20_oracle.png"}
-    round2 = {**_results(), "scale": "cpu2", "protocol": {"num_labeled": 20}}  # the same budget, second round
+    round2 = {**_results(), "scale": "cpu2", "protocol": {"num_labeled": 20, "protocol_round": 2}}  # same budget
     write_study_report([second, round2], tmp_path / "r2.md", tmp_path / "figures2")
     assert {p.name for p in (tmp_path / "figures2").iterdir()} == \
         {"hippocampus_n20_oracle.png", "hippocampus_n20_cpu2_oracle.png"}
