@@ -26,14 +26,17 @@ import torch
 from nnunetv2_rndpo.atomic_files import atomic_write_text
 from nnunetv2_rndpo.cascade import pool_input
 from nnunetv2_rndpo.checkpoint import weights_sha256
+from nnunetv2_rndpo.datasets import SPLIT_FOLDERS
 from nnunetv2_rndpo.metrics import dice_per_class, foreground_mean
 from nnunetv2_rndpo.pool import PreprocessedPool, find_cases
 
 BASE_TEST_DICE_FILE = "base_test_dice.json"  # in the cache folder: the base model's test Dice per weights key
-# The labeled splits a fine-tuning run is evaluated on: name → (raw folder suffix: images<X>/labels<X>, the prefix of
-# its keys in rndpo_metrics.jsonl). ``validation`` (imagesVal/labelsVal, nnUNetv2_rndpo_make_dataset --validation):
-# cases kept out of the pool and the test set, on which hyperparameters are chosen (docs/study.md, "Honest tuning").
-EVALUATION_SPLITS = {"test": ("Ts", "eval/"), "validation": ("Val", "eval/val_")}
+# The labeled splits a fine-tuning run is evaluated on: name → (raw folder suffix: images<X>/labels<X>, as the dataset
+# maker writes them; the prefix of its keys in rndpo_metrics.jsonl). ``validation`` (imagesVal/labelsVal,
+# nnUNetv2_rndpo_make_dataset --validation): cases kept out of the pool and the test set, on which hyperparameters are
+# chosen (docs/study.md, "Honest tuning").
+EVALUATION_SPLITS = {split: (SPLIT_FOLDERS[split], prefix) for split, prefix in (("test", "eval/"),
+                                                                                 ("validation", "eval/val_"))}
 
 
 @dataclass(frozen=True)
