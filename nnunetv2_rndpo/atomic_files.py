@@ -58,16 +58,22 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
+def exclusive_lock(path: Path, wait: bool = True) -> Iterator[bool]:
     """Holds an exclusive ``flock`` on ``path`` (created if missing, never removed) for the ``with`` block.
 
-    A second process blocks until the first leaves the block; the kernel releases the lock of a killed
-    process, so a kill never leaves it held. For read-modify-write cycles of a shared file on a local file
-    system (``flock`` may not lock across hosts on NFS).
+    A second process blocks until the first leaves the block; with ``wait=False`` it does not block and the
+    block gets False (the lock is another process's: do the work elsewhere), else True. The kernel releases
+    the lock of a killed process, so a kill never leaves it held. For read-modify-write cycles of a shared
+    file, and for claiming a piece of shared work, on a local file system (``flock`` may not lock across
+    hosts on NFS).
     """
     with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)

@@ -20,8 +20,10 @@ on the labeled cases and the pool with pseudo-labels (``tta``: the base model's 
 ``top_proposal``: the judge's top-scored proposal), same test set.
 
 ``OUT/results.json`` is rewritten (atomically, merged under a lock with what other runs on the same ``OUT``
-saved) after every arm; a rerun skips what is finished and restarts a killed arm from scratch. ``OUT/report.md``
-and ``OUT/figures/`` are regenerated at the end.
+saved) after every arm; a rerun skips what is finished and restarts a killed arm from scratch. Runs on the same
+``OUT`` share the work (:meth:`Study._share`): the same command started twice (one thread each) splits a seed's
+arms, self-training and full-label model between the two. ``OUT/report.md`` and ``OUT/figures/`` are regenerated
+at the end.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +71,18 @@ from nnunetv2_rndpo.study_report import load_results, write_study_report
 # the judges :meth:`Study.judge_scores` can run (``weak``, ``weak75``, ``weak62``: the calibrated oracle, WEAK_JUDGES)
 STUDY_JUDGES = ("oracle", *WEAK_JUDGES, "agreement", "uncertainty", "learned")
 RESULTS_LOCK = "results.json.lock"  # beside results.json: held while a run merges its results into the file
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """One piece of a study that runs on the same ``-o`` share (:meth:`Study._share`): an arm, a self-training
+    source, the full-label model. ``name``: its claim's lock file; ``done``: whether ``results.json`` holds it;
+    ``do``: runs it and saves it; ``ready``: whether the units it needs are done."""
+
+    name: str
+    done: Callable[[], bool]
+    do: Callable[[], None]
+    ready: Callable[[], bool] = lambda: True
 
 
 class Study:
@@ -150,13 +165,52 @@ class Study:
                 merge_results(self.results, json.loads(self.results_file.read_text()))
             atomic_write_text(self.results_file, json.dumps(self.results, indent=1))
 
+    def _reload(self) -> None:
+        """Adds to this run's results what other runs on the same ``-o`` saved since (:func:`merge_results`)."""
+        if self.results_file.is_file():
+            with exclusive_lock(self.results_file.with_name(RESULTS_LOCK)):
+                merge_results(self.results, json.loads(self.results_file.read_text()))
+
+    def _lock(self, name: str, wait: bool = True):
+        """:func:`~nnunetv2_rndpo.atomic_files.exclusive_lock` on ``OUT/locks/<name>.lock``: what runs on the same
+        ``-o`` do once (a seed's dataset, base model, proposals and judge scores) and the work they share."""
+        folder = self.root / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        return exclusive_lock(folder / f"{name}.lock", wait)
+
+    def _share(self, units: list[WorkUnit]) -> None:
+        """Does every unit not done yet; several runs on the same ``-o`` (the same command started twice, e.g.
+        one per CPU core) share them instead of repeating them.
+
+        First pass: each unit not done, ready and not claimed by another run is claimed (a lock held while it
+        runs; a killed run's claim ends with it) and done. Second pass: every unit skipped is waited for in order
+        (its claim taken when the other run lets it go): done by then, it is skipped, else (the other run
+        stopped, or it was not ready) done here. A unit is "ready" when the units it needs are done (a tuned arm
+        needs its seed's tuning arms): all of them come before it, so the second pass never runs it too early.
+        """
+        skipped = [unit for unit in units if not self._claim_and_do(unit, wait=False)]
+        for unit in skipped:
+            self._claim_and_do(unit, wait=True)
+
+    def _claim_and_do(self, unit: WorkUnit, wait: bool) -> bool:
+        """Does ``unit`` under its claim unless it is done; False (nothing done) when ``wait`` is False and the
+        unit is not ready or another run holds it."""
+        self._reload()
+        if unit.done():
+            return True
+        if not (wait or unit.ready()):
+            return False
+        with self._lock(unit.name, wait) as claimed:
+            if not claimed:
+                return False
+            self._reload()  # the run that held it may have finished it
+            if not unit.done():
+                unit.do()
+        return True
+
     def run(self) -> dict:
         for seed in self.seeds:
             self.run_seed(seed)
-            for source in self.self_training:
-                self.run_self_training(seed, source)
-        if self.full_label:
-            self.run_full_label()
         write_study_report([self.results], self.root / "report.md", self.root / "figures")
         print(f"results: {self.results_file}; report: {self.root / 'report.md'}")
         return self.results
@@ -233,11 +287,16 @@ class Study:
         """The judge's score CSV and reliability report for a seed's pool (computed once), on the protocol's
         proposals or, with ``sources``, on that proposal set's (generated first if missing); with ``hybrids``, of
         the proposals and that many hybrids per case (``local`` mining; made by the judge command if missing)."""
-        did, folder = self.dataset_id(seed), self.root / f"seed_{seed}"
         tag = ("" if sources is None else "__" + "_".join(sources)) + (f"__hybrids{hybrids}" if hybrids else "")
-        csv = folder / f"scores_{judge}{tag}.csv"
-        report = csv.with_suffix(".report.json")
-        if not report.is_file():
+        csv = self.root / f"seed_{seed}" / f"scores_{judge}{tag}.csv"
+        with self._lock(f"seed_{seed}_scores"):  # one run computes them (and their proposals); the others wait
+            self._score_once(seed, judge, sources, hybrids, tag, csv)
+        return csv, json.loads(csv.with_suffix(".report.json").read_text())
+
+    def _score_once(self, seed: int, judge: str, sources: list[str] | None, hybrids: int, tag: str,
+                    csv: Path) -> None:
+        did, folder = self.dataset_id(seed), self.root / f"seed_{seed}"
+        if not csv.with_suffix(".report.json").is_file():
             if sources is not None:
                 self._run(f"proposals{tag}", ["nnUNetv2_rndpo_proposals", *self._base_args(did, sources)], folder)
             if judge in WEAK_JUDGES:
@@ -254,18 +313,21 @@ class Study:
                 extra += ["--hybrids", str(hybrids)]
             self._run(f"judge_{judge}{tag}", ["nnUNetv2_rndpo_judge", *self._base_args(did, sources), *extra,
                                                 "--report", "-o", str(csv)], folder)
-        return csv, json.loads(report.read_text())
 
     def run_seed(self, seed: int) -> None:
+        """The seed's dataset, base model, proposals and judge reports (once, under a lock), then its arms, its
+        self-training and, on the first seed, the full-label model, shared with other runs on the same ``-o``
+        (:meth:`_share`)."""
         record = self.results["seeds"].setdefault(str(seed), {"arms": {}, "judges": {}})
-        raw = self.make_dataset(seed)
-        did = self.dataset_id(seed)
-        if self.scale.tuning and not (raw / "labelsVal").is_dir():
-            raise ValueError(f"{raw} has no validation cases (imagesVal/labelsVal), which the {self.scale_name} scale "
-                             "tunes β and the learning rate on: it was made by an earlier run without them; use "
-                             "another -o (or remove this dataset) so that it is made again with --validation")
-        base_folder = self.train_base(did, self.scale.base_trainer)
-        self._run("proposals", ["nnUNetv2_rndpo_proposals", *self._base_args(did)], self.root / f"seed_{seed}")
+        with self._lock(f"seed_{seed}_base"):  # a second run waits here, then finds it all done
+            raw = self.make_dataset(seed)
+            did = self.dataset_id(seed)
+            if self.scale.tuning and not (raw / "labelsVal").is_dir():
+                raise ValueError(f"{raw} has no validation cases (imagesVal/labelsVal), which the {self.scale_name} "
+                                 "scale tunes β and the learning rate on: it was made by an earlier run without them; "
+                                 "use another -o (or remove this dataset) so that it is made again with --validation")
+            base_folder = self.train_base(did, self.scale.base_trainer)
+            self._run("proposals", ["nnUNetv2_rndpo_proposals", *self._base_args(did)], self.root / f"seed_{seed}")
         manifest = raw / MANIFEST
         if manifest.is_file():
             record["splits"] = {k: len(v) for k, v in json.loads(manifest.read_text())["splits"].items()}
@@ -280,31 +342,49 @@ class Study:
                 fold = self._arm_fold(seed, arm, base_folder)
                 if (fold / "rndpo_metrics.jsonl").is_file():
                     record["arms"][arm.name]["drift"] = read_arm_metrics(fold)["drift"]
-            if arm.name in record["arms"] or (self.only_arms and arm.name not in self.only_arms):
-                continue
-            if s.tuning and not arm.tunes and arm.method in TUNED_METHODS:  # at the tuning arms' choice (run first)
-                if "tuning" not in record:
-                    record["tuning"] = tuned_settings(record["arms"])
-                    self._save()
-                arm = tuned_arm(arm, record["tuning"])
-            scores = None
-            if arm.judge:
-                sources = arm.overrides.get("proposal_sources")
-                scores, report = self.judge_scores(seed, arm.judge, sources, arm.hybrids)
-                if arm.hybrids:  # the judge on the proposals and their hybrids: the local arms' pairs
-                    record.setdefault("judges_with_hybrids", {})[arm.judge] = report
-                elif sources is None:
-                    record["judges"][arm.judge] = report
-                else:
-                    record.setdefault("judges_by_proposals", {})[f"{arm.judge} | {' '.join(sources)}"] = report
-            chosen = record.get("tuning", {}).get(arm.method, {}).get("arm")
-            if chosen and self.arm_config(arm, scores) == record["arms"][chosen]["config"]:
-                # the tuned arm is the chosen tuning arm itself (same judge, mining and settings): not run twice
-                same = {k: v for k, v in record["arms"][chosen].items() if k != "tunes"}
-                record["arms"][arm.name] = {**same, "method": arm.method, "same_run_as": chosen}
+        tuning = [a.name for a in arms if a.tunes]
+
+        def tuned(arm: Arm) -> bool:  # run at its seed's tuning choice: needs the tuning arms
+            return s.tuning and not arm.tunes and arm.method in TUNED_METHODS
+
+        units = [WorkUnit(f"seed_{seed}_{arm.folder_name}", done=lambda arm=arm: arm.name in record["arms"],
+                          do=lambda arm=arm: self._do_arm(seed, record, arm, base_folder),
+                          **({"ready": lambda: "tuning" in record or all(n in record["arms"] for n in tuning)}
+                             if tuned(arm) else {}))
+                 for arm in arms if not (self.only_arms and arm.name not in self.only_arms)]
+        units += [WorkUnit(f"seed_{seed}_self_training_{source}",
+                           done=lambda source=source: source in record.get("self_training", {}),
+                           do=lambda source=source: self.run_self_training(seed, source))
+                  for source in self.self_training]
+        if self.full_label and seed == self.seeds[0]:
+            units.append(WorkUnit("full_label", done=lambda: "full_label" in self.results, do=self.run_full_label))
+        self._share(units)
+        self._save()
+
+    def _do_arm(self, seed: int, record: dict, arm: Arm, base_folder: Path) -> None:
+        """Runs one arm (at its seed's tuning choice if its method is tuned) and saves its record."""
+        if self.scale.tuning and not arm.tunes and arm.method in TUNED_METHODS:  # at the tuning arms' choice
+            if "tuning" not in record:
+                record["tuning"] = tuned_settings(record["arms"])
+                self._save()
+            arm = tuned_arm(arm, record["tuning"])
+        scores = None
+        if arm.judge:
+            sources = arm.overrides.get("proposal_sources")
+            scores, report = self.judge_scores(seed, arm.judge, sources, arm.hybrids)
+            if arm.hybrids:  # the judge on the proposals and their hybrids: the local arms' pairs
+                record.setdefault("judges_with_hybrids", {})[arm.judge] = report
+            elif sources is None:
+                record["judges"][arm.judge] = report
             else:
-                record["arms"][arm.name] = self.run_arm(seed, arm, base_folder, scores)
-            self._save()
+                record.setdefault("judges_by_proposals", {})[f"{arm.judge} | {' '.join(sources)}"] = report
+        chosen = record.get("tuning", {}).get(arm.method, {}).get("arm")
+        if chosen and self.arm_config(arm, scores) == record["arms"][chosen]["config"]:
+            # the tuned arm is the chosen tuning arm itself (same judge, mining and settings): not run twice
+            same = {k: v for k, v in record["arms"][chosen].items() if k != "tunes"}
+            record["arms"][arm.name] = {**same, "method": arm.method, "same_run_as": chosen}
+        else:
+            record["arms"][arm.name] = self.run_arm(seed, arm, base_folder, scores)
         self._save()
 
     def arm_config(self, arm: Arm, scores: Path | None) -> dict:
