@@ -40,6 +40,7 @@ VARIANTS = {
     "cross_validation": {"masks": "cross_validation"},
 }
 CROSS_VALIDATION_FOLDS = 5
+REFERENCE_JUDGES = ("agreement", "uncertainty")  # label-free judges scored on the same proposals (no training)
 
 
 def within_case_spearman(values: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> float:
@@ -106,6 +107,14 @@ def measure_seed(args, seed: int) -> dict:
                             "pool_size_spearman": within_case_spearman(sizes, dice),
                             "training_masks_size_spearman": within_case_spearman(train_sizes, train_dice)}
         save()
+    for judge in REFERENCE_JUDGES:  # the label-free judges the learned one must beat, on the same proposals
+        if judge not in results.setdefault("references", {}):
+            scores = score_pool(base, pool, cache, JudgeSettings(judge, seed=12345), progress=False)
+            reliability = judge_reliability(scores, dice)
+            results["references"][judge] = {"pairwise/accuracy": reliability["pairwise/accuracy"],
+                                            "spearman/per_case": reliability["spearman/per_case"],
+                                            "score_size_spearman": within_case_spearman(scores, sizes)}
+            save()
     for name, overrides in VARIANTS.items():
         if name not in args.variants or name in results["variants"]:
             continue
@@ -143,9 +152,11 @@ def table(dataset: str, per_seed: list[dict]) -> str:
              "", f"Within a case, Spearman(true Dice, mask size): pool {truth}; the base model's predictions of its "
              f"training cases {train}.", "",
              "| training variant | pair acc | per-case ρ | Spearman(score, size) |", "|---|---|---|---|"]
-    for name in VARIANTS:
-        rows = [r["variants"][name] for r in per_seed if name in r["variants"]]
-        if len(rows) < len(per_seed):
+    named = [(name, [r["variants"].get(name) for r in per_seed]) for name in VARIANTS]
+    named += [(f"{judge} (reference, not trained)", [r.get("references", {}).get(judge) for r in per_seed])
+              for judge in REFERENCE_JUDGES]
+    for name, rows in named:
+        if None in rows:
             continue
         cells = [" / ".join(f"{row[k]:{form}}" for row in rows)
                  for k, form in (("pairwise/accuracy", ".3f"), ("spearman/per_case", ".3f"),
