@@ -12,7 +12,9 @@ that :class:`~nnunetv2_rndpo.learned_judge.JudgeTraining`; saved under ``<-o>/ju
 over the judge the trainer uses), scores the pool's proposals and reports the within-case pair accuracy and
 per-case Spearman against the hidden labels, and the judge's within-case Spearman between score and mask size
 next to the truth's (the same for the true Dice): a judge that reads mask size instead of the image shows a
-size Spearman of the sign its training masks reward, whatever the pool rewards. The ``cross_validation`` variant
+size Spearman of the sign its training masks reward, whatever the pool rewards; the size-free per-case ρ
+(Spearman of score and true Dice within a case after a least-squares line in mask size is taken out of both)
+is near 0 for a judge that reads only size, however well size orders the pool. The ``cross_validation`` variant
 first trains nnU-Net's 5 cross-validation folds of the base trainer on the seed's dataset (each once: 5 base
 trainings per seed, the variant's cost) and trains the judge on their proposals for the cases each held out.
 Results are kept per seed in ``<-o>/judge_training_check_seed<s>.json`` (a rerun skips what is there).
@@ -43,6 +45,11 @@ CROSS_VALIDATION_FOLDS = 5
 REFERENCE_JUDGES = ("agreement", "uncertainty")  # label-free judges scored on the same proposals (no training)
 
 
+def slug_of(variant: str) -> str:
+    """A variant's name as a file name: its judge is saved as ``seed<s>_<slug>.pth``."""
+    return "".join(c if c.isalnum() else "_" for c in variant)
+
+
 def within_case_spearman(values: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> float:
     """Mean over cases of Spearman's ρ between two per-proposal arrays (cases where either is constant skipped)."""
     from nnunetv2_rndpo.metrics import spearman
@@ -50,6 +57,27 @@ def within_case_spearman(values: dict[str, np.ndarray], other: dict[str, np.ndar
     rhos = [spearman(np.asarray(values[c], float), np.asarray(other[c], float)) for c in values]
     rhos = [r for r in rhos if not math.isnan(r)]
     return float(np.mean(rhos)) if rhos else math.nan
+
+
+def size_residuals(values: dict[str, np.ndarray], sizes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per case, ``values`` minus their least-squares line in mask size: what is left once size is accounted for
+    (a case whose masks all have one size keeps its values minus their mean). Residuals at rounding level are 0:
+    a score that is a line in size leaves a constant, which Spearman skips, not rounding noise to rank."""
+    out = {}
+    for c, v in values.items():
+        v, x = np.asarray(v, float), np.asarray(sizes[c], float)
+        fit = np.polyval(np.polyfit(x, v, 1), x) if np.ptp(x) > 0 else np.full_like(v, v.mean())
+        residual = v - fit
+        residual[np.abs(residual) <= 1e-9 * max(1.0, float(np.abs(v).max()))] = 0.0  # rounding of an exact fit
+        out[c] = residual
+    return out
+
+
+def size_free_spearman(scores: dict[str, np.ndarray], dice: dict[str, np.ndarray],
+                       sizes: dict[str, np.ndarray]) -> float:
+    """Within-case Spearman of score and true Dice after size is regressed out of both: near 0 for a judge that
+    reads only mask size, however well size happens to order a pool."""
+    return within_case_spearman(size_residuals(scores, sizes), size_residuals(dice, sizes))
 
 
 def measure_seed(args, seed: int) -> dict:
@@ -108,12 +136,20 @@ def measure_seed(args, seed: int) -> dict:
                             "training_masks_size_spearman": within_case_spearman(train_sizes, train_dice)}
         save()
     for judge in REFERENCE_JUDGES:  # the label-free judges the learned one must beat, on the same proposals
-        if judge not in results.setdefault("references", {}):
+        if "size_free_spearman" not in results.setdefault("references", {}).get(judge, {}):
             scores = score_pool(base, pool, cache, JudgeSettings(judge, seed=12345), progress=False)
             reliability = judge_reliability(scores, dice)
             results["references"][judge] = {"pairwise/accuracy": reliability["pairwise/accuracy"],
                                             "spearman/per_case": reliability["spearman/per_case"],
-                                            "score_size_spearman": within_case_spearman(scores, sizes)}
+                                            "score_size_spearman": within_case_spearman(scores, sizes),
+                                            "size_free_spearman": size_free_spearman(scores, dice, sizes)}
+            save()
+    for name, row in results["variants"].items():  # rows measured before the size-free column: their judge again
+        judge_file = Path(args.output) / "judge_training_check" / f"seed{seed}_{slug_of(name)}.pth"
+        if "size_free_spearman" not in row and judge_file.is_file():
+            scores = score_pool(base, pool, cache, JudgeSettings("learned", seed=12345, learned_judge=str(judge_file)),
+                                progress=False)
+            row["size_free_spearman"] = size_free_spearman(scores, dice, sizes)
             save()
     for name, overrides in VARIANTS.items():
         if name not in args.variants or name in results["variants"]:
@@ -123,8 +159,7 @@ def measure_seed(args, seed: int) -> dict:
             for fold in range(CROSS_VALIDATION_FOLDS):
                 study.train(study.dataset_id(seed), study.scale.base_trainer, fold)
         judge = train_learned_judge(base, settings, JudgeTraining(**overrides), progress=False, log=lambda *a: None)
-        slug = "".join(c if c.isalnum() else "_" for c in name)  # one file per seed and variant
-        judge_file = Path(args.output) / "judge_training_check" / f"seed{seed}_{slug}.pth"
+        judge_file = Path(args.output) / "judge_training_check" / f"seed{seed}_{slug_of(name)}.pth"
         judge_file.parent.mkdir(parents=True, exist_ok=True)
         judge.save(judge_file)
         scores = score_pool(base, pool, cache, JudgeSettings("learned", seed=12345, learned_judge=str(judge_file)),
@@ -135,6 +170,7 @@ def measure_seed(args, seed: int) -> dict:
                                      "pairwise/accuracy": reliability["pairwise/accuracy"],
                                      "spearman/per_case": reliability["spearman/per_case"],
                                      "score_size_spearman": within_case_spearman(scores, sizes),
+                                     "size_free_spearman": size_free_spearman(scores, dice, sizes),
                                      "seconds": round(time.time() - started, 1)}
         save()
         row = results["variants"][name]
@@ -151,16 +187,17 @@ def table(dataset: str, per_seed: list[dict]) -> str:
     lines = [f"### {dataset}, seeds {seeds}: the learned judge on today's proposals of the pool",
              "", f"Within a case, Spearman(true Dice, mask size): pool {truth}; the base model's predictions of its "
              f"training cases {train}.", "",
-             "| training variant | pair acc | per-case ρ | Spearman(score, size) |", "|---|---|---|---|"]
+             "| training variant | pair acc | per-case ρ | Spearman(score, size) | size-free per-case ρ |",
+             "|---|---|---|---|---|"]
     named = [(name, [r["variants"].get(name) for r in per_seed]) for name in VARIANTS]
     named += [(f"{judge} (reference, not trained)", [r.get("references", {}).get(judge) for r in per_seed])
               for judge in REFERENCE_JUDGES]
     for name, rows in named:
         if None in rows:
             continue
-        cells = [" / ".join(f"{row[k]:{form}}" for row in rows)
+        cells = [" / ".join(f"{row[k]:{form}}" if k in row else "–" for row in rows)
                  for k, form in (("pairwise/accuracy", ".3f"), ("spearman/per_case", ".3f"),
-                                 ("score_size_spearman", "+.2f"))]
+                                 ("score_size_spearman", "+.2f"), ("size_free_spearman", "+.2f"))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

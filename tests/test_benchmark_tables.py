@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,3 +38,17 @@ def test_label_budget_table_is_generated_from_its_json():
     text = _benchmark("label_budget").table(saved)
     assert text == (RESULTS / "label_budget_hippocampus_cpu.md").read_text()
     assert "| 3 | 0 |" in text and saved["full_label"]["num_labeled"] == 10
+
+
+def test_size_free_spearman_credits_what_a_judge_knows_beyond_mask_size():
+    check = _benchmark("judge_training_check")
+    rng = np.random.default_rng(0)
+    sizes = {f"c{i}": rng.integers(100, 200, 8).astype(float) for i in range(6)}
+    beyond = {c: rng.normal(size=8) for c in sizes}  # what size does not tell
+    dice = {c: 0.01 * sizes[c] + beyond[c] for c in sizes}
+    assert check.size_free_spearman(dice, dice, sizes) == pytest.approx(1.0)  # the oracle
+    assert check.size_free_spearman({c: beyond[c] for c in sizes}, dice, sizes) > 0.9
+    reads_size = {c: 3.0 * sizes[c] + 1.0 for c in sizes}  # perfect on size alone: nothing left to credit
+    assert np.isnan(check.size_free_spearman(reads_size, dice, sizes))
+    coin = {c: rng.normal(size=8) for c in sizes}
+    assert abs(check.size_free_spearman(coin, dice, sizes)) < 0.5
