@@ -343,14 +343,10 @@ class Study:
                 if (fold / "rndpo_metrics.jsonl").is_file():
                     record["arms"][arm.name]["drift"] = read_arm_metrics(fold)["drift"]
         tuning = [a.name for a in arms if a.tunes]
-
-        def tuned(arm: Arm) -> bool:  # run at its seed's tuning choice: needs the tuning arms
-            return s.tuning and not arm.tunes and arm.method in TUNED_METHODS
-
         units = [WorkUnit(f"seed_{seed}_{arm.folder_name}", done=lambda arm=arm: arm.name in record["arms"],
                           do=lambda arm=arm: self._do_arm(seed, record, arm, base_folder),
                           **({"ready": lambda: "tuning" in record or all(n in record["arms"] for n in tuning)}
-                             if tuned(arm) else {}))
+                             if self._is_tuned(arm) else {}))
                  for arm in arms if not (self.only_arms and arm.name not in self.only_arms)]
         units += [WorkUnit(f"seed_{seed}_self_training_{source}",
                            done=lambda source=source: source in record.get("self_training", {}),
@@ -361,9 +357,13 @@ class Study:
         self._share(units)
         self._save()
 
+    def _is_tuned(self, arm: Arm) -> bool:
+        """Whether the arm runs at its seed's tuning choice (so it needs the seed's tuning arms finished)."""
+        return self.scale.tuning and not arm.tunes and arm.method in TUNED_METHODS
+
     def _do_arm(self, seed: int, record: dict, arm: Arm, base_folder: Path) -> None:
         """Runs one arm (at its seed's tuning choice if its method is tuned) and saves its record."""
-        if self.scale.tuning and not arm.tunes and arm.method in TUNED_METHODS:  # at the tuning arms' choice
+        if self._is_tuned(arm):
             if "tuning" not in record:
                 record["tuning"] = tuned_settings(record["arms"])
                 self._save()
