@@ -40,6 +40,10 @@ VARIANTS = {
     "label, 120 epochs": {"masks": "label", "epochs": 120},
     # the proposals of the 5 cross-validation folds' models for the cases each held out (trained first: --folds)
     "cross_validation": {"masks": "cross_validation"},
+    # ordered by Dice with its line in mask size taken out within a step: size alone cannot lower the loss
+    "predictions, size-free targets": {"targets": "size_free"},
+    "label, size-free targets": {"masks": "label", "targets": "size_free"},
+    "cross_validation, size-free targets": {"masks": "cross_validation", "targets": "size_free"},
 }
 CROSS_VALIDATION_FOLDS = 5
 REFERENCE_JUDGES = ("agreement", "uncertainty")  # label-free judges scored on the same proposals (no training)
@@ -60,17 +64,11 @@ def within_case_spearman(values: dict[str, np.ndarray], other: dict[str, np.ndar
 
 
 def size_residuals(values: dict[str, np.ndarray], sizes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per case, ``values`` minus their least-squares line in mask size: what is left once size is accounted for
-    (a case whose masks all have one size keeps its values minus their mean). Residuals at rounding level are 0:
-    a score that is a line in size leaves a constant, which Spearman skips, not rounding noise to rank."""
-    out = {}
-    for c, v in values.items():
-        v, x = np.asarray(v, float), np.asarray(sizes[c], float)
-        fit = np.polyval(np.polyfit(x, v, 1), x) if np.ptp(x) > 0 else np.full_like(v, v.mean())
-        residual = v - fit
-        residual[np.abs(residual) <= 1e-9 * max(1.0, float(np.abs(v).max()))] = 0.0  # rounding of an exact fit
-        out[c] = residual
-    return out
+    """Per case, ``values`` minus their least-squares line in mask size
+    (:func:`~nnunetv2_rndpo.metrics.without_size_trend`)."""
+    from nnunetv2_rndpo.metrics import without_size_trend
+
+    return {c: without_size_trend(v, sizes[c]) for c, v in values.items()}
 
 
 def size_free_spearman(scores: dict[str, np.ndarray], dice: dict[str, np.ndarray],

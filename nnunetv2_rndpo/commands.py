@@ -366,7 +366,7 @@ def run_mine(args: argparse.Namespace) -> Path:
 
 
 def train_judge_parser() -> argparse.ArgumentParser:
-    from nnunetv2_rndpo.learned_judge import TRAINING_MASKS, JudgeTraining
+    from nnunetv2_rndpo.learned_judge import RANKING_TARGETS, TRAINING_MASKS, JudgeTraining
 
     default = JudgeTraining()
     parser = argparse.ArgumentParser(
@@ -392,6 +392,10 @@ def train_judge_parser() -> argparse.ArgumentParser:
                              "(moved and corrupted; no predictions computed), or cross_validation: each training "
                              "case's proposals by the trained cross-validation fold (fold_0 … fold_4) that held it "
                              f"out. Default: {default.masks}")
+    parser.add_argument("--targets", choices=RANKING_TARGETS, default=default.targets,
+                        help="what a training step orders its masks by: their true Dice in the crop, or size_free: "
+                             "that Dice with its least-squares line in mask size taken out, so that the judge cannot "
+                             f"lower its loss by reading mask size alone (docs/toolkit.md). Default: {default.targets}")
     parser.add_argument("--weight-noise", type=float, nargs="*", default=list(default.weight_noise),
                         help="σ of the multiplicative Gaussian weight noise, one base-model prediction per value and "
                              "training case (none: no such masks; --training-masks predictions only). Default: "
@@ -411,7 +415,7 @@ def run_train_judge(args: argparse.Namespace) -> Path:
     from nnunetv2_rndpo.reliability import format_table
 
     training = JudgeTraining(args.epochs, args.samples_per_case, args.crop_size, args.width,
-                             tuple(args.weight_noise), args.training_masks, seed=args.seed)
+                             tuple(args.weight_noise), args.training_masks, args.targets, seed=args.seed)
     base, settings = _load(args)
     output = Path(args.o) if args.o else base.fold_folder / LEARNED_JUDGE_FILE
     require_writable(output)  # before the training, not after it

@@ -69,7 +69,12 @@ class FoldLock:
         self.held = False
 
     def acquire(self, log=print) -> None:
-        """Creates the lock file (``O_EXCL``: of two runs starting at once exactly one gets it).
+        """Creates the lock file, whole: of two runs starting at once exactly one gets it.
+
+        The lock is written to a file of this process's own and then hard-linked to ``rndpo.lock`` (which fails
+        if it exists), so another run never sees a lock without its holder. Where the file system has no hard
+        links it is created with ``O_EXCL`` and written, and a run that reads it in between is told the lock is
+        being written.
 
         Raises:
             FoldLockedError: another live run holds it; the message names that run and what to do.
@@ -78,15 +83,30 @@ class FoldLock:
                 "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
         for _ in range(3):
             try:
-                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                self._create(json.dumps(info))
             except FileExistsError:
                 self._take_over_if_stale(log)
                 continue
-            with os.fdopen(descriptor, "w") as f:
-                f.write(json.dumps(info))
             self.held = True
             return
         raise FoldLockedError(f"could not take the lock {self.path}: other runs keep creating it")
+
+    def _create(self, text: str) -> None:
+        """Makes ``self.path`` hold ``text``; FileExistsError if it exists."""
+        own = self.path.with_name(f"{self.path.name}.{socket.gethostname()}.{os.getpid()}")
+        own.write_text(text)
+        try:
+            os.link(own, self.path)
+            return
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links here
+            pass
+        finally:
+            own.unlink(missing_ok=True)
+        descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(descriptor, "w") as f:
+            f.write(text)
 
     def _take_over_if_stale(self, log) -> None:
         other = read_lock(self.path)

@@ -176,7 +176,8 @@ def fit_ranking_net(cases, train_ids: list[str], predictions: dict[str, np.ndarr
                 image, masks = drop_2d_axis(image, predictions.get(case_id, label[None]), dim)
                 label = label[0] if label.ndim == dim + 1 else label
                 chosen = step_masks(label, masks, classes, training.masks_per_step, rng)
-                loss = ranking_step(network, optimizer, image, label, chosen, classes, size, ignore_label, rng)
+                loss = ranking_step(network, optimizer, image, label, chosen, classes, size, ignore_label, rng,
+                                    size_free=training.targets == "size_free")
                 if loss is not None:
                     losses.append(loss)
                     steps += 1

@@ -45,13 +45,15 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from nnunetv2_rndpo.atomic_files import atomic_write
-from nnunetv2_rndpo.metrics import in_class, mean_dice, region_labels
+from nnunetv2_rndpo.metrics import in_class, mean_dice, region_labels, without_size_trend
 
 # the judge file's format; files of the earlier whole-case Dice regressor have no such key
 JUDGE_FORMAT = "within-case-ranking-1"
 CROP_SIZE = {2: 128, 3: 24}
 # what the judge's training steps draw their masks from (JudgeTraining.masks; docs/toolkit.md, "The learned judge")
 TRAINING_MASKS = ("predictions", "label", "cross_validation")
+# what a training step orders its masks by (JudgeTraining.targets)
+RANKING_TARGETS = ("dice", "size_free")
 CORRUPTIONS = ("erode", "dilate", "shift", "drop_component", "spurious_component", "boundary_noise")
 
 
@@ -312,7 +314,10 @@ class JudgeTraining:
     case by the cross-validation fold model that held it out
     (:func:`~nnunetv2_rndpo.judge_training.cross_validation_masks`); ``weight_noise``: the standard deviations
     of the multiplicative weight noise, one prediction per value and training case (``masks`` "predictions"
-    only).
+    only); ``targets``: what a step orders its masks by, one of :data:`RANKING_TARGETS`: ``"dice"``, their
+    true Dice in the crop, or ``"size_free"``, that Dice with its least-squares line in the masks' foreground
+    size in the crop taken out (:func:`~nnunetv2_rndpo.metrics.without_size_trend`), so that mask size alone
+    cannot lower the loss and the judge has to read the image.
     """
 
     epochs: int = 40
@@ -321,6 +326,7 @@ class JudgeTraining:
     width: int = 16
     weight_noise: tuple[float, ...] = (0.05, 0.1, 0.2)
     masks: str = "predictions"
+    targets: str = "dice"
     learning_rate: float = 1e-3
     seed: int = 12345
 
@@ -333,6 +339,8 @@ class JudgeTraining:
             raise ValueError(f"--crop-size must be >= 8 voxels, got {self.crop_size}")
         if self.masks not in TRAINING_MASKS:
             raise ValueError(f"--training-masks must be one of {TRAINING_MASKS}, got {self.masks!r}")
+        if self.targets not in RANKING_TARGETS:
+            raise ValueError(f"--targets must be one of {RANKING_TARGETS}, got {self.targets!r}")
         if self.width < 1 or any(s < 0 for s in self.weight_noise):
             raise ValueError(f"--width must be >= 1 and --weight-noise values >= 0, got {self.width}, "
                              f"{self.weight_noise}")
@@ -407,11 +415,14 @@ def _random_center(region: np.ndarray, fallback: np.ndarray, rng: np.random.Gene
     return tuple(s // 2 for s in region.shape)
 
 
-def ranking_step(network, optimizer, image, label, masks, classes, size, ignore_label, rng) -> float | None:
+def ranking_step(network, optimizer, image, label, masks, classes, size, ignore_label, rng,
+                 size_free: bool = False) -> float | None:
     """One gradient step of :func:`pairwise_ranking_loss` (margins :func:`pairwise_margins`) on one crop around a
     random voxel of D.
 
-    Targets: each mask's mean Dice to the label inside the crop. Returns the loss, None when the masks agree.
+    Targets: each mask's mean Dice to the label inside the crop; with ``size_free``, that Dice minus its
+    least-squares line in the masks' foreground voxels inside the crop (``JudgeTraining.targets``
+    "size_free"). Returns the loss, None when the masks agree.
     """
     region = disagreement_region(masks)
     if not region.any():
@@ -419,10 +430,13 @@ def ranking_step(network, optimizer, image, label, masks, classes, size, ignore_
     start = window_start(_random_center(region, label > 0, rng), size, region.shape)
     inside = tuple(slice(s, s + w) for s, w in zip(start, size, strict=True))
     label_window = label[inside]
-    targets = torch.tensor([mean_dice(m[inside], label_window, classes, ignore_label) for m in masks])
+    dice = np.array([mean_dice(m[inside], label_window, classes, ignore_label) for m in masks])
+    if size_free:
+        dice = without_size_trend(dice, np.array([np.count_nonzero(m[inside]) for m in masks]))
     masks_window = crop(masks, start, size)
     x = judge_input(crop(image, start, size), masks_window, classes)
-    loss = pairwise_ranking_loss(pairwise_margins(network(x), torch.as_tensor(masks_window)), targets.float())
+    loss = pairwise_ranking_loss(pairwise_margins(network(x), torch.as_tensor(masks_window)),
+                                 torch.as_tensor(dice, dtype=torch.float32))
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()

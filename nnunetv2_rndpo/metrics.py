@@ -125,6 +125,17 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def without_size_trend(values: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """``values`` minus their least-squares line in ``sizes`` (both ``(M,)``, the masks of one case): what is
+    left of a quality once mask size is accounted for. Masks all of one size keep their values minus their
+    mean; residuals at rounding level are 0, so that an exact line leaves a constant, not noise to rank."""
+    values, sizes = np.asarray(values, float), np.asarray(sizes, float)
+    fit = np.polyval(np.polyfit(sizes, values, 1), sizes) if np.ptp(sizes) > 0 else np.full_like(values, values.mean())
+    residual = values - fit
+    residual[np.abs(residual) <= 1e-9 * max(1.0, float(np.abs(values).max(initial=0)))] = 0.0
+    return residual
+
+
 def curve_summary(curve: Sequence[float]) -> dict[str, float]:
     """Reduces an evaluation curve d_0 … d_T (d_0 = base model) to the study's summary numbers.
 

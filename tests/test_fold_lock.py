@@ -41,6 +41,39 @@ def test_acquire_writes_who_holds_it_and_release_removes_it(tmp_path):
     assert not (tmp_path / LOCK_FILE).exists()
 
 
+def test_the_lock_appears_with_its_holder_written_and_leaves_no_other_file(tmp_path, monkeypatch):
+    seen = []
+    link = os.link
+
+    def watched_link(source, target):
+        assert not os.path.exists(target)
+        seen.append(read_lock(source))  # what the lock will hold, the moment it appears
+        link(source, target)
+
+    monkeypatch.setattr(os, "link", watched_link)
+    lock = FoldLock(tmp_path)
+    lock.acquire()
+    assert seen == [read_lock(tmp_path / LOCK_FILE)] and seen[0]["pid"] == os.getpid()
+    assert [p.name for p in tmp_path.iterdir()] == [LOCK_FILE]
+    lock.release()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_hard_links_the_lock_is_still_taken_once(tmp_path, monkeypatch):
+    def no_link(source, target):
+        raise PermissionError("hard links are not supported here")
+
+    monkeypatch.setattr(os, "link", no_link)
+    lock = FoldLock(tmp_path)
+    lock.acquire()
+    assert read_lock(tmp_path / LOCK_FILE)["pid"] == os.getpid()
+    assert [p.name for p in tmp_path.iterdir()] == [LOCK_FILE]
+    with pytest.raises(FoldLockedError, match="Another run is training this fold"):
+        FoldLock(tmp_path).acquire()
+    lock.release()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_second_run_is_refused_with_the_first_runs_details(tmp_path):
     write_lock(tmp_path, pid=os.getpid())  # this process is alive
     with pytest.raises(FoldLockedError, match=r"Another run is training this fold: pid \d+ on host .* since "

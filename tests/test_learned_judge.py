@@ -245,7 +245,28 @@ def test_learned_judge_missing_or_old_file_says_how_to_train_it(tmp_path):
 @pytest.mark.parametrize("changes, message", [
     ({"epochs": 0}, "--epochs must be >= 1"), ({"masks_per_step": 1}, "--samples-per-case .* must be >= 2"),
     ({"crop_size": 4}, "--crop-size must be >= 8"), ({"weight_noise": (-0.1,)}, "--weight-noise values >= 0"),
-    ({"masks": "proposals"}, "--training-masks must be one of")])
+    ({"masks": "proposals"}, "--training-masks must be one of"), ({"targets": "size"}, "--targets must be one of")])
 def test_training_settings_are_validated(changes, message):
     with pytest.raises(ValueError, match=message):
         JudgeTraining(**changes)
+
+
+
+def test_size_free_targets_order_masks_only_beyond_their_size():
+    """Two masks of different size: any two Dice values lie on a line in size, so size-free targets order
+    nothing (loss 0). Masks of one size (shifted) keep their order, and the step's loss is the plain one."""
+    label = np.zeros((16, 16), np.int16)
+    label[5:10, 5:10] = 1
+    image = (label * 2.0 - 1.0)[None].astype(np.float32)
+    grown = np.stack([label, np.pad(np.ones((7, 7), np.int16), ((4, 5), (4, 5)))]).astype(np.uint8)
+    shifted = np.stack([np.roll(label, k, 1) for k in range(3)]).astype(np.uint8)
+
+    def loss(masks, size_free):
+        torch.manual_seed(0)
+        network = RankingNet(3, 2, width=4)
+        optimizer = torch.optim.SGD(network.parameters(), lr=0.0)
+        return ranking_step(network, optimizer, image, label, masks, [1], (16, 16), None, np.random.default_rng(0),
+                            size_free=size_free)
+
+    assert loss(grown, False) > 0 and loss(grown, True) == 0
+    assert loss(shifted, True) == pytest.approx(loss(shifted, False)) and loss(shifted, False) > 0

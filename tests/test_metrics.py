@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunetv2_rndpo.metrics import curve_summary, dice_per_class, foreground_mean
+from nnunetv2_rndpo.metrics import curve_summary, dice_per_class, foreground_mean, without_size_trend
 
 
 def test_dice_by_hand():
@@ -65,3 +65,11 @@ def test_curve_summary_odd_length_takes_the_middle_point():
 def test_curve_summary_rejects_bad_curves(curve, message):
     with pytest.raises(ValueError, match=message):
         curve_summary(curve)
+
+
+def test_without_size_trend_leaves_what_size_does_not_explain():
+    sizes = np.array([10.0, 14.0, 18.0, 22.0])
+    assert np.all(without_size_trend(0.9 - 0.01 * sizes, sizes) == 0)  # a line in size: nothing left
+    assert np.allclose(without_size_trend([0.5, 0.7, 0.6], [8, 8, 8]), [-0.1, 0.1, 0.0])  # one size: minus the mean
+    residual = without_size_trend(0.9 - 0.01 * sizes + np.array([0, 0.02, 0, 0]), sizes)
+    assert int(np.argmax(residual)) == 1  # the mask above the line ranks first
