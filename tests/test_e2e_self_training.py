@@ -28,7 +28,9 @@ def test_self_training_arms_store_dice_per_case_seconds_and_resume(tmp_path, cap
         assert set(run) >= {"dice", "dice_per_case", "seconds", "pseudo_label_dice", "trainer", "cases"}
         assert len(run["dice_per_case"]) == test_cases and all(0 <= d <= 1 for d in run["dice_per_case"].values())
         assert run["dice"] == pytest.approx(sum(run["dice_per_case"].values()) / test_cases)
-        assert 0 < run["dice"] <= 1 and 0 < run["pseudo_label_dice"] <= 1
+        # a model of 30 smoke iterations from scratch can predict background only (CI saw Dice 0.0): its Dice is
+        # a stored measurement here, not a training outcome to assert; the pseudo-labels come from the base model
+        assert 0 <= run["dice"] <= 1 and 0 < run["pseudo_label_dice"] <= 1
         assert run["cases"] == {"labeled": SCALES["smoke"].num_labeled, "pseudo": seed["splits"]["unlabeled"]}
         assert run["trainer"] == SCALES["smoke"].base_trainer
         seconds = run["seconds"]
