@@ -49,11 +49,13 @@ SETS = {
     "perturb affine": ("perturb", "affine"),
 }
 JUDGES = ("oracle", "weak", "agreement", "uncertainty", "learned")
-MININGS = ("top_bottom", "local", "local_fine")
+MININGS = ("top_bottom", "local", "local_fine", "local_by_change", "local_fine_by_change")
 HYBRIDS_PER_CASE = 16
 # hybrid parts of each local mining: the config default (parts of 32-64 voxels) and finer parts (10-20 voxels,
 # still >= the objective's default min_region_voxels, so the trainer keeps their pairs)
-LOCAL_PARTS = {"local": (64, 10), "local_fine": (20, 10)}
+# (the *_by_change ones split D by change a -> b first: local_split_by_change)
+LOCAL_PARTS = {"local": (64, 10, False), "local_fine": (20, 10, False), "local_by_change": (64, 10, True),
+               "local_fine_by_change": (20, 10, True)}
 HEADROOM_KEYS = ("headroom/forwards_per_case", "headroom/plain_dice", "headroom/best_of_k",
                  "headroom/oracle_headroom", "headroom/proposal_dice_mean", "headroom/within_case_sd")
 
@@ -155,8 +157,8 @@ def measure_seed(args, seed: int) -> dict:
         hybrids = {}
         for mining in args.minings:
             if mining in LOCAL_PARTS:
-                part, min_part = LOCAL_PARTS[mining]
-                hybrids[mining] = HybridCache(cache, HybridSettings(part, min_part, HYBRIDS_PER_CASE))
+                part, min_part, by_change = LOCAL_PARTS[mining]
+                hybrids[mining] = HybridCache(cache, HybridSettings(part, min_part, HYBRIDS_PER_CASE, by_change))
                 generate_hybrids(hybrids[mining], pool, progress=False)
         dice = hidden_true_dice(base, pool, cache)
         hybrid_dice = {mining: hidden_true_dice(base, pool, h) for mining, h in hybrids.items()}
@@ -255,6 +257,23 @@ def table(dataset: str, labeled: int, per_seed: list[dict]) -> tuple[dict, str]:
                          f"{_cell([row['spearman/per_case'] for row in rows])} | "
                          f"{_cell([row['spearman/pooled'] for row in rows])} | {_cell(tb['region_size_mean'], 0)} | "
                          f"{_cell(tb['pair_acc'])} | {_cell(tb['chosen_right_in_region'])} | {local} |")
+    split = [m for m in LOCAL_PARTS if LOCAL_PARTS[m][2]]
+    measured = [(name, judge, rows) for name in names for judge in JUDGES
+                for rows in [[r["sets"][name]["judges"].get(judge, {}) for r in per_seed]]
+                if all(any(m in row for m in split) for row in rows)]
+    if measured:
+        lines += ["", f"### {dataset}, {labeled} labels: hybrid parts split by change (local_split_by_change)", "",
+                  "Share of the decidable part of D the chosen mask is right on, per local mining (parts of at most "
+                  + ", ".join(f"{m} {LOCAL_PARTS[m][0]}" for m in LOCAL_PARTS) + " voxels).", "",
+                  "| proposal set | judge | " + " | ".join(LOCAL_PARTS) + " |", "|---" * (2 + len(LOCAL_PARTS)) + "|"]
+        for name, judge, rows in measured:
+            for m in split:
+                if all(m in row for row in rows):
+                    summary["sets"][name]["judges"][judge][m] = {
+                        k: _mean([row[m][k] for row in rows]) for k in rows[0][m]}
+            cells = [_cell([row[m]["chosen_right_where_decidable"] for row in rows])
+                     if all(m in row for row in rows) else "-" for m in LOCAL_PARTS]
+            lines.append(f"| {name} | {judge} | " + " | ".join(cells) + " |")
     return summary, "\n".join(lines) + "\n"
 
 

@@ -61,6 +61,9 @@ def _add_base_arguments(parser: argparse.ArgumentParser) -> None:
                             "another swapped in; indices after the -n proposals). Default: 0 (none)")
     group.add_argument("--local-part-voxels", type=int, default=DEFAULTS.local_part_voxels,
                        help=f"largest part a hybrid swaps (local_part_voxels). Default: {DEFAULTS.local_part_voxels}")
+    group.add_argument("--local-split-by-change", action="store_true",
+                       help="split the disagreement region by change (label a -> b) before its parts "
+                            "(local_split_by_change)")
     group.add_argument("--local-min-part-voxels", type=int, default=DEFAULTS.local_min_part_voxels,
                        help="smaller parts make no hybrid (local_min_part_voxels). "
                             f"Default: {DEFAULTS.local_min_part_voxels}")
@@ -87,7 +90,8 @@ def _load(args):
         raise ValueError(f"-n must be >= 2 (a pair needs two proposals), got {args.n}")
     if args.hybrids < 0:
         raise ValueError(f"--hybrids must be >= 0, got {args.hybrids}")
-    hybrids = HybridSettings(args.local_part_voxels, args.local_min_part_voxels, args.hybrids) if args.hybrids else None
+    hybrids = (HybridSettings(args.local_part_voxels, args.local_min_part_voxels, args.hybrids,
+                              args.local_split_by_change) if args.hybrids else None)
     if args.perturb_sigma <= 0:
         raise ValueError(f"--perturb-sigma must be > 0, got {args.perturb_sigma}")
     folds = [_fold(f) for f in args.f]
@@ -106,7 +110,8 @@ def _trainer_config(settings, **extra) -> str:
     if settings.hybrids:
         keys.update({"mining": "local", "mining_max_pairs_per_case": settings.hybrids.per_case,
                      "local_part_voxels": settings.hybrids.part_voxels,
-                     "local_min_part_voxels": settings.hybrids.min_part_voxels})
+                     "local_min_part_voxels": settings.hybrids.min_part_voxels,
+                     "local_split_by_change": settings.hybrids.by_change})
     if "perturb" in settings.sources:
         keys["perturb_sigma"] = settings.perturb_sigma
     return json.dumps({**keys, **extra})

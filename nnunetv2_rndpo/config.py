@@ -167,6 +167,10 @@ class RNDPOConfig:
     local_min_part_voxels: int = _help(
         "'local' mining: smaller parts make no hybrid; keep it >= min_region_voxels or their pairs are skipped",
         default=10)
+    local_split_by_change: bool = _help(
+        "'local' mining: split the disagreement region by change (label a -> label b) before its connected parts, so "
+        "that a part is one kind of change (a bulge and a dent next to it, or a moved class border and a grown "
+        "class, are two parts)", default=False)
     pairs_file: str | None = _help(
         "pairs written by nnUNetv2_rndpo_mine; None = judge and mine inside the trainer", default=None
     )

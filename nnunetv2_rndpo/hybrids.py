@@ -11,9 +11,10 @@ Construction, for the ``K`` base proposals of a case:
 1. the **anchor** A is the base proposal that differs from the others in the fewest voxels (the medoid
    in Hamming distance; ties to the lower index);
 2. for every other proposal B (a *donor*), D = {v : A_v ≠ B_v} is split into parts
-   (:func:`disagreement_parts`): connected components of D with full connectivity (26 neighbours in 3D),
-   each halved recursively at the median of its longest axis until no part has more than
-   ``part_voxels`` voxels; parts below ``min_part_voxels`` are dropped;
+   (:func:`disagreement_parts`): connected components of D with full connectivity (26 neighbours in 3D;
+   with ``by_change``, of each change a → b of D separately), each halved recursively at the median of its
+   longest axis until no part has more than ``part_voxels`` voxels; parts below ``min_part_voxels`` are
+   dropped;
 3. hybrid (A, B, part) = A with the part's voxels set to B's labels (multi-class and region-based masks
    alike: masks are label maps and a part takes B's labels voxel by voxel);
 4. the parts of all donors, largest first (ties: lower donor, then the order of the split), identical
@@ -45,12 +46,13 @@ from nnunetv2_rndpo.proposals import RemembersMasks
 
 @dataclass(frozen=True)
 class HybridSettings:
-    """How hybrids are made; mirrors ``local_part_voxels``, ``local_min_part_voxels`` and (for the count)
-    ``mining_max_pairs_per_case``: each hybrid gives one ``local`` pair."""
+    """How hybrids are made; mirrors ``local_part_voxels``, ``local_min_part_voxels``, (for the count)
+    ``mining_max_pairs_per_case`` and ``local_split_by_change``: each hybrid gives one ``local`` pair."""
 
     part_voxels: int = 64
     min_part_voxels: int = 10
     per_case: int = 16
+    by_change: bool = False
 
     def __post_init__(self) -> None:
         if self.min_part_voxels < 1 or self.part_voxels < self.min_part_voxels:
@@ -64,7 +66,8 @@ class HybridSettings:
         """The settings of an :class:`~nnunetv2_rndpo.config.RNDPOConfig`; None unless ``mining`` is ``local``."""
         if config.mining != "local":
             return None
-        return cls(config.local_part_voxels, config.local_min_part_voxels, config.mining_max_pairs_per_case)
+        return cls(config.local_part_voxels, config.local_min_part_voxels, config.mining_max_pairs_per_case,
+                   config.local_split_by_change)
 
 
 def hamming_medoid(masks: np.ndarray) -> int:
@@ -98,12 +101,15 @@ def _bisect(coordinates: np.ndarray, part_voxels: int) -> list[np.ndarray]:
 
 
 def disagreement_parts(mask_a: np.ndarray, mask_b: np.ndarray, part_voxels: int, min_part_voxels: int,
-                       ) -> list[np.ndarray]:
+                       by_change: bool = False) -> list[np.ndarray]:
     """The parts of D = {v : a_v ≠ b_v}, as sorted flat voxel indices, largest first.
 
     Each connected component of D (full connectivity: voxels that share a face, edge or corner) is split by
     :func:`_bisect` into parts of at most ``part_voxels`` voxels; parts of fewer than ``min_part_voxels``
-    are dropped. Every other voxel of D is in exactly one part.
+    are dropped. Every other voxel of D is in exactly one part. With ``by_change`` the components are those of
+    each change (a_v, b_v) on its own, so that a part is one kind of change: a bulge of b (0 → 1) next to a dent
+    (1 → 0), or a moved border between two classes (1 → 2) next to a grown class (0 → 1), are different
+    parts, each a verdict of its own.
 
     Assumption: full connectivity, because a one-voxel-thick boundary shift along a diagonal boundary is
     connected only through edges and corners and would otherwise fall apart into single voxels; recursive
@@ -119,7 +125,16 @@ def disagreement_parts(mask_a: np.ndarray, mask_b: np.ndarray, part_voxels: int,
     from scipy import ndimage
 
     region = mask_a != mask_b
-    components, _ = ndimage.label(region, ndimage.generate_binary_structure(region.ndim, region.ndim))
+    structure = ndimage.generate_binary_structure(region.ndim, region.ndim)
+    if by_change:
+        change = np.where(region, mask_a.astype(np.int64) * (int(max(mask_a.max(), mask_b.max())) + 1) + mask_b, -1)
+        components, count = np.zeros(region.shape, np.int64), 0
+        for value in np.unique(change[region]):
+            labeled, n = ndimage.label(change == value, structure)
+            components[labeled > 0] = labeled[labeled > 0] + count
+            count += n
+    else:
+        components, _ = ndimage.label(region, structure)
     flat = np.flatnonzero(components)
     component_of = components.ravel()[flat]
     order = np.argsort(component_of, kind="stable")
@@ -153,7 +168,8 @@ def make_hybrids(masks: np.ndarray, settings: HybridSettings) -> HybridSet:
     candidates = []
     for donor in range(len(masks)):
         if donor != anchor:
-            parts = disagreement_parts(masks[anchor], masks[donor], settings.part_voxels, settings.min_part_voxels)
+            parts = disagreement_parts(masks[anchor], masks[donor], settings.part_voxels, settings.min_part_voxels,
+                                       settings.by_change)
             candidates += [(donor, part) for part in parts]
     candidates.sort(key=lambda c: -len(c[1]))  # stable: ties keep the lower donor first
     donor_values = masks.reshape(len(masks), -1)

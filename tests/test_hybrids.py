@@ -79,6 +79,24 @@ def test_touching_structures_disagree_in_one_component_that_full_connectivity_ke
     assert [len(p) for p in disagreement_parts(a, b, part_voxels=3, min_part_voxels=1)] == [3, 3]
 
 
+def test_split_by_change_makes_each_part_one_change_and_still_partitions_d():
+    a = np.zeros((8, 12), np.uint8)
+    a[2:6, 2:10] = 1
+    b = a.copy()
+    b[2:6, 10] = 1  # a bulge of b to the right (0 -> 1) ...
+    b[2:6, 9] = 2  # ... next to a column b gives to class 2 (1 -> 2): one component of D with both
+    assert [len(p) for p in disagreement_parts(a, b, part_voxels=100, min_part_voxels=1)] == [8]
+    parts = disagreement_parts(a, b, part_voxels=100, min_part_voxels=1, by_change=True)
+    assert [len(p) for p in parts] == [4, 4]
+    for part in parts:
+        assert len({(int(x), int(y)) for x, y in zip(a.ravel()[part], b.ravel()[part], strict=True)}) == 1
+    truth, proposals = touching_structures()
+    split = disagreement_parts(proposals[0], proposals[1], part_voxels=20, min_part_voxels=1, by_change=True)
+    covered = np.concatenate(split)
+    assert len(covered) == len(np.unique(covered)) and set(covered) == set(np.flatnonzero(proposals[0] != proposals[1]))
+    assert all(len(p) <= 20 for p in split)
+
+
 def test_a_hybrid_is_its_anchor_with_one_part_from_its_donor():
     _, proposals = touching_structures()
     settings = HybridSettings(part_voxels=16, min_part_voxels=4, per_case=12)
@@ -135,15 +153,17 @@ def test_hybrid_cache_stores_beside_the_proposals_and_is_keyed_by_the_settings(t
     assert np.array_equal(masks[len(proposals):], hybrid_masks(proposals, make_hybrids(proposals, settings)))
     assert hybrids.has_case("c", "v1") and not hybrids.has_case("c", "v2")  # a replaced image: made again
     keys = {HybridCache(cache, s).folder for s in (settings, HybridSettings(8, 4, 6), HybridSettings(16, 2, 6),
-                                                   HybridSettings(16, 4, 3))}
+                                                   HybridSettings(16, 4, 3), HybridSettings(16, 4, 6, True))}
     other_base = ProposalCache(tmp_path / "proposals", {"weights": "y", "seed": 1})
-    assert len(keys) == 4 and HybridCache(other_base, settings).folder not in keys
+    assert len(keys) == 5 and HybridCache(other_base, settings).folder not in keys
 
 
 def test_settings_come_from_the_config_only_for_local_mining():
     assert HybridSettings.from_config(RNDPOConfig()) is None
     config = RNDPOConfig(mining="local", local_part_voxels=32, local_min_part_voxels=5, mining_max_pairs_per_case=7)
     assert HybridSettings.from_config(config) == HybridSettings(32, 5, 7)
+    config = RNDPOConfig(mining="local", local_split_by_change=True)
+    assert HybridSettings.from_config(config).by_change
     with pytest.raises(ValueError, match="local_part_voxels"):
         RNDPOConfig(local_part_voxels=4, local_min_part_voxels=10)
     with pytest.raises(ValueError, match="local_min_part_voxels"):
@@ -181,10 +201,11 @@ def test_agreement_compares_hybrids_with_the_base_proposals_only():
     assert base_scores(SimpleNamespace(), {"c": scores}) == {"c": scores}
 
 
-def test_oracle_local_pairs_are_right_where_decidable_and_beat_whole_mask_pairs(tmp_path):
+@pytest.mark.parametrize("by_change", [False, True])
+def test_oracle_local_pairs_are_right_where_decidable_and_beat_whole_mask_pairs(tmp_path, by_change):
     """Two touching structures: a whole-mask verdict is right on part of D only; a one-part verdict on ≥ 90%."""
     truth, proposals = touching_structures(num_proposals=6, seed=3)
-    settings = HybridSettings(part_voxels=16, min_part_voxels=4, per_case=40)
+    settings = HybridSettings(part_voxels=16, min_part_voxels=4, per_case=40, by_change=by_change)
     _, pool, hybrids = _stored_case(tmp_path, proposals, settings)
     generate_hybrids(hybrids, pool, progress=False)
     pool.label = lambda case: truth
