@@ -82,7 +82,8 @@ def pair_rows(base, pool, cache, scores: dict, dice: dict, mining: str, seed: in
             "region_size_mean": float(np.mean([p.region_size for p in pairs])) if pairs else math.nan,
             "pair_acc": stats.get("pairs/oracle_acc", math.nan),
             "chosen_right_in_region": shares.get("pairs/chosen_right_in_region", math.nan),
-            "chosen_right_where_decidable": shares.get("pairs/chosen_right_where_decidable", math.nan)}
+            "chosen_right_where_decidable": shares.get("pairs/chosen_right_where_decidable", math.nan),
+            "best_verdict_where_decidable": shares.get("pairs/best_verdict_where_decidable", math.nan)}
 
 
 def measure_seed(args, seed: int) -> dict:
@@ -264,7 +265,8 @@ def table(dataset: str, labeled: int, per_seed: list[dict]) -> tuple[dict, str]:
     if measured:
         lines += ["", f"### {dataset}, {labeled} labels: hybrid parts split by change (local_split_by_change)", "",
                   "Share of the decidable part of D the chosen mask is right on, per local mining (parts of at most "
-                  + ", ".join(f"{m} {LOCAL_PARTS[m][0]}" for m in LOCAL_PARTS) + " voxels).", "",
+                  + ", ".join(f"{m} {LOCAL_PARTS[m][0]}" for m in LOCAL_PARTS) + " voxels); in brackets the most "
+                  "one verdict per pair could be right on (`pairs/best_verdict_where_decidable`).", "",
                   "| proposal set | judge | " + " | ".join(LOCAL_PARTS) + " |", "|---" * (2 + len(LOCAL_PARTS)) + "|"]
         for name, judge, rows in measured:
             for m in split:
@@ -272,6 +274,8 @@ def table(dataset: str, labeled: int, per_seed: list[dict]) -> tuple[dict, str]:
                     summary["sets"][name]["judges"][judge][m] = {
                         k: _mean([row[m][k] for row in rows]) for k in rows[0][m]}
             cells = [_cell([row[m]["chosen_right_where_decidable"] for row in rows])
+                     + (f" ({_cell([row[m]['best_verdict_where_decidable'] for row in rows])})"
+                        if all("best_verdict_where_decidable" in row[m] for row in rows) else "")
                      if all(m in row for row in rows) else "-" for m in LOCAL_PARTS]
             lines.append(f"| {name} | {judge} | " + " | ".join(cells) + " |")
     return summary, "\n".join(lines) + "\n"

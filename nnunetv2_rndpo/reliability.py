@@ -18,6 +18,11 @@ one run (docs/toolkit.md):
 - ``pairs/chosen_right_where_decidable``  the same share counted only on the voxels of D where exactly one of
                           the two masks carries the true label (with more than one foreground class both can be
                           wrong there, and no verdict can help); with one class every voxel of D is decidable.
+- ``pairs/best_verdict_where_decidable``  the mean over pairs of max(right, wrong) / decidable voxels: the most a
+                          single verdict on the pair can be right on (either order), the ceiling of
+                          ``chosen_right_where_decidable`` for these masks. Below it, the judge's verdicts go
+                          against the voxel majority (a Dice oracle can: Dice weighs a gained and a removed
+                          voxel differently); at it, only smaller or more uniform parts can raise the share.
 
 The proposals' headroom (:func:`headroom_summary`, ``headroom/*``): how much a perfect judge could gain over
 nnU-Net's own prediction from this proposal set, before any judge is involved.
@@ -119,12 +124,13 @@ def region_verdict_counts(chosen: np.ndarray, rejected: np.ndarray, label: np.nd
 
 
 def region_label_accuracy(pairs, cache, pool, ignore_label: int | None = None) -> dict[str, float]:
-    """``pairs/chosen_right_in_region`` and ``pairs/chosen_right_where_decidable`` (see the module docstring)
+    """``pairs/chosen_right_in_region``, ``pairs/chosen_right_where_decidable`` and
+    ``pairs/best_verdict_where_decidable`` (see the module docstring)
     for ``pairs`` of ``cache``'s proposals, against ``pool``'s hidden labels (preprocessed space): means over
     pairs of per-pair shares (pairs with an empty D, or no decidable voxel, are left out of that mean). Voxels
     the label marks ``ignore_label`` are not counted in D: their true label is unknown. Empty when a case has
     no hidden label."""
-    in_region, where_decidable = [], []
+    in_region, where_decidable, best_verdict = [], [], []
     for pair in pairs:
         label = pool.label(pair.case_id)
         if label is None:
@@ -136,11 +142,13 @@ def region_label_accuracy(pairs, cache, pool, ignore_label: int | None = None) -
             in_region.append(right / region)
         if decidable:
             where_decidable.append(right / decidable)
+            best_verdict.append(max(right, decidable - right) / decidable)
     if not in_region:
         return {}
     result = {"pairs/chosen_right_in_region": float(np.mean(in_region))}
     if where_decidable:
         result["pairs/chosen_right_where_decidable"] = float(np.mean(where_decidable))
+        result["pairs/best_verdict_where_decidable"] = float(np.mean(best_verdict))
     return result
 
 

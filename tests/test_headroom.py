@@ -52,7 +52,8 @@ def test_chosen_right_where_decidable_counts_only_voxels_a_verdict_can_fix():
     # against the truth every voxel of D is decidable and the truth is right on all of it
     truth_first = Pair("a", 2, 0, 0.9, 0.1, 2)
     assert region_label_accuracy([truth_first], cache, pool) == {
-        "pairs/chosen_right_in_region": 1.0, "pairs/chosen_right_where_decidable": 1.0}
+        "pairs/chosen_right_in_region": 1.0, "pairs/chosen_right_where_decidable": 1.0,
+        "pairs/best_verdict_where_decidable": 1.0}
     both = region_label_accuracy([pair, truth_first], cache, pool)
     assert both["pairs/chosen_right_where_decidable"] == pytest.approx((1 / 2 + 1) / 2)
 

@@ -44,16 +44,21 @@ def test_region_label_accuracy_is_the_share_of_the_push_that_is_right():
     pool = SimpleNamespace(label=lambda case: label)
     wrong = Pair("a", 0, 1, 0.9, 0.1, 2)
     half = Pair("a", 0, 2, 0.9, 0.1, 2)
+    # the wrong order of a pair whose D is all one way: the other verdict would be right on all of it
     assert region_label_accuracy([wrong], cache, pool) == {"pairs/chosen_right_in_region": 0.0,
-                                                           "pairs/chosen_right_where_decidable": 0.0}
+                                                           "pairs/chosen_right_where_decidable": 0.0,
+                                                           "pairs/best_verdict_where_decidable": 1.0}
+    # a pair right on half of D either way: no verdict does better than half
     assert region_label_accuracy([half], cache, pool) == {"pairs/chosen_right_in_region": 0.5,
-                                                          "pairs/chosen_right_where_decidable": 0.5}
+                                                          "pairs/chosen_right_where_decidable": 0.5,
+                                                          "pairs/best_verdict_where_decidable": 0.5}
     assert region_label_accuracy([wrong, half], cache, pool)["pairs/chosen_right_in_region"] == 0.25
     # three classes: at voxel 1 the truth is 2 and the masks say 1 and 0, neither right: not decidable
     three = SimpleNamespace(masks=lambda case: np.array([[1, 1, 0], [1, 0, 1]]))
     truth = SimpleNamespace(label=lambda case: np.array([1, 2, 1]))
     assert region_label_accuracy([Pair("a", 1, 0, 0.9, 0.1, 2)], three, truth) == {
-        "pairs/chosen_right_in_region": 0.5, "pairs/chosen_right_where_decidable": 1.0}
+        "pairs/chosen_right_in_region": 0.5, "pairs/chosen_right_where_decidable": 1.0,
+        "pairs/best_verdict_where_decidable": 1.0}
     assert region_label_accuracy([wrong], cache, SimpleNamespace(label=lambda case: None)) == {}
 
 
@@ -75,4 +80,5 @@ def test_ignore_label_voxels_count_neither_in_true_dice_nor_in_the_push():
     pair = Pair("a", 1, 0, 0.9, 0.1, 3)  # D = voxels 1, 2, 3; only voxel 1 is counted, where mask 1 is right
     assert region_label_accuracy([pair], cache, pool)["pairs/chosen_right_in_region"] == 1 / 3
     assert region_label_accuracy([pair], cache, pool, ignore_label=9) == {"pairs/chosen_right_in_region": 1.0,
-                                                                          "pairs/chosen_right_where_decidable": 1.0}
+                                                                          "pairs/chosen_right_where_decidable": 1.0,
+                                                                          "pairs/best_verdict_where_decidable": 1.0}
