@@ -92,15 +92,16 @@ class FoldLock:
         raise FoldLockedError(f"could not take the lock {self.path}: other runs keep creating it")
 
     def _create(self, text: str) -> None:
-        """Makes ``self.path`` hold ``text``; FileExistsError if it exists."""
-        own = self.path.with_name(f"{self.path.name}.{socket.gethostname()}.{os.getpid()}")
+        """Makes ``self.path`` hold ``text``; FileExistsError if it exists. The process's own file is named like
+        atomic_files' temporaries (``.<name>.<host>.<pid>.tmp``), so one left by a killed run reads as one."""
+        own = self.path.with_name(f".{self.path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
         own.write_text(text)
         try:
-            os.link(own, self.path)
+            os.link(own, self.path)  # FileExistsError propagates: another run holds the fold
             return
         except FileExistsError:
             raise
-        except OSError:  # no hard links here
+        except OSError:  # no hard links on this file system: O_EXCL below
             pass
         finally:
             own.unlink(missing_ok=True)
