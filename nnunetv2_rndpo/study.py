@@ -61,6 +61,7 @@ from nnunetv2_rndpo.study_protocol import (
     WEAK_JUDGES,
     WEAK_SIZE_BIAS,
     Arm,
+    Scale,
     protocol_arms,
     sweep_arms,
     tuned_arm,
@@ -92,7 +93,8 @@ class Study:
                  seeds: tuple[int, ...] | None = None,
                  device: str = "cpu", only_arms: list[str] | None = None, sweep: bool = False,
                  labeled: int | None = None, full_label: bool = True, self_training: tuple[str, ...] | None = None,
-                 self_training_judge: str = SELF_TRAINING_JUDGE):
+                 self_training_judge: str = SELF_TRAINING_JUDGE, tuning_from: str | Path | None = None,
+                 tuning_seed: int = 0):
         if dataset not in DATASETS:
             raise ValueError(f"unknown --dataset {dataset!r}; valid: {', '.join(DATASETS)}")
         if scale not in SCALES:
@@ -128,8 +130,20 @@ class Study:
         if held != self.scale.num_labeled:
             raise ValueError(f"{self.results_file} holds the study with {held} labeled cases, not "
                              f"{self.scale.num_labeled}; use another -o for another --labeled budget")
+        self.borrowed_tuning = None if tuning_from is None else \
+            borrowed_tuning(tuning_from, tuning_seed, dataset, scale, self.scale)
+        held = self.results.get("protocol", {}).get("tuning_from")
+        ours = self.borrowed_tuning and {k: self.borrowed_tuning[k] for k in ("file", "seed")}
+        tuned = [s for s, r in self.results.get("seeds", {}).items()
+                 if "tuning" in r or any(a.get("tunes") for a in r.get("arms", {}).values())]
+        if tuned and held != ours:  # arms already run at another choice: the seeds would not be comparable
+            raise ValueError(f"{self.results_file} holds a study tuned "
+                             f"{'on each seed' if held is None else 'from ' + str(held)}, not "
+                             f"{'on each seed' if ours is None else 'from ' + str(ours)}: give the same "
+                             "--tuning-from/--tuning-seed as its first run, or use another -o")
         self.results.update(dataset=dataset, scale=scale, configuration=self.spec.configuration,
-                            protocol={**asdict(self.scale), "proposals": PROPOSALS})
+                            protocol={**asdict(self.scale), "proposals": PROPOSALS,
+                                      **({"tuning_from": ours} if ours else {})})
         self.results.setdefault("seeds", {})
         held = {a["judge"] for seed in self.results["seeds"].values()
                 for name, a in seed.get("self_training", {}).items() if name == "top_proposal"}
@@ -336,7 +350,10 @@ class Study:
         record.update(weak_calibrations(record["judges"]))
         self._save()
         s = self.scale
-        arms = protocol_arms(s.judges, s.full_arms, s.protocol_round, s.tuning) + (sweep_arms() if self.sweep else [])
+        if self.borrowed_tuning:  # the β and learning rate chosen on another seed's validation cases: no tuning arms
+            record.setdefault("tuning", self.borrowed_tuning["choice"])
+        arms = protocol_arms(s.judges, s.full_arms, s.protocol_round, s.tuning and not self.borrowed_tuning) \
+            + (sweep_arms() if self.sweep else [])
         for arm in arms:
             if arm.name in record["arms"] and "drift" not in record["arms"][arm.name]:  # results of older runs
                 fold = self._arm_fold(seed, arm, base_folder)
@@ -379,7 +396,7 @@ class Study:
             else:
                 record.setdefault("judges_by_proposals", {})[f"{arm.judge} | {' '.join(sources)}"] = report
         chosen = record.get("tuning", {}).get(arm.method, {}).get("arm")
-        if chosen and self.arm_config(arm, scores) == record["arms"][chosen]["config"]:
+        if chosen in record["arms"] and self.arm_config(arm, scores) == record["arms"][chosen]["config"]:
             # the tuned arm is the chosen tuning arm itself (same judge, mining and settings): not run twice
             same = {k: v for k, v in record["arms"][chosen].items() if k != "tunes"}
             record["arms"][arm.name] = {**same, "method": arm.method, "same_run_as": chosen}
@@ -519,6 +536,41 @@ class Study:
         return float(out.stdout.strip().splitlines()[-1])
 
 
+def borrowed_tuning(results_file: str | Path, seed: int, dataset: str, scale_name: str, scale: Scale) -> dict:
+    """The β and learning rate that a finished study's seed chose on its validation cases (``--tuning-from``), for
+    a study that runs no tuning arms of its own: ``{"file", "seed", "choice"}``, ``choice`` as
+    :func:`~nnunetv2_rndpo.study_protocol.tuned_settings` gives it.
+
+    Assumption: one seed's choice holds for the others (the issue allows "one dataset and budget used only for
+    tuning"); it saves each later seed the tuning arms. The choice was made on validation cases, never on the test
+    set, so reusing it keeps the tuning honest.
+
+    Raises:
+        ValueError: the file is not a study of the same dataset, scale and label budget, or its seed has no
+            finished tuning (its tuning arms are not all done).
+    """
+    path = Path(results_file)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"--tuning-from {results_file}: no such results file; give a study's results.json "
+                                "(e.g. docs/results/study2_hc18_n5_cpu2_restart.json) or its folder")
+    results = json.loads(path.read_text())
+    held = (results.get("dataset"), results.get("scale"), results.get("protocol", {}).get("num_labeled"))
+    if held != (dataset, scale_name, scale.num_labeled):
+        raise ValueError(f"--tuning-from {path} is the {held[0]!r} study at scale {held[1]!r} with {held[2]} labeled "
+                         f"cases, not {dataset!r} at {scale_name!r} with {scale.num_labeled}: tune on the same "
+                         "dataset, scale and budget")
+    record = results.get("seeds", {}).get(str(seed))
+    if record is None:
+        raise ValueError(f"--tuning-from {path} has no seed {seed}; its seeds: {', '.join(results.get('seeds', {}))}")
+    try:
+        choice = record.get("tuning") or tuned_settings(record["arms"])
+    except ValueError as error:
+        raise ValueError(f"--tuning-from {path}, seed {seed}: {error}; finish that seed's tuning arms first") from None
+    return {"file": str(results_file), "seed": seed, "choice": choice}
+
+
 def weak_calibrations(judges: dict[str, dict]) -> dict[str, dict]:
     """``<judge>_calibration`` per weak judge (WEAK_JUDGES) in a seed's reliability reports ``judges``: its target
     pair accuracy, size bias, calibrated σ and measured within-case pair accuracy (``weak_calibration`` for
@@ -609,6 +661,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="run no self-training, not even the scale's")
     parser.add_argument("--self-training-judge", default=SELF_TRAINING_JUDGE, choices=STUDY_JUDGES,
                         help=f"the judge of --self-training top_proposal. Default: {SELF_TRAINING_JUDGE}")
+    parser.add_argument("--tuning-from", default=None, metavar="RESULTS",
+                        help="take β and the learning rate from the tuning a finished study's seed made on its "
+                        "validation cases (its results.json or folder, same dataset, scale and --labeled), and run "
+                        "no tuning arms: saves each seed the tuning arms (docs/study.md, 'Honest tuning'). "
+                        "Default: every seed tunes on its own validation cases (cpu2, gpu2)")
+    parser.add_argument("--tuning-seed", type=int, default=0,
+                        help="the seed of --tuning-from whose choice is taken. Default: 0")
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--report-from", nargs="+", default=None, metavar="STUDY",
                         help="only write a report (with --report-to) from study folders or their results.json files")
@@ -626,7 +685,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--dataset and -o are required (or --report-from)")
     Study(args.dataset, args.source, args.scale, args.output, tuple(args.seeds) if args.seeds else None,
           args.device, args.arms, args.sweep, args.labeled, not args.no_full_label, self_training_sources(args),
-          args.self_training_judge).run()
+          args.self_training_judge, args.tuning_from, args.tuning_seed).run()
 
 
 def self_training_sources(args: argparse.Namespace) -> tuple[str, ...] | None:

@@ -97,7 +97,8 @@ def _completeness(results: dict) -> str:
     """Which part of the protocol the results hold: finished arms per seed, and the full-label model."""
     protocol = results.get("protocol", {})
     names = {a.name for a in protocol_arms(tuple(protocol.get("judges", ())), protocol.get("full_arms", False),
-                                           protocol.get("protocol_round", 1), protocol.get("tuning", False))}
+                                           protocol.get("protocol_round", 1),
+                                           protocol.get("tuning", False) and not protocol.get("tuning_from"))}
     expected = len(names) or None
     seeds = protocol.get("seeds") or []
     finished = {s: len(names & set(results["seeds"].get(str(s), {}).get("arms", {}))) for s in seeds}
@@ -128,6 +129,13 @@ def _tuning_lines(results: dict) -> list[str]:
         decided += bool(choices)
         for choice in choices.values():
             chosen[choice["arm"]] = chosen.get(choice["arm"], 0) + 1
+    borrowed = results.get("protocol", {}).get("tuning_from")
+    if borrowed:  # --tuning-from: no tuning arms here, the choice another study's seed made on its validation cases
+        choice = next((s["tuning"] for s in results["seeds"].values() if s.get("tuning")), {})
+        settings = "; ".join(f"{m} β {c['beta']:g}, learning rate {c['learning_rate']:g}" for m, c in choice.items())
+        return ["", f"Tuning: no tuning arms in this study; every seed runs the β and learning rate that seed "
+                f"{borrowed['seed']} of `{Path(borrowed['file']).name}` chose on its validation cases (best "
+                f"validation sustained Dice; the test set plays no part): {settings or 'none recorded yet'}."]
     if not runs:
         return []
     lines = ["", f"Tuning on {results['protocol'].get('num_validation', '?')} validation cases held out of the pool "

@@ -267,3 +267,79 @@ def test_a_tuning_scale_refuses_a_dataset_made_without_validation_cases_before_t
     with pytest.raises(ValueError, match="no validation cases .* use another -o"):
         study.run_seed(0)
     assert not trained
+
+
+def _finished_tuning_study(folder: Path, seed: str = "0") -> Path:
+    """A smoke2 study's results.json whose seed has every tuning arm finished (RN-DPO's β 4 wins on validation)."""
+    import json
+
+    arms = _tuning_record({"RN-DPO (tuning: β 4, lr ×1) | oracle | top_bottom": 0.9,
+                           "DPO (tuning: β 0.0025, lr ×1) | oracle | top_bottom": 0.9}, {})
+    folder.mkdir(parents=True)
+    results = {"dataset": "synthetic", "scale": "smoke2", "protocol": {"num_labeled": SCALES["smoke2"].num_labeled},
+               "seeds": {seed: {"arms": arms, "judges": {}}}}
+    (folder / "results.json").write_text(json.dumps(results))
+    return folder / "results.json"
+
+
+def test_tuning_from_another_study_runs_no_tuning_arms_and_every_tuned_arm_at_its_choice(tmp_path, monkeypatch):
+    source = _finished_tuning_study(tmp_path / "tuned")
+    study = Study("synthetic", None, "smoke2", tmp_path / "s", seeds=(1,), tuning_from=source, tuning_seed=0)
+    assert study.borrowed_tuning["choice"]["RN-DPO"]["beta"] == pytest.approx(4.0)
+    assert study.borrowed_tuning["choice"]["DPO"]["beta"] == pytest.approx(0.0025)
+    raw = tmp_path / "raw"
+    (raw / "labelsVal").mkdir(parents=True)
+    for step in ("make_dataset", "train_base"):
+        monkeypatch.setattr(study, step, lambda *a, raw=raw: raw)
+    monkeypatch.setattr(study, "_run", lambda *a, **k: 0.0)
+    monkeypatch.setattr(study, "judge_scores", lambda *a, **k: (tmp_path / "scores.csv", {}))
+    ran = {}
+    monkeypatch.setattr(study, "run_arm", lambda seed, arm, base, scores: ran.setdefault(
+        arm.name, {**study.arm_config(arm, scores), "seed": seed}))
+    monkeypatch.setattr(study, "run_self_training", lambda *a: None)
+    monkeypatch.setattr(study, "run_full_label", lambda: study.results.update(full_label={"dice": 1.0}))
+    study.run_seed(1)
+    assert ran and not [n for n in ran if "tuning:" in n]  # no tuning arm ran
+    rn_dpo = ran["RN-DPO | oracle | top_bottom"]  # run for real: no tuning arm of this study to stand in for it
+    assert rn_dpo["beta"] == pytest.approx(4.0) and rn_dpo["seed"] == 1
+    assert ran["DPO | oracle | top_bottom"]["beta"] == pytest.approx(0.0025)
+    control = ran["control (continued supervised)"]  # untuned arms keep the scale's learning rate
+    assert "beta" not in control and control["learning_rate"] == SCALES["smoke2"].learning_rate
+    saved = load_results(tmp_path / "s")
+    assert saved["protocol"]["tuning_from"] == {"file": str(source), "seed": 0}
+    assert saved["seeds"]["1"]["tuning"] == study.borrowed_tuning["choice"]
+    # a second run on the folder must tune the same way: without --tuning-from it is refused
+    with pytest.raises(ValueError, match="tuned from .* not on each seed"):
+        Study("synthetic", None, "smoke2", tmp_path / "s")
+    Study("synthetic", None, "smoke2", tmp_path / "s", tuning_from=source)  # the same source: accepted
+
+
+def test_tuning_from_refuses_another_budget_or_a_seed_without_finished_tuning(tmp_path):
+    source = _finished_tuning_study(tmp_path / "tuned")
+    with pytest.raises(ValueError, match="with 8 labeled cases, not .* with 3: tune on the same dataset, scale"):
+        Study("synthetic", None, "smoke2", tmp_path / "a", labeled=3, tuning_from=source)
+    with pytest.raises(ValueError, match="has no seed 5; its seeds: 0"):
+        Study("synthetic", None, "smoke2", tmp_path / "b", tuning_from=source, tuning_seed=5)
+    partial = _finished_tuning_study(tmp_path / "partial")
+    import json
+    results = json.loads(partial.read_text())
+    results["seeds"]["0"]["arms"].pop("DPO (tuning: β 0.04, lr ×1) | oracle | top_bottom")
+    partial.write_text(json.dumps(results))
+    with pytest.raises(ValueError, match="tuning arms not finished yet: DPO .*finish that seed's tuning arms first"):
+        Study("synthetic", None, "smoke2", tmp_path / "c", tuning_from=partial)
+    with pytest.raises(FileNotFoundError, match="no such results file"):
+        Study("synthetic", None, "smoke2", tmp_path / "d", tuning_from=tmp_path / "missing.json")
+
+
+def test_the_report_of_a_study_tuned_from_another_counts_no_tuning_arms_as_missing():
+    from nnunetv2_rndpo.study_report import _completeness, _tuning_lines
+
+    protocol = {"judges": ["oracle"], "full_arms": False, "protocol_round": 2, "tuning": True, "seeds": [0]}
+    names = [a.name for a in protocol_arms(("oracle",), False, 2, False)]
+    seed = {"arms": {n: {} for n in names}, "tuning": {"RN-DPO": {"arm": "x", "beta": 4.0, "learning_rate": 1e-5}}}
+    results = {"protocol": {**protocol, "tuning_from": {"file": "a/results.json", "seed": 0}}, "full_label": {},
+               "seeds": {"0": seed}}
+    assert _completeness(results).startswith("Protocol complete")
+    assert _completeness({**results, "protocol": protocol}).startswith("Protocol INCOMPLETE")
+    assert "seed 0 of `results.json` chose on its validation cases" in _tuning_lines(results)[1]
+    assert "RN-DPO β 4, learning rate 1e-05" in _tuning_lines(results)[1]
