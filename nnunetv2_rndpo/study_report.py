@@ -275,7 +275,8 @@ def write_study_report(all_results: list[dict], report_file: Path, figure_folder
              "(docs/study.md, 'Self-training'). Paired "
              "comparisons: mean over seeds of the mean over test cases of A − B, each case's Dice read at the "
              "point(s) the statistic picks on the arm's mean curve of that seed (nnunetv2_rndpo/comparison.py).", ""]
-    for results in all_results:
+    tags: set[str] = set()
+    for number, results in enumerate(all_results):
         if not results.get("seeds"):
             continue
         rows = arm_table(results)
@@ -285,6 +286,11 @@ def write_study_report(all_results: list[dict], report_file: Path, figure_folder
         tag = results["dataset"] if default_budget else f"{results['dataset']}_n{labels}"
         if results["protocol"].get("protocol_round", 1) != 1:  # the second round of a dataset and budget: own figures
             tag += f"_{results['scale']}"
+        if tag in tags:  # a second study of the same dataset, scale and budget: named by its file, own figures
+            source = results.get("source", f"study {number + 1}")
+            title += f", {source}"
+            tag += "_" + "".join(c if c.isalnum() else "_" for c in Path(source).stem)
+        tags.add(tag)
         full = results.get("full_label", {}).get("dice")
         base = [a["summary"]["base"] for s in results["seeds"].values() for a in list(s["arms"].values())[:1]]
         lines += [f"## {title}", "",
@@ -396,6 +402,7 @@ def load_results(path: str | Path) -> dict:
     if "seeds" not in results or "dataset" not in results:
         raise ValueError(f"{file} is not a study's results.json (it has no 'dataset' and 'seeds'); "
                          "pass the results.json that nnUNetv2_rndpo_study wrote")
+    results["source"] = file.name if file.name != "results.json" else file.parent.name  # names it in a report
     return results
 
 

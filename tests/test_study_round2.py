@@ -343,3 +343,16 @@ def test_the_report_of_a_study_tuned_from_another_counts_no_tuning_arms_as_missi
     assert _completeness({**results, "protocol": protocol}).startswith("Protocol INCOMPLETE")
     assert "seed 0 of `results.json` chose on its validation cases" in _tuning_lines(results)[1]
     assert "RN-DPO β 4, learning rate 1e-05" in _tuning_lines(results)[1]
+
+
+def test_two_studies_of_one_dataset_scale_and_budget_get_their_own_sections_and_figures(tmp_path):
+    import shutil
+
+    for name in ("a_study.json", "b_study.json"):
+        shutil.copy(RESULTS / "study2_hc18_n5_cpu2_restart.json", tmp_path / name)
+    report = write_study_report([load_results(tmp_path / n) for n in ("a_study.json", "b_study.json")],
+                                tmp_path / "r.md", tmp_path / "f")
+    titles = [line for line in report.read_text().splitlines() if line.startswith("## ")]
+    assert titles == ["## hc18 (2d, scale cpu2, 5 labels)", "## hc18 (2d, scale cpu2, 5 labels), b_study.json"]
+    figures = {p.name for p in (tmp_path / "f").iterdir()}
+    assert "hc18_n5_cpu2_oracle.png" in figures and "hc18_n5_cpu2_b_study_oracle.png" in figures
