@@ -136,7 +136,10 @@ class Study:
         ours = self.borrowed_tuning and {k: self.borrowed_tuning[k] for k in ("file", "seed")}
         tuned = [s for s, r in self.results.get("seeds", {}).items()
                  if "tuning" in r or any(a.get("tunes") for a in r.get("arms", {}).values())]
-        if tuned and held != ours:  # arms already run at another choice: the seeds would not be comparable
+        def source(t: dict | None) -> tuple | None:  # the file by name: a relative and an absolute path agree
+            return t and (Path(t["file"]).name, t["seed"])
+
+        if tuned and source(held) != source(ours):  # arms already run at another choice: seeds not comparable
             raise ValueError(f"{self.results_file} holds a study tuned "
                              f"{'on each seed' if held is None else 'from ' + str(held)}, not "
                              f"{'on each seed' if ours is None else 'from ' + str(ours)}: give the same "
