@@ -136,8 +136,11 @@ class Study:
         ours = self.borrowed_tuning and {k: self.borrowed_tuning[k] for k in ("file", "seed")}
         tuned = [s for s, r in self.results.get("seeds", {}).items()
                  if "tuning" in r or any(a.get("tunes") for a in r.get("arms", {}).values())]
-        def source(t: dict | None) -> tuple | None:  # the file by name: a relative and an absolute path agree
-            return t and (Path(t["file"]).name, t["seed"])
+        def source(t: dict | None) -> tuple | None:  # the file by its folder and name: any path to it agrees
+            if not t:
+                return None
+            file = Path(t["file"]) / "results.json" if Path(t["file"]).suffix != ".json" else Path(t["file"])
+            return file.parent.name, file.name, t["seed"]
 
         if tuned and source(held) != source(ours):  # arms already run at another choice: seeds not comparable
             raise ValueError(f"{self.results_file} holds a study tuned "

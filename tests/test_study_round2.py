@@ -316,7 +316,8 @@ def test_tuning_from_another_study_runs_no_tuning_arms_and_every_tuned_arm_at_it
     Study("synthetic", None, "smoke2", tmp_path / "s", tuning_from=source.name)  # given by another path, too
     other = _finished_tuning_study(tmp_path / "other")  # another study's choice: refused
     with pytest.raises(ValueError, match="tuned from .*tuned.*not from .*other"):
-        Study("synthetic", None, "smoke2", tmp_path / "s", tuning_from=other.parent)
+        Study("synthetic", None, "smoke2", tmp_path / "s", tuning_from=other)
+    Study("synthetic", None, "smoke2", tmp_path / "s", tuning_from=source.parent)  # its folder: the same source
 
 
 def test_tuning_from_refuses_another_budget_or_a_seed_without_finished_tuning(tmp_path):
