@@ -139,7 +139,8 @@ class Study:
         def source(t: dict | None) -> tuple | None:  # the file by its folder and name: any path to it agrees
             if not t:
                 return None
-            file = Path(t["file"]) / "results.json" if Path(t["file"]).suffix != ".json" else Path(t["file"])
+            file = Path(t["file"]).resolve()
+            file = file / "results.json" if file.suffix != ".json" else file
             return file.parent.name, file.name, t["seed"]
 
         if tuned and source(held) != source(ours):  # arms already run at another choice: seeds not comparable
