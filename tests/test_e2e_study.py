@@ -90,3 +90,16 @@ def test_second_round_tunes_beta_and_learning_rate_on_validation_cases(tmp_path)
     assert top_random["config"]["beta"] == seed["tuning"]["DPO"]["beta"]
     assert top_random["config"]["learning_rate"] == seed["tuning"]["DPO"]["learning_rate"]
     assert "same_run_as" not in top_random and top_random["mining"] == "top_random"
+    # --tuning-from: a study of another seed takes this choice, runs no tuning arm, and trains its oracle
+    # top_bottom arm at the choice (no tuning arm of its own stands in for it)
+    borrowed = tmp_path / "borrowed"
+    Study("synthetic", None, "smoke2", borrowed, seeds=(1,), only_arms=tuned[:1], full_label=False,
+          tuning_from=out).run()
+    saved = json.loads((borrowed / "results.json").read_text())
+    other = saved["seeds"]["1"]
+    assert list(other["arms"]) == tuned[:1] and other["tuning"] == seed["tuning"]
+    assert saved["protocol"]["tuning_from"]["seed"] == 0
+    arm = other["arms"][tuned[0]]
+    assert "same_run_as" not in arm and len(arm["curve"]) == SCALES["smoke2"].num_epochs + 1
+    assert arm["config"]["beta"] == seed["tuning"]["RN-DPO"]["beta"]
+    assert arm["config"]["learning_rate"] == seed["tuning"]["RN-DPO"]["learning_rate"]
