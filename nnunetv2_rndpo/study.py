@@ -136,14 +136,7 @@ class Study:
         ours = self.borrowed_tuning and {k: self.borrowed_tuning[k] for k in ("file", "seed")}
         tuned = [s for s, r in self.results.get("seeds", {}).items()
                  if "tuning" in r or any(a.get("tunes") for a in r.get("arms", {}).values())]
-        def source(t: dict | None) -> tuple | None:  # the file by its folder and name: any path to it agrees
-            if not t:
-                return None
-            file = Path(t["file"]).resolve()
-            file = file / "results.json" if file.suffix != ".json" else file
-            return file.parent.name, file.name, t["seed"]
-
-        if tuned and source(held) != source(ours):  # arms already run at another choice: seeds not comparable
+        if tuned and _tuning_source(held) != _tuning_source(ours):  # arms run at another choice: not comparable
             raise ValueError(f"{self.results_file} holds a study tuned "
                              f"{'on each seed' if held is None else 'from ' + str(held)}, not "
                              f"{'on each seed' if ours is None else 'from ' + str(ours)}: give the same "
@@ -556,9 +549,7 @@ def borrowed_tuning(results_file: str | Path, seed: int, dataset: str, scale_nam
         ValueError: the file is not a study of the same dataset, scale and label budget, or its seed has no
             finished tuning (its tuning arms are not all done).
     """
-    path = Path(results_file)
-    if path.is_dir():
-        path = path / "results.json"
+    path = _results_file(results_file)
     if not path.is_file():
         raise FileNotFoundError(f"--tuning-from {results_file}: no such results file; give a study's results.json "
                                 "(e.g. docs/results/study2_hc18_n5_cpu2_restart.json) or its folder")
@@ -575,7 +566,22 @@ def borrowed_tuning(results_file: str | Path, seed: int, dataset: str, scale_nam
         choice = record.get("tuning") or tuned_settings(record["arms"])
     except ValueError as error:
         raise ValueError(f"--tuning-from {path}, seed {seed}: {error}; finish that seed's tuning arms first") from None
-    return {"file": str(results_file), "seed": seed, "choice": choice}
+    return {"file": str(path), "seed": seed, "choice": choice}
+
+
+def _results_file(path: str | Path) -> Path:
+    """A study's ``results.json`` from its folder, or the results file itself."""
+    path = Path(path)
+    return path / "results.json" if path.is_dir() else path
+
+
+def _tuning_source(borrowed: dict | None) -> tuple | None:
+    """What identifies a ``tuning_from`` record: its file's folder and name and the seed, so that a relative and an
+    absolute path to the same file agree and two studies' ``results.json`` do not; None for no record."""
+    if not borrowed:
+        return None
+    file = Path(borrowed["file"]).resolve()
+    return file.parent.name, file.name, borrowed["seed"]
 
 
 def weak_calibrations(judges: dict[str, dict]) -> dict[str, dict]:
