@@ -25,7 +25,7 @@ from dataclasses import replace
 from nnunetv2_rndpo.evaluation import BASE_TEST_DICE_FILE
 from nnunetv2_rndpo.paths import rndpo_cache_folder
 from nnunetv2_rndpo.study import Study
-from nnunetv2_rndpo.study_protocol import protocol_arms, sweep_arms
+from nnunetv2_rndpo.study_protocol import scale_arms, sweep_arms
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
 
     study = Study(args.dataset, args.source, args.scale, args.output)
     s = study.scale
-    arms = {a.name: a for a in protocol_arms(s.judges, s.full_arms, s.protocol_round) + sweep_arms()}
+    arms = {a.name: a for a in scale_arms(s, False) + sweep_arms()}
     if args.arm not in arms:
         raise SystemExit(f"--arm {args.arm!r} is not a study arm; valid: {', '.join(arms)}")
     arm = arms[args.arm]

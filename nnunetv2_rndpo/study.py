@@ -62,10 +62,11 @@ from nnunetv2_rndpo.study_protocol import (
     WEAK_SIZE_BIAS,
     Arm,
     Scale,
-    protocol_arms,
+    scale_arms,
     sweep_arms,
     tuned_arm,
     tuned_settings,
+    tuning_arms,
 )
 from nnunetv2_rndpo.study_report import load_results, write_study_report
 
@@ -94,7 +95,7 @@ class Study:
                  device: str = "cpu", only_arms: list[str] | None = None, sweep: bool = False,
                  labeled: int | None = None, full_label: bool = True, self_training: tuple[str, ...] | None = None,
                  self_training_judge: str = SELF_TRAINING_JUDGE, tuning_from: str | Path | None = None,
-                 tuning_seed: int = 0):
+                 tuning_seed: int = 0, tuning_only: bool = False, full_label_from: str | Path | None = None):
         if dataset not in DATASETS:
             raise ValueError(f"unknown --dataset {dataset!r}; valid: {', '.join(DATASETS)}")
         if scale not in SCALES:
@@ -122,6 +123,14 @@ class Study:
         self.sweep = sweep
         self.full_label = full_label
         self.self_training, self.self_training_judge = tuple(dict.fromkeys(self_training)), self_training_judge
+        self.tuning_only = tuning_only
+        if tuning_only:  # a study used only for tuning (others take its choice with --tuning-from)
+            if not self.scale.tuning or tuning_from is not None:
+                raise ValueError(f"--tuning-only runs the tuning arms, which the {scale!r} scale "
+                                 f"{'has none of' if not self.scale.tuning else 'borrows with --tuning-from'}: "
+                                 "drop --tuning-only, or give a scale that tunes (cpu2, cpu2lean, gpu2)")
+            self.only_arms = [a.name for a in tuning_arms()]
+            self.self_training = ()
         self.results_file = self.root / "results.json"
         self.results = json.loads(self.results_file.read_text()) if self.results_file.is_file() else {}
         if self.results and self.results.get("dataset") != dataset:
@@ -141,9 +150,18 @@ class Study:
                              f"{'on each seed' if held is None else 'from ' + str(held)}, not "
                              f"{'on each seed' if ours is None else 'from ' + str(ours)}: give the same "
                              "--tuning-from/--tuning-seed as its first run, or use another -o")
+        if full_label_from is not None:
+            borrowed = borrowed_full_label(full_label_from, dataset, scale, self.scale)
+            held = self.results.get("full_label")
+            if held and _borrowed_file(held) != _borrowed_file(borrowed):
+                raise ValueError(f"{self.results_file} holds a full-label model "
+                                 f"{'of its own' if 'from' not in held else 'from ' + held['from']}, not from "
+                                 f"{borrowed['from']}: drop --full-label-from, or use another -o")
+            self.results["full_label"] = held or borrowed
         self.results.update(dataset=dataset, scale=scale, configuration=self.spec.configuration,
                             protocol={**asdict(self.scale), "proposals": PROPOSALS,
-                                      **({"tuning_from": ours} if ours else {})})
+                                      **({"tuning_from": ours} if ours else {}),
+                                      **({"tuning_only": True} if tuning_only else {})})
         self.results.setdefault("seeds", {})
         held = {a["judge"] for seed in self.results["seeds"].values()
                 for name, a in seed.get("self_training", {}).items() if name == "top_proposal"}
@@ -231,8 +249,9 @@ class Study:
 
     @property
     def report_judges(self) -> tuple[str, ...]:
-        """Every judge whose reliability the study measures: the arm judges, then ``REPORTED_JUDGES``."""
-        return tuple(dict.fromkeys(self.scale.judges + REPORTED_JUDGES))
+        """Every judge whose reliability the study measures: the arm judges, the scale's reported judges, then
+        ``REPORTED_JUDGES``."""
+        return tuple(dict.fromkeys(self.scale.judges + self.scale.reported_judges + REPORTED_JUDGES))
 
     def dataset_id(self, seed: int, full_label: bool = False, self_training: str | None = None) -> int:
         """The seed's dataset (id + seed), its full-label one (+ 50) or its self-training ones (+ 100: ``tta``,
@@ -352,8 +371,7 @@ class Study:
         s = self.scale
         if self.borrowed_tuning:  # the β and learning rate chosen on another seed's validation cases: no tuning arms
             record.setdefault("tuning", self.borrowed_tuning["choice"])
-        arms = protocol_arms(s.judges, s.full_arms, s.protocol_round, s.tuning and not self.borrowed_tuning) \
-            + (sweep_arms() if self.sweep else [])
+        arms = scale_arms(s, s.tuning and not self.borrowed_tuning) + (sweep_arms() if self.sweep else [])
         for arm in arms:
             if arm.name in record["arms"] and "drift" not in record["arms"][arm.name]:  # results of older runs
                 fold = self._arm_fold(seed, arm, base_folder)
@@ -549,16 +567,7 @@ def borrowed_tuning(results_file: str | Path, seed: int, dataset: str, scale_nam
         ValueError: the file is not a study of the same dataset, scale and label budget, or its seed has no
             finished tuning (its tuning arms are not all done).
     """
-    path = _results_file(results_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"--tuning-from {results_file}: no such results file; give a study's results.json "
-                                "(e.g. docs/results/study2_hc18_n5_cpu2_restart.json) or its folder")
-    results = json.loads(path.read_text())
-    held = (results.get("dataset"), results.get("scale"), results.get("protocol", {}).get("num_labeled"))
-    if held != (dataset, scale_name, scale.num_labeled):
-        raise ValueError(f"--tuning-from {path} is the {held[0]!r} study at scale {held[1]!r} with {held[2]} labeled "
-                         f"cases, not {dataset!r} at {scale_name!r} with {scale.num_labeled}: tune on the same "
-                         "dataset, scale and budget")
+    path, results = _same_protocol_study("--tuning-from", results_file, dataset, scale_name, scale)
     record = results.get("seeds", {}).get(str(seed))
     if record is None:
         raise ValueError(f"--tuning-from {path} has no seed {seed}; its seeds: {', '.join(results.get('seeds', {}))}")
@@ -569,10 +578,54 @@ def borrowed_tuning(results_file: str | Path, seed: int, dataset: str, scale_nam
     return {"file": str(path), "seed": seed, "choice": choice}
 
 
+def borrowed_full_label(results_file: str | Path, dataset: str, scale_name: str, scale: Scale) -> dict:
+    """The full-label model's record of a finished study (``--full-label-from``), with ``"from"`` (its file): the
+    upper bound of a study that trains none of its own.
+
+    Assumption: the same dataset, scale and label budget make the same full-label model: it trains on the labeled
+    and pool cases of its study's first seed with their labels and is tested on the same test set (the test draw
+    does not depend on the seed). Where that first seed is also ours, it is the model we would train.
+
+    Raises:
+        ValueError: the file is not a study of the same dataset, scale and label budget, or it has no full-label
+            model yet.
+    """
+    path, results = _same_protocol_study("--full-label-from", results_file, dataset, scale_name, scale)
+    if "full_label" not in results:
+        raise ValueError(f"--full-label-from {path} has no full-label model yet: run that study to its end first "
+                         "(without --no-full-label)")
+    return {**results["full_label"], "from": str(path)}
+
+
+def _same_protocol_study(flag: str, results_file: str | Path, dataset: str, scale_name: str,
+                         scale: Scale) -> tuple[Path, dict]:
+    """The results file (or folder) given with ``flag`` and its contents, checked to be a study of ``dataset`` at
+    ``scale_name`` with ``scale``'s label budget (what another study may borrow from)."""
+    path = _results_file(results_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag} {results_file}: no such results file; give a study's results.json "
+                                "(e.g. docs/results/study2_hc18_n5_cpu2_restart.json) or its folder")
+    results = json.loads(path.read_text())
+    held = (results.get("dataset"), results.get("scale"), results.get("protocol", {}).get("num_labeled"))
+    if held != (dataset, scale_name, scale.num_labeled):
+        raise ValueError(f"{flag} {path} is the {held[0]!r} study at scale {held[1]!r} with {held[2]} labeled "
+                         f"cases, not {dataset!r} at {scale_name!r} with {scale.num_labeled}: borrow from the same "
+                         "dataset, scale and budget")
+    return path, results
+
+
 def _results_file(path: str | Path) -> Path:
     """A study's ``results.json`` from its folder, or the results file itself."""
     path = Path(path)
     return path / "results.json" if path.is_dir() else path
+
+
+def _borrowed_file(record: dict) -> tuple | None:
+    """The folder and name of the file a borrowed ``full_label`` record came from (None: the study's own)."""
+    if "from" not in record:
+        return None
+    file = Path(record["from"]).resolve()
+    return file.parent.name, file.name
 
 
 def _tuning_source(borrowed: dict | None) -> tuple | None:
@@ -651,7 +704,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="cpu (2 seeds, CPU-sized; its time: docs/study.md, 'Time'), "
                         "gpu (paper-sized), cpu2 and gpu2 (the second round: longer fine-tuning, 4 seeds, weak "
                         "judges weak75 and weak62, self-training, β and learning rate tuned on validation cases; "
-                        "docs/study.md, 'Second round'), smoke and smoke2 (minutes, synthetic: the first and second "
+                        "docs/study.md, 'Second round'), cpu2lean (cpu2 in 11 arms instead of 25 and 3 seeds, for "
+                        "a dataset whose arms are slow, e.g. Hippocampus: docs/study.md, 'Hippocampus, second "
+                        "round'), smoke and smoke2 (minutes, synthetic: the first and second "
                         "round's machinery). Default: cpu")
     parser.add_argument("-o", "--output", help="study folder (results.json, report.md, nnU-Net folders)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
@@ -681,6 +736,13 @@ def main(argv: list[str] | None = None) -> None:
                         "Default: every seed tunes on its own validation cases (cpu2, gpu2)")
     parser.add_argument("--tuning-seed", type=int, default=0,
                         help="the seed of --tuning-from whose choice is taken. Default: 0")
+    parser.add_argument("--tuning-only", action="store_true",
+                        help="run only the tuning arms (and the full-label model; no self-training): a study used "
+                        "only for tuning, whose choice other studies take with --tuning-from (docs/study.md, "
+                        "'Hippocampus, second round')")
+    parser.add_argument("--full-label-from", default=None, metavar="RESULTS",
+                        help="take the full-label model (the upper bound) from a finished study (its results.json "
+                        "or folder, same dataset, scale and --labeled) instead of training one")
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--report-from", nargs="+", default=None, metavar="STUDY",
                         help="only write a report (with --report-to) from study folders or their results.json files")
@@ -698,7 +760,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--dataset and -o are required (or --report-from)")
     Study(args.dataset, args.source, args.scale, args.output, tuple(args.seeds) if args.seeds else None,
           args.device, args.arms, args.sweep, args.labeled, not args.no_full_label, self_training_sources(args),
-          args.self_training_judge, args.tuning_from, args.tuning_seed).run()
+          args.self_training_judge, args.tuning_from, args.tuning_seed, args.tuning_only, args.full_label_from).run()
 
 
 def self_training_sources(args: argparse.Namespace) -> tuple[str, ...] | None:

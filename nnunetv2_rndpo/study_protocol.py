@@ -5,7 +5,7 @@ Read by the runner (:mod:`nnunetv2_rndpo.study`) and the report (:mod:`nnunetv2_
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 PROPOSALS = {"num_proposals": 8, "proposal_sources": ["mirror", "threshold", "temperature"], "seed": 12345}
 # The weak judge is calibrated the way DPO uses it: on within-case pair accuracy, not on a pooled Spearman,
@@ -116,12 +116,15 @@ ROUND2_MININGS = ("top_random", "local")
 ROUND2_BASELINE_JUDGES = ("oracle", SELF_TRAINING_JUDGE)
 
 
-def round2_arms(judges: tuple[str, ...], full: bool) -> list[Arm]:
+def round2_arms(judges: tuple[str, ...], full: bool, mining_judges: tuple[str, ...] = ROUND2_MINING_JUDGES,
+                minings: tuple[str, ...] = ROUND2_MININGS,
+                baseline_judges: tuple[str, ...] = ROUND2_BASELINE_JUDGES) -> list[Arm]:
     """The second round's arms: the control, and per judge DPO and RN-DPO (``top_bottom``); under the
-    ROUND2_MINING_JUDGES also both with ``top_random`` and ``local`` mining (LOCAL_HYBRIDS hybrids per case);
-    under the ROUND2_BASELINE_JUDGES RN-DPO + sft and pseudo-label. ``full=True`` (gpu2): all of it under every
-    judge. The arms' names and settings are those of :func:`arms_for`, so that the comparisons read both rounds
-    alike; self-training runs beside them (``Scale.self_training``)."""
+    ``mining_judges`` also both with each of the ``minings`` (``local``: LOCAL_HYBRIDS hybrids per case); under
+    the ``baseline_judges`` RN-DPO + sft and pseudo-label. ``full=True`` (gpu2): all of it under every judge. The
+    arms' names and settings are those of :func:`arms_for`, so that the comparisons read both rounds alike;
+    self-training runs beside them (``Scale.self_training``). A scale chooses the three tuples
+    (:class:`Scale`; ``cpu2lean`` runs fewer arms)."""
     dpo = {"sft_weight": 0.0, "beta": PROTOCOL_BETA["none"]}
     rn_dpo = {"sft_weight": 0.0, "beta": PROTOCOL_BETA["region"]}
     local = {"mining_max_pairs_per_case": LOCAL_HYBRIDS}
@@ -129,23 +132,38 @@ def round2_arms(judges: tuple[str, ...], full: bool) -> list[Arm]:
     for judge in judges:
         arms += [Arm("DPO", "nnUNetTrainerDPO", judge, overrides=dpo),
                  Arm("RN-DPO", "nnUNetTrainerRNDPO", judge, overrides=rn_dpo)]
-        if full or judge in ROUND2_MINING_JUDGES:
-            for mining in ROUND2_MININGS:
+        if full or judge in mining_judges:
+            for mining in minings:
                 extra = local if mining == "local" else {}
                 arms += [Arm("DPO", "nnUNetTrainerDPO", judge, mining, {**dpo, **extra}),
                          Arm("RN-DPO", "nnUNetTrainerRNDPO", judge, mining, {**rn_dpo, **extra})]
-        if full or judge in ROUND2_BASELINE_JUDGES:
+        if full or judge in baseline_judges:
             arms += [Arm("RN-DPO + sft", "nnUNetTrainerRNDPO", judge, overrides={**rn_dpo, "sft_weight": 1.0}),
                      Arm("pseudo-label", "nnUNetTrainerPseudoLabel", judge, overrides={"sft_weight": 1.0})]
     return arms
 
 
-def protocol_arms(judges: tuple[str, ...], full: bool, protocol_round: int = 1, tuning: bool = False) -> list[Arm]:
-    """The arms of a scale's protocol: :func:`arms_for` (first round) or :func:`round2_arms`; with ``tuning``
-    the :func:`tuning_arms` first (they choose the β and learning rate of the others, :func:`tuned_arm`)."""
+def protocol_arms(judges: tuple[str, ...], full: bool, protocol_round: int = 1, tuning: bool = False,
+                  **choice: tuple[str, ...]) -> list[Arm]:
+    """The arms of a scale's protocol: :func:`arms_for` (first round) or :func:`round2_arms` (with ``choice``:
+    its ``mining_judges``, ``minings``, ``baseline_judges``); with ``tuning`` the :func:`tuning_arms` first (they
+    choose the β and learning rate of the others, :func:`tuned_arm`)."""
     if protocol_round not in (1, 2):
         raise ValueError(f"unknown protocol round {protocol_round}; valid: 1, 2")
-    return (tuning_arms() if tuning else []) + (arms_for if protocol_round == 1 else round2_arms)(judges, full)
+    arms = arms_for(judges, full) if protocol_round == 1 else round2_arms(judges, full, **choice)
+    return (tuning_arms() if tuning else []) + arms
+
+
+# the fields of a Scale (and of a results.json "protocol") that choose round2_arms' arms beyond its judges
+ROUND2_CHOICE = ("mining_judges", "minings", "baseline_judges")
+
+
+def scale_arms(protocol: Scale | dict, tuning: bool) -> list[Arm]:
+    """:func:`protocol_arms` of a :class:`Scale` or of a ``results.json`` ``"protocol"`` (which holds the scale's
+    fields; a file from before a field existed gets the field's default, the arms it ran)."""
+    p = asdict(protocol) if isinstance(protocol, Scale) else protocol
+    return protocol_arms(tuple(p.get("judges", ())), p.get("full_arms", False), p.get("protocol_round", 1), tuning,
+                         **{k: tuple(p[k]) for k in ROUND2_CHOICE if k in p})
 
 
 # Honest tuning (the second round; docs/study.md, "Honest tuning"). Per seed, DPO and RN-DPO are run under
@@ -265,6 +283,11 @@ class Scale:
     self_training: tuple[str, ...] = ()  # self-training sources run per seed unless --self-training says otherwise
     num_validation: int = 0  # cases held out of the pool with labels (imagesVal/labelsVal): the tuning's validation
     tuning: bool = False  # run tuning_arms first and the tuned methods' arms at the chosen β and learning rate
+    # the second round's arms beyond the judges (round2_arms) and the judges only reported (reliability, no arms)
+    mining_judges: tuple[str, ...] = ROUND2_MINING_JUDGES
+    minings: tuple[str, ...] = ROUND2_MININGS
+    baseline_judges: tuple[str, ...] = ROUND2_BASELINE_JUDGES
+    reported_judges: tuple[str, ...] = ()
 
 
 SCALES = {
@@ -282,6 +305,15 @@ SCALES = {
     "cpu2": Scale("nnUNetTrainer_cpuBase", 8, 25, 1e-5, (0, 1, 2, 3),
                   ("oracle", "weak75", "weak62", "agreement", "uncertainty", "learned"), max_pool=60,
                   protocol_round=2, self_training=("tta", "top_proposal"), num_validation=20, tuning=True),
+    # cpu2 for a dataset whose arms take ~2.4x HC18's (Hippocampus, 3D): the same schedule, tuning and
+    # self-training in 11 arms instead of 25, so that one seed fits about 2.5 h on 2 cores (docs/study.md,
+    # "Hippocampus"). DPO and RN-DPO under the reliable judge, the less reliable weak judge and the label-free
+    # default; local mining under the reliable judge; RN-DPO + sft and pseudo-label under the label-free default,
+    # the judge of self-training's top proposals. weak75, uncertainty and learned: reliability only.
+    "cpu2lean": Scale("nnUNetTrainer_cpuBase", 8, 25, 1e-5, (0, 1, 2), ("oracle", "weak62", SELF_TRAINING_JUDGE),
+                      max_pool=60, protocol_round=2, self_training=("tta", "top_proposal"), num_validation=20,
+                      tuning=True, mining_judges=("oracle",), minings=("local",),
+                      baseline_judges=(SELF_TRAINING_JUDGE,), reported_judges=("weak75", "uncertainty", "learned")),
     # its paper-sized counterpart: 2x the gpu scale's fine-tuning, every round-2 arm under every judge.
     "gpu2": Scale("nnUNetTrainer_250epochs", 20, 100, 1e-5, (0, 1, 2, 3),
                   ("oracle", "weak75", "weak62", "agreement", "uncertainty", "learned"), full_arms=True,

@@ -29,7 +29,9 @@ from nnunetv2_rndpo.study_protocol import (
     WEAK_JUDGES,
     Arm,
     protocol_arms,
+    scale_arms,
     tuned_settings,
+    tuning_arms,
 )
 
 
@@ -96,17 +98,19 @@ def _seconds(values: list[float | None]) -> str:
 def _completeness(results: dict) -> str:
     """Which part of the protocol the results hold: finished arms per seed, and the full-label model."""
     protocol = results.get("protocol", {})
-    names = {a.name for a in protocol_arms(tuple(protocol.get("judges", ())), protocol.get("full_arms", False),
-                                           protocol.get("protocol_round", 1),
-                                           protocol.get("tuning", False) and not protocol.get("tuning_from"))}
+    names = {a.name for a in (tuning_arms() if protocol.get("tuning_only") else
+                              scale_arms(protocol, protocol.get("tuning", False) and not protocol.get("tuning_from")))}
     expected = len(names) or None
     seeds = protocol.get("seeds") or []
     finished = {s: len(names & set(results["seeds"].get(str(s), {}).get("arms", {}))) for s in seeds}
     done = [f"seed {s}: {n}/{expected} arms" for s, n in finished.items()]
     state = "complete" if expected and all(n == expected for n in finished.values()) and "full_label" in results \
         else "INCOMPLETE"
-    full_label = "done" if "full_label" in results else "missing"
-    return f"Protocol {state}: {'; '.join(done) or 'no seeds'}; full-label model {full_label}."
+    full_label = results.get("full_label")
+    full_label = "missing" if not full_label else \
+        f"from `{Path(full_label['from']).name}`" if "from" in full_label else "done"
+    only = " (a study used only for tuning: its tuning arms)" if protocol.get("tuning_only") else ""
+    return f"Protocol{only} {state}: {'; '.join(done) or 'no seeds'}; full-label model {full_label}."
 
 
 def _tuning_lines(results: dict) -> list[str]:
@@ -430,7 +434,7 @@ def expected_seed_seconds(first_round: dict, scale: str) -> dict:
             if arm.get("seconds") is not None:
                 measured.setdefault(arm["method"], []).append(arm["seconds"])
     by_method: dict[str, list] = {}
-    for arm in protocol_arms(s.judges, s.full_arms, s.protocol_round, s.tuning):
+    for arm in scale_arms(s, s.tuning):
         if s.tuning and not arm.tunes and arm.method in TUNING_TRAINERS and arm.judge == TUNING_JUDGE \
                 and arm.mining == "top_bottom":
             continue  # the tuned arm is the chosen tuning arm itself: not run again (Study.run_seed)

@@ -68,8 +68,7 @@ def test_second_round_tunes_beta_and_learning_rate_on_validation_cases(tmp_path)
 
     tuned = ["RN-DPO | oracle | top_bottom", "DPO | oracle | top_random"]
     out = tmp_path / "study"
-    Study("synthetic", None, "smoke2", out, only_arms=[a.name for a in tuning_arms()] + tuned,
-          full_label=False).run()
+    Study("synthetic", None, "smoke2", out, only_arms=[a.name for a in tuning_arms()] + tuned).run()
     seed = json.loads((out / "results.json").read_text())["seeds"]["0"]
     raw = next((out / "nnUNet_raw").glob("Dataset980_*"))
     validation = sorted(p.name[:-len(".png")] for p in (raw / "labelsVal").glob("*.png"))
@@ -91,11 +90,15 @@ def test_second_round_tunes_beta_and_learning_rate_on_validation_cases(tmp_path)
     assert top_random["config"]["learning_rate"] == seed["tuning"]["DPO"]["learning_rate"]
     assert "same_run_as" not in top_random and top_random["mining"] == "top_random"
     # --tuning-from: a study of another seed takes this choice, runs no tuning arm, and trains its oracle
-    # top_bottom arm at the choice (no tuning arm of its own stands in for it)
+    # top_bottom arm at the choice (no tuning arm of its own stands in for it); --full-label-from: it takes the
+    # full-label model too and trains none
     borrowed = tmp_path / "borrowed"
-    Study("synthetic", None, "smoke2", borrowed, seeds=(1,), only_arms=tuned[:1], full_label=False,
-          tuning_from=out).run()
+    Study("synthetic", None, "smoke2", borrowed, seeds=(1,), only_arms=tuned[:1], tuning_from=out,
+          full_label_from=out).run()
     saved = json.loads((borrowed / "results.json").read_text())
+    full_label = json.loads((out / "results.json").read_text())["full_label"]
+    assert saved["full_label"] == {**full_label, "from": str(out / "results.json")}
+    assert not list((borrowed / "nnUNet_raw").glob("*FullLabel*"))  # no full-label dataset made, none trained
     other = saved["seeds"]["1"]
     assert list(other["arms"]) == tuned[:1] and other["tuning"] == seed["tuning"]
     assert saved["protocol"]["tuning_from"]["seed"] == 0

@@ -122,7 +122,7 @@ def test_bad_arguments_are_named(tmp_path):
     (tmp_path / "other" / "results.json").write_text(json.dumps({"dataset": "hc18", "seeds": {}}))
     with pytest.raises(ValueError, match="hc18"):
         Study("synthetic", None, "smoke", tmp_path / "other")
-    assert set(SCALES) == {"cpu", "gpu", "cpu2", "gpu2", "smoke", "smoke2"}
+    assert set(SCALES) == {"cpu", "gpu", "cpu2", "cpu2lean", "gpu2", "smoke", "smoke2"}
 
 
 def test_full_label_dataset_links_pool_labels(tmp_path):

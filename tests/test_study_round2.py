@@ -322,7 +322,7 @@ def test_tuning_from_another_study_runs_no_tuning_arms_and_every_tuned_arm_at_it
 
 def test_tuning_from_refuses_another_budget_or_a_seed_without_finished_tuning(tmp_path):
     source = _finished_tuning_study(tmp_path / "tuned")
-    with pytest.raises(ValueError, match="with 8 labeled cases, not .* with 3: tune on the same dataset, scale"):
+    with pytest.raises(ValueError, match="with 8 labeled cases, not .* with 3: borrow from the same dataset, scale"):
         Study("synthetic", None, "smoke2", tmp_path / "a", labeled=3, tuning_from=source)
     with pytest.raises(ValueError, match="has no seed 5; its seeds: 0"):
         Study("synthetic", None, "smoke2", tmp_path / "b", tuning_from=source, tuning_seed=5)
@@ -362,3 +362,90 @@ def test_two_studies_of_one_dataset_scale_and_budget_get_their_own_sections_and_
     assert titles == ["## hc18 (2d, scale cpu2, 5 labels)", "## hc18 (2d, scale cpu2, 5 labels), b_study.json"]
     figures = {p.name for p in (tmp_path / "f").iterdir()}
     assert "hc18_n5_cpu2_oracle.png" in figures and "hc18_n5_cpu2_b_study_oracle.png" in figures
+
+
+def test_cpu2lean_runs_every_comparison_in_fewer_arms_and_reports_every_judge():
+    from nnunetv2_rndpo.study_protocol import scale_arms
+
+    lean, full = SCALES["cpu2lean"], SCALES["cpu2"]
+    names = [a.name for a in scale_arms(lean, False)]
+    assert len(names) == 11 == len(set(names)) < len(scale_arms(full, False))
+    assert (lean.num_epochs, lean.iterations_per_epoch, lean.learning_rate, lean.num_validation, lean.tuning,
+            lean.self_training) == (full.num_epochs, full.iterations_per_epoch, full.learning_rate,
+                                    full.num_validation, full.tuning, full.self_training)
+    for judge in ("oracle", "weak62", "agreement"):
+        assert {f"RN-DPO | {judge} | top_bottom", f"DPO | {judge} | top_bottom"} <= set(names)
+    assert {"RN-DPO | oracle | local", "DPO | oracle | local"} <= set(names)
+    assert not [n for n in names if "top_random" in n or "weak75" in n or "learned" in n]
+    results = {"seeds": {"0": {"arms": {n: {"curve": [0.5, 0.6]} for n in names},
+                               "self_training": {"tta": {}, "top_proposal": {}}}}}
+    pairs = compared_arms(results, "agreement")
+    for other in ("DPO | agreement | top_bottom", "pseudo-label | agreement | top_bottom",
+                  "control (continued supervised)", "self-training (tta)", "self-training (top_proposal)"):
+        assert ("RN-DPO | agreement | top_bottom", other) in pairs
+    assert ("RN-DPO + sft | agreement | top_bottom", "pseudo-label | agreement | top_bottom") in pairs
+    assert ("RN-DPO | oracle | local", "DPO | oracle | local") in compared_arms(results, "oracle")
+    study = Study("synthetic", None, "cpu2lean", "/tmp/unused_cpu2lean")
+    assert set(SCALES["cpu2"].judges) | {"uncertainty"} == set(study.report_judges)  # reliability of all six
+    # a results.json without the choice fields (written before they existed) reads as the cpu2 arms it ran
+    protocol = {k: v for k, v in {**full.__dict__}.items() if k not in ("mining_judges", "minings", "baseline_judges")}
+    assert [a.name for a in scale_arms(protocol, False)] == [a.name for a in scale_arms(full, False)]
+
+
+def test_tuning_only_runs_the_tuning_arms_and_the_full_label_model_and_another_study_borrows_both(tmp_path,
+                                                                                                  monkeypatch):
+    from nnunetv2_rndpo.study_protocol import tuning_arms
+    from nnunetv2_rndpo.study_report import _completeness
+
+    study = Study("synthetic", None, "smoke2", tmp_path / "t", tuning_only=True, self_training=("tta",))
+    assert study.self_training == ()
+    raw = tmp_path / "raw"
+    (raw / "labelsVal").mkdir(parents=True)
+    for step in ("make_dataset", "train_base"):
+        monkeypatch.setattr(study, step, lambda *a, raw=raw: raw)
+    monkeypatch.setattr(study, "_run", lambda *a, **k: 0.0)
+    monkeypatch.setattr(study, "judge_scores", lambda *a, **k: (tmp_path / "scores.csv", {}))
+    curves = iter(np.linspace(0.5, 0.9, 8))
+    monkeypatch.setattr(study, "run_arm", lambda seed, arm, base, scores: {
+        "method": arm.method, "tunes": arm.tunes, "config": study.arm_config(arm, scores),
+        "validation_summary": {"sustained": float(next(curves))}, "summary": {"sustained": 0.5}})
+    monkeypatch.setattr(study, "run_self_training", lambda *a: pytest.fail("no self-training in a tuning study"))
+    monkeypatch.setattr(study, "run_full_label", lambda: study.results.update(full_label={"dice": 0.95, "seed": 0}))
+    study.run_seed(0)
+    saved = load_results(tmp_path / "t")
+    assert sorted(saved["seeds"]["0"]["arms"]) == sorted(a.name for a in tuning_arms())
+    assert saved["protocol"]["tuning_only"] and saved["full_label"]["dice"] == 0.95
+    assert _completeness(saved).startswith("Protocol (a study used only for tuning: its tuning arms) complete")
+    # the main study takes the choice and the upper bound from it and trains neither
+    main_study = Study("synthetic", None, "smoke2", tmp_path / "m", tuning_from=tmp_path / "t",
+                       full_label_from=tmp_path / "t")
+    assert main_study.results["full_label"] == {"dice": 0.95, "seed": 0, "from": str(tmp_path / "t" / "results.json")}
+    tuned = saved["seeds"]["0"]["arms"]
+    best = max((n for n in tuned if n.startswith("RN-DPO")), key=lambda n: tuned[n]["validation_summary"]["sustained"])
+    assert main_study.borrowed_tuning["choice"]["RN-DPO"]["arm"] == best
+    saved = {**load_results(tmp_path / "t"), "protocol": {**saved["protocol"], "tuning_only": False}, "seeds": {}}
+    saved["full_label"]["from"] = "x/results.json"
+    assert "full-label model from `results.json`" in _completeness(saved)
+    with pytest.raises(ValueError, match="--tuning-only runs the tuning arms, which the 'smoke' scale has none of"):
+        Study("synthetic", None, "smoke", tmp_path / "u", tuning_only=True)
+    with pytest.raises(ValueError, match="borrows with --tuning-from"):
+        Study("synthetic", None, "smoke2", tmp_path / "u", tuning_only=True, tuning_from=tmp_path / "t")
+
+
+def test_full_label_from_refuses_a_study_without_one_another_budget_or_a_folder_with_its_own(tmp_path):
+    import json
+
+    source = _finished_tuning_study(tmp_path / "a")
+    with pytest.raises(ValueError, match="has no full-label model yet"):
+        Study("synthetic", None, "smoke2", tmp_path / "m", full_label_from=source)
+    results = json.loads(source.read_text())
+    source.write_text(json.dumps({**results, "full_label": {"dice": 0.9, "seed": 0}}))
+    with pytest.raises(ValueError, match="with 8 labeled cases, not .* with 3: borrow from the same"):
+        Study("synthetic", None, "smoke2", tmp_path / "m", labeled=3, full_label_from=source)
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "results.json").write_text(json.dumps({"dataset": "synthetic", "full_label": {"dice": 0.8, "seed": 0}}))
+    with pytest.raises(ValueError, match="holds a full-label model of its own, not from"):
+        Study("synthetic", None, "smoke2", own, full_label_from=source)
+    Study("synthetic", None, "smoke2", tmp_path / "m", full_label_from=source)._save()
+    Study("synthetic", None, "smoke2", tmp_path / "m", full_label_from=source.parent)  # the same file: accepted
