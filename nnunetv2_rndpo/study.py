@@ -123,7 +123,6 @@ class Study:
         self.sweep = sweep
         self.full_label = full_label
         self.self_training, self.self_training_judge = tuple(dict.fromkeys(self_training)), self_training_judge
-        self.tuning_only = tuning_only
         if tuning_only:  # a study used only for tuning (others take its choice with --tuning-from)
             if not self.scale.tuning or tuning_from is not None:
                 raise ValueError(f"--tuning-only runs the tuning arms, which the {scale!r} scale "
@@ -620,21 +619,22 @@ def _results_file(path: str | Path) -> Path:
     return path / "results.json" if path.is_dir() else path
 
 
-def _borrowed_file(record: dict) -> tuple | None:
-    """The folder and name of the file a borrowed ``full_label`` record came from (None: the study's own)."""
-    if "from" not in record:
-        return None
-    file = Path(record["from"]).resolve()
+def _file_identity(path: str | Path) -> tuple[str, str]:
+    """A borrowed-from results file's folder and name, so that a relative and an absolute path to the same file
+    agree and two studies' ``results.json`` do not."""
+    file = Path(path).resolve()
     return file.parent.name, file.name
 
 
+def _borrowed_file(record: dict) -> tuple | None:
+    """What identifies the file a borrowed ``full_label`` record came from (None: the study's own model)."""
+    return _file_identity(record["from"]) if "from" in record else None
+
+
 def _tuning_source(borrowed: dict | None) -> tuple | None:
-    """What identifies a ``tuning_from`` record: its file's folder and name and the seed, so that a relative and an
-    absolute path to the same file agree and two studies' ``results.json`` do not; None for no record."""
-    if not borrowed:
-        return None
-    file = Path(borrowed["file"]).resolve()
-    return file.parent.name, file.name, borrowed["seed"]
+    """What identifies a ``tuning_from`` record: its file (:func:`_file_identity`) and the seed; None for no
+    record."""
+    return (*_file_identity(borrowed["file"]), borrowed["seed"]) if borrowed else None
 
 
 def weak_calibrations(judges: dict[str, dict]) -> dict[str, dict]:

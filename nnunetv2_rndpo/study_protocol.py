@@ -307,9 +307,9 @@ SCALES = {
                   protocol_round=2, self_training=("tta", "top_proposal"), num_validation=20, tuning=True),
     # cpu2 for a dataset whose arms take ~2.4x HC18's (Hippocampus, 3D): the same schedule, tuning and
     # self-training in 11 arms instead of 25, so that one seed fits about 2.5 h on 2 cores (docs/study.md,
-    # "Hippocampus"). DPO and RN-DPO under the reliable judge, the less reliable weak judge and the label-free
-    # default; local mining under the reliable judge; RN-DPO + sft and pseudo-label under the label-free default,
-    # the judge of self-training's top proposals. weak75, uncertainty and learned: reliability only.
+    # "Hippocampus, second round"). DPO and RN-DPO under the reliable judge, the less reliable weak judge and the
+    # label-free default; local mining under the reliable judge; RN-DPO + sft and pseudo-label under the label-free
+    # default, the judge of self-training's top proposals. weak75, uncertainty and learned: reliability only.
     "cpu2lean": Scale("nnUNetTrainer_cpuBase", 8, 25, 1e-5, (0, 1, 2), ("oracle", "weak62", SELF_TRAINING_JUDGE),
                       max_pool=60, protocol_round=2, self_training=("tta", "top_proposal"), num_validation=20,
                       tuning=True, mining_judges=("oracle",), minings=("local",),

@@ -269,6 +269,17 @@ def test_a_tuning_scale_refuses_a_dataset_made_without_validation_cases_before_t
     assert not trained
 
 
+def _stub_seed_setup(study, tmp_path, monkeypatch):
+    """A seed's dataset (with validation cases), base model, commands and judge scores stubbed: run_seed goes
+    straight to its arms."""
+    raw = tmp_path / "raw"
+    (raw / "labelsVal").mkdir(parents=True)
+    for step in ("make_dataset", "train_base"):
+        monkeypatch.setattr(study, step, lambda *a, raw=raw: raw)
+    monkeypatch.setattr(study, "_run", lambda *a, **k: 0.0)
+    monkeypatch.setattr(study, "judge_scores", lambda *a, **k: (tmp_path / "scores.csv", {}))
+
+
 def _finished_tuning_study(folder: Path, seed: str = "0") -> Path:
     """A smoke2 study's results.json whose seed has every tuning arm finished (RN-DPO's β 4 wins on validation)."""
     import json
@@ -287,12 +298,7 @@ def test_tuning_from_another_study_runs_no_tuning_arms_and_every_tuned_arm_at_it
     study = Study("synthetic", None, "smoke2", tmp_path / "s", seeds=(1,), tuning_from=source, tuning_seed=0)
     assert study.borrowed_tuning["choice"]["RN-DPO"]["beta"] == pytest.approx(4.0)
     assert study.borrowed_tuning["choice"]["DPO"]["beta"] == pytest.approx(0.0025)
-    raw = tmp_path / "raw"
-    (raw / "labelsVal").mkdir(parents=True)
-    for step in ("make_dataset", "train_base"):
-        monkeypatch.setattr(study, step, lambda *a, raw=raw: raw)
-    monkeypatch.setattr(study, "_run", lambda *a, **k: 0.0)
-    monkeypatch.setattr(study, "judge_scores", lambda *a, **k: (tmp_path / "scores.csv", {}))
+    _stub_seed_setup(study, tmp_path, monkeypatch)
     ran = {}
     monkeypatch.setattr(study, "run_arm", lambda seed, arm, base, scores: ran.setdefault(
         arm.name, {**study.arm_config(arm, scores), "seed": seed}))
@@ -399,12 +405,7 @@ def test_tuning_only_runs_the_tuning_arms_and_the_full_label_model_and_another_s
 
     study = Study("synthetic", None, "smoke2", tmp_path / "t", tuning_only=True, self_training=("tta",))
     assert study.self_training == ()
-    raw = tmp_path / "raw"
-    (raw / "labelsVal").mkdir(parents=True)
-    for step in ("make_dataset", "train_base"):
-        monkeypatch.setattr(study, step, lambda *a, raw=raw: raw)
-    monkeypatch.setattr(study, "_run", lambda *a, **k: 0.0)
-    monkeypatch.setattr(study, "judge_scores", lambda *a, **k: (tmp_path / "scores.csv", {}))
+    _stub_seed_setup(study, tmp_path, monkeypatch)
     curves = iter(np.linspace(0.5, 0.9, 8))
     monkeypatch.setattr(study, "run_arm", lambda seed, arm, base, scores: {
         "method": arm.method, "tunes": arm.tunes, "config": study.arm_config(arm, scores),
