@@ -105,6 +105,9 @@ class Study:
                                     "/path/to/msd_task04_hippocampus (imagesTr/, labelsTr/)")
         if labeled is not None and labeled < 1:
             raise ValueError(f"--labeled {labeled}: the labeled budget must be at least 1 case")
+        if tuning_only and self_training:
+            raise ValueError(f"--tuning-only runs no self-training, but --self-training {' '.join(self_training)} was "
+                             "given: drop one of them")
         if self_training is None:  # the scale's (cpu2, gpu2: both sources)
             self_training = SCALES[scale].self_training
         unknown = [s for s in self_training if s not in SELF_TRAINING_SOURCES]
@@ -128,7 +131,12 @@ class Study:
                 raise ValueError(f"--tuning-only runs the tuning arms, which the {scale!r} scale "
                                  f"{'has none of' if not self.scale.tuning else 'borrows with --tuning-from'}: "
                                  "drop --tuning-only, or give a scale that tunes (cpu2, cpu2lean, gpu2)")
-            self.only_arms = [a.name for a in tuning_arms()]
+            names = [a.name for a in tuning_arms()]
+            other = [a for a in only_arms or () if a not in names]
+            if other:
+                raise ValueError(f"--tuning-only runs only the tuning arms, and --arms {' '.join(other)} "
+                                 f"{'is' if len(other) == 1 else 'are'} not one of them; valid: {', '.join(names)}")
+            self.only_arms = list(only_arms) if only_arms else names
             self.self_training = ()
         self.results_file = self.root / "results.json"
         self.results = json.loads(self.results_file.read_text()) if self.results_file.is_file() else {}

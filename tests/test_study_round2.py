@@ -403,8 +403,8 @@ def test_tuning_only_runs_the_tuning_arms_and_the_full_label_model_and_another_s
     from nnunetv2_rndpo.study_protocol import tuning_arms
     from nnunetv2_rndpo.study_report import _completeness
 
-    study = Study("synthetic", None, "smoke2", tmp_path / "t", tuning_only=True, self_training=("tta",))
-    assert study.self_training == ()
+    study = Study("synthetic", None, "smoke2", tmp_path / "t", tuning_only=True)
+    assert study.self_training == ()  # the scale's self-training is not run
     _stub_seed_setup(study, tmp_path, monkeypatch)
     curves = iter(np.linspace(0.5, 0.9, 8))
     monkeypatch.setattr(study, "run_arm", lambda seed, arm, base, scores: {
@@ -431,6 +431,13 @@ def test_tuning_only_runs_the_tuning_arms_and_the_full_label_model_and_another_s
         Study("synthetic", None, "smoke", tmp_path / "u", tuning_only=True)
     with pytest.raises(ValueError, match="borrows with --tuning-from"):
         Study("synthetic", None, "smoke2", tmp_path / "u", tuning_only=True, tuning_from=tmp_path / "t")
+    # what a tuning study cannot run is refused by name, not silently dropped
+    with pytest.raises(ValueError, match=r"--arms DPO-top_bottom-oracle is not one of them; valid: "):
+        Study("synthetic", None, "smoke2", tmp_path / "u", tuning_only=True, only_arms=["DPO-top_bottom-oracle"])
+    with pytest.raises(ValueError, match="--tuning-only runs no self-training, but --self-training tta was given"):
+        Study("synthetic", None, "smoke2", tmp_path / "u", tuning_only=True, self_training=("tta",))
+    some = [a.name for a in tuning_arms()][:2]
+    assert Study("synthetic", None, "smoke2", tmp_path / "u", tuning_only=True, only_arms=some).only_arms == some
 
 
 def test_full_label_from_refuses_a_study_without_one_another_budget_or_a_folder_with_its_own(tmp_path):
