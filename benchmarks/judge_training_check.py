@@ -7,7 +7,8 @@ real dataset, CPU scale.
 
 ``-o`` is a study folder that ``benchmarks/headroom.py`` has filled (the study's CPU base model per seed and
 its proposals of today's set, ``mirror threshold temperature``, K = 8, for the first ``--max-cases`` pool
-cases). For each seed and each variant of VARIANTS it trains a learned judge (``train_learned_judge`` with
+cases). For each seed and each variant of VARIANTS (the convolutional ranking net's and the boundary-profile
+ranker's, ``JudgeTraining.model``) it trains a learned judge (``train_learned_judge`` with
 that :class:`~nnunetv2_rndpo.learned_judge.JudgeTraining`; saved under ``<-o>/judge_training_check/``, never
 over the judge the trainer uses), scores the pool's proposals and reports the within-case pair accuracy and
 per-case Spearman against the hidden labels, and the judge's within-case Spearman between score and mask size
@@ -32,18 +33,25 @@ from pathlib import Path
 import numpy as np
 
 TODAY = ("mirror", "threshold", "temperature")
-# name: JudgeTraining overrides
+# name: JudgeTraining overrides. The first eight are the convolutional ranking net's (their names are those of the
+# committed tables, measured when it was the only model); the boundary-profile ranker's follow
+RANKING_NET = {"model": "ranking_net"}
 VARIANTS = {
-    "predictions (default)": {},
-    "predictions, weight noise 0.2 0.4 0.6": {"weight_noise": (0.2, 0.4, 0.6)},
-    "label": {"masks": "label"},
-    "label, 120 epochs": {"masks": "label", "epochs": 120},
+    "predictions (default)": RANKING_NET,
+    "predictions, weight noise 0.2 0.4 0.6": {**RANKING_NET, "weight_noise": (0.2, 0.4, 0.6)},
+    "label": {**RANKING_NET, "masks": "label"},
+    "label, 120 epochs": {**RANKING_NET, "masks": "label", "epochs": 120},
     # the proposals of the 5 cross-validation folds' models for the cases each held out (trained first: --folds)
-    "cross_validation": {"masks": "cross_validation"},
+    "cross_validation": {**RANKING_NET, "masks": "cross_validation"},
     # ordered by Dice with its line in mask size taken out within a step: size alone cannot lower the loss
-    "predictions, size-free targets": {"targets": "size_free"},
-    "label, size-free targets": {"masks": "label", "targets": "size_free"},
-    "cross_validation, size-free targets": {"masks": "cross_validation", "targets": "size_free"},
+    "predictions, size-free targets": {**RANKING_NET, "targets": "size_free"},
+    "label, size-free targets": {**RANKING_NET, "masks": "label", "targets": "size_free"},
+    "cross_validation, size-free targets": {**RANKING_NET, "masks": "cross_validation", "targets": "size_free"},
+    # a linear ranker on the image across each mask's boundary (nnunetv2_rndpo.profile_judge)
+    "boundary profile: label moves and predictions": {"model": "boundary_profile"},
+    "boundary profile: label moves": {"model": "boundary_profile", "masks": "label"},
+    "boundary profile: label moves and predictions, size-free targets": {"model": "boundary_profile",
+                                                                         "targets": "size_free"},
 }
 CROSS_VALIDATION_FOLDS = 5
 REFERENCE_JUDGES = ("agreement", "uncertainty")  # label-free judges scored on the same proposals (no training)

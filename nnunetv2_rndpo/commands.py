@@ -264,11 +264,23 @@ def run_judge(args: argparse.Namespace) -> Path:
                 extra = {"judge/sigma": oracle_sigma(base, pool, cache, judge, dice), "judge/size_bias": args.size_bias}
                 if args.pair_accuracy is not None:
                     extra["judge/target_pair_accuracy"] = args.pair_accuracy
+            elif args.judge == "learned":
+                extra = {"judge/learned_model": learned_model(args.learned_judge, base)}
             write_judge_report(output, scores, dice, cache, args.seed, args.tau, f"judge {args.judge} reliability",
                                extra)
     if args.report_labeled:
         write_labeled_report(output, base, settings, judge, MiningParams(args.mining, tau=args.tau), not args.quiet)
     return output
+
+
+def learned_model(path: str | None, base) -> str:
+    """The model (``JudgeTraining.model``) of the learned judge in ``path`` (None: the fold's default file)."""
+    from nnunetv2_rndpo.learned_judge import load_learned_judge
+    from nnunetv2_rndpo.pipeline import LEARNED_JUDGE_FILE
+    from nnunetv2_rndpo.profile_judge import ProfileJudge
+
+    judge = load_learned_judge(path or base.fold_folder / LEARNED_JUDGE_FILE)
+    return "boundary_profile" if isinstance(judge, ProfileJudge) else "ranking_net"
 
 
 def write_labeled_report(scores_file: Path, base, settings, judge, mining, progress: bool) -> Path:
@@ -371,16 +383,23 @@ def run_mine(args: argparse.Namespace) -> Path:
 
 
 def train_judge_parser() -> argparse.ArgumentParser:
-    from nnunetv2_rndpo.learned_judge import RANKING_TARGETS, TRAINING_MASKS, JudgeTraining
+    from nnunetv2_rndpo.learned_judge import JUDGE_MODELS, RANKING_TARGETS, TRAINING_MASKS, JudgeTraining
 
     default = JudgeTraining()
     parser = argparse.ArgumentParser(
         prog="nnUNetv2_rndpo_train_judge",
-        description="Train the learned judge (a small convolutional net that ranks the masks of one case from "
-                    "full-resolution crops of where they differ) on the fold's labeled training cases: the base "
-                    "model's proposals for them, weight-noise predictions and corrupted labels. Prints its "
-                    "reliability on the fold's validation cases; saved beside the base model.")
+        description="Train the learned judge, which ranks the masks of one case (a linear ranker on the image "
+                    "across each mask's boundary, or a small convolutional net on full-resolution crops of where "
+                    "they differ), on the fold's labeled training cases: their labels moved and corrupted, the base "
+                    "model's proposals for them and weight-noise predictions. Prints its reliability on the fold's "
+                    "validation cases; saved beside the base model.")
     _add_base_arguments(parser)
+    parser.add_argument("--model", choices=JUDGE_MODELS, default=default.model,
+                        help="boundary_profile: intensity and edge strength at 1-3 voxels inside and outside each "
+                             "mask's boundary near where the masks differ, weighted by a linear ranker (seconds to "
+                             "fit; --epochs, --samples-per-case, --crop-size, --width do not apply); ranking_net: "
+                             f"the convolutional net on crops (docs/toolkit.md, 'The learned judge'). Default: "
+                             f"{default.model}")
     parser.add_argument("--epochs", type=int, default=default.epochs,
                         help=f"passes over the training cases, one ranking step per case; more = slower, better "
                              f"fitted. Default: {default.epochs}")
@@ -420,7 +439,8 @@ def run_train_judge(args: argparse.Namespace) -> Path:
     from nnunetv2_rndpo.reliability import format_table
 
     training = JudgeTraining(args.epochs, args.samples_per_case, args.crop_size, args.width,
-                             tuple(args.weight_noise), args.training_masks, args.targets, seed=args.seed)
+                             tuple(args.weight_noise), args.training_masks, args.targets, seed=args.seed,
+                             model=args.model)
     base, settings = _load(args)
     output = Path(args.o) if args.o else base.fold_folder / LEARNED_JUDGE_FILE
     require_writable(output)  # before the training, not after it

@@ -27,8 +27,10 @@ from nnunetv2_rndpo.learned_judge import (
     ranking_step,
     step_masks,
 )
+from nnunetv2_rndpo.metrics import without_size_trend
 from nnunetv2_rndpo.pipeline import labeled_proposals, load_base_model, proposal_cache
 from nnunetv2_rndpo.pool import LabeledPool, labeled_cases
+from nnunetv2_rndpo.profile_judge import ProfileJudge, boundary_profiles, fit_profile_ranker, label_moves
 from nnunetv2_rndpo.proposals import generate_proposals
 from nnunetv2_rndpo.reliability import judge_reliability
 
@@ -84,7 +86,8 @@ def cross_validation_masks(base, settings, train_ids: list[str], progress: bool 
     return masks
 
 
-def validation_reliability(judge: LearnedJudge, base, settings, progress: bool = True, log=print) -> dict:
+def validation_reliability(judge: LearnedJudge | ProfileJudge, base, settings, progress: bool = True,
+                           log=print) -> dict:
     """``val/*``: the judge's and the agreement judge's reliability on the base model's proposals for the
     fold's validation cases (:func:`~nnunetv2_rndpo.reliability.judge_reliability`)."""
     pool, cache = labeled_proposals(base, settings, progress, log)
@@ -99,8 +102,10 @@ def validation_reliability(judge: LearnedJudge, base, settings, progress: bool =
 
 
 def train_learned_judge(base, settings, training: JudgeTraining = JudgeTraining(), progress: bool = True,  # noqa: B008
-                        with_validation_cases: bool = False, log=print) -> LearnedJudge:
-    """Trains a :class:`LearnedJudge` on the fold's labeled training cases; reliability on its validation cases.
+                        with_validation_cases: bool = False, log=print) -> LearnedJudge | ProfileJudge:
+    """Trains a :class:`LearnedJudge` or (``training.model`` "boundary_profile") a
+    :class:`~nnunetv2_rndpo.profile_judge.ProfileJudge` on the fold's labeled training cases; reliability on its
+    validation cases.
 
     Args:
         base: the base model (:class:`~nnunetv2_rndpo.pipeline.BaseModel`).
@@ -127,16 +132,43 @@ def train_learned_judge(base, settings, training: JudgeTraining = JudgeTraining(
         predictions = cross_validation_masks(base, settings, train_ids, progress, log)
     else:
         predictions = {}
-    in_channels = cases[train_ids[0]][0].shape[0] + 2 * len(classes)
-    network, steps, losses = fit_ranking_net(cases, train_ids, predictions, in_channels, classes, ignore_label,
-                                             size, training, progress)
-    judge = LearnedJudge(network.eval(), classes, in_channels, dim, size, training.width, {
-        "train/steps": steps, "train/loss_last_epoch": float(np.mean(losses)) if losses else math.nan,
-        "train/cases": len(train_ids), "train/seconds": round(time.monotonic() - began, 1)}, asdict(training))
+    if training.model == "boundary_profile":
+        judge = fit_profile_judge(cases, train_ids, predictions, classes, ignore_label, training, progress)
+    else:
+        in_channels = cases[train_ids[0]][0].shape[0] + 2 * len(classes)
+        network, steps, losses = fit_ranking_net(cases, train_ids, predictions, in_channels, classes, ignore_label,
+                                                 size, training, progress)
+        judge = LearnedJudge(network.eval(), classes, in_channels, dim, size, training.width, {
+            "train/steps": steps, "train/loss_last_epoch": float(np.mean(losses)) if losses else math.nan},
+            asdict(training))
+    judge.metrics.update({"train/cases": len(train_ids), "train/seconds": round(time.monotonic() - began, 1)})
     judge.metrics["val/held_out"] = int(not with_validation_cases and str(base.fold) != "all")
     if val_ids:
         judge.metrics.update(validation_reliability(judge, base, settings, progress, log))
     return judge
+
+
+def fit_profile_judge(cases, train_ids: list[str], predictions: dict[str, np.ndarray], classes,
+                      ignore_label: int | None, training: JudgeTraining, progress: bool = True) -> ProfileJudge:
+    """A :class:`~nnunetv2_rndpo.profile_judge.ProfileJudge` fitted on the training cases: each case's label and
+    its moves (:func:`~nnunetv2_rndpo.profile_judge.label_moves`) and its ``predictions`` (none with ``masks``
+    "label"), ordered by their true Dice (``targets`` "size_free": less its line in mask size).
+
+    Args: as for :func:`fit_ranking_net`.
+    """
+    features, targets = [], []
+    for case_id in tqdm(train_ids, desc="boundary profiles", disable=not progress):
+        image, label = cases[case_id]
+        masks = label_moves(label, classes).astype(np.uint8)
+        if case_id in predictions:
+            masks = np.concatenate([masks, predictions[case_id].reshape(-1, *label.shape)])
+        dice = true_dice(masks, label, classes, ignore_label)
+        if training.targets == "size_free":
+            dice = without_size_trend(dice, np.array([np.count_nonzero(m) for m in masks]))
+        features.append(boundary_profiles(image, masks, classes))
+        targets.append(dice)
+    weights, scale, stats = fit_profile_ranker(features, targets)
+    return ProfileJudge(weights, scale, list(classes), stats, asdict(training))
 
 
 def fit_ranking_net(cases, train_ids: list[str], predictions: dict[str, np.ndarray], in_channels: int,

@@ -1,4 +1,7 @@
-"""A learned judge that ranks the masks of one case: a small fully convolutional net on full-resolution crops.
+"""A learned judge that ranks the masks of one case: a small fully convolutional net on full-resolution crops
+(``model`` "ranking_net", this module), or a linear ranker on the image across each mask's boundary (``model``
+"boundary_profile", :mod:`nnunetv2_rndpo.profile_judge`); both are trained here (:class:`JudgeTraining`) and
+loaded by :func:`load_learned_judge`.
 
 What DPO pairs need is the order of the proposals *within* a case, and proposals of one case differ by a
 few voxels. So the judge looks only where the masks of a case differ, at the native preprocessed
@@ -46,12 +49,16 @@ from tqdm import tqdm
 
 from nnunetv2_rndpo.atomic_files import atomic_write
 from nnunetv2_rndpo.metrics import in_class, mean_dice, region_labels, without_size_trend
+from nnunetv2_rndpo.profile_judge import PROFILE_FORMAT, ProfileJudge
 
 # the judge file's format; files of the earlier whole-case Dice regressor have no such key
 JUDGE_FORMAT = "within-case-ranking-1"
 CROP_SIZE = {2: 128, 3: 24}
 # what the judge's training steps draw their masks from (JudgeTraining.masks; docs/toolkit.md, "The learned judge")
 TRAINING_MASKS = ("predictions", "label", "cross_validation")
+# the judge's model (JudgeTraining.model): a linear ranker on boundary profiles (nnunetv2_rndpo.profile_judge) or
+# the convolutional RankingNet on crops
+JUDGE_MODELS = ("boundary_profile", "ranking_net")
 # what a training step orders its masks by (JudgeTraining.targets)
 RANKING_TARGETS = ("dice", "size_free")
 CORRUPTIONS = ("erode", "dilate", "shift", "drop_component", "spurious_component", "boundary_noise")
@@ -274,25 +281,34 @@ class LearnedJudge:
         atomic_write(Path(path), lambda f: torch.save(content, f))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> LearnedJudge:
-        """Raises:
-            FileNotFoundError: no such file.
-            ValueError: a judge file of an earlier version (retrain it).
-        """
-        path = Path(path)
-        retrain = ("nnUNetv2_rndpo_train_judge -d D -c C -f F (same -tr/-p as the base model), or point "
-                   "learned_judge / --learned-judge at the file")
-        if not path.is_file():
-            raise FileNotFoundError(f"Learned judge {path} not found. Train it first with {retrain}.")
-        saved = torch.load(path, map_location=device, weights_only=False)
-        if not isinstance(saved, dict) or saved.get("format") != JUDGE_FORMAT:
-            raise ValueError(
-                f"Learned judge {path} was written by an earlier version of nnunetv2_rndpo (a whole-case Dice "
-                f"regressor, not the within-case ranking judge this version reads). Retrain it: {retrain}.")
+    def from_saved(cls, saved: dict, device: torch.device | str = "cpu") -> LearnedJudge:
         network = RankingNet(saved["in_channels"], saved["dim"], saved["width"]).to(device)
         network.load_state_dict(saved["state_dict"])
         return cls(network.eval(), saved["classes"], saved["in_channels"], saved["dim"], tuple(saved["crop_size"]),
                    saved["width"], saved.get("metrics", {}), saved.get("training", {}))
+
+
+def load_learned_judge(path: str | os.PathLike, device: torch.device | str = "cpu") -> LearnedJudge | ProfileJudge:
+    """The learned judge saved in ``path``, of either model (``JudgeTraining.model``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a judge file of an earlier version (retrain it).
+    """
+    path = Path(path)
+    retrain = ("nnUNetv2_rndpo_train_judge -d D -c C -f F (same -tr/-p as the base model), or point "
+               "learned_judge / --learned-judge at the file")
+    if not path.is_file():
+        raise FileNotFoundError(f"Learned judge {path} not found. Train it first with {retrain}.")
+    saved = torch.load(path, map_location=device, weights_only=False)
+    kind = saved.get("format") if isinstance(saved, dict) else None
+    if kind == PROFILE_FORMAT:
+        return ProfileJudge.from_saved(saved)
+    if kind != JUDGE_FORMAT:
+        raise ValueError(
+            f"Learned judge {path} was written by an earlier version of nnunetv2_rndpo (a whole-case Dice "
+            f"regressor, not the within-case ranking judge this version reads). Retrain it: {retrain}.")
+    return LearnedJudge.from_saved(saved, device)
 
 
 # ---------------------------------------------------------------------------------------------- labeled cases
@@ -317,7 +333,10 @@ class JudgeTraining:
     only); ``targets``: what a step orders its masks by, one of :data:`RANKING_TARGETS`: ``"dice"``, their
     true Dice in the crop, or ``"size_free"``, that Dice with its least-squares line in the masks' foreground
     size in the crop taken out (:func:`~nnunetv2_rndpo.metrics.without_size_trend`), so that mask size alone
-    cannot lower the loss and the judge has to read the image.
+    cannot lower the loss and the judge has to read the image; ``model``: one of :data:`JUDGE_MODELS`,
+    ``"boundary_profile"`` (:mod:`~nnunetv2_rndpo.profile_judge`: a linear ranker on the image across each
+    mask's boundary, fitted on the label's moves and the drawn masks; ``epochs``, ``masks_per_step``,
+    ``crop_size``, ``width`` and ``learning_rate`` do not apply) or ``"ranking_net"`` (:class:`RankingNet`).
     """
 
     epochs: int = 40
@@ -329,6 +348,7 @@ class JudgeTraining:
     targets: str = "dice"
     learning_rate: float = 1e-3
     seed: int = 12345
+    model: str = "boundary_profile"
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -339,6 +359,8 @@ class JudgeTraining:
             raise ValueError(f"--crop-size must be >= 8 voxels, got {self.crop_size}")
         if self.masks not in TRAINING_MASKS:
             raise ValueError(f"--training-masks must be one of {TRAINING_MASKS}, got {self.masks!r}")
+        if self.model not in JUDGE_MODELS:
+            raise ValueError(f"--model must be one of {JUDGE_MODELS}, got {self.model!r}")
         if self.targets not in RANKING_TARGETS:
             raise ValueError(f"--targets must be one of {RANKING_TARGETS}, got {self.targets!r}")
         if self.width < 1 or any(s < 0 for s in self.weight_noise):

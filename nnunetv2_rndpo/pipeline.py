@@ -460,9 +460,9 @@ def score_pool(
             "unlabeled images; use 'agreement', 'uncertainty', 'learned' or 'external' for real unlabeled data")
     learned = None
     if judge == "learned":
-        from nnunetv2_rndpo.learned_judge import LearnedJudge
+        from nnunetv2_rndpo.learned_judge import load_learned_judge
 
-        learned = LearnedJudge.load(settings.learned_judge or base.fold_folder / LEARNED_JUDGE_FILE, base.device)
+        learned = load_learned_judge(settings.learned_judge or base.fold_folder / LEARNED_JUDGE_FILE, base.device)
     rng = np.random.default_rng(settings.seed)
     sigma = oracle_sigma(base, pool, cache, settings, dice) if judge == "oracle" else settings.sigma
     scores = {}

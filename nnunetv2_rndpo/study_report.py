@@ -341,7 +341,8 @@ def write_study_report(all_results: list[dict], report_file: Path, figure_folder
                       "| judge | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
             for judge in judges:
                 reports = [s["judges"][judge] for s in results["seeds"].values() if judge in s.get("judges", {})]
-                lines.append(f"| {judge} | " + " | ".join(_mean_sd([r.get(k) for r in reports]) for k in keys) + " |")
+                for name, group in _by_learned_model(judge, reports):
+                    lines.append(f"| {name} | " + " | ".join(_mean_sd([r.get(k) for r in group]) for k in keys) + " |")
         for judge in sorted({r["judge"] for r in rows if r["judge"]}):
             figure = figure_folder / f"{tag}_{judge}.png"
             plot_judge_curves(results, judge, figure)
@@ -349,6 +350,18 @@ def write_study_report(all_results: list[dict], report_file: Path, figure_folder
         lines.append("")
     atomic_write_text(report_file, "\n".join(lines) + "\n")
     return report_file
+
+
+def _by_learned_model(judge: str, reports: list[dict]) -> list[tuple[str, list[dict]]]:
+    """The judge's reports as rows: one per model of the learned judge (``judge/learned_model``; reports written
+    before it was recorded are the ``ranking_net``'s, the only model then), the judge's name otherwise."""
+    if judge != "learned":
+        return [(judge, reports)]
+    models = {}
+    for report in reports:
+        models.setdefault(report.get("judge/learned_model", "ranking_net"), []).append(report)
+    return [(f"learned ({model}, {len(group)} seed{'s' if len(group) > 1 else ''})", group)
+            for model, group in sorted(models.items())]
 
 
 def plot_judge_curves(results: dict, judge: str, path: Path) -> list[str]:

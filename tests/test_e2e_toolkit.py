@@ -119,21 +119,27 @@ def test_learned_judge_trains_and_reports(toolkit):
     import torch
 
     root, env, cache, _ = toolkit
-    stdout = command(env, "train_judge", "--epochs", "3", "--samples-per-case", "4", "--crop-size", "32",
-                     "--width", "4", "--weight-noise", "0.1").stdout
+    stdout = command(env, "train_judge", "--weight-noise", "0.1").stdout  # the default model: boundary profiles
     judge_file = base_fold(root) / "rndpo_judge.pth"
     assert judge_file.is_file() and "val/pairwise/accuracy" in stdout and "val/agreement/pairwise/accuracy" in stdout
     saved = torch.load(judge_file, weights_only=False)
-    # 6 training cases x 3 epochs (a step whose masks all agree is skipped); the 2 validation cases held out
+    assert saved["format"] == "boundary-profile-1" and saved["training"]["model"] == "boundary_profile"
+    # the 2 validation cases held out; 6 training cases' label moves and predictions ranked in pairs
     assert saved["metrics"]["val/cases"] == 2 and saved["metrics"]["val/held_out"] == 1
-    assert 0 < saved["metrics"]["train/steps"] <= 18 and list(saved["training"]["weight_noise"]) == [0.1]
+    assert saved["metrics"]["train/pairs"] > 6 and list(saved["training"]["weight_noise"]) == [0.1]
+    net_file = base_fold(root) / "judge_ranking_net.pth"
+    command(env, "train_judge", "--model", "ranking_net", "--epochs", "3", "--samples-per-case", "4", "--crop-size",
+            "32", "--width", "4", "--weight-noise", "0.1", "-o", str(net_file))
+    saved = torch.load(net_file, weights_only=False)
+    # 6 training cases x 3 epochs (a step whose masks all agree is skipped)
+    assert saved["format"] == "within-case-ranking-1" and 0 < saved["metrics"]["train/steps"] <= 18
     label_only = base_fold(root) / "judge_label_only.pth"  # trained on the labels alone: no predictions made
-    command(env, "train_judge", "--epochs", "2", "--crop-size", "32", "--width", "4", "--training-masks", "label",
-            "-o", str(label_only))
+    command(env, "train_judge", "--training-masks", "label", "-o", str(label_only))
     assert torch.load(label_only, weights_only=False)["training"]["masks"] == "label"
     command(env, "judge", "--judge", "learned", "--report")
     report = json.loads((base_fold(root) / "rndpo_scores_learned.report.json").read_text())
     assert {"spearman/per_case", "pairwise/accuracy", "top1/regret", "mining/quantile/oracle_acc"} <= set(report)
+    assert report["judge/learned_model"] == "boundary_profile"
 
 
 def test_external_scores_are_validated_and_normalised(toolkit):

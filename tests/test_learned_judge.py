@@ -17,6 +17,7 @@ from nnunetv2_rndpo.learned_judge import (
     crop,
     disagreement_region,
     judge_input,
+    load_learned_judge,
     move_boundary,
     pairwise_margins,
     pairwise_ranking_loss,
@@ -230,22 +231,23 @@ def test_learned_judge_scores_and_round_trips(shape, dim, tmp_path):
     assert scores.shape == (3,) and np.all(np.isfinite(scores)) and len(np.unique(scores)) > 1
     assert np.array_equal(judge.score(image, masks[[0, 0]]), np.zeros(2))  # identical masks: no D, no preference
     judge.save(tmp_path / "j.pth")
-    loaded = LearnedJudge.load(tmp_path / "j.pth")
+    loaded = load_learned_judge(tmp_path / "j.pth")
     assert np.allclose(loaded.score(image, masks), scores) and loaded.metrics == {"val/cases": 2}
 
 
 def test_learned_judge_missing_or_old_file_says_how_to_train_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="Train it first with nnUNetv2_rndpo_train_judge"):
-        LearnedJudge.load(tmp_path / "nope.pth", torch.device("cpu"))
+        load_learned_judge(tmp_path / "nope.pth", torch.device("cpu"))
     torch.save({"state_dict": {}, "classes": [1], "in_channels": 2, "dim": 2, "metrics": {}}, tmp_path / "old.pth")
     with pytest.raises(ValueError, match="earlier version of nnunetv2_rndpo .* Retrain it: nnUNetv2_rndpo_train_judge"):
-        LearnedJudge.load(tmp_path / "old.pth")
+        load_learned_judge(tmp_path / "old.pth")
 
 
 @pytest.mark.parametrize("changes, message", [
     ({"epochs": 0}, "--epochs must be >= 1"), ({"masks_per_step": 1}, "--samples-per-case .* must be >= 2"),
     ({"crop_size": 4}, "--crop-size must be >= 8"), ({"weight_noise": (-0.1,)}, "--weight-noise values >= 0"),
-    ({"masks": "proposals"}, "--training-masks must be one of"), ({"targets": "size"}, "--targets must be one of")])
+    ({"masks": "proposals"}, "--training-masks must be one of"), ({"targets": "size"}, "--targets must be one of"),
+    ({"model": "unet"}, "--model must be one of")])
 def test_training_settings_are_validated(changes, message):
     with pytest.raises(ValueError, match=message):
         JudgeTraining(**changes)

@@ -275,7 +275,7 @@ def test_judge_table_lists_judges_in_a_fixed_order_with_the_three_rank_measures(
     table = text[text.index("Judge reliability"):]
     assert "| judge | spearman/pooled | spearman/per_case | pairwise/accuracy |" in table
     rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "judge" not in line]
-    assert rows[:5] == ["oracle", "weak", "agreement", "uncertainty", "learned"]
+    assert rows[:5] == ["oracle", "weak", "agreement", "uncertainty", "learned (ranking_net, 1 seed)"]
 
 
 def test_the_committed_study_results_make_a_report(tmp_path):

@@ -457,3 +457,12 @@ def test_full_label_from_refuses_a_study_without_one_another_budget_or_a_folder_
         Study("synthetic", None, "smoke2", own, full_label_from=source)
     Study("synthetic", None, "smoke2", tmp_path / "m", full_label_from=source)._save()
     Study("synthetic", None, "smoke2", tmp_path / "m", full_label_from=source.parent)  # the same file: accepted
+
+
+def test_the_reliability_table_keeps_the_learned_judges_models_apart():
+    from nnunetv2_rndpo.study_report import _by_learned_model
+
+    old, new = {"pairwise/accuracy": 0.4}, {"pairwise/accuracy": 0.7, "judge/learned_model": "boundary_profile"}
+    rows = _by_learned_model("learned", [old, new, old])
+    assert rows == [("learned (boundary_profile, 1 seed)", [new]), ("learned (ranking_net, 2 seeds)", [old, old])]
+    assert _by_learned_model("agreement", [old]) == [("agreement", [old])]
