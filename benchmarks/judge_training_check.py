@@ -201,6 +201,8 @@ def table(dataset: str, per_seed: list[dict]) -> str:
     for name, rows in named:
         if None in rows:
             continue
+        if VARIANTS.get(name, {}).get("model") == "ranking_net":
+            name = "ranking net: " + name.replace("(default)", "(its default training)")
         cells = [" / ".join(f"{row[k]:{form}}" if k in row else "–" for row in rows)
                  for k, form in (("pairwise/accuracy", ".3f"), ("spearman/per_case", ".3f"),
                                  ("score_size_spearman", "+.2f"), ("size_free_spearman", "+.2f"))]
