@@ -5,20 +5,21 @@ real dataset, CPU scale.
         -o STUDY_HC18 --labeled 5 --seeds 0 1 \
         [--results docs/results/judge_training_hc18_cpu]
 
-``-o`` is a study folder that ``benchmarks/headroom.py`` has filled (the study's CPU base model per seed and
-its proposals of today's set, ``mirror threshold temperature``, K = 8, for the first ``--max-cases`` pool
-cases). For each seed and each variant of VARIANTS (the convolutional ranking net's and the boundary-profile
-ranker's, ``JudgeTraining.model``) it trains a learned judge (``train_learned_judge`` with
-that :class:`~nnunetv2_rndpo.learned_judge.JudgeTraining`; saved under ``<-o>/judge_training_check/``, never
-over the judge the trainer uses), scores the pool's proposals and reports the within-case pair accuracy and
-per-case Spearman against the hidden labels, and the judge's within-case Spearman between score and mask size
-next to the truth's (the same for the true Dice): a judge that reads mask size instead of the image shows a
-size Spearman of the sign its training masks reward, whatever the pool rewards; the size-free per-case ρ
-(Spearman of score and true Dice within a case after a least-squares line in mask size is taken out of both)
-is near 0 for a judge that reads only size, however well size orders the pool. The ``cross_validation`` variant
-first trains nnU-Net's 5 cross-validation folds of the base trainer on the seed's dataset (each once: 5 base
-trainings per seed, the variant's cost) and trains the judge on their proposals for the cases each held out.
-Results are kept per seed in ``<-o>/judge_training_check_seed<s>.json`` (a rerun skips what is there).
+``-o`` is a study folder that ``benchmarks/headroom.py`` or the study itself (``nnUNetv2_rndpo_study``, any scale:
+its results are not touched) has filled: the CPU base model per seed and its proposals of today's set, ``mirror
+threshold temperature``, K = 8, seed 12345, for the first ``--max-cases`` pool cases. For each seed and each
+variant of VARIANTS (the convolutional ranking net's and the boundary-profile ranker's, ``JudgeTraining.model``) it
+trains a learned judge (``train_learned_judge`` with that :class:`~nnunetv2_rndpo.learned_judge.JudgeTraining`;
+saved under ``<-o>/judge_training_check/``, never over the judge the trainer uses), scores the pool's proposals and
+reports the within-case pair accuracy and per-case Spearman against the hidden labels, and the judge's within-case
+Spearman between score and mask size next to the truth's (the same for the true Dice): a judge that reads mask size
+instead of the image shows a size Spearman of the sign its training masks reward, whatever the pool rewards; the
+size-free per-case ρ (Spearman of score and true Dice within a case after a least-squares line in mask size is
+taken out of both) is near 0 for a judge that reads only size, however well size orders the pool. The
+``cross_validation`` variant first trains nnU-Net's 5 cross-validation folds of the base trainer on the seed's
+dataset (each once: 5 base trainings per seed, the variant's cost) and trains the judge on their proposals for the
+cases each held out. Results are kept per seed in ``<-o>/judge_training_check_seed<s>.json`` (a rerun skips what is
+there).
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ VARIANTS = {
                                                                          "targets": "size_free"},
 }
 CROSS_VALIDATION_FOLDS = 5
+# where the pool's proposals of today's set are read, the first complete one: the study's and the trainer's own
+# cache (the same settings, every pool case), else the one benchmarks/headroom.py fills
+PROPOSAL_CACHES = ("proposals", "headroom_benchmark")
 REFERENCE_JUDGES = ("agreement", "uncertainty")  # label-free judges scored on the same proposals (no training)
 
 
@@ -120,11 +124,12 @@ def measure_seed(args, seed: int) -> dict:
     pool = prepare_pool(base)
     pool = PreprocessedPool(pool.folder, sorted(pool.cases, key=lambda c: c.case_id)[: args.max_cases])
     settings = ProposalSettings(8, TODAY, (), 12345)
-    cache, _, _ = proposal_cache(base, settings, "headroom_benchmark")
-    missing = [c for c in pool.case_ids if not cache.has_case(c)]
-    if missing:
-        raise SystemExit(f"{len(missing)} pool cases have no proposals of today's set in {cache.folder}: run "
-                         f"benchmarks/headroom.py on -o {args.output} --seeds {seed} first")
+    caches = [proposal_cache(base, settings, subfolder)[0] for subfolder in PROPOSAL_CACHES]
+    cache = next((c for c in caches if all(c.has_case(case) for case in pool.case_ids)), None)
+    if cache is None:
+        raise SystemExit(f"the first {len(pool.case_ids)} pool cases have no proposals of today's set in "
+                         f"{' or '.join(str(c.folder) for c in caches)}: run benchmarks/headroom.py on "
+                         f"-o {args.output} --seeds {seed} first (or the study on this seed)")
     dice = hidden_true_dice(base, pool, cache)
     sizes = {c: (cache.masks(c) > 0).reshape(len(dice[c]), -1).sum(1) for c in pool.case_ids}
     if "truth" not in results:
