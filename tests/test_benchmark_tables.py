@@ -27,10 +27,12 @@ def test_preference_tables_are_generated_from_their_json(dataset):
     assert text in (RESULTS / f"preferences_{dataset}_cpu.md").read_text()
 
 
-def test_judge_training_table_is_generated_from_its_json():
-    per_seed = json.loads((RESULTS / "judge_training_hc18_cpu.json").read_text())
-    text = _benchmark("judge_training_check").table("hc18", per_seed)
-    assert text in (RESULTS / "judge_training_hc18_cpu.md").read_text()
+@pytest.mark.parametrize("dataset, stem", [("hc18", "judge_training_hc18_cpu"), ("hc18", "judge_profile_hc18_cpu"),
+                                           ("hippocampus", "judge_profile_hippocampus_cpu")])
+def test_judge_training_tables_are_generated_from_their_json(dataset, stem):
+    per_seed = json.loads((RESULTS / f"{stem}.json").read_text())
+    text = _benchmark("judge_training_check").table(dataset, per_seed)
+    assert text in (RESULTS / f"{stem}.md").read_text()
 
 
 def test_label_budget_table_is_generated_from_its_json():
