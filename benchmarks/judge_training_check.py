@@ -6,8 +6,8 @@ real dataset, CPU scale.
         [--results docs/results/judge_training_hc18_cpu]
 
 ``-o`` is a study folder that ``benchmarks/headroom.py`` or the study itself (``nnUNetv2_rndpo_study``, any scale:
-its results are not touched) has filled: the CPU base model per seed and its proposals of today's set, ``mirror
-threshold temperature``, K = 8, seed 12345, for the first ``--max-cases`` pool cases. For each seed and each
+its results are not touched) has filled: the CPU base model per seed and its proposals of today's set,
+``mirror threshold temperature``, K = 8, seed 12345, for the first ``--max-cases`` pool cases. For each seed and each
 variant of VARIANTS (the convolutional ranking net's and the boundary-profile ranker's, ``JudgeTraining.model``) it
 trains a learned judge (``train_learned_judge`` with that :class:`~nnunetv2_rndpo.learned_judge.JudgeTraining`;
 saved under ``<-o>/judge_training_check/``, never over the judge the trainer uses), scores the pool's proposals and
