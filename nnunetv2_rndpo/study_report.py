@@ -100,7 +100,8 @@ def _completeness(results: dict) -> str:
     names = {a.name for a in (tuning_arms() if protocol.get("tuning_only") else
                               scale_arms(protocol, protocol.get("tuning", False) and not protocol.get("tuning_from")))}
     expected = len(names) or None
-    seeds = protocol.get("seeds") or []
+    # a study used only for tuning runs the seed(s) others borrow from (--seeds), not every seed of its scale
+    seeds = sorted(results["seeds"], key=int) if protocol.get("tuning_only") else protocol.get("seeds") or []
     finished = {s: len(names & set(results["seeds"].get(str(s), {}).get("arms", {}))) for s in seeds}
     done = [f"seed {s}: {n}/{expected} arms" for s, n in finished.items()]
     state = "complete" if expected and all(n == expected for n in finished.values()) and "full_label" in results \

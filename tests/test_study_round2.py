@@ -417,6 +417,9 @@ def test_tuning_only_runs_the_tuning_arms_and_the_full_label_model_and_another_s
     assert sorted(saved["seeds"]["0"]["arms"]) == sorted(a.name for a in tuning_arms())
     assert saved["protocol"]["tuning_only"] and saved["full_label"]["dice"] == 0.95
     assert _completeness(saved).startswith("Protocol (a study used only for tuning: its tuning arms) complete")
+    # it is complete with the seed it was run on, whatever seeds its scale lists
+    assert _completeness({**saved, "protocol": {**saved["protocol"], "seeds": [0, 1, 2]}}) == \
+        "Protocol (a study used only for tuning: its tuning arms) complete: seed 0: 8/8 arms; full-label model done."
     # the main study takes the choice and the upper bound from it and trains neither
     main_study = Study("synthetic", None, "smoke2", tmp_path / "m", tuning_from=tmp_path / "t",
                        full_label_from=tmp_path / "t")
