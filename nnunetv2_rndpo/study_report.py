@@ -342,10 +342,10 @@ def write_study_report(all_results: list[dict], report_file: Path, figure_folder
         lines += [f"## {title}", "",
                   f"Base ({labels} labels): {_mean_sd(base)}; full-label upper bound: "
                   f"{'-' if full is None else f'{full:.4f}'}; seeds: {', '.join(results['seeds'])}.", "",
-                  _completeness(results), "",
-                  "| method | judge | mining | seeds | peak | sustained | final | worst drop | Δ sustained | "
-                  "gap share | drift | seconds |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  _completeness(results)]
+        if rows or self_training_table(results):  # a study used only for tuning has its tuning table only
+            lines += ["", "| method | judge | mining | seeds | peak | sustained | final | worst drop | Δ sustained | "
+                      "gap share | drift | seconds |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             judge, mining = (r["judge"], r["mining"]) if r["judge"] else ("–", "–")
             lines.append(f"| {r['method']} | {judge} | {mining} | {r['seeds']} | {_mean_sd(r['peak'])} | "

@@ -408,8 +408,10 @@ def test_tuning_only_runs_the_tuning_arms_and_the_full_label_model_and_another_s
     _stub_seed_setup(study, tmp_path, monkeypatch)
     curves = iter(np.linspace(0.5, 0.9, 8))
     monkeypatch.setattr(study, "run_arm", lambda seed, arm, base, scores: {
-        "method": arm.method, "tunes": arm.tunes, "config": study.arm_config(arm, scores),
-        "validation_summary": {"sustained": float(next(curves))}, "summary": {"sustained": 0.5}})
+        "method": arm.method, "judge": arm.judge, "mining": arm.mining, "tunes": arm.tunes,
+        "config": study.arm_config(arm, scores), "validation_summary": {"sustained": float(next(curves))},
+        "summary": {**dict.fromkeys(("base", "peak", "sustained", "final"), 0.5),
+                    **dict.fromkeys(("worst_drop", "delta_peak", "delta_sustained", "delta_final"), 0.0)}})
     monkeypatch.setattr(study, "run_self_training", lambda *a: pytest.fail("no self-training in a tuning study"))
     monkeypatch.setattr(study, "run_full_label", lambda: study.results.update(full_label={"dice": 0.95, "seed": 0}))
     study.run_seed(0)
@@ -417,6 +419,9 @@ def test_tuning_only_runs_the_tuning_arms_and_the_full_label_model_and_another_s
     assert sorted(saved["seeds"]["0"]["arms"]) == sorted(a.name for a in tuning_arms())
     assert saved["protocol"]["tuning_only"] and saved["full_label"]["dice"] == 0.95
     assert _completeness(saved).startswith("Protocol (a study used only for tuning: its tuning arms) complete")
+    # its report section has the tuning table and no empty main table
+    report = write_study_report([saved], tmp_path / "r.md", tmp_path / "f").read_text()
+    assert "| method | β | learning rate |" in report and "| method | judge | mining |" not in report
     # it is complete with the seed it was run on, whatever seeds its scale lists
     assert _completeness({**saved, "protocol": {**saved["protocol"], "seeds": [0, 1, 2]}}) == \
         "Protocol (a study used only for tuning: its tuning arms) complete: seed 0: 8/8 arms; full-label model done."
